@@ -1,0 +1,1 @@
+"""carryon packer: read container images, squash their layers, write carryon archives."""
