@@ -41,3 +41,12 @@ class RunSpec:
     netcoop: bool = False                # automatic per-run ports for every fixed-port bind
     ports_file: str | None = None        # where the live port mapping is published (JSON)
     verbose: int = 0
+
+
+# The default binds for running an image (`carryon exec -R`, the archives): each is skipped when
+# the host lacks it.
+DEFAULT_BIND_PATHS = ("/dev", "/proc", "/sys", "/etc/resolv.conf", "/etc/hosts", "/etc/hostname")
+
+
+def default_binds() -> list[Bind]:
+    return [Bind(host=p, guest=p, optional=True) for p in DEFAULT_BIND_PATHS]

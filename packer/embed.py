@@ -1,0 +1,425 @@
+"""The parts `carryon pack` puts in front of a payload: the sh launcher and the frozen runtime.
+
+The runtime is `runtime/` frozen with PyInstaller in onedir mode (onefile re-extracts the interpreter on
+every run), plus — the way staticx does it — the loader `ld-linux-x86-64.so.2` and every shared library
+the bootloader, libpython and the extension modules need, all in `_internal/`. The launcher starts it as
+`_internal/ld-linux-x86-64.so.2 --library-path _internal carryon-runtime`, so it runs on a node whose
+glibc is older than ours, or that has none at all.
+
+It is built on first use into a per-user cache keyed by a hash of the runtime sources and of the
+versions of everything that goes in (Python, PyInstaller, python-ptrace, zstandard, glibc). Several
+packs may start at once: each build happens in a private temp dir published with an atomic rename.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from runtime.errors import CarryonError
+
+RECIPE = 3                         # bump when the build recipe below changes
+RUNTIME_MAIN = "carryon-runtime"   # the PyInstaller bootloader executable
+LIBDIR = "_internal"               # PyInstaller's contents dir; the bundled loader and libs go there too
+LOADER = "ld-linux-x86-64.so.2"
+FILES_MARKER = ".carryon-runtime-files"  # last member of the tar.gz: its presence = complete unpack
+HOST_LOADER = "/lib64/ld-linux-x86-64.so.2"
+# Loaded by glibc at run time rather than linked: unwinding for pthread_cancel/pthread_exit.
+EXTRA_LIBS = ("libgcc_s.so.1",)
+HIDDEN_IMPORTS = ("ptrace.binding", "ptrace.binding.func", "ptrace.binding.linux_struct", "ptrace.cpu_info",
+                  "ptrace.ctypes_tools", "ptrace.os_tools", "zstandard.backend_c")
+EXCLUDES = ("packer", "tkinter", "_tkinter", "pytest", "_pytest", "PyInstaller", "setuptools", "pip",
+            "distutils", "lib2to3", "pydoc", "doctest", "unittest", "zstandard._cffi", "cffi", "pydistorm",
+            "ptrace.debugger", "ptrace.disasm", "readline", "curses", "sqlite3", "xmlrpc", "email.mime")
+# apt packages that provide the tools PyInstaller needs on Linux
+TOOLS = {"objdump": "binutils", "objcopy": "binutils", "strip": "binutils", "ldd": "libc-bin"}
+
+Progress = Callable[[str], None]
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class BuiltRuntime:
+    tgz: str          # path of the runtime section (tar.gz of the runtime dir)
+    unpacked: int     # bytes of the unpacked runtime (the launcher checks free space against it)
+    key: str
+
+
+# ---------------------------------------------------------------- keys and places
+
+def _runtime_sources() -> list[str]:
+    base = os.path.join(_REPO, "runtime")
+    out = []
+    for d, dirs, files in os.walk(base):
+        dirs[:] = sorted(x for x in dirs if x != "__pycache__")
+        out += [os.path.join(d, f) for f in sorted(files) if f.endswith(".py")]
+    return out
+
+
+def _dist_version(name: str) -> str:
+    from importlib import metadata
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "missing"
+
+
+def build_key() -> str:
+    """Hash of everything that makes up the runtime: sources, this recipe, dependency versions."""
+    h = hashlib.sha256()
+    h.update(f"recipe {RECIPE}\n".encode())
+    for name in ("pyinstaller", "python-ptrace", "zstandard"):
+        h.update(f"{name} {_dist_version(name)}\n".encode())
+    libc = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in os.confstr_names else "?"
+    h.update(f"python {sys.version} {platform.machine()} {libc}\n".encode())
+    for path in _runtime_sources() + [os.path.abspath(__file__)]:
+        with open(path, "rb") as f:
+            data = f.read()
+        h.update(f"{os.path.relpath(path, _REPO)} {len(data)}\n".encode())
+        h.update(data)
+    return h.hexdigest()[:32]
+
+
+def build_cache_dir() -> str:
+    """`$CARRYON_BUILD_CACHE`, else `$XDG_CACHE_HOME/carryon/runtime-build`, else ~/.cache/…"""
+    env = os.environ.get("CARRYON_BUILD_CACHE")
+    if env:
+        return os.path.abspath(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return os.path.join(xdg, "carryon", "runtime-build")
+    home = os.environ.get("HOME") or os.path.expanduser("~")
+    if home and home != "/" and os.path.isabs(home):
+        return os.path.join(home, ".cache", "carryon", "runtime-build")
+    return os.path.join(tempfile.gettempdir(), f"carryon-build-{os.getuid()}")
+
+
+def launcher_template() -> str:
+    with open(os.path.join(_REPO, "runtime", "launcher.sh"), encoding="utf-8") as f:
+        return f.read()
+
+
+def make_launcher(unpacked_bytes: int) -> bytes:
+    text = launcher_template().replace("@CARRYON_RUNTIME_KB@", str(unpacked_bytes // 1024 + 1))
+    if "@CARRYON_" in text:
+        raise CarryonError("runtime/launcher.sh: unknown placeholder left in the launcher template")
+    return text.encode("utf-8")
+
+
+# ---------------------------------------------------------------- public API
+
+def runtime_parts(progress: Progress | None = None) -> tuple[bytes, str]:
+    """(launcher bytes, path of the runtime section), building the runtime first when it is missing."""
+    built = ensure_runtime(progress)
+    return make_launcher(built.unpacked), built.tgz
+
+
+def ensure_runtime(progress: Progress | None = None, force: bool = False) -> BuiltRuntime:
+    key = build_key()
+    cache = build_cache_dir()
+    entry = os.path.join(cache, key)
+    if not force:
+        found = _load_entry(entry, key)
+        if found:
+            return found
+    try:
+        os.makedirs(cache, exist_ok=True)
+    except OSError as e:
+        raise CarryonError(f"cannot create the runtime build cache {cache}: {e.strerror}") from None
+    lock = _lock(cache)
+    try:
+        if not force:
+            found = _load_entry(entry, key)
+            if found:
+                return found
+        say = progress or _stderr
+        say(f"carryon: building the frozen runtime (first use, about a minute) into {entry}")
+        tmp = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache)
+        try:
+            built = build_runtime(os.path.join(tmp, "work"), tmp, log=os.path.join(tmp, "build.log"))
+            info = {"key": key, "unpacked": built.unpacked, "built": int(time.time())}
+            with open(os.path.join(tmp, "info.json"), "w") as f:
+                json.dump(info, f)
+            shutil.rmtree(os.path.join(tmp, "work"), ignore_errors=True)
+            with open(os.path.join(tmp, ".complete"), "w") as f:
+                f.write(key + "\n")
+            if force and os.path.isdir(entry):
+                old = entry + f".old-{os.getpid()}"
+                os.rename(entry, old)
+                shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.rename(tmp, entry)
+            except OSError:
+                if not _load_entry(entry, key):   # someone else's entry is there and usable: take it
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        say("carryon: runtime built")
+        found = _load_entry(entry, key)
+        if not found:
+            raise CarryonError(f"runtime build cache {entry} is unusable after the build")
+        return found
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _stderr(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def _load_entry(entry: str, key: str) -> BuiltRuntime | None:
+    try:
+        with open(os.path.join(entry, ".complete")) as f:
+            if f.read().strip() != key:
+                return None
+        with open(os.path.join(entry, "info.json")) as f:
+            info = json.load(f)
+        tgz = os.path.join(entry, "runtime.tar.gz")
+        if not os.path.isfile(tgz):
+            return None
+        return BuiltRuntime(tgz=tgz, unpacked=int(info["unpacked"]), key=key)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _lock(cache: str) -> int | None:
+    """Serialize builds on one machine (saves duplicate work); correctness never depends on it."""
+    try:
+        import fcntl
+        fd = os.open(os.path.join(cache, ".build.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        pass
+    return fd
+
+
+# ---------------------------------------------------------------- the build
+
+def check_tools() -> None:
+    """One-line error naming the apt package when a tool PyInstaller needs is missing."""
+    missing = sorted({pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        tools = ", ".join(t for t, p in TOOLS.items() if p in missing and shutil.which(t) is None)
+        raise CarryonError(f"building the frozen runtime needs {tools}: apt-get install {' '.join(missing)}")
+    if not os.path.exists(HOST_LOADER):
+        raise CarryonError(f"building the frozen runtime needs the glibc loader {HOST_LOADER} "
+                           "(x86-64 glibc system): apt-get install libc6")
+    try:
+        import PyInstaller  # noqa: F401
+    except ImportError:
+        raise CarryonError(f"building the frozen runtime needs PyInstaller in {sys.executable}: "
+                           "pip install pyinstaller") from None
+
+
+def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) -> BuiltRuntime:
+    """Freeze the runtime into `workdir`, bundle loader+libs, write `outdir/runtime.tar.gz`."""
+    check_tools()
+    os.makedirs(workdir, exist_ok=True)
+    entry = os.path.join(workdir, "carryon_runtime_entry.py")
+    with open(entry, "w") as f:
+        f.write("import sys\nfrom runtime.launch import main\nsys.exit(main())\n")
+    cmd = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean", "--log-level", "WARN",
+           "--onefile" if onefile else "--onedir", "--name", RUNTIME_MAIN, "--strip",
+           "--distpath", os.path.join(workdir, "dist"), "--workpath", os.path.join(workdir, "build"),
+           "--specpath", workdir, "--paths", _REPO, "--collect-submodules", "runtime",
+           "--python-option", "X utf8", "--python-option", "W ignore"]
+    for m in HIDDEN_IMPORTS:
+        cmd += ["--hidden-import", m]
+    for m in EXCLUDES:
+        cmd += ["--exclude-module", m]
+    cmd.append(entry)
+    env = dict(os.environ)
+    env["PYINSTALLER_CONFIG_DIR"] = os.path.join(workdir, "pyinstaller-config")
+    env.pop("PYTHONPATH", None)
+    with open(log, "wb") as lf:
+        rc = subprocess.run(cmd, cwd=workdir, stdout=lf, stderr=subprocess.STDOUT, env=env).returncode
+    if rc != 0:
+        with open(log, "rb") as lf:
+            tail = [ln for ln in lf.read().decode("utf-8", "replace").splitlines() if ln.strip()][-1:]
+        keep = os.path.join(tempfile.gettempdir(), f"carryon-runtime-build-{os.getuid()}.log")
+        shutil.copyfile(log, keep)
+        raise CarryonError(f"PyInstaller failed ({tail[0] if tail else rc}); full log: {keep}")
+    if onefile:
+        exe = os.path.join(workdir, "dist", RUNTIME_MAIN)
+        return BuiltRuntime(tgz=exe, unpacked=os.path.getsize(exe), key="onefile")
+    rtdir = os.path.join(workdir, "dist", RUNTIME_MAIN)
+    bundle_libraries(rtdir)
+    with open(os.path.join(rtdir, FILES_MARKER), "w") as f:
+        f.write("carryon runtime\n")
+    tgz = os.path.join(outdir, "runtime.tar.gz")
+    unpacked = write_tgz(rtdir, tgz)
+    return BuiltRuntime(tgz=tgz, unpacked=unpacked, key="")
+
+
+# ---------------------------------------------------------------- loader + library closure
+
+def _is_elf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+_LIST_RE = re.compile(r"^\s*(\S+)\s+=>\s+(\S+)\s+\(0x[0-9a-f]+\)")
+_NOTFOUND_RE = re.compile(r"^\s*(\S+)\s+=>\s+not found")
+
+
+def _needed(libdir: str, path: str) -> dict[str, str]:
+    """{soname: resolved path} of `path`'s dependency closure as our bundled search path sees it."""
+    out = subprocess.run([HOST_LOADER, "--inhibit-cache", "--library-path", libdir, "--list", path],
+                         capture_output=True, text=True)
+    deps: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        m = _NOTFOUND_RE.match(line)
+        if m:
+            raise CarryonError(f"{os.path.basename(path)} needs {m.group(1)}, which is not installed here "
+                               "(install the package that provides it and rebuild)")
+        m = _LIST_RE.match(line)
+        if m:
+            deps[m.group(1)] = m.group(2)
+    return deps
+
+
+def _system_lib(soname: str) -> str | None:
+    out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True) if shutil.which("ldconfig") else None
+    if out is not None:
+        for line in out.stdout.splitlines():
+            parts = line.strip().split(" => ")
+            if len(parts) == 2 and parts[0].split()[0] == soname and "x86-64" in parts[0]:
+                return parts[1]
+    for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64"):
+        p = os.path.join(d, soname)
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def bundle_libraries(rtdir: str) -> list[str]:
+    """Copy the loader and the shared-library closure of every ELF in `rtdir` into `rtdir/_internal`."""
+    libdir = os.path.join(rtdir, LIBDIR)
+    added: list[str] = []
+
+    def add(src: str, name: str) -> None:
+        dst = os.path.join(libdir, name)
+        if not os.path.exists(dst):
+            shutil.copyfile(os.path.realpath(src), dst)
+            os.chmod(dst, 0o755)
+            added.append(name)
+
+    add(HOST_LOADER, LOADER)
+    for name in EXTRA_LIBS:
+        src = _system_lib(name)
+        if src:
+            add(src, name)
+    real_libdir = os.path.realpath(libdir)
+    done: set[str] = set()
+    while True:
+        elfs = [os.path.join(d, f) for d, _, fs in os.walk(rtdir) for f in sorted(fs)
+                if not os.path.islink(os.path.join(d, f)) and _is_elf(os.path.join(d, f))]
+        todo = [p for p in elfs if p not in done and os.path.basename(p) != LOADER]
+        if not todo:
+            break
+        for path in todo:
+            done.add(path)
+            for soname, resolved in _needed(libdir, path).items():
+                if os.path.dirname(os.path.realpath(resolved)) == real_libdir:
+                    continue
+                if os.path.basename(resolved) == LOADER or soname == LOADER:
+                    continue
+                add(resolved, soname)
+    return added
+
+
+# ---------------------------------------------------------------- deterministic tar.gz
+
+def write_tgz(rtdir: str, out: str) -> int:
+    """tar.gz of `rtdir`'s contents: sorted, owner 0, mtime 0, FILES_MARKER last. Returns unpacked bytes."""
+    members: list[str] = []
+    for d, dirs, files in os.walk(rtdir):
+        dirs.sort()
+        rel = os.path.relpath(d, rtdir)
+        if rel != ".":
+            members.append(rel)
+        members += [os.path.normpath(os.path.join(rel, f)) for f in sorted(files)]
+    members = sorted(m for m in members if m != FILES_MARKER) + [FILES_MARKER]
+    total = 0
+    tmp = out + ".part"
+    with open(tmp, "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
+            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf:
+                for rel in members:
+                    path = os.path.join(rtdir, rel)
+                    ti = tf.gettarinfo(path, arcname="./" + rel)
+                    ti.uid = ti.gid = 0
+                    ti.uname = ti.gname = ""
+                    ti.mtime = 0
+                    if ti.isreg():
+                        ti.mode = 0o755 if os.access(path, os.X_OK) else 0o644
+                        total += ti.size
+                        with open(path, "rb") as f:
+                            tf.addfile(ti, f)
+                    else:
+                        if ti.isdir():
+                            ti.mode = 0o755
+                        total += 4096 if ti.isdir() else 0
+                        tf.addfile(ti)
+    os.replace(tmp, out)
+    return total
+
+
+# ---------------------------------------------------------------- scripts/build-runtime
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="build-runtime",
+                                 description="Build (or find in the cache) the frozen carryon runtime.")
+    ap.add_argument("--force", action="store_true", help="rebuild even when the cache has it")
+    ap.add_argument("--print-key", action="store_true", help="print the build key and exit")
+    ap.add_argument("--onefile", metavar="DIR",
+                    help="also build a PyInstaller onefile variant into DIR (for measurements)")
+    args = ap.parse_args(argv)
+    try:
+        if args.print_key:
+            print(build_key())
+            return 0
+        built = ensure_runtime(force=args.force)
+        print(f"{built.tgz} ({os.path.getsize(built.tgz) / 1e6:.1f} MB, {built.unpacked / 1e6:.1f} MB unpacked)")
+        if args.onefile:
+            os.makedirs(args.onefile, exist_ok=True)
+            work = tempfile.mkdtemp(prefix="onefile-", dir=args.onefile)
+            one = build_runtime(work, args.onefile, log=os.path.join(args.onefile, "onefile-build.log"),
+                                onefile=True)
+            dst = os.path.join(args.onefile, RUNTIME_MAIN + "-onefile")
+            shutil.move(one.tgz, dst)
+            shutil.rmtree(work, ignore_errors=True)
+            print(dst)
+    except CarryonError as e:
+        sys.stderr.write(f"build-runtime: {e}\n")
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

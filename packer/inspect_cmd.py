@@ -1,0 +1,134 @@
+"""`carryon inspect ARCHIVE [--json] [--files]`: config, layers, counts and sizes; per-file metadata.
+
+`--json` prints the manifest with two more keys: `sections` (offset/length/sha256 of each section)
+and, with `--files`, `files`: one object per path (`/` first) with type, mode, uid, gid, size, mtime,
+link target, xattrs (base64) and rdev. Works on bare payloads and on full self-extracting files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import stat
+import sys
+import tarfile
+
+from runtime.archive import iter_rootfs, read_layout, read_manifest
+from runtime.errors import CarryonError, InputError
+from runtime.extract import split_path, type_letter, xattrs_of
+
+_MODE_BITS = {"d": stat.S_IFDIR, "f": stat.S_IFREG, "h": stat.S_IFREG, "l": stat.S_IFLNK, "p": stat.S_IFIFO,
+              "c": stat.S_IFCHR, "b": stat.S_IFBLK}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        usage = " ".join(self.format_usage().split()[1:])
+        raise CarryonError(f"{message} (usage: {usage})")
+
+
+def _guest(name: str) -> str:
+    return "/" + "/".join(split_path(name))
+
+
+def iter_files(layout):
+    """One dict per rootfs entry, in archive order."""
+    import zstandard
+
+    try:
+        with iter_rootfs(layout) as tf:
+            for m in tf:
+                letter = type_letter(m)
+                e = {"path": _guest(m.name), "type": letter, "mode": m.mode & 0o7777, "uid": m.uid,
+                     "gid": m.gid, "size": m.size if m.isreg() else 0, "mtime": int(m.mtime)}
+                if m.issym():
+                    e["link"] = m.linkname
+                elif m.islnk():
+                    e["link"] = _guest(m.linkname)
+                xa = xattrs_of(m)
+                if xa:
+                    e["xattrs"] = {k: base64.b64encode(v).decode("ascii") for k, v in sorted(xa.items())}
+                if m.ischr() or m.isblk():
+                    e["rdev"] = [m.devmajor, m.devminor]
+                yield e
+    except (tarfile.TarError, zstandard.ZstdError, EOFError) as ex:
+        raise InputError(f"{layout.path}: corrupted rootfs ({ex})") from None
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _text(layout, manifest: dict, files: bool, out) -> None:
+    img, cfg, rf = manifest.get("image", {}), manifest.get("config", {}), manifest.get("rootfs", {})
+    secs = ", ".join(f"{n} {_size(s.length)}" for n, s in layout.sections.items())
+    w = out.write
+    w(f"archive     {layout.path} ({_size(layout.size)}: {secs})\n")
+    tool = manifest.get("tool", {})
+    w(f"tool        {tool.get('name', '?')} {tool.get('version', '?')}\n")
+    w(f"image       {img.get('source')}  tag {img.get('tag')}  {img.get('platform')}\n")
+    w(f"manifest    {img.get('manifest_digest')}\n")
+    w(f"config      {img.get('config_digest')}\n")
+    w(f"layers      {len(img.get('layers', []))}\n")
+    for i, l in enumerate(img.get("layers", [])):
+        w(f"  [{i}] {l.get('digest')}  {_size(l.get('size', 0)):>9}  {l.get('media_type')}\n")
+    for k in ("Entrypoint", "Cmd"):
+        w(f"{k.lower():<11} {json.dumps(cfg.get(k), ensure_ascii=False)}\n")
+    for e in cfg.get("Env") or []:
+        w(f"env         {e}\n")
+    w(f"workdir     {cfg.get('WorkingDir') or '(none)'}\n")
+    w(f"user        {cfg.get('User') or '(default: root)'}\n")
+    w(f"ports       {' '.join(sorted(cfg.get('ExposedPorts') or {})) or '(none)'}\n")
+    w(f"volumes     {' '.join(sorted(cfg.get('Volumes') or {})) or '(none)'}\n")
+    if cfg.get("StopSignal"):
+        w(f"stopsignal  {cfg['StopSignal']}\n")
+    for k, v in sorted((cfg.get("Labels") or {}).items()):
+        w(f"label       {k}={v}\n")
+    w(f"rootfs      {rf.get('total_entries')} entries: {rf.get('files')} files, {rf.get('dirs')} dirs, "
+      f"{rf.get('symlinks')} symlinks, {rf.get('hardlinks')} hardlinks, {rf.get('other')} other\n")
+    w(f"            {_size(rf.get('uncompressed_bytes', 0))} in files, tar {_size(rf.get('tar_bytes', 0))}, "
+      f"zstd level {rf.get('level')} {_size(layout.sections['rootfs'].length)}\n")
+    if files:
+        for e in iter_files(layout):
+            mode = stat.filemode(_MODE_BITS[e["type"]] | e["mode"])
+            size = f"{e['rdev'][0]},{e['rdev'][1]}" if "rdev" in e else str(e["size"])
+            link = f" -> {e['link']}" if "link" in e else ""
+            hl = "(hardlink)" if e["type"] == "h" else ""
+            w(f"{mode} {e['uid']}:{e['gid']} {size:>9} {e['path']}{link}{hl}\n")
+
+
+def main(argv: list[str]) -> int:
+    p = _Parser(prog="carryon inspect", description="Show a carryon archive's manifest.")
+    p.add_argument("archive", metavar="ARCHIVE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--files", action="store_true", help="also list every file with owner and mode")
+    args = p.parse_args(argv)
+    layout = read_layout(args.archive)
+    manifest = read_manifest(layout)
+    try:
+        _print(layout, manifest, args, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `carryon inspect ... | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    return 0
+
+
+def _print(layout, manifest: dict, args, out) -> None:
+    if args.json:
+        doc = dict(manifest)
+        doc["sections"] = {n: {"offset": s.offset, "length": s.length, "sha256": s.sha256}
+                           for n, s in layout.sections.items()}
+        if args.files:
+            doc["files"] = list(iter_files(layout))
+        json.dump(doc, out, sort_keys=True, indent=1, ensure_ascii=False)
+        out.write("\n")
+    else:
+        _text(layout, manifest, args.files, out)

@@ -1,0 +1,137 @@
+"""`carryon pack SOURCE [-o OUT] [--tag T] [--platform P] [--level N]`: image -> carryon archive.
+
+Reads the image (packer.sources), squashes its layers in one streaming pass each (packer.squash),
+writes the rootfs (packer.rootfs) and the archive (runtime.archive.write_archive: temp file + rename,
+so an error or Ctrl-C never leaves a half-written OUT). Without the hidden `--bare` flag the launcher
+and the frozen runtime come from `packer.embed.runtime_parts()` -- the single integration point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tarfile
+import tempfile
+
+from packer.layers import LayerReader
+from packer.manifest import LayerResult, build_manifest
+from packer.progress import Bar
+from packer.rootfs import DEFAULT_LEVEL, content_size, write_rootfs
+from packer.sources import open_image
+from packer.squash import Squasher
+from runtime.archive import write_archive
+from runtime.errors import CarryonError, InputError
+
+_COMPRESSED_MT = {"gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                  "zstd": "application/vnd.docker.image.rootfs.diff.tar.zstd",
+                  "none": "application/vnd.docker.image.rootfs.diff.tar"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 125 via the CLI edge
+        usage = " ".join(self.format_usage().split()[1:])
+        raise CarryonError(f"{message} (usage: {usage})")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="carryon pack", description="Turn a container image into a carryon archive.")
+    p.add_argument("source", metavar="SOURCE",
+                   help="OCI layout dir, OCI archive, docker-archive (optionally gzip'd), or - for stdin; "
+                        "SOURCE:TAG picks a tag")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: NAME.run in the current dir)")
+    p.add_argument("--tag", help="image tag/name to pick when the source holds several")
+    p.add_argument("--platform", help="OS/ARCH[/VARIANT] from a multi-platform index (default linux/amd64)")
+    p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level 1-22 (default {DEFAULT_LEVEL})")
+    p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def default_output(source: str) -> str:
+    if source == "-":
+        return "image.run"
+    name = os.path.basename(os.path.normpath(source.rsplit(":", 1)[0] if not os.path.exists(source) else source))
+    for suffix in (".gz", ".tgz", ".zst", ".tar", ".oci", ".docker", ".uncompressed", ".zstd"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+    for suffix in (".oci", ".docker", ".uncompressed", ".zstd"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+    return (name or "image") + ".run"
+
+
+def _runtime_parts() -> tuple[bytes, str]:
+    try:
+        from packer.embed import runtime_parts
+    except ModuleNotFoundError as e:
+        if e.name == "packer.embed":
+            raise CarryonError("this carryon cannot build self-extracting files (packer.embed is missing)") from None
+        raise
+    launcher, runtime_tgz = runtime_parts()
+    return launcher, runtime_tgz
+
+
+def _read_layer(sq: Squasher, ref, bar: Bar, done: list[int]) -> LayerResult:
+    def on_read(n: int) -> None:
+        done[0] += n
+        bar.update(done[0])
+
+    reader = LayerReader(ref, on_read=on_read)
+    with reader:
+        sq.begin_layer(ref.index, reader.what)
+        try:
+            tf = tarfile.open(fileobj=reader, mode="r|", bufsize=64 << 10)
+        except tarfile.ReadError as e:
+            if reader.tar_bytes == 0 and "empty" in str(e):
+                tf = None  # an empty layer
+            else:
+                reader.finish()  # a digest mismatch explains a broken tar best
+                raise InputError(f"{reader.what}: not a valid tar ({e})") from None
+        if tf is not None:
+            try:
+                sq.apply_tar(tf)
+            except (tarfile.TarError, EOFError) as e:
+                reader.finish()
+                raise InputError(f"{reader.what}: not a valid tar ({e})") from None
+        reader.finish()
+        sq.end_layer()
+    media_type = ref.media_type if ref.digest and ref.media_type.startswith("application/vnd.oci") \
+        else _COMPRESSED_MT[reader.compression]
+    return LayerResult("sha256:" + reader.blob_hash.hexdigest(), ref.diff_id, reader.blob_bytes,
+                       media_type, reader.compression)
+
+
+def pack(source: str, out: str, *, tag: str | None = None, platform: str | None = None,
+         level: int = DEFAULT_LEVEL, bare: bool = False) -> dict:
+    """Pack SOURCE into OUT; returns the manifest."""
+    if not 1 <= level <= 22:
+        raise CarryonError(f"--level {level}: must be between 1 and 22")
+    if os.path.isdir(out):
+        raise InputError(f"{out}: is a directory")
+    launcher, runtime_tgz = (b"", None) if bare else _runtime_parts()
+    with tempfile.TemporaryDirectory(prefix="carryon-pack-") as work:
+        image = open_image(source, tag, platform, work)
+        with open(os.path.join(work, "spool"), "w+b") as spool:
+            sq = Squasher(spool)
+            done = [0]
+            with Bar("reading", sum(l.size for l in image.layers)) as bar:
+                layers = [_read_layer(sq, ref, bar, done) for ref in image.layers]
+            rootfs = os.path.join(work, "rootfs.tar.zst")
+            written = [0]
+            with Bar("compressing", content_size(sq.root)) as bar2:
+                def progress(n: int) -> None:
+                    written[0] += n
+                    bar2.update(written[0])
+                stats = write_rootfs(sq, rootfs, level, progress)
+        manifest = build_manifest(image, layers, stats, level)
+        write_archive(out, manifest=manifest, rootfs_path=rootfs, launcher=launcher, runtime_path=runtime_tgz)
+    return manifest
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    out = args.output or default_output(args.source)
+    try:
+        pack(args.source, out, tag=args.tag, platform=args.platform, level=args.level, bare=args.bare)
+    except OSError as e:
+        raise CarryonError(f"{e.filename or out}: {e.strerror or e}") from None
+    return 0

@@ -1,0 +1,247 @@
+"""Squash image layers into one tree: one streaming pass per layer, linear in the image size.
+
+The tree lives in memory (`Node`s: metadata + where a regular file's content is), file contents are
+spooled to one temp file as they stream by. Rules (OCI image spec "changesets", as umoci/docker apply
+them):
+- every entry path is joined inside the root securejoin-style (leading `/` dropped, `..` clamped, a
+  symlink met on the way followed with its target re-rooted); the last component is never followed;
+  missing parent directories are created with mode 0755;
+- `.wh.NAME` removes NAME from lower layers; `.wh..wh..opq` hides everything lower in its directory
+  (processed at the end of the layer, so it may come before or after the directory's entry); entries of
+  the same layer are never hidden by that layer's whiteouts; a whiteout whose parent is not a directory
+  is ignored;
+- an entry replaces whatever was at its path (a directory replaced by a file or symlink loses its whole
+  subtree); a directory entry over a directory only updates its metadata;
+- hardlinks name the same node (a link set survives a partial whiteout); a hardlink whose target is
+  outside the root, missing or a directory is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from runtime.errors import InputError
+from runtime.extract import MAX_SYMLINKS, escapes_root, split_path
+
+_CHUNK = 1 << 20
+WH = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
+@dataclass(eq=False)
+class Node:
+    kind: str                     # d f l p c b
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 0
+    xattrs: dict[str, str] = field(default_factory=dict)   # PAX SCHILY.xattr.* values (surrogateescape str)
+    linkname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    size: int = 0
+    offset: int = 0               # of the content in the spool
+    children: dict[str, "Node"] | None = None
+    stamps: dict[str, int] | None = None   # child name -> layer index that last set/traversed it
+
+
+def _new_dir(mode: int = 0o755, uid: int = 0, gid: int = 0, mtime: int = 0) -> Node:
+    return Node("d", mode, uid, gid, mtime, children={}, stamps={})
+
+
+def _kind_of(m: tarfile.TarInfo) -> str:
+    if m.isdir():
+        return "d"
+    if m.issym():
+        return "l"
+    if m.ischr():
+        return "c"
+    if m.isblk():
+        return "b"
+    if m.isfifo():
+        return "p"
+    return "f"
+
+
+class Squasher:
+    """Apply layers in order (`apply_layer`), then walk the result (`root`, `read_content`)."""
+
+    def __init__(self, spool: BinaryIO) -> None:
+        self.root = _new_dir()
+        self.spool = spool
+        self._spool_end = 0
+        self.layer = -1
+        self._opaque: list[Node] = []
+        self.what = ""
+
+    # -------------------------------------------------------- path resolution in the tree
+    def _resolve(self, comps: list[str], create: bool) -> tuple[Node, str] | tuple[None, None]:
+        """(parent dir node, final name) for a path; ("", ...) name means the root itself.
+
+        With create, missing (or non-directory) intermediate components become 0755 directories;
+        without, (None, None) is returned when the parent is not a directory.
+        """
+        L = self.layer
+        stack: list[Node] = [self.root]
+        names: list[str] = []
+        todo = list(reversed(comps))
+        links = 0
+        while todo:
+            c = todo.pop()
+            if c in ("", "."):
+                continue
+            if c == "..":
+                if names:
+                    names.pop()
+                    stack.pop()
+                continue
+            cur = stack[-1]
+            if not todo:
+                return cur, c
+            child = cur.children.get(c)
+            if child is not None and child.kind == "l":
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise InputError(f"{self.what}: too many levels of symlinks resolving {'/'.join(comps)}")
+                if child.linkname.startswith("/"):
+                    stack, names = [self.root], []
+                todo.extend(reversed(child.linkname.split("/")))
+                continue
+            if child is None or child.kind != "d":
+                if not create:
+                    return None, None
+                child = _new_dir(mtime=0)
+                cur.children[c] = child
+            if create:
+                cur.stamps[c] = L
+            stack.append(child)
+            names.append(c)
+        if not names:
+            return self.root, ""
+        return stack[-2], names[-1]
+
+    # -------------------------------------------------------- applying entries
+    def _spool(self, src: BinaryIO | None, size: int) -> int:
+        off = self._spool_end
+        left = size
+        while left > 0:
+            chunk = src.read(min(_CHUNK, left)) if src is not None else b""
+            if not chunk:
+                raise InputError(f"{self.what}: unexpected end of data")
+            self.spool.write(chunk)
+            left -= len(chunk)
+        self._spool_end += size
+        return off
+
+    def _whiteout(self, comps: list[str], base: str) -> None:
+        parent, name = self._resolve(comps[:-1] + ["x"], create=False)
+        if parent is None:
+            return  # parent is not a directory (or missing): ignored
+        if base == OPAQUE:
+            self._opaque.append(parent)
+            return
+        if base.startswith(WH + WH):
+            return  # other aufs metadata (.wh..wh.plnk, ...)
+        target = base[len(WH):]
+        if target in ("", ".", "..") or "/" in target:
+            return
+        if parent.stamps.get(target) == self.layer:
+            return  # entries of the same layer are not hidden by its whiteouts
+        parent.children.pop(target, None)
+        parent.stamps.pop(target, None)
+
+    def apply_member(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        comps = split_path(m.name)
+        if comps and comps[-1].startswith(WH):
+            self._whiteout(comps, comps[-1])
+            return
+        parent, name = self._resolve(comps, create=True)
+        assert parent is not None and name is not None
+        mtime = max(int(m.mtime), 0)
+        xattrs = {k[len("SCHILY.xattr."):]: v for k, v in sorted(m.pax_headers.items())
+                  if k.startswith("SCHILY.xattr.")}
+        if name == "":
+            if m.isdir():
+                r = self.root
+                r.mode, r.uid, r.gid, r.mtime, r.xattrs = m.mode & 0o7777, m.uid, m.gid, mtime, xattrs
+            return
+        existing = parent.children.get(name)
+        if m.islnk():
+            node = self._hardlink_target(m)
+            if node is existing:
+                parent.stamps[name] = self.layer
+                return
+        elif m.isdir() and existing is not None and existing.kind == "d":
+            node = existing
+            node.mode, node.uid, node.gid, node.mtime, node.xattrs = m.mode & 0o7777, m.uid, m.gid, mtime, xattrs
+        else:
+            kind = _kind_of(m)
+            node = Node(kind, m.mode & 0o7777, m.uid, m.gid, mtime, xattrs)
+            if kind == "d":
+                node.children, node.stamps = {}, {}
+            elif kind == "l":
+                node.linkname = m.linkname
+            elif kind in ("c", "b"):
+                node.devmajor, node.devminor = m.devmajor, m.devminor
+            elif kind == "f":
+                node.size = m.size
+                node.offset = self._spool(tf.extractfile(m) if m.size else None, m.size)
+        parent.children[name] = node
+        parent.stamps[name] = self.layer
+
+    def _hardlink_target(self, m: tarfile.TarInfo) -> Node:
+        if escapes_root(m.linkname):
+            raise InputError(f"{self.what}: hardlink {m.name} -> {m.linkname}: target is outside the image root")
+        tparent, tname = self._resolve(split_path(m.linkname), create=False)
+        target = tparent.children.get(tname) if tparent is not None and tname else None
+        if target is None:
+            raise InputError(f"{self.what}: hardlink {m.name} -> {m.linkname}: target does not exist")
+        if target.kind == "d":
+            raise InputError(f"{self.what}: hardlink {m.name} -> {m.linkname}: target is a directory")
+        return target
+
+    def begin_layer(self, index: int, what: str) -> None:
+        self.layer = index
+        self.what = what
+        self._opaque = []
+
+    def end_layer(self) -> None:
+        """Apply the layer's opaque directories: keep only what this layer put (or went through) there."""
+        seen: set[int] = set()
+        for d in self._opaque:
+            self._keep_only_layer(d, seen)
+        self._opaque = []
+
+    def _keep_only_layer(self, d: Node, seen: set[int]) -> None:
+        L = self.layer
+        todo = [d]
+        while todo:
+            n = todo.pop()
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            for name in [k for k, v in n.stamps.items() if v != L] + [k for k in n.children if k not in n.stamps]:
+                n.children.pop(name, None)
+                n.stamps.pop(name, None)
+            todo.extend(c for c in n.children.values() if c.kind == "d")
+
+    def apply_tar(self, tf: tarfile.TarFile) -> None:
+        for m in tf:
+            self.apply_member(tf, m)
+
+    # -------------------------------------------------------- reading back
+    def read_content(self, node: Node):
+        """Yield the content of a regular-file node in chunks."""
+        left = node.size
+        pos = node.offset
+        fd = self.spool.fileno()
+        while left > 0:
+            chunk = os.pread(fd, min(_CHUNK, left), pos)
+            if not chunk:
+                raise InputError("spool file shrank while packing")
+            yield chunk
+            pos += len(chunk)
+            left -= len(chunk)

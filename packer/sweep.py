@@ -1,0 +1,326 @@
+"""`carryon sweep`: run an archive over a table of variables, locally (a pool of N runs) or as one Slurm
+job array. Table reading: sweep_table; per-row scripts: sweep_plan; local pool: sweep_local; Slurm:
+sweep_slurm; results table: sweep_results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+
+from packer.sweep_local import run_pool
+from packer.sweep_plan import (DEFAULT_GUEST_DIR, SweepSpec, meta_dir, plan_rows, render_script,
+                               script_plan_id)
+from packer.sweep_progress import Progress
+from packer.sweep_results import RowResult, row_done_ok, row_result, summary, write_results
+from packer.sweep_slurm import find_sbatch, job_active, submit, task_log, wait_jobs
+from packer.sweep_table import read_table
+from runtime.errors import CarryonError, InputError
+
+USAGE = f"""usage: carryon sweep ARCHIVE --params TABLE [OPTIONS] [--] ARG...
+       carryon sweep --collect DIR [--json]
+
+Runs ARCHIVE once per row of TABLE (CSV with a header line, or JSON lines). In ARG... and in the values
+of --input/--output, {{column}} is replaced by the row's value ({{{{ and }}}} are literal braces); every
+column is also set in the guest's environment, with CARRYON_ROW (the row id: 0, 1, ...) and
+CARRYON_RUN_DIR. Each row gets a run directory DIR/<row>/, bound into the guest at --guest-dir.
+
+options:
+  --params TABLE         the table of variables (one run per row)
+  -j, --jobs N           local runs at a time (default: CPU count); with --slurm: array tasks at a time
+  -o, --out DIR          sweep directory (default: TABLE's name without extension + .sweep)
+  --input HOST[:GUEST]   copy HOST into the row before the run; GUEST relative to the run dir
+                         (default: the run dir, HOST's name); an absolute GUEST elsewhere is bound there
+  --output GUEST[:HOST]  collect GUEST (globs allowed) after the run, also when it fails: into DIR/<row>/
+                         by default, or to HOST (a directory if it ends with / or GUEST has a glob). A
+                         GUEST outside the run dir is written into a per-row empty directory bound over
+                         its directory (e.g. /out for /out/result.txt), so rows never share files
+  --guest-dir PATH       guest path of the row's run directory (default: {DEFAULT_GUEST_DIR})
+  --json                 also write DIR/results.json
+  --resume               keep rows already recorded as successful in DIR, run the others
+  --slurm                submit one Slurm job array instead (task N runs DIR/rows/N/run.sh)
+  --sbatch ARG           pass ARG to sbatch (repeatable), e.g. --sbatch=--time=10 --sbatch=-pshort
+  --wait                 with --slurm: wait for the array to end and write the results
+  --collect DIR          write DIR's results table from what its rows left (after a --slurm sweep)
+
+Results: DIR/results.csv (row, variables, status, exit code, wall time, collected outputs, stdout and
+stderr files, last stderr lines of failed rows). Exit status 0 iff every row exited 0.
+"""
+
+
+class UsageError(InputError):
+    exit_code = 2
+
+
+@dataclass
+class Options:
+    archive: str = ""
+    params: str = ""
+    jobs: int | None = None
+    out: str = ""
+    inputs: list[tuple[str, str | None]] = field(default_factory=list)
+    outputs: list[tuple[str, str | None]] = field(default_factory=list)
+    guest_dir: str = DEFAULT_GUEST_DIR
+    json: bool = False
+    resume: bool = False
+    slurm: bool = False
+    sbatch: list[str] = field(default_factory=list)
+    wait: bool = False
+    collect: str = ""
+    args: list[str] = field(default_factory=list)
+
+
+_VALUED = {"--params", "--jobs", "-j", "--out", "-o", "--input", "--output", "--guest-dir", "--sbatch",
+           "--collect"}
+_FLAGS = {"--json", "--resume", "--slurm", "--wait"}
+
+
+def parse_args(argv: list[str]) -> Options | None:
+    o = Options()
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            o.args = argv[i + 1:]
+            break
+        if a in ("-h", "--help"):
+            return None
+        name, eq, value = a.partition("=") if a.startswith("--") else (a, "", "")
+        if name in _VALUED:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise UsageError(f"{name} needs a value")
+                i += 1
+                value = argv[i]
+            _set(o, name, value)
+        elif name in _FLAGS and not eq:
+            setattr(o, name[2:], True)
+        elif a.startswith("-") and not o.archive and a != "-":
+            raise UsageError(f"unknown option {a} (try: carryon sweep --help)")
+        elif not o.archive and not o.collect:
+            o.archive = a
+        else:
+            o.args = argv[i:]  # the first argument after ARCHIVE starts the command
+            break
+        i += 1
+    return o
+
+
+def _set(o: Options, name: str, value: str) -> None:
+    if name == "--params":
+        o.params = value
+    elif name in ("--jobs", "-j"):
+        if not value.isdigit() or int(value) < 1:
+            raise UsageError(f"--jobs wants a positive number, not {value!r}")
+        o.jobs = int(value)
+    elif name in ("--out", "-o"):
+        o.out = value
+    elif name == "--input":
+        host, sep, guest = value.rpartition(":") if ":" in value else (value, "", "")
+        if not host:
+            raise UsageError(f"--input wants HOST[:GUEST], not {value!r}")
+        o.inputs.append((host, guest or None))
+    elif name == "--output":
+        guest, _, host = value.partition(":")
+        if not guest:
+            raise UsageError(f"--output wants GUEST[:HOST], not {value!r}")
+        o.outputs.append((guest, host or None))
+    elif name == "--guest-dir":
+        if not value.startswith("/") or value.rstrip("/") == "" or ":" in value:
+            raise UsageError(f"--guest-dir wants an absolute guest path below /, not {value!r}")
+        o.guest_dir = "/" + value.strip("/")
+    elif name == "--sbatch":
+        o.sbatch.append(value)
+    elif name == "--collect":
+        o.collect = value
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _install_archive(src: str, dest: str, digest: str) -> None:
+    """The archive is copied once into the sweep directory (compute nodes may not see the original)."""
+    if os.path.isfile(dest) and os.path.getsize(dest) == os.path.getsize(src) and _sha256(dest) == digest:
+        return
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = dest + ".tmp"
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, dest)
+
+
+def _write_atomic(path: str, text: str, mode: int = 0o644) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path + ".tmp", mode)
+    os.replace(path + ".tmp", path)
+
+
+def _load_state(out_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(out_dir, "sweep.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{out_dir}/sweep.json is unreadable: {e}") from None
+
+
+def _save_state(out_dir: str, state: dict) -> None:
+    _write_atomic(os.path.join(out_dir, "sweep.json"), json.dumps(state, indent=1) + "\n")
+
+
+def _results(out_dir: str, state: dict) -> list[RowResult]:
+    jobs = state.get("slurm_jobs", [])
+    out = []
+    for r in state["rows"]:
+        log = None
+        if jobs:  # a row that left no status: show the end of its Slurm task log instead
+            log = task_log(out_dir, jobs[-1], r["row"])
+        out.append(row_result(out_dir, r["row"], r["vars"], r["plan"], log))
+    return out
+
+
+def _finish(out_dir: str, state: dict, json_too: bool, note: str = "") -> int:
+    results = _results(out_dir, state)
+    path = write_results(out_dir, state["columns"], results, json_too)
+    sys.stderr.write(f"carryon sweep: {summary(results)}{note}; results: {path}\n")
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
+def _default_out(params: str) -> str:
+    stem = os.path.basename(params.rstrip("/")) or "table"
+    stem = stem.rsplit(".", 1)[0] if "." in stem.lstrip(".") else stem
+    return stem + ".sweep"
+
+
+def collect(o: Options) -> int:
+    out_dir = os.path.abspath(o.collect)
+    state = _load_state(out_dir)
+    if state is None:
+        raise InputError(f"{out_dir} holds no sweep (no sweep.json)")
+    active = [j for j in state.get("slurm_jobs", []) if job_active(j)]
+    note = f" (Slurm job {', '.join(active)} still running)" if active else ""
+    return _finish(out_dir, state, o.json or state.get("json", False), note)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        return _main(argv)
+    except OSError as e:  # disk full, permissions, ...: one line, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        raise CarryonError(f"{where}{e.strerror or e}") from None
+
+
+def _main(argv: list[str]) -> int:
+    o = parse_args(argv)
+    if o is None:
+        sys.stdout.write(USAGE)
+        return 0
+    if o.collect:
+        if o.archive or o.params or o.args:
+            raise UsageError("--collect DIR takes no archive, table or command")
+        return collect(o)
+    if not o.archive:
+        raise UsageError("missing ARCHIVE (usage: carryon sweep ARCHIVE --params TABLE [--] ARG...)")
+    if not o.params:
+        raise UsageError("missing --params TABLE")
+    if (o.wait or o.sbatch) and not o.slurm:
+        raise UsageError("--wait and --sbatch go with --slurm")
+
+    # everything that can be refused is refused before anything runs or is written
+    table = read_table(o.params)
+    archive = os.path.abspath(o.archive)
+    if not os.path.isfile(archive):
+        raise InputError(f"archive {o.archive}: no such file")
+    if not os.access(archive, os.R_OK):
+        raise InputError(f"archive {o.archive}: not readable")
+    sbatch = find_sbatch() if o.slurm else ""
+    out_dir = os.path.abspath(o.out or _default_out(o.params))
+    state = _load_state(out_dir) if os.path.isdir(out_dir) else None
+    if state is not None and not o.resume:
+        raise InputError(f"{out_dir} holds an earlier sweep: add --resume to continue it, or choose another --out")
+    if state is None and os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise InputError(f"{out_dir} is not empty and holds no sweep; choose another --out")
+    if state is not None:
+        busy = [j for j in state.get("slurm_jobs", []) if job_active(j)]
+        if busy:
+            raise InputError(f"Slurm job {busy[0]} of this sweep is still running; wait for it or scancel it")
+
+    digest = _sha256(archive)
+    spec = SweepSpec(os.path.join(out_dir, "archive", os.path.basename(archive)), digest, o.args,
+                     o.inputs, o.outputs, o.guest_dir, out_dir, os.getcwd(), table)
+    plans = plan_rows(spec)
+
+    os.makedirs(out_dir, exist_ok=True)
+    _install_archive(archive, spec.archive, digest)
+    scripts: dict[str, str] = {}
+    rows_state = []
+    for p in plans:
+        text = render_script(spec, p)
+        os.makedirs(p.meta_dir, exist_ok=True)
+        path = os.path.join(p.meta_dir, "run.sh")
+        _write_atomic(path, text, 0o755)
+        scripts[p.row] = path
+        rows_state.append({"row": p.row, "vars": p.vars, "plan": script_plan_id(text)})
+    new_state = {"version": 1, "table": os.path.abspath(o.params), "columns": table.columns,
+                 "archive": spec.archive, "rows": rows_state, "json": o.json,
+                 "slurm_jobs": (state or {}).get("slurm_jobs", []) if o.slurm else []}
+    _save_state(out_dir, new_state)
+
+    todo = [r["row"] for r in rows_state
+            if not (o.resume and row_done_ok(out_dir, r["row"], r["plan"]))]
+    skipped = len(rows_state) - len(todo)
+    note = f" ({len(todo)} run now, {skipped} done before)" if o.resume else ""
+
+    if o.slurm:
+        if not todo:
+            return _finish(out_dir, new_state, o.json, note)
+        job_id = submit(sbatch, out_dir, [int(r) for r in todo], o.jobs, o.sbatch)
+        new_state["slurm_jobs"] = new_state["slurm_jobs"] + [job_id]
+        _save_state(out_dir, new_state)
+        if not o.wait:
+            print(job_id)
+            sys.stderr.write(f"carryon sweep: submitted job array {job_id} ({len(todo)} tasks); "
+                             f"`carryon sweep --collect {out_dir}` writes the results once it ends\n")
+            return 0
+        progress = Progress(len(rows_state), skipped)
+        plan_of = {x["row"]: x["plan"] for x in rows_state}
+
+        def poll() -> None:
+            states = [row_result(out_dir, r, {}, plan_of[r]).status for r in todo]
+            progress.set_counts(states.count("ok"), states.count("failed"))
+
+        try:
+            wait_jobs([job_id], poll if progress.enabled else (lambda: None))
+        except KeyboardInterrupt:
+            progress.close()
+            sys.stderr.write(f"carryon sweep: stopped waiting; job {job_id} keeps running "
+                             f"(scancel {job_id} stops it; `carryon sweep --collect {out_dir}` collects)\n")
+            _finish(out_dir, new_state, o.json, note)
+            return 130
+        progress.close()
+        return _finish(out_dir, new_state, o.json, note)
+
+    jobs = o.jobs or len(os.sched_getaffinity(0))
+    progress = Progress(len(rows_state), skipped)
+    outcome = run_pool({r: scripts[r] for r in todo}, jobs, progress)
+    progress.close()
+    for r in outcome.interrupted:  # a stopped row is not a result: --resume runs it again
+        for name in ("status", "status.tmp"):
+            try:
+                os.unlink(os.path.join(meta_dir(out_dir, r), name))
+            except FileNotFoundError:
+                pass
+    if outcome.signal:
+        _finish(out_dir, new_state, o.json, note + " - interrupted; add --resume to run the rest")
+        return 128 + outcome.signal
+    return _finish(out_dir, new_state, o.json, note)

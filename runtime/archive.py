@@ -1,0 +1,296 @@
+"""The carryon archive format (v1): sections laid end to end, located by a fixed trailer at the end.
+
+    [launcher][runtime][manifest][rootfs][trailer: 512 bytes]
+
+The trailer is 512 ASCII bytes of `\\n`-terminated lines: `CARRYON-ARCHIVE 1`, one line
+`<name> <length> <sha256hex>` per section in file order, a line of spaces (padding) and `CARRYON-END`.
+Offsets are computed from the end of the file, so a launcher can be put in front of a payload by
+rewriting only the trailer's `launcher` line. Imported by the packer and by the frozen runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from runtime.errors import InputError
+
+TRAILER_SIZE = 512
+SECTIONS = ("launcher", "runtime", "manifest", "rootfs")
+MAGIC = "CARRYON-ARCHIVE 1"
+END = "CARRYON-END"
+FORMAT_VERSION = 1
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_CHUNK = 1 << 20
+
+
+@dataclass
+class Section:
+    name: str
+    offset: int
+    length: int
+    sha256: str
+
+
+@dataclass
+class Layout:
+    path: str
+    size: int
+    sections: dict[str, Section]
+
+
+# ---------------------------------------------------------------- trailer
+
+def format_trailer(sections: dict[str, tuple[int, str]]) -> bytes:
+    """The 512-byte trailer for `{name: (length, sha256hex)}` (every name of SECTIONS)."""
+    head = MAGIC + "\n" + "".join(f"{n} {sections[n][0]} {sections[n][1]}\n" for n in SECTIONS)
+    tail = END + "\n"
+    pad = TRAILER_SIZE - len(head) - len(tail) - 1
+    if pad < 0:
+        raise ValueError("carryon trailer does not fit in 512 bytes")
+    data = (head + " " * pad + "\n" + tail).encode("ascii")
+    assert len(data) == TRAILER_SIZE
+    return data
+
+
+def parse_trailer(data: bytes, what: str = "file") -> dict[str, tuple[int, str]]:
+    """Parse a trailer; raise InputError naming `what` when it is not one."""
+    bad = InputError(f"{what}: not a carryon archive (no valid carryon trailer at its end)")
+    if len(data) != TRAILER_SIZE:
+        raise bad
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise bad from None
+    lines = [ln.strip() for ln in text.split("\n")]
+    lines = [ln for ln in lines if ln]
+    if len(lines) != len(SECTIONS) + 2 or lines[0] != MAGIC or lines[-1] != END:
+        raise bad
+    out: dict[str, tuple[int, str]] = {}
+    for ln, name in zip(lines[1:-1], SECTIONS):
+        parts = ln.split()
+        if len(parts) != 3 or parts[0] != name or not parts[1].isdigit():
+            raise bad
+        digest = parts[2].lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise bad
+        out[name] = (int(parts[1]), digest)
+    return out
+
+
+def read_layout(path: str) -> Layout:
+    """Locate the sections of the carryon archive at `path` (InputError if it is not one)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < TRAILER_SIZE:
+                raise InputError(f"{path}: not a carryon archive (too small)")
+            f.seek(size - TRAILER_SIZE)
+            data = f.read(TRAILER_SIZE)
+    except IsADirectoryError:
+        raise InputError(f"{path}: not a carryon archive (is a directory)") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    entries = parse_trailer(data, path)
+    end = size - TRAILER_SIZE
+    sections: dict[str, Section] = {}
+    for name in reversed(SECTIONS[1:]):
+        length, digest = entries[name]
+        start = end - length
+        if start < 0:
+            raise InputError(f"{path}: corrupted carryon archive (section {name} runs past the start)")
+        sections[name] = Section(name, start, length, digest)
+        end = start
+    length, digest = entries["launcher"]
+    if length != end:
+        raise InputError(f"{path}: corrupted carryon archive (launcher is {end} bytes, trailer says {length})")
+    sections["launcher"] = Section("launcher", 0, length, digest)
+    return Layout(path, size, {n: sections[n] for n in SECTIONS})
+
+
+def _layout(path_or_layout: str | os.PathLike | Layout) -> Layout:
+    if isinstance(path_or_layout, Layout):
+        return path_or_layout
+    return read_layout(os.fspath(path_or_layout))
+
+
+# ---------------------------------------------------------------- reading sections
+
+class SectionReader(io.RawIOBase):
+    """A read-only, seekable window [offset, offset+length) of a file."""
+
+    def __init__(self, path: str, offset: int, length: int) -> None:
+        super().__init__()
+        self._f = open(path, "rb", buffering=0)
+        self._start = offset
+        self._length = length
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            new = pos
+        elif whence == io.SEEK_CUR:
+            new = self._pos + pos
+        elif whence == io.SEEK_END:
+            new = self._length + pos
+        else:
+            raise ValueError(f"bad whence {whence}")
+        if new < 0:
+            raise ValueError("negative seek position")
+        self._pos = new
+        return new
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        left = self._length - self._pos
+        if left <= 0:
+            return 0
+        view = memoryview(b)
+        n = min(len(view), left)
+        got = os.preadv(self._f.fileno(), [view[:n]], self._start + self._pos)
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        if not self.closed:
+            self._f.close()
+        super().close()
+
+
+def open_section(layout: Layout, name: str) -> BinaryIO:
+    """A buffered binary file object limited to section `name` (seek/read/tell)."""
+    s = layout.sections[name]
+    return io.BufferedReader(SectionReader(layout.path, s.offset, s.length), buffer_size=_CHUNK)
+
+
+def read_manifest(path_or_layout: str | os.PathLike | Layout) -> dict:
+    layout = _layout(path_or_layout)
+    with open_section(layout, "manifest") as f:
+        data = f.read()
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise InputError(f"{layout.path}: corrupted carryon archive (manifest is not JSON)") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+        raise InputError(f"{layout.path}: unsupported carryon manifest format {manifest.get('format')!r}"
+                         if isinstance(manifest, dict) else f"{layout.path}: corrupted carryon manifest")
+    return manifest
+
+
+def verify(layout: Layout, names: tuple[str, ...] | list[str] = SECTIONS) -> None:
+    """Re-hash sections; InputError naming the first one whose sha256 differs from the trailer's."""
+    for name in names:
+        s = layout.sections[name]
+        h = hashlib.sha256()
+        with open_section(layout, name) as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+        if h.hexdigest() != s.sha256:
+            raise InputError(f"{layout.path}: corrupted carryon archive (section {name} fails its sha256 check)")
+
+
+class _RootfsTar(tarfile.TarFile):
+    """TarFile that also closes the decompressor and section file it reads from."""
+
+    _carryon_owned: list = []
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            for obj in self._carryon_owned:
+                obj.close()
+            self._carryon_owned = []
+
+
+def iter_rootfs(layout: Layout) -> tarfile.TarFile:
+    """A stream-mode TarFile over the decompressed rootfs section (iterate it; use as a context)."""
+    import zstandard
+
+    section = open_section(layout, "rootfs")
+    reader = zstandard.ZstdDecompressor().stream_reader(section, read_size=_CHUNK, read_across_frames=True)
+    try:
+        tf = _RootfsTar.open(fileobj=reader, mode="r|", bufsize=_CHUNK)
+    except (tarfile.TarError, zstandard.ZstdError) as e:
+        reader.close()
+        section.close()
+        raise InputError(f"{layout.path}: corrupted carryon archive (rootfs: {e})") from None
+    tf._carryon_owned = [reader, section]
+    return tf
+
+
+# ---------------------------------------------------------------- writing
+
+def encode_manifest(manifest: dict) -> bytes:
+    return (json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _copy_hashing(src_path: str | None, data: bytes | None, out: BinaryIO) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    if data is not None:
+        out.write(data)
+        h.update(data)
+        n = len(data)
+    if src_path is not None:
+        with open(src_path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                out.write(chunk)
+                h.update(chunk)
+                n += len(chunk)
+    return n, h.hexdigest()
+
+
+def write_archive(out_path: str, *, manifest: dict, rootfs_path: str, launcher: bytes = b"",
+                  runtime_path: str | None = None) -> None:
+    """Write [launcher][runtime][manifest][rootfs][trailer] to `out_path` atomically.
+
+    A temp file in the same directory is written, fsync'ed and renamed; it is removed on any error or
+    KeyboardInterrupt. The result is mode 0755 when a launcher is present, else 0644 (minus umask).
+    """
+    out_path = os.fspath(out_path)
+    d = os.path.dirname(os.path.abspath(out_path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out_path) + ".", suffix=".part", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            entries = {
+                "launcher": _copy_hashing(None, launcher, out),
+                "runtime": _copy_hashing(runtime_path, None, out),
+                "manifest": _copy_hashing(None, encode_manifest(manifest), out),
+                "rootfs": _copy_hashing(rootfs_path, None, out),
+            }
+            out.write(format_trailer(entries))
+            out.flush()
+            os.fsync(out.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, (0o755 if launcher else 0o644) & ~umask)
+        os.replace(tmp, out_path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def copy_section(layout: Layout, name: str, out: BinaryIO) -> int:
+    """Copy one section's bytes to `out`; returns the byte count."""
+    with open_section(layout, name) as f:
+        shutil.copyfileobj(f, out, _CHUNK)
+    return layout.sections[name].length

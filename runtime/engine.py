@@ -1,0 +1,421 @@
+"""`run(spec) -> exit status`: run a command in a rootfs under the ptrace userspace chroot.
+
+Start-up: fork; the child stops itself (PTRACE_TRACEME + SIGSTOP) so the tracer can set its
+options, installs the seccomp filter (seccomp engine), and execs the command by its GUEST path: that
+first execve is translated like every later one. The engine is `CARRYON_ENGINE` if set, else
+`spec.engine`; "auto" uses seccomp and falls back to plain PTRACE_SYSCALL stepping when the kernel
+refuses PTRACE_O_TRACESECCOMP or the filter.
+
+Exit status: the main process's (128+N when killed by signal N). SIGINT/SIGHUP/SIGQUIT sent to the
+tracer are forwarded to the main guest process, SIGTERM as `spec.stop_signal` (keyboard signals
+are not forwarded when the tracer is in the terminal's foreground process group: the kernel has
+already sent them to the guest, which shares that group). If the tracer dies, PTRACE_O_EXITKILL
+and the child's PR_SET_PDEATHSIG kill the guest tree.
+
+Limits (containment, not a security boundary): the tree can change between the tracer's checks and
+the real call; file descriptors inherited from the caller lead where they lead; job control
+(Ctrl-Z) stops are not emulated (a stopped guest is resumed).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import sys
+
+from runtime.errors import CarryonError, CommandNotExecutable, CommandNotFound
+from runtime.spec import RunSpec
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ENGINES = ("auto", "seccomp", "ptrace")
+_SECCOMP_REFUSED = 200   # child exit code: the seccomp filter could not be installed
+
+
+def choose_engine(spec: RunSpec) -> str:
+    name = os.environ.get("CARRYON_ENGINE") or spec.engine or "auto"
+    if name not in ENGINES:
+        raise CarryonError(f"unknown engine {name!r} (CARRYON_ENGINE or spec.engine: auto, seccomp, ptrace)")
+    return name
+
+
+def find_command(mapper, argv0: str, path_env: str | None, cwd: str) -> str:
+    """Guest path of the command, looked up in the GUEST's PATH when it has no '/'.
+    CommandNotFound (127) / CommandNotExecutable (126) like `docker run`."""
+    if not argv0:
+        raise CommandNotFound("empty command")
+
+    def check(guest: str) -> int:   # 0 ok, 1 missing, 2 not executable
+        try:
+            host = mapper.to_host(guest, cwd, True)
+            st = os.stat(host)
+        except OSError as e:
+            return 2 if e.errno == errno.EACCES else 1
+        if not stat.S_ISREG(st.st_mode) or not os.access(host, os.X_OK):
+            return 2
+        return 0
+
+    if "/" in argv0:
+        r = check(argv0)
+        if r == 1:
+            raise CommandNotFound(f"{argv0}: no such file or directory in the guest")
+        if r == 2:
+            raise CommandNotExecutable(f"{argv0}: permission denied (not an executable file)")
+        return argv0
+    for d in (path_env if path_env is not None else DEFAULT_PATH).split(":"):
+        cand = (d.rstrip("/") or "") + "/" + argv0 if d else argv0
+        r = check(cand)
+        if r == 0:
+            return cand if cand.startswith("/") else "./" + cand
+    raise CommandNotFound(f"{argv0}: executable file not found in the guest's $PATH")
+
+
+def _kernel_before_4_8() -> bool:
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) < (4, 8)
+
+
+def run(spec: RunSpec) -> int:
+    """Run `spec.argv` in `spec.rootfs`; returns the exit status (128+N for signal N)."""
+    engine = choose_engine(spec)
+    # imported here so that `carryon exec --help` and errors before this point stay cheap
+    from runtime.path.binding import Mapper
+    from runtime.path.proc import ProcState
+
+    loop_ref: list = []
+
+    def lookup(pid: int):
+        if not loop_ref:
+            return None
+        t = loop_ref[0].tracees.get(pid)
+        if t is None or t.mapper is None:
+            return None
+        from runtime.syscall.enter import guest_cwd
+        tgid = pid
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Tgid:"):
+                        tgid = int(line.split()[1])
+                        break
+        except (OSError, ValueError):
+            pass
+        return ProcState(exe_guest=t.exe, cwd_guest=guest_cwd(t), tgid=tgid)
+
+    if not os.path.isdir(spec.rootfs):
+        raise CarryonError(f"rootfs not found or not a directory: {spec.rootfs}")
+    mapper = Mapper(spec.rootfs, spec.binds, cache_dirs=True, proc_lookup=lookup)
+    mapper.ensure_mount_points()
+    cwd = spec.cwd or "/"
+    try:
+        host_cwd = mapper.to_host(cwd, "/", True)
+        ok = os.path.isdir(host_cwd)
+    except OSError:
+        ok = False
+    if not ok:
+        sys.stderr.write(f"carryon: warning: can't chdir to {cwd!r} in the guest, using '/'\n")
+        cwd = "/"
+        host_cwd = mapper.to_host("/", "/", True)
+    env = dict(spec.env)
+    prog = find_command(mapper, spec.argv[0] if spec.argv else "", env.get("PATH"), cwd)
+
+    if spec.verbose >= 1:
+        sys.stderr.write(f"carryon: engine {engine}, rootfs {mapper.rootfs}, command {prog} "
+                         f"(cwd {cwd}, {len(mapper.binds)} binds)\n")
+    if engine in ("auto", "seccomp"):
+        status = _run_once(spec, mapper, prog, host_cwd, env, True, engine == "auto", loop_ref)
+        if status is not None:
+            return status
+        mapper.forget()
+    return _run_once(spec, mapper, prog, host_cwd, env, False, False, loop_ref)  # type: ignore[return-value]
+
+
+def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool) -> list:
+    from runtime.extension import EXIT, SKIP
+    from runtime.syscall import table
+    from runtime.syscall.enter import Translator
+    from runtime.syscall.sysnums import MAX_KNOWN
+
+    dispatch = Translator(mapper, lookup, chroot_allowed).dispatch(MAX_KNOWN + 1)
+    for nr, err in table.REFUSED.items():
+        def refuse(t, regs, _e=err):
+            raise OSError(_e, os.strerror(_e))
+        dispatch[nr] = refuse
+    wanted: dict[int, list] = {}
+    for ext in exts:
+        for nr in ext.enter_calls:
+            wanted.setdefault(nr, []).append(ext)
+    for nr, hooks in wanted.items():
+        core = dispatch[nr]
+
+        def chained(t, regs, _core=core, _hooks=tuple(hooks)):
+            t.exits = None
+            act = _core(t, regs) if _core is not None else 0
+            if act & SKIP:
+                return act
+            for ext in _hooks:
+                a = ext.enter(t, regs)
+                if a & EXIT:
+                    if t.exits is None:
+                        t.exits = []
+                    t.exits.append(ext.exit)
+                act |= a
+                if a & SKIP:
+                    break
+            return act
+        dispatch[nr] = chained
+    return dispatch
+
+
+def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, str],
+              use_seccomp: bool, may_fall_back: bool, loop_ref: list) -> int | None:
+    """One attempt; None when seccomp was refused and the caller may fall back to ptrace."""
+    from runtime import extension
+    from runtime.syscall import seccomp, table
+    from runtime.tracee import ffi
+    from runtime.tracee.loop import Loop
+    from runtime.tracee.state import Tracee
+
+    exts = extension.build(spec)
+    fake_root = spec.uid == 0
+    lookup = mapper.proc_lookup
+    dispatch = _build_dispatch(mapper, lookup, exts, fake_root or os.geteuid() == 0)
+    program = None
+    if use_seccomp:
+        traced = set(table.TRACED)
+        if_arg = dict(table.TRACED_IF_ARG)
+        for ext in exts:
+            # `enter_calls_if_arg` (optional): nr -> argument index; stop only when it is non-zero
+            cond = getattr(ext, "enter_calls_if_arg", {})
+            for nr in ext.enter_calls:
+                if nr in cond and if_arg.get(nr, cond[nr]) == cond[nr]:
+                    if_arg[nr] = cond[nr]
+                else:
+                    traced.add(nr)
+        program = seccomp.build(traced, table.REFUSED, if_arg)
+    argv = list(spec.argv)
+    env_b = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+
+    mode_r, mode_w = os.pipe()
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:                                        # ---- child
+        code = 125
+        try:
+            os.close(mode_w)
+            os.close(err_r)
+            for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                      signal.SIGQUIT):
+                signal.signal(s, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            os.chdir(host_cwd)
+            ffi.prctl(ffi.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(125)
+            ffi.traceme()
+            os.kill(os.getpid(), signal.SIGSTOP)
+            mode = os.read(mode_r, 1)
+            os.close(mode_r)
+            if mode == b"s":
+                try:
+                    ffi.install_seccomp(program)  # type: ignore[arg-type]
+                except OSError as e:
+                    os.write(err_w, f"seccomp {e.errno}".encode())
+                    os._exit(_SECCOMP_REFUSED)
+            elif mode != b"p":
+                os._exit(125)
+            code = 127
+            os.execve(prog, argv, env_b)
+        except OSError as e:
+            try:
+                os.write(err_w, f"exec {e.errno or 0}".encode())
+            except OSError:
+                pass
+            code = 127 if e.errno == errno.ENOENT else 126
+        except BaseException:
+            pass
+        os._exit(code)
+    # ---- tracer
+    os.close(mode_r)
+    os.close(err_w)
+    try:
+        _, status = os.waitpid(pid, ffi.WALL)
+        if not (os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGSTOP):
+            os.close(mode_w)
+            raise CarryonError("engine failure: the guest did not start under ptrace")
+        opts = (ffi.PTRACE_O_TRACESYSGOOD | ffi.PTRACE_O_TRACEFORK | ffi.PTRACE_O_TRACEVFORK
+                | ffi.PTRACE_O_TRACECLONE | ffi.PTRACE_O_TRACEEXEC | ffi.PTRACE_O_EXITKILL)
+        if use_seccomp:
+            try:
+                ffi.setoptions(pid, opts | ffi.PTRACE_O_TRACESECCOMP)
+            except OSError:
+                if not may_fall_back:
+                    _abort(pid, mode_w)
+                    raise CarryonError("engine failure: the kernel refused PTRACE_O_TRACESECCOMP") from None
+                _abort(pid, mode_w)
+                return None
+        else:
+            try:
+                ffi.setoptions(pid, opts)
+            except OSError:
+                ffi.setoptions(pid, opts & ~ffi.PTRACE_O_EXITKILL)   # kernels before 3.8
+        os.write(mode_w, b"s" if use_seccomp else b"p")
+        os.close(mode_w)
+        _pin_tracer()
+        loop = Loop(dispatch, exts, use_seccomp, spec.wait_all, legacy_order=_kernel_before_4_8())
+        loop_ref[:] = [loop]
+        main = Tracee(pid, mapper, "")
+        main.started = True
+        forward = _Forwarder(pid, spec.stop_signal)
+        forward.install()
+        try:
+            if use_seccomp:
+                ffi.resume(ffi.PTRACE_CONT, pid, 0)
+            else:
+                ffi.resume(ffi.PTRACE_SYSCALL, pid, 0)
+            status = loop.run(main)
+        finally:
+            forward.restore()
+            loop.kill_all()
+            for ext in exts:
+                ext.close()
+        report = os.read(err_r, 256)
+    finally:
+        os.close(err_r)
+    if report.startswith(b"seccomp"):
+        if may_fall_back:
+            return None
+        raise CarryonError(f"engine failure: the kernel refused the seccomp filter ({report.decode()})")
+    if report.startswith(b"exec "):
+        e = int(report.split()[1] or 0)
+        msg = f"{spec.argv[0]}: {os.strerror(e)}"
+        if e == errno.ENOENT:
+            raise CommandNotFound(msg)
+        raise CommandNotExecutable(msg)
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+def _pin_tracer() -> None:
+    """Keep the tracer on one CPU (CARRYON_PIN=tracer, the default: the guest keeps every CPU it
+    had, the scheduler's wake-affine logic then tends to run the stopped tracee next to it;
+    CARRYON_PIN=0: no pinning)."""
+    mode = os.environ.get("CARRYON_PIN", "tracer")
+    if mode in ("0", "no", "off", ""):
+        return
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) > 1:
+            os.sched_setaffinity(0, {cpus[-1]})
+    except OSError:
+        pass
+
+
+def _abort(pid: int, fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0x40000000)     # __WALL
+    except OSError:
+        pass
+
+
+class _Forwarder:
+    """Forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to the tracer to the main guest process."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+    def __init__(self, pid: int, stop_signal: int) -> None:
+        self.pid = pid
+        self.stop_signal = int(stop_signal)
+        self.old: dict[int, object] = {}
+        self.tty_fg = False
+        for fd in (0, 1, 2):
+            try:
+                if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
+                    self.tty_fg = True
+                    break
+            except OSError:
+                pass
+
+    def _handler(self, signum, frame) -> None:
+        if self.tty_fg and signum in (signal.SIGINT, signal.SIGQUIT):
+            return          # typed at the terminal: the guest got it from the kernel already
+        target = self.stop_signal if signum == signal.SIGTERM else signum
+        try:
+            os.kill(self.pid, target)
+        except OSError:
+            pass
+
+    def install(self) -> None:
+        for s in self.SIGNALS:
+            try:
+                self.old[s] = signal.signal(s, self._handler)
+            except (OSError, ValueError):
+                pass
+
+    def restore(self) -> None:
+        for s, h in self.old.items():
+            try:
+                signal.signal(s, h)  # type: ignore[arg-type]
+            except (OSError, ValueError):
+                pass
+
+
+def probe() -> str:
+    """Which engine `auto` gets on this kernel: "seccomp", "ptrace", or "unavailable (why)".
+
+    Forks a child that asks to be traced and installs an allow-everything seccomp filter; used by
+    `--carryon-info` and the tests. Costs a few milliseconds."""
+    from runtime.syscall import seccomp
+    from runtime.tracee import ffi
+    forced = os.environ.get("CARRYON_ENGINE")
+    if forced in ("seccomp", "ptrace"):
+        return f"{forced} (forced by CARRYON_ENGINE)"
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ffi.traceme()
+            os.kill(os.getpid(), signal.SIGSTOP)
+            ffi.install_seccomp([(seccomp.RET_K, 0, 0, seccomp.RET_ALLOW)])
+            os._exit(0)
+        except BaseException:
+            os._exit(3)
+    try:
+        _, status = os.waitpid(pid, ffi.WALL)
+        if not os.WIFSTOPPED(status):
+            return "unavailable (ptrace refused: PTRACE_TRACEME failed)"
+        kind = "seccomp"
+        try:
+            ffi.setoptions(pid, ffi.PTRACE_O_TRACESECCOMP | ffi.PTRACE_O_EXITKILL)
+        except OSError:
+            kind = "ptrace"
+            ffi.setoptions(pid, 0)
+        ffi.resume(ffi.PTRACE_CONT, pid, 0)
+        while True:
+            _, status = os.waitpid(pid, ffi.WALL)
+            if os.WIFSTOPPED(status):
+                ffi.resume(ffi.PTRACE_CONT, pid, 0)
+                continue
+            break
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3:
+            kind = "ptrace"
+        return kind
+    except OSError as e:
+        return f"unavailable ({e.strerror})"
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, ffi.WALL)
+        except OSError:
+            pass

@@ -1,0 +1,94 @@
+"""What a guest `execve` really runs: the kernel reads `#!` and PT_INTERP on the HOST, so the tracer
+does that work in the guest's terms and hands the kernel something it can run as is.
+
+- `#!` scripts: the interpreter (a guest path, resolved like any path) with the optional argument
+  and the script's filename, nested up to 4 levels (deeper: ELOOP); a missing interpreter: ENOENT.
+- dynamic ELF: the GUEST's loader named by PT_INTERP, run with `--argv0 ARGV0 PROGRAM ARGS...`
+  (PROGRAM as a guest path: the loader opens it through the tracer); a loader without `--argv0`
+  (glibc < 2.33) gets `PROGRAM ARGS...` and the program sees its guest path as argv[0].
+- static ELF: run as is.
+Errors are the kernel's: ENOENT (missing), EACCES (directory, not regular, no exec permission),
+ENOEXEC (neither ELF nor `#!`, or not x86_64), ELOOP (scripts nested too deep).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from runtime.execve import elf, shebang
+
+Arg = int | bytes          # a pointer to a string already in the tracee, or a new string
+Resolve = Callable[[str], tuple[str, str]]   # guest path -> (canonical guest path, host path), followed
+
+
+@dataclass
+class ExecPlan:
+    host_path: str          # what the kernel executes
+    argv: list[Arg]         # the new argv
+    exe_guest: str          # what /proc/PID/exe must read as afterwards
+
+
+def _open_checked(host: str) -> tuple[int, os.stat_result]:
+    """Open `host` for reading its headers after the kernel's exec permission checks; fd -1 when
+    it is executable but not readable by us (then it is run unexamined)."""
+    st = os.stat(host)                              # ENOENT, ENOTDIR, ELOOP, EACCES
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EACCES, "not a regular file")
+    if not os.access(host, os.X_OK):
+        raise OSError(errno.EACCES, "permission denied")
+    try:
+        fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        return -1, st
+    return fd, st
+
+
+def plan(resolve: Resolve, filename: str, argv: list[Arg]) -> ExecPlan:
+    """Plan the exec of guest `filename` with `argv` (pointers into the tracee)."""
+    path = filename
+    depth = 0
+    while True:
+        guest, host = resolve(path)
+        fd, st = _open_checked(host)
+        if fd < 0:
+            return ExecPlan(host, argv, guest)
+        try:
+            head = os.pread(fd, shebang.BINPRM_BUF_SIZE, 0)
+            if head[:2] == b"#!":
+                depth += 1
+                if depth > shebang.MAX_NESTING:
+                    raise OSError(errno.ELOOP, "too many levels of #! interpreters")
+                interp, arg = shebang.parse(head)
+                new: list[Arg] = [interp]
+                if arg is not None:
+                    new.append(arg)
+                new.append(os.fsencode(path))
+                argv = new + argv[1:]
+                path = os.fsdecode(interp)
+                continue
+            if not elf.is_elf(head):
+                raise OSError(errno.ENOEXEC, "exec format error")
+            interp_path = elf.interpreter(fd, head, (host, st.st_ino, st.st_mtime_ns, st.st_size))
+        finally:
+            os.close(fd)
+        if interp_path is None:
+            return ExecPlan(host, argv, guest)
+        try:
+            _lguest, lhost = resolve(interp_path)
+            lst = os.stat(lhost)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise OSError(errno.ENOENT, "ELF interpreter not found") from None
+            raise
+        if not stat.S_ISREG(lst.st_mode):
+            raise OSError(errno.EACCES, "ELF interpreter is not a regular file")
+        argv0: Arg = argv[0] if argv else os.fsencode(path)
+        loader_argv: list[Arg] = [os.fsencode(interp_path)]
+        if elf.loader_has_argv0(lhost, lst):
+            loader_argv += [b"--argv0", argv0]
+        loader_argv.append(os.fsencode(guest))
+        return ExecPlan(lhost, loader_argv + argv[1:], guest)

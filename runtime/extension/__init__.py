@@ -1,0 +1,85 @@
+"""Optional features that hook system calls (PRoot's extensions), e.g. fake_id (-0/-i), portmap.
+
+An extension is an object with:
+
+- `enter_calls`: the syscall numbers (`runtime.syscall.sysnums.NUMBERS[...]`) it wants to see when
+  they are entered. The seccomp filter stops on them (in addition to the path calls).
+- `enter_calls_if_arg` (optional): {number: argument index} for calls of `enter_calls` worth a stop
+  only when that argument is non-zero (sendto/recvfrom with an address); the seccomp filter lets
+  the others run without stopping (the plain engine still calls `enter` for them).
+- `enter(t, regs) -> int`: called at the enter stop of one of those calls, AFTER the engine's own
+  path translation (path arguments already point at host paths). `t` is the `runtime.tracee.state.
+  Tracee` (pid, memory access through `runtime.tracee.mem`, `t.ext` a dict for per-process state
+  the extension keeps under its own key, `t.mapper` the path mapper of that process), `regs` the
+  raw register array (`runtime.tracee.ffi`: `regs[ffi.ARG[i]]` is argument i, `regs[ffi.R_ORIG_RAX]`
+  the number). It returns a combination of the action bits below:
+    * `CHANGED`: it modified `regs` (the engine writes them back once);
+    * `EXIT`: call its `exit(t, regs)` at the exit stop of this call;
+    * `SKIP`: do not run the call; the guest gets `t.ret` as its result (a value, or -errno).
+      Raising OSError(errno) does the same with -errno.
+  New data for the tracee goes below its stack pointer with `runtime.tracee.mem.push(t, bytes)`
+  (which returns the address to point a register at).
+- `exit(t, regs) -> int`: at the exit stop, `regs[ffi.R_RAX]` is the result; return CHANGED when
+  it modified it (or other registers).
+- `fork(parent, child) -> None`: a new process/thread `child` was created by `parent` (copy the
+  per-process state you keep in `t.ext`).
+- `close() -> None`: at the end of the run.
+
+Extensions are created by `build(spec)` below from the `RunSpec`; the engine calls only these.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from runtime.spec import RunSpec
+
+CHANGED = 1
+EXIT = 2
+SKIP = 4
+
+
+class Extension(Protocol):
+    enter_calls: frozenset[int]
+
+    def enter(self, t, regs) -> int: ...
+
+    def exit(self, t, regs) -> int: ...
+
+    def fork(self, parent, child) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Base:
+    """Convenience base: no calls, no-op hooks."""
+
+    enter_calls: frozenset[int] = frozenset()
+
+    def enter(self, t, regs) -> int:
+        return 0
+
+    def exit(self, t, regs) -> int:
+        return 0
+
+    def fork(self, parent, child) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def build(spec: RunSpec) -> list[Extension]:
+    """The extensions a run needs, in the order their hooks run."""
+    exts: list[Extension] = []
+    if spec.uid is not None or spec.gid is not None:
+        from runtime.extension.fake_id import FakeId
+        exts.append(FakeId(spec))
+    if spec.port_map or spec.netcoop:
+        try:
+            from runtime.extension.portmap import PortMap  # type: ignore[import-not-found]
+        except ImportError:
+            from runtime.errors import CarryonError
+            raise CarryonError("port translation is not available in this build") from None
+        exts.append(PortMap(spec))
+    return exts

@@ -1,0 +1,174 @@
+#!/bin/sh
+# carryon self-extracting archive: POSIX sh launcher (runs under dash, bash, busybox sh).
+# The payload is found from the fixed 512-byte trailer at the end of this file:
+#   [launcher][runtime tar.gz][manifest][rootfs][trailer]
+# This script only finds or unpacks the frozen runtime (PyInstaller onedir + its own loader and
+# libraries) into the node cache and starts it; the runtime checks the archive, extracts the rootfs and
+# runs the image's command. Tools used: sh builtins, tail, head, gzip, tar, mkdir, mv, rm, chmod (df, id
+# when present). Options: run with --carryon-help.
+rt_kb=@CARRYON_RUNTIME_KB@
+rt_main=carryon-runtime
+rt_ld=_internal/ld-linux-x86-64.so.2
+
+set -f
+die() { echo "carryon: $*" >&2; exit 125; }
+
+self=$0
+case $self in /*) ;; *) self=$PWD/$self ;; esac
+[ -f "$self" ] && [ -r "$self" ] || die "cannot read the archive itself ($0)"
+
+# ---- trailer: "CARRYON-ARCHIVE 1" / "<section> <length> <sha256>" x4 / padding / "CARRYON-END"
+trailer=$(tail -c 512 "$self" 2>/dev/null) || die "$self: cannot read the archive trailer"
+magic= end= l_len= r_len= r_sha=
+while read -r name len sha; do
+  case $name in
+    CARRYON-ARCHIVE) magic=$len ;;
+    CARRYON-END) end=1 ;;
+    launcher) l_len=$len ;;
+    runtime) r_len=$len r_sha=$sha ;;
+  esac
+done <<CARRYON_TRAILER_EOF
+$trailer
+CARRYON_TRAILER_EOF
+case "$magic:$end:$l_len:$r_len" in
+  1:1:[0-9]*:[0-9]*) ;;
+  *) die "$self: corrupted carryon archive (bad trailer)" ;;
+esac
+case $l_len$r_len in *[!0-9]*) die "$self: corrupted carryon archive (bad trailer)" ;; esac
+case $r_sha in *[!0-9a-f]*|'') die "$self: corrupted carryon archive (bad trailer)" ;; esac
+[ ${#r_sha} -eq 64 ] || die "$self: corrupted carryon archive (bad trailer)"
+[ "$r_len" -gt 0 ] || die "$self: bare carryon payload (no runtime): use 'carryon extract' or 'carryon exec'"
+rt_key=rt-$(printf %.32s "$r_sha")
+
+# ---- cache candidates (same order as runtime/cache.py): --carryon-cache / CARRYON_CACHE, else
+# $XDG_CACHE_HOME/carryon or ~/.cache/carryon, else per-user dirs under $TMPDIR, /tmp, /var/tmp.
+explicit=${CARRYON_CACHE:-}
+want=
+for a in "$@"; do
+  if [ -n "$want" ]; then
+    [ "$want" = cache ] && explicit=$a
+    want=; continue
+  fi
+  case $a in
+    --carryon-cache=*) explicit=${a#--carryon-cache=} ;;
+    --carryon-cache) want=cache ;;
+    --carryon-*=*) ;;
+    --carryon-help|--carryon-info|--carryon-clean|--carryon-verbose|--carryon-netcoop) ;;
+    --carryon-*) want=value ;;
+    *) break ;;
+  esac
+done
+
+uid=
+if [ -r /proc/self/status ]; then
+  while read -r k v rest; do
+    case $k in Uid:) uid=$v; break ;; esac
+  done </proc/self/status
+fi
+[ -n "$uid" ] || uid=$(id -u 2>/dev/null) || uid=
+[ -n "$uid" ] || uid=unknown
+
+cands=
+add() {
+  case $1 in /*) ;; *) return ;; esac
+  case "
+$cands
+" in *"
+$1
+"*) return ;; esac
+  cands="$cands
+$1"
+}
+if [ -n "$explicit" ]; then
+  case $explicit in /*) ;; *) explicit=$PWD/$explicit ;; esac
+  add "$explicit"
+else
+  if [ -n "${XDG_CACHE_HOME:-}" ]; then add "$XDG_CACHE_HOME/carryon"
+  elif [ -n "${HOME:-}" ] && [ "$HOME" != / ]; then add "$HOME/.cache/carryon"
+  fi
+  [ -n "${TMPDIR:-}" ] && add "${TMPDIR%/}/carryon-$uid"
+  add "/tmp/carryon-$uid"
+  add "/var/tmp/carryon-$uid"
+fi
+
+start() {  # start the runtime in dir $1; $2: published (1) or pending publication (0)
+  _CARRYON_ARCHIVE=$self
+  _CARRYON_RT=$1
+  _CARRYON_RT_PUBLISHED=$2
+  _CARRYON_RT_DEST=$3
+  shift 3
+  _PYI_ARCHIVE_FILE=$1/$rt_main
+  _PYI_PARENT_PROCESS_LEVEL=-1
+  export _CARRYON_ARCHIVE _CARRYON_RT _CARRYON_RT_PUBLISHED _CARRYON_RT_DEST _PYI_ARCHIVE_FILE \
+    _PYI_PARENT_PROCESS_LEVEL
+  unset _PYI_APPLICATION_HOME_DIR _PYI_LINUX_PROCESS_NAME _PYI_SPLASH_IPC
+  exec "$_CARRYON_RT/$rt_ld" --inhibit-cache --library-path "$_CARRYON_RT/_internal" "$_CARRYON_RT/$rt_main" "$@"
+}
+
+# ---- warm: a published runtime (marker written last, directory published by rename)
+IFS_SAVE=$IFS
+IFS='
+'
+for c in $cands; do
+  if [ -f "$c/$rt_key/.complete" ]; then
+    IFS=$IFS_SAVE
+    rt=$c/$rt_key
+    start "$rt" 1 "$rt" "$@"
+  fi
+done
+IFS=$IFS_SAVE
+
+# ---- cold: unpack the runtime into a private temp dir of the first usable candidate; the runtime
+# verifies every section of the archive before it publishes that dir (rename) as $c/$rt_key.
+host=localhost
+[ -r /proc/sys/kernel/hostname ] && read -r host </proc/sys/kernel/hostname
+case $host in ''|*[!A-Za-z0-9._-]*) host=localhost ;; esac
+need_kb=$((rt_kb + rt_kb / 8 + 1024))
+why=
+IFS='
+'
+for c in $cands; do
+  IFS=$IFS_SAVE
+  if ! mkdir -p "$c" 2>/dev/null || [ ! -d "$c" ]; then why="$why; $c: cannot create"; continue; fi
+  if [ -z "$explicit" ] && [ ! -O "$c" ]; then why="$why; $c: not owned by uid $uid"; continue; fi
+  case $c in /tmp/*|/var/tmp/*|"${TMPDIR:-/nonexistent}"/*) chmod 700 "$c" 2>/dev/null ;; esac
+  if [ ! -w "$c" ]; then why="$why; $c: not writable"; continue; fi
+  tmp=
+  n=0
+  while [ $n -lt 20 ]; do
+    t=$c/.tmp-$rt_key-$host-$$-$n
+    if mkdir "$t" 2>/dev/null; then tmp=$t; break; fi
+    n=$((n + 1))
+  done
+  if [ -z "$tmp" ]; then why="$why; $c: not writable"; continue; fi
+  printf '#!/bin/sh\nexit 0\n' >"$tmp/exec-test" 2>/dev/null && chmod 700 "$tmp/exec-test" 2>/dev/null
+  if ! "$tmp/exec-test" 2>/dev/null; then
+    rm -rf "$tmp"; why="$why; $c: mounted noexec (or not writable)"; continue
+  fi
+  rm -f "$tmp/exec-test"
+  avail=$(df -Pk "$c" 2>/dev/null | { read -r _; read -r _ _ _ a _; echo "$a"; })
+  case $avail in
+    ''|*[!0-9]*) ;;
+    *) if [ "$avail" -lt "$need_kb" ]; then
+         rm -rf "$tmp"; why="$why; $c: only $((avail / 1024)) MB free, the runtime needs $((need_kb / 1024)) MB"
+         continue
+       fi ;;
+  esac
+  ok=1
+  if command -v head >/dev/null 2>&1; then
+    tail -c +$((l_len + 1)) "$self" 2>/dev/null | head -c "$r_len" 2>/dev/null | gzip -dc 2>/dev/null |
+      (cd "$tmp" && tar -xf - 2>/dev/null) || ok=
+  else
+    tail -c +$((l_len + 1)) "$self" 2>/dev/null | gzip -dc 2>/dev/null |
+      (cd "$tmp" && tar -xf - 2>/dev/null) || ok=
+  fi
+  if [ -z "$ok" ] || [ ! -f "$tmp/$rt_main" ] || [ ! -f "$tmp/$rt_ld" ] || [ ! -f "$tmp/.carryon-runtime-files" ]; then
+    rm -rf "$tmp"
+    why="$why; $c: unpacking the runtime failed (disk full or corrupted archive)"
+    continue
+  fi
+  start "$tmp" 0 "$c/$rt_key" "$@"
+done
+IFS=$IFS_SAVE
+die "no usable cache directory for the runtime (need a writable, exec-capable directory with $((need_kb / 1024)) MB free${why:+: ${why#; }}); set CARRYON_CACHE or --carryon-cache (e.g. to node-local scratch)"
+exit 125

@@ -1,0 +1,103 @@
+"""The per-run port table: which host port stands for which guest port, and what to publish.
+
+Keyed by (proto, guest port): one host port per key, so a guest that binds one port on IPv4 and on
+IPv6 gets the same host port for both (where the kernel allows it). Static mappings (`-p`,
+`--carryon-publish`) are known from the start; automatic ones (netcoop, or a static mapping whose
+host port is 0) are learnt when the kernel has chosen the port for the guest's first bind, and kept
+for the rest of the run, so the guest binding that port again gets the same host port and clients
+that read the ports file keep reaching it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from runtime.spec import PortMapping
+
+
+@dataclass(frozen=True)
+class PortEntry:
+    """One line of the ports file: a guest bind as the guest made it, and the host port it got."""
+    proto: str
+    guest: int
+    host: int
+    address: str
+    ipv4: bool          # AF_INET or v4-mapped: listed first
+
+
+AUTO = 0                # bind_target(): let the kernel choose, read the port back at the exit stop
+
+
+class PortTable:
+    def __init__(self, mappings: list[PortMapping], auto: bool,
+                 on_change: Callable[[list[PortEntry], PortEntry], None] | None = None) -> None:
+        self.auto = auto
+        self.on_change = on_change
+        self.fwd: dict[tuple[str, int], int] = {}
+        self.rev: dict[tuple[str, int], int] = {}
+        self.auto_keys: set[tuple[str, int]] = set()
+        self.restrict: dict[tuple[str, int], str] = {}
+        self._entries: dict[tuple[str, int, str, int], PortEntry] = {}
+        # Fast rejection on the hot path, before the socket's protocol is asked for:
+        self.guest_ports: set[int] = set()     # guest ports a connect/sendto may be redirected from
+        self.host_ports: set[int] = set()      # host ports a returned address may be translated back from
+        self.bind_ports: set[int] = set()      # guest ports a bind is translated for (besides `auto`)
+        for m in mappings:
+            key = (m.proto, m.guest)
+            self.bind_ports.add(m.guest)
+            if m.host:
+                self.fwd[key] = m.host
+                self.rev[(m.proto, m.host)] = m.guest
+                self.guest_ports.add(m.guest)
+                self.host_ports.add(m.host)
+            else:
+                self.auto_keys.add(key)
+            if m.address:
+                self.restrict[key] = m.address
+
+    @property
+    def active(self) -> bool:
+        """False when there is nothing to translate (no mapping, no automatic mode)."""
+        return self.auto or bool(self.fwd) or bool(self.auto_keys)
+
+    def bind_target(self, proto: str, guest: int) -> int | None:
+        """Host port a guest bind to `guest` must use; AUTO: the kernel's choice; None: leave it."""
+        if guest == 0:
+            return None
+        host = self.fwd.get((proto, guest))
+        if host is not None:
+            return host
+        if self.auto or (proto, guest) in self.auto_keys:
+            return AUTO
+        return None
+
+    def connect_target(self, proto: str, guest: int) -> int | None:
+        """Host port standing for `guest` for a connect/sendto to a local address, or None."""
+        return self.fwd.get((proto, guest))
+
+    def guest_port(self, proto: str, host: int) -> int | None:
+        """Guest port a local address with host port `host` stands for (reverse translation)."""
+        return self.rev.get((proto, host))
+
+    def record(self, proto: str, guest: int, host: int, address: str, ipv4: bool) -> None:
+        """A guest bind of (proto, guest) on `address` really holds `host` now."""
+        self.fwd.setdefault((proto, guest), host)
+        self.rev.setdefault((proto, host), guest)
+        self.guest_ports.add(guest)
+        self.host_ports.add(host)
+        ekey = (proto, guest, address, host)
+        if ekey in self._entries:
+            return
+        entry = self._entries[ekey] = PortEntry(proto, guest, host, address, ipv4)
+        if self.on_change is not None:
+            self.on_change(self.entries(), entry)
+
+    def published(self, proto: str, guest: int, address: str, host: int) -> bool:
+        """True when this bind is already in the ports file (no need to watch it succeed)."""
+        return (proto, guest, address, host) in self._entries
+
+    def entries(self) -> list[PortEntry]:
+        """Published entries, IPv4 ones first, otherwise in the order the binds happened."""
+        items = list(self._entries.values())
+        return [e for e in items if e.ipv4] + [e for e in items if not e.ipv4]

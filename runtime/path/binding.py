@@ -1,0 +1,276 @@
+"""The guest's view of the host: a rootfs directory with binds overlaid on it.
+
+`Mapper(rootfs, binds)` answers, for the tracer's hot path:
+- `to_host(guest_path, cwd, follow_last)`: the host path the real syscall must get (`canon.resolve`);
+- `to_guest(host_path)`: what a host path the kernel handed out (getcwd, /proc/PID/fd/N) is in the
+  guest, or None when it lies outside the rootfs and every bind;
+- `readonly(host_path)`: whether a host path lies inside a read-only bind (writes -> EROFS).
+
+Binds overlay the guest tree and the longest guest prefix wins. Each bind's host side is
+`realpath`ed once; its guest side is canonicalised once *in the guest* (through the image's symlinks
+and the binds given before it), like PRoot: `-b X:/var/run/x` with `/var/run -> /run` in the image
+binds `/run/x`, and a bind over an image symlink (`/etc/resolv.conf -> ../run/...`) lands on the
+symlink's target, so both names reach it.
+
+Bind points missing from the image: paths at and below them resolve regardless (`canon` walks a
+missing ancestor of a bind point as a directory), but the point itself would not be listed by its
+parent directory nor `stat`able if an ancestor is missing too. `ensure_mount_points()` fixes that the
+way Docker does for `-v`: called once at run start, it creates the missing bind points (a directory,
+or an empty file for a file bind, and missing parent directories) inside the rootfs when the rootfs is
+writable there. It never writes outside the rootfs (a point whose parent is itself inside a bind is
+left virtual). Where it cannot create one (read-only rootfs), the point stays virtual and
+`synthetic_entries(dir)` lists the names an engine would add to that directory's listing.
+
+Nothing about the tree is cached across calls unless `cache_dirs=True`: then guest paths seen to be
+real directories are remembered, which saves one `lstat` per known directory component. The engine
+must call `forget()` at the entry of every syscall that can remove or replace a directory (rmdir,
+unlinkat, rename*) and of those that create symlinks (symlink*, link* which can link a symlink):
+with only the former, a second guest process could get a directory cached again while the rmdir is
+in flight, then see it replaced by a symlink the cache does not know about. Every Mapper of a run
+(one per emulated chroot) must be told. Changes made to the rootfs from outside the guest during
+the run are not seen.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from runtime.errors import CarryonError
+from runtime.path import canon
+from runtime.path.proc import Lookup
+from runtime.spec import Bind
+
+
+def _strip(p: str) -> str:
+    """Internal form: no trailing slash, the root is ""."""
+    return p.rstrip("/")
+
+
+class Mapper:
+    """Guest <-> host path translation for one run (see the module docstring)."""
+
+    def __init__(self, rootfs: str, binds: list[Bind], *, cache_dirs: bool = False,
+                 proc_lookup: Lookup | None = None) -> None:
+        root = os.path.realpath(rootfs)
+        if not os.path.isdir(root):
+            raise CarryonError(f"rootfs is not a directory: {rootfs}")
+        self.rootfs = root
+        self.rootfs_host = _strip(root)
+        self.root_host = self.rootfs_host     # host path of guest "/" (a bind of "/" changes it)
+        # guest path (internal form) -> host path (internal form) of each bind root
+        self.bind_hosts: dict[str, str] = {}
+        # guest paths of missing-in-image ancestors of bind points, walked as directories
+        self.virtual: set[str] = set()
+        # guest path -> host path of directories seen (cache_dirs=True only; see `forget`)
+        self.dircache: dict[str, str] | None = {} if cache_dirs else None
+        self.proc_lookup: Lookup | None = proc_lookup
+        self.proc_root: str | None = None     # guest dir where the host's /proc is bound
+        self.proc_host: str = "/proc"
+        self._proc_prefix: str | None = None
+        # `..` needs search permission on the directory it leaves; root always has it
+        self.search_check = os.geteuid() != 0
+        self._cwd_cache: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self.binds: list[Bind] = []           # the binds in effect, canonical guest and host paths
+        for b in binds:
+            self._add_bind(b)
+        self._finish()
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def _add_bind(self, b: Bind) -> None:
+        if not os.path.exists(b.host):
+            if b.optional:
+                return
+            raise CarryonError(f"bind source does not exist: {b.host}")
+        host = os.path.realpath(b.host)
+        if not b.guest.startswith("/"):
+            raise CarryonError(f"bind guest path must be absolute: {b.guest}")
+        self._cwd_cache.clear()
+        try:
+            guest = canon.resolve(self, b.guest, "/", True)[0]
+        except OSError as e:
+            raise CarryonError(f"bind guest path {b.guest}: {os.strerror(e.errno or 0)}") from None
+        g = _strip(guest)
+        self.bind_hosts[g] = _strip(host)
+        if not g:
+            self.root_host = self.bind_hosts[g]
+        # a missing ancestor of this point must be walkable for the canonicalisation of later binds
+        parts = g.split("/")
+        for i in range(1, len(parts) - 1):
+            self.virtual.add("/".join(parts[: i + 1]))
+        self.binds = [x for x in self.binds if _strip(x.guest) != g]
+        self.binds.append(Bind(host=host, guest=guest, readonly=b.readonly, optional=b.optional))
+
+    def _finish(self) -> None:
+        self._cwd_cache.clear()
+        # host prefix -> (guest prefix, readonly), longest host prefix first
+        owners = [(self.rootfs_host, "", False)]
+        owners += [(_strip(b.host), _strip(b.guest), b.readonly) for b in self.binds]
+        owners.sort(key=lambda o: len(o[0]), reverse=True)
+        self._owners = owners
+        self._any_ro = any(o[2] for o in owners)
+        for g, h in self.bind_hosts.items():
+            if h == "/proc":
+                self.proc_root = g or "/"
+                self._proc_prefix = g + "/"
+                break
+
+    def _cwd_stacks(self, cwd: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The guest/host prefix stacks of a canonical guest directory (lexical, cached)."""
+        if not cwd.startswith("/"):
+            raise ValueError(f"guest cwd must be absolute: {cwd!r}")
+        gs = [""]
+        hs = [self.root_host]
+        binds = self.bind_hosts
+        g = ""
+        h = self.root_host
+        for name in cwd.split("/"):
+            if not name or name == ".":
+                continue
+            if name == "..":
+                if len(gs) > 1:
+                    gs.pop()
+                    hs.pop()
+                    g = gs[-1]
+                    h = hs[-1]
+                continue
+            g = g + "/" + name
+            nh = binds.get(g)
+            h = nh if nh is not None else h + "/" + name
+            gs.append(g)
+            hs.append(h)
+        stacks = (tuple(gs), tuple(hs))
+        if len(self._cwd_cache) > 256:
+            self._cwd_cache.clear()
+        self._cwd_cache[cwd] = stacks
+        return stacks
+
+    # ---- hot path -------------------------------------------------------------------------
+    def to_host(self, guest_path: str, cwd: str, follow_last: bool, *, parent_op: bool = False,
+                pid: int | None = None, tid: int | None = None) -> str:
+        """Host path for guest `guest_path` (absolute, or relative to the canonical guest `cwd`).
+
+        `follow_last`: follow a symlink in the last component (stat, open without O_NOFOLLOW,
+        chdir, execve...); False for lstat, readlink, O_NOFOLLOW/O_EXCL|O_CREAT, AT_SYMLINK_NOFOLLOW.
+        `parent_op`: the call acts on the directory entry itself (unlink, rmdir, rename both sides,
+        mkdir, mknod, symlink's new path, link's new path): the last component is never followed even
+        with a trailing slash, and `.`/`..`/the root/a bind point come back as `HOST/.` so the
+        kernel refuses them. `pid`/`tid`: the calling process (needed for /proc/self and friends;
+        without it /proc links are read as the tracer's). Raises OSError (ENOENT for "", ELOOP)."""
+        return canon.resolve(self, guest_path, cwd, follow_last, parent_op, pid, tid)[1]
+
+    def resolve(self, guest_path: str, cwd: str, follow_last: bool, *, parent_op: bool = False,
+                pid: int | None = None, tid: int | None = None) -> tuple[str, str]:
+        """(canonical guest path, host path): `to_host` plus the guest path it found."""
+        return canon.resolve(self, guest_path, cwd, follow_last, parent_op, pid, tid)
+
+    def canon(self, guest_path: str, cwd: str, follow_last: bool, *, pid: int | None = None,
+              tid: int | None = None) -> str:
+        """Canonical guest path of `guest_path` (what `chdir` records as the new cwd, what
+        `proc.readlink_target` takes)."""
+        return canon.resolve(self, guest_path, cwd, follow_last, False, pid, tid)[0]
+
+    def to_guest(self, host_path: str) -> str | None:
+        """Guest path of a host path: the longest matching bind host prefix (or the rootfs) is
+        replaced by its guest path; None when the path is outside the rootfs and all binds or is
+        not absolute ("pipe:[12]")."""
+        if not host_path.startswith("/"):
+            return None
+        for h, g, _ro in self._owners:
+            if not h:                   # a bind of the host's "/"
+                return g + host_path if host_path != "/" else (g or "/")
+            if host_path.startswith(h):
+                n = len(h)
+                if len(host_path) == n:
+                    return g or "/"
+                if host_path[n] == "/":
+                    return g + host_path[n:]
+        return None
+
+    def readonly(self, host_path: str) -> bool:
+        """True when `host_path` lies inside a read-only bind (longest host prefix decides)."""
+        if not self._any_ro:
+            return False
+        for h, _g, ro in self._owners:
+            if host_path.startswith(h) and (len(host_path) == len(h) or host_path[len(h)] == "/"
+                                            or not h):
+                return ro
+        return False
+
+    def forget(self) -> None:
+        """Drop the directory cache (see the module docstring); cheap, call it freely."""
+        if self.dircache is not None:
+            self.dircache.clear()
+
+    # ---- bind points --------------------------------------------------------------------
+    def is_bind_root(self, guest_path: str) -> bool:
+        """True when the canonical guest path is a bind point (rmdir/rename/unlink on it: EBUSY)."""
+        return _strip(guest_path) in self.bind_hosts
+
+    def _unbound_host(self, g: str) -> str:
+        """Where guest `g` (internal form, a bind point or virtual dir) would be without its own
+        bind: its parent's host path + its name."""
+        parent, _, name = g.rpartition("/")
+        return self.to_host(parent or "/", "/", True).rstrip("/") + "/" + name
+
+    def synthetic_entries(self, guest_dir: str) -> list[str]:
+        """Names of bind points (and their missing ancestors) directly inside canonical guest
+        directory `guest_dir` that the directory itself does not hold: what an engine adds to its
+        listing for a rootfs where `ensure_mount_points` could not create them."""
+        d = _strip(guest_dir)
+        out = []
+        for g in sorted(set(self.bind_hosts) | self.virtual):
+            if not g or g.rpartition("/")[0] != d:
+                continue
+            try:
+                os.lstat(self._unbound_host(g))
+            except FileNotFoundError:
+                out.append(g.rpartition("/")[2])
+            except OSError:
+                pass
+        return out
+
+    def ensure_mount_points(self) -> list[str]:
+        """Create the bind points missing from the image inside the rootfs (directories, or an empty
+        file for a file bind, plus missing parent directories). Returns the guest paths created.
+        Points it cannot create (read-only rootfs, parent inside another bind or a host dir) stay
+        virtual; see `synthetic_entries`."""
+        created: list[str] = []
+        for g in sorted(self.bind_hosts, key=len):
+            if not g:
+                continue
+            parts = g.split("/")
+            for i in range(1, len(parts)):
+                sub = "/".join(parts[: i + 1])
+                is_point = i == len(parts) - 1
+                if not is_point and sub in self.bind_hosts:
+                    continue
+                host = self._unbound_host(sub)
+                if not self._in_rootfs(host):
+                    break               # would land inside a bind: never write to the host
+                try:
+                    os.lstat(host)
+                    continue
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    break
+                try:
+                    if is_point and not os.path.isdir(self.bind_hosts[g] or "/"):
+                        fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                        os.close(fd)
+                    else:
+                        os.mkdir(host, 0o755)
+                except OSError as e:
+                    if e.errno != errno.EEXIST:
+                        break
+                created.append(sub)
+        self.forget()
+        return created
+
+    def _in_rootfs(self, host_path: str) -> bool:
+        """True when the longest owner of `host_path` is the rootfs itself (not a bind)."""
+        for h, g, _ro in self._owners:
+            if host_path == h or host_path.startswith(h + "/") or not h:
+                return h == self.rootfs_host and g == ""
+        return False

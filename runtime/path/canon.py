@@ -1,0 +1,215 @@
+"""Component-by-component canonicalisation of a guest path inside the guest root.
+
+`resolve` walks the guest path one component at a time, `lstat`ing each prefix on the HOST through
+the bindings (`Mapper.bind_hosts`), the way the kernel walks a path under a real `chroot`:
+
+- a symlink's target is read; an absolute target restarts from the GUEST root, a relative one
+  continues from the link's directory; more than 40 links in one walk -> OSError(ELOOP);
+- `..` pops one guest component (so it leaves a bind for the guest directory the bind sits in) and
+  stays at `/` at the guest root; `.` and empty components are dropped; as a non-root user, a `..`
+  out of a directory without search permission stops the walk (the kernel says EACCES);
+- the last component is followed only when `follow_last` is true, or when the path ends with `/`,
+  `/.` or `/..` (lookup semantics: `lstat("link/")` follows and requires a directory) unless
+  `parent_op` (calls that act on the directory entry itself: unlink, rmdir, rename, mkdir, mknod,
+  symlink's and link's new path): those never follow the last component, like the kernel;
+- the walk stops at the first prefix the host refuses (missing, not a directory, no search
+  permission, name too long): the remaining components are appended *lexically* to its host path,
+  so the real syscall fails with the kernel's own errno (ENOENT, ENOTDIR, EACCES, ENAMETOOLONG)
+  and a missing last component (`mkdir -p`, `open(O_CREAT)`, `rename` targets) is created where
+  it belongs. The kernel never gets past the failing component, so the lexical rest cannot escape;
+- a prefix that is a regular file followed by more components is handled the same way (ENOTDIR);
+- a missing guest directory that is an ancestor of a bind point (`-b /x:/mnt/a/b` with no
+  `/mnt/a` in the image) is walked as an (empty) directory so the bind stays reachable;
+- the host path handed back keeps a trailing `/` when the guest path had one (or ended in `/.`,
+  `/..`), so the kernel checks "is a directory" itself (ENOTDIR); with `parent_op` a last `.`/`..`,
+  the guest root or a bind point come back as `HOST/.`, which the kernel refuses (EINVAL, EBUSY,
+  EEXIST, ENOTDIR) instead of acting on a directory or bound host file the guest never named;
+- symlinks below the guest directory where the host's /proc is bound are handed to
+  `runtime.path.proc.follow` (`/proc/self`, `/proc/PID/{exe,cwd,root,fd/N}` ...) when `pid` is given.
+
+Nothing from one call is kept for the next, except the optional positive directory cache of the
+mapper (guest path -> host path of directories seen, see `Mapper.forget`): with it, a path whose
+parent is a known directory and that has no `.`, `..`, `//` or trailing `/` (most paths) costs one
+`lstat` of its last component, or none when the last component is not followed. Every host path built here
+is made of components that `lstat` showed not to be symlinks (bind host paths are realpath'ed once),
+so the kernel follows no host symlink while walking it except one the last component names when the
+caller asked not to follow it: the guest stays inside its root and binds. This is containment, not
+a security boundary: the tree can change between our `lstat` and the real syscall.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING
+
+from runtime.path import proc
+
+if TYPE_CHECKING:
+    from runtime.path.binding import Mapper
+
+MAXSYMLINKS = 40
+DIRCACHE_MAX = 65536                    # entries; the cache starts over when full
+_S_IFMT = 0o170000
+_S_IFLNK = 0o120000
+_S_IFDIR = 0o040000
+_ORDINARY = proc.ORDINARY
+
+
+def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool = False,
+            pid: int | None = None, tid: int | None = None) -> tuple[str, str]:
+    """(guest path, host path) of guest `path` (absolute, or relative to the canonical guest `cwd`).
+
+    The guest path is canonical up to the first component the host refused; from there on it is
+    the lexical rest, like the host path. Raises OSError(ENOENT) for "", OSError(ELOOP) for too many
+    links. See the module docstring for the rules."""
+    if not path:
+        raise OSError(errno.ENOENT, "empty path")
+    dircache = m.dircache
+    if dircache is not None and "//" not in path and "/." not in path and path[-1] != "/" \
+            and path[0] != ".":
+        # Fast path: the parent is a directory already seen (canonical, no symlink in it), only the
+        # last component needs looking at. Anything unusual goes the long way below.
+        full = path if path[0] == "/" else (cwd + "/" + path if cwd != "/" else "/" + path)
+        i = full.rfind("/")
+        ph = dircache.get(full[:i]) if i else m.root_host
+        if ph is not None:
+            nh = m.bind_hosts.get(full)
+            if nh is None:
+                nh = ph + "/" + full[i + 1:]
+            if parent_op and full in m.bind_hosts:
+                pass                    # a bind point: the long way gives HOST/.
+            elif not follow_last or parent_op:
+                return (full, nh)
+            else:
+                try:
+                    mode = os.lstat(nh).st_mode & _S_IFMT
+                except OSError:
+                    if full not in m.virtual:
+                        return (full, nh)
+                    mode = _S_IFDIR
+                if mode == _S_IFDIR:
+                    if len(dircache) >= DIRCACHE_MAX:
+                        dircache.clear()
+                    dircache[full] = nh
+                    return (full, nh)
+                if mode != _S_IFLNK:
+                    return (full, nh)
+    if path[0] == "/":
+        gs = [""]
+        hs = [m.root_host]
+    else:
+        stacks = m._cwd_cache.get(cwd)
+        if stacks is None:
+            stacks = m._cwd_stacks(cwd)
+        gs = list(stacks[0])
+        hs = list(stacks[1])
+    comps = path.split("/")
+    last = comps[-1]
+    dotlast = last == "." or last == ".."
+    trailing = dotlast or last == ""
+    pending = [c for c in reversed(comps) if c and c != "."]
+    follow_final = follow_last or (trailing and not parent_op)
+    binds = m.bind_hosts
+    lstat = os.lstat
+    proc_prefix = m._proc_prefix if pid is not None else None
+    search_check = m.search_check
+    g = gs[-1]
+    h = hs[-1]
+    links = 0
+    while pending:
+        name = pending.pop()
+        if name == "..":
+            if len(gs) > 1:
+                if search_check and not os.access(h or "/", os.X_OK) and g not in m.virtual:
+                    pending.append(name)    # `..` needs search permission: the kernel says EACCES
+                    return _lexical(g, h, pending, trailing)
+                gs.pop()
+                hs.pop()
+                g = gs[-1]
+                h = hs[-1]
+            continue
+        ng = g + "/" + name
+        nh = binds.get(ng)
+        if nh is None:
+            nh = h + "/" + name
+        if not pending and not follow_final:
+            gs.append(ng)
+            hs.append(nh)
+            g = ng
+            h = nh
+            break
+        if dircache is not None and ng in dircache:
+            gs.append(ng)
+            hs.append(nh)
+            g = ng
+            h = nh
+            continue
+        try:
+            mode = lstat(nh or "/").st_mode & _S_IFMT
+        except OSError as e:
+            if e.errno == errno.ENOENT and ng in m.virtual:
+                gs.append(ng)
+                hs.append(nh)
+                g = ng
+                h = nh
+                continue
+            return _lexical(ng, nh, pending, trailing)
+        if mode == _S_IFLNK:
+            target: object = _ORDINARY
+            if proc_prefix is not None and ng.startswith(proc_prefix):
+                target = proc.follow(ng[len(proc_prefix):].split("/"), nh, not pending,
+                                     pid, tid, m.proc_lookup, m)
+                if target is None:      # kernel magic: the kernel follows it itself
+                    return _lexical(ng, nh, pending, trailing)
+            if target is _ORDINARY:
+                try:
+                    target = os.readlink(nh)
+                except OSError:         # changed under us: let the kernel answer
+                    return _lexical(ng, nh, pending, trailing)
+            links += 1
+            if links > MAXSYMLINKS:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+            assert isinstance(target, str)
+            if not target:
+                raise OSError(errno.ENOENT, "empty symlink target", path)
+            if not pending and target != "/" and (target[-1] == "/" or target.endswith("/.")
+                                                  or target == "."):
+                trailing = True         # `link -> dir/` as the last component requires a directory
+            if target[0] == "/":
+                del gs[1:]
+                del hs[1:]
+                g = ""
+                h = hs[0]
+            for c in reversed(target.split("/")):
+                if c and c != ".":
+                    pending.append(c)
+            continue
+        gs.append(ng)
+        hs.append(nh)
+        g = ng
+        h = nh
+        if mode == _S_IFDIR:
+            if dircache is not None:
+                if len(dircache) >= DIRCACHE_MAX:
+                    dircache.clear()
+                dircache[ng] = nh
+        elif pending:                   # a non-directory in the middle: the kernel says ENOTDIR
+            return _lexical(ng, nh, pending, trailing)
+    if parent_op and (dotlast or len(gs) == 1 or g in binds):
+        return (g or "/", h + "/.")
+    if trailing and h:
+        return (g or "/", h + "/")
+    return (g or "/", h or "/")
+
+
+def _lexical(g: str, h: str, pending: list[str], trailing: bool) -> tuple[str, str]:
+    if pending and pending[0] == "..":
+        trailing = False                # already a directory lookup for the kernel
+    if pending:
+        rest = "/" + "/".join(reversed(pending))
+        g += rest
+        h += rest
+    if trailing:
+        return (g + "/", h + "/")
+    return (g or "/", h or "/")

@@ -1,0 +1,416 @@
+"""Enter-stop handlers: rewrite the path arguments of a system call from guest to host.
+
+`Translator.dispatch()` gives a list indexed by syscall number: None (let it run) or a handler
+`h(t, regs) -> action bits` (`runtime.extension.CHANGED/EXIT/SKIP`). A handler raises OSError(errno)
+to make the call fail with that errno without running it. The guest base directory of a relative
+path is read from the kernel (`/proc/PID/cwd`, `/proc/PID/fd/N`) and turned back into a guest path,
+so chdir/fchdir/CLONE_FS need no bookkeeping.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_mod
+
+from runtime.execve import plan as exec_plan
+from runtime.extension import CHANGED, SKIP
+from runtime.path import proc as proc_links
+from runtime.path.binding import Mapper
+from runtime.spec import Bind
+from runtime.syscall import table as T
+from runtime.syscall.sysnums import NUMBERS
+from runtime.tracee import mem
+from runtime.tracee.ffi import ARG, R_ORIG_RAX, R_R10, R_RDX, R_RSI, R_RDI
+
+NR_EXECVE = NUMBERS["execve"]
+NR_EXECVEAT = NUMBERS["execveat"]
+AF_UNIX = 1
+SUN_PATH_MAX = 108
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+_fsdecode = os.fsdecode
+_fsencode = os.fsencode
+_readlink = os.readlink
+_lstat = os.lstat
+_S_ISLNK = stat_mod.S_ISLNK
+
+
+def _int32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - 0x100000000 if v & 0x80000000 else v
+
+
+def guest_base(t, dirfd: int) -> str | None:
+    """Canonical guest directory a relative path is taken from: the cwd (AT_FDCWD) or the dirfd's
+    directory, in the terms of the process's mapper. None when it is not a guest directory (a pipe,
+    a host path outside the guest, a directory outside an emulated chroot)."""
+    try:
+        host = _readlink(f"/proc/{t.pid}/cwd" if dirfd == T.AT_FDCWD else f"/proc/{t.pid}/fd/{dirfd}")
+    except OSError:
+        return None
+    return t.mapper.to_guest(host)
+
+
+def guest_cwd(t) -> str:
+    g = guest_base(t, T.AT_FDCWD)
+    return g if g is not None else "/"
+
+
+class Translator:
+    """Builds the per-syscall handlers of one run."""
+
+    def __init__(self, mapper: Mapper, lookup, chroot_allowed: bool) -> None:
+        self.mapper = mapper
+        self.lookup = lookup            # pid -> ProcState | None (for /proc magic links)
+        self.chroot_allowed = chroot_allowed
+
+    def _outside(self, t, dirfd: int):
+        """(mapper, guest base) for a base directory outside the process's (chrooted) view: it is
+        taken in the run's top-level guest, so `..` out of an emulated chroot stops at the run's
+        root. (None, None): not a guest directory at all (left to the kernel)."""
+        if t.mapper is self.mapper:
+            return None, None
+        try:
+            host = _readlink(f"/proc/{t.pid}/cwd" if dirfd == T.AT_FDCWD else f"/proc/{t.pid}/fd/{dirfd}")
+        except OSError:
+            return None, None
+        g = self.mapper.to_guest(host)
+        return (self.mapper, g) if g is not None else (None, None)
+
+    def _base(self, t, dirfd: int):
+        """(mapper, guest base directory) of a relative path; (None, None) when the base is not a
+        guest directory (the call is then left to the kernel)."""
+        base = guest_base(t, dirfd)
+        if base is not None:
+            return t.mapper, base
+        return self._outside(t, dirfd)
+
+    # ---- generic path rewrite -------------------------------------------------------------
+    def _path_handler(self, call: T.Call):
+        specs = []
+        for p in call.paths:
+            specs.append((ARG[p.arg], None if p.dirfd is None else ARG[p.dirfd], p.follow,
+                          None if p.flags is None else ARG[p.flags], p.parent_op))
+        write = call.write
+        wflags = None if call.write_flags is None else ARG[call.write_flags]
+        forget = call.forget
+        read_cstring = mem.read_cstring
+        push = mem.push
+        O_NOFOLLOW, O_CREAT, O_EXCL = T.O_NOFOLLOW, T.O_CREAT, T.O_EXCL
+        OC_EXCL = O_CREAT | O_EXCL
+        OPEN_FLAGS, AT_NOFOLLOW, AT_FOLLOW = T.OPEN_FLAGS, T.AT_NOFOLLOW, T.AT_FOLLOW
+        INOTIFY, FANOTIFY, FOLLOW = T.INOTIFY, T.FANOTIFY, T.FOLLOW
+        AT_FDCWD = T.AT_FDCWD
+        outside = self._outside
+        top = self.mapper
+
+        def handler(t, regs) -> int:
+            mapper = t.mapper
+            if forget:
+                mapper.forget()
+                top.forget()
+            changed = 0
+            for reg, dreg, rule, freg, parent_op in specs:
+                addr = regs[reg]
+                if not addr:
+                    continue                # NULL: the fd itself (utimensat) or EFAULT by the kernel
+                raw = read_cstring(t, addr)
+                if not raw:
+                    continue                # "": AT_EMPTY_PATH (the fd itself) or ENOENT by the kernel
+                if rule == FOLLOW:
+                    follow = True
+                elif rule == OPEN_FLAGS:
+                    fl = regs[freg] if freg is not None else O_CREAT | 0o1
+                    follow = not (fl & O_NOFOLLOW or fl & OC_EXCL == OC_EXCL)
+                elif rule == AT_NOFOLLOW:
+                    follow = not regs[freg] & 0x100
+                elif rule == AT_FOLLOW:
+                    follow = bool(regs[freg] & 0x400)
+                elif rule == INOTIFY:
+                    follow = not regs[freg] & 0x02000000
+                elif rule == FANOTIFY:
+                    follow = not regs[freg] & 0x4
+                else:
+                    follow = False
+                m = mapper
+                if raw[0] == 47:
+                    base = "/"
+                else:
+                    dirfd = AT_FDCWD if dreg is None else _int32(regs[dreg])
+                    try:
+                        hdir = _readlink(f"/proc/{t.pid}/cwd" if dirfd == AT_FDCWD
+                                         else f"/proc/{t.pid}/fd/{dirfd}")
+                    except OSError:
+                        continue            # EBADF: the kernel says so
+                    base = m.to_guest(hdir)
+                    if base is None:
+                        m, base = outside(t, dirfd)
+                        if base is None:
+                            continue
+                    elif 47 not in raw and raw != b"." and raw != b"..":
+                        # One plain name in a real guest directory: the kernel's own lookup is
+                        # the guest's, unless the name is a bind point or a symlink to follow.
+                        name = _fsdecode(raw)
+                        key = (base if base != "/" else "") + "/" + name
+                        if key not in m.bind_hosts and key not in m.virtual and not (
+                                write and m._any_ro and (write == 1 or regs[wflags] & 0o1103)
+                                and m.readonly(hdir)):
+                            if not follow:
+                                continue
+                            try:
+                                if not _S_ISLNK(_lstat(hdir + "/" + name).st_mode):
+                                    continue
+                            except OSError:
+                                continue    # missing: ENOENT / creation, both right natively
+                host = m.to_host(_fsdecode(raw), base, follow, parent_op=parent_op, pid=t.pid,
+                                 tid=t.pid)
+                if write and m._any_ro and (write == 1 or regs[wflags] & 0o1103) \
+                        and m.readonly(host):
+                    raise OSError(errno.EROFS, "read-only bind")
+                regs[reg] = push(t, _fsencode(host) + b"\0")
+                changed = CHANGED
+            return changed
+
+        return handler
+
+    # ---- special calls ----------------------------------------------------------------------
+    def _getcwd(self, t, regs) -> int:
+        """Emulated: the guest path of the kernel's cwd, no exit stop needed."""
+        try:
+            host = _readlink(f"/proc/{t.pid}/cwd")
+        except OSError:
+            raise OSError(errno.ENOENT, "no cwd") from None
+        if host.endswith(" (deleted)") and not os.path.exists(host):
+            raise OSError(errno.ENOENT, "cwd removed")
+        g = t.mapper.to_guest(host)
+        if g is None:
+            raise OSError(errno.ENOENT, "cwd outside the guest")
+        data = _fsencode(g) + b"\0"
+        size = regs[R_RSI]
+        if len(data) > size:
+            raise OSError(errno.ERANGE, "buffer too small")
+        mem.write(t, regs[R_RDI], data)
+        t.ret = len(data)
+        return SKIP
+
+    def _readlink(self, t, regs) -> int:
+        """Translate the path; /proc magic links (exe, cwd, root, fd/N) are answered directly."""
+        nr = regs[R_ORIG_RAX]
+        at = nr != NUMBERS["readlink"]
+        preg = ARG[1] if at else ARG[0]
+        addr = regs[preg]
+        if not addr:
+            return 0
+        raw = mem.read_cstring(t, addr)
+        if not raw:
+            return 0
+        mapper = t.mapper
+        if raw[0] == 47:
+            base = "/"
+        else:
+            mapper, base = self._base(t, _int32(regs[ARG[0]]) if at else T.AT_FDCWD)
+            if base is None:
+                return 0
+        guest, host = mapper.resolve(_fsdecode(raw), base, False, pid=t.pid, tid=t.pid)
+        if mapper.proc_root is not None:
+            target = proc_links.readlink_target(guest, t.pid, self.lookup, mapper)
+            if target is not None:
+                bufsiz = _int32(regs[ARG[3] if at else ARG[2]])
+                if bufsiz <= 0:
+                    raise OSError(errno.EINVAL, "bad buffer size")
+                data = _fsencode(target)[:bufsiz]
+                mem.write(t, regs[ARG[2] if at else ARG[1]], data)
+                t.ret = len(data)
+                return SKIP
+        regs[preg] = mem.push(t, _fsencode(host) + b"\0")
+        return CHANGED
+
+    def _chroot(self, t, regs) -> int:
+        """Emulated, never passed through (as real root it would really happen)."""
+        addr = regs[R_RDI]
+        raw = mem.read_cstring(t, addr)
+        if not raw:
+            raise OSError(errno.ENOENT, "empty path")
+        mapper = t.mapper
+        if raw[0] == 47:
+            base = "/"
+        else:
+            mapper, base = self._base(t, T.AT_FDCWD)
+            if base is None:
+                raise OSError(errno.ENOENT, "cwd outside the guest")
+        guest, host = mapper.resolve(_fsdecode(raw), base, True, pid=t.pid, tid=t.pid)
+        st = os.stat(host)
+        if not stat_mod.S_ISDIR(st.st_mode):
+            raise OSError(errno.ENOTDIR, "not a directory")
+        if not self.chroot_allowed:
+            raise OSError(errno.EPERM, "operation not permitted")
+        guest = guest.rstrip("/") or "/"
+        if guest != "/":
+            binds = []
+            for b in mapper.binds:
+                bg = b.guest.rstrip("/")
+                if bg.startswith(guest + "/"):
+                    binds.append(Bind(host=b.host, guest=bg[len(guest):], readonly=b.readonly))
+            new = Mapper(host, binds, cache_dirs=mapper.dircache is not None,
+                         proc_lookup=mapper.proc_lookup)
+            t.mapper = new
+            t.guest_root = os.path.join(t.guest_root, guest.lstrip("/"))
+        t.ret = 0
+        return SKIP
+
+    def _sockaddr(self, t, regs) -> int:
+        """AF_UNIX bind/connect/sendto: rewrite sun_path (abstract addresses untouched)."""
+        nr = regs[R_ORIG_RAX]
+        if nr == NUMBERS["sendto"]:
+            areg, lreg = ARG[4], ARG[5]
+        else:
+            areg, lreg = ARG[1], ARG[2]
+        addr = regs[areg]
+        alen = regs[lreg] & 0xFFFFFFFF
+        if not addr or alen < 3 or alen > 4096:
+            return 0
+        data = mem.read(t, addr, min(alen, 2 + SUN_PATH_MAX))
+        if int.from_bytes(data[:2], "little") != AF_UNIX or data[2] == 0:
+            return 0
+        path = data[2:]
+        nul = path.find(0)
+        if nul >= 0:
+            path = path[:nul]
+        mapper = t.mapper
+        if path[0] == 47:
+            base = "/"
+        else:
+            mapper, base = self._base(t, T.AT_FDCWD)
+            if base is None:
+                return 0
+        bind = nr == NUMBERS["bind"]
+        host = mapper.to_host(_fsdecode(path), base, not bind, parent_op=bind, pid=t.pid, tid=t.pid)
+        if bind and mapper.readonly(host):
+            raise OSError(errno.EROFS, "read-only bind")
+        hb = _fsencode(host)
+        if len(hb) >= SUN_PATH_MAX:
+            raise OSError(errno.ENAMETOOLONG, "socket path too long once translated")
+        new = b"\x01\x00" + hb + b"\0"
+        regs[areg] = mem.push(t, new)
+        regs[lreg] = len(new)
+        return CHANGED
+
+    def _openat2(self, t, regs) -> int:
+        addr = regs[ARG[1]]
+        how_addr = regs[ARG[2]]
+        size = regs[ARG[3]]
+        if not addr or not how_addr or size < 24 or size > 4096:
+            return 0
+        raw = mem.read_cstring(t, addr)
+        if not raw:
+            return 0
+        how = bytearray(mem.read(t, how_addr, size))
+        flags = int.from_bytes(how[0:8], "little")
+        resolve = int.from_bytes(how[16:24], "little")
+        follow = not (flags & T.O_NOFOLLOW or flags & (T.O_CREAT | T.O_EXCL) == T.O_CREAT | T.O_EXCL
+                      or resolve & RESOLVE_NO_SYMLINKS)
+        dirfd = _int32(regs[ARG[0]])
+        path = _fsdecode(raw)
+        mapper = t.mapper
+        if resolve & (RESOLVE_BENEATH | RESOLVE_IN_ROOT):
+            mapper, root = self._base(t, dirfd)
+            if root is None:
+                return 0
+            parts: list[str] = []
+            for c in path.split("/"):
+                if c in ("", "."):
+                    continue
+                if c == "..":
+                    if not parts:
+                        if resolve & RESOLVE_BENEATH:
+                            raise OSError(errno.EXDEV, "path escapes the directory")
+                        continue
+                    parts.pop()
+                else:
+                    parts.append(c)
+            if resolve & RESOLVE_BENEATH and path.startswith("/"):
+                raise OSError(errno.EXDEV, "absolute path with RESOLVE_BENEATH")
+            path = root.rstrip("/") + "/" + "/".join(parts)
+            base = "/"
+        elif raw[0] == 47:
+            base = "/"
+        else:
+            mapper, base = self._base(t, dirfd)
+            if base is None:
+                return 0
+        host = mapper.to_host(path, base, follow, pid=t.pid, tid=t.pid)
+        if mapper._any_ro and flags & 0o1103 and mapper.readonly(host):
+            raise OSError(errno.EROFS, "read-only bind")
+        resolve &= ~(RESOLVE_BENEATH | RESOLVE_IN_ROOT | RESOLVE_NO_XDEV)
+        how[16:24] = resolve.to_bytes(8, "little")
+        regs[ARG[2]] = mem.push(t, bytes(how))
+        regs[ARG[1]] = mem.push(t, _fsencode(host) + b"\0")
+        return CHANGED
+
+    def _execve(self, t, regs) -> int:
+        nr = regs[R_ORIG_RAX]
+        at = nr == NR_EXECVEAT
+        if at:
+            paddr, vaddr, envp, flags = regs[ARG[1]], regs[ARG[2]], regs[ARG[3]], regs[ARG[4]]
+        else:
+            paddr, vaddr, envp, flags = regs[ARG[0]], regs[ARG[1]], regs[ARG[2]], 0
+        raw = mem.read_cstring(t, paddr) if paddr else b""
+        mapper = t.mapper
+        if at and not raw and flags & T.AT_EMPTY_PATH:
+            try:
+                host = _readlink(f"/proc/{t.pid}/fd/{_int32(regs[ARG[0]])}")
+            except OSError:
+                raise OSError(errno.EBADF, "bad fd") from None
+            g = mapper.to_guest(host)
+            if g is None:
+                raise OSError(errno.ENOENT, "fd outside the guest")
+            raw = _fsencode(g)
+            base = "/"
+        elif not raw:
+            raise OSError(errno.ENOENT, "empty path")
+        elif raw[0] == 47:
+            base = "/"
+        else:
+            mapper, base = self._base(t, _int32(regs[ARG[0]]) if at else T.AT_FDCWD)
+            if base is None:
+                raise OSError(errno.ENOTDIR, "bad dirfd")
+        argv: list = mem.read_words(t, vaddr) if vaddr else []
+        pid = t.pid
+        nofollow_first = [bool(at and flags & T.AT_SYMLINK_NOFOLLOW)]
+
+        def resolve(p: str) -> tuple[str, str]:
+            if nofollow_first[0]:
+                nofollow_first[0] = False
+                g, h = mapper.resolve(p, base, False, pid=pid, tid=pid)
+                if os.path.islink(h):
+                    raise OSError(errno.ELOOP, "symbolic link")
+                return g, h
+            return mapper.resolve(p, base, True, pid=pid, tid=pid)
+
+        p = exec_plan.plan(resolve, _fsdecode(raw), argv)
+        push = mem.push
+        ptrs = [push(t, a + b"\0") if isinstance(a, bytes) else a for a in p.argv]
+        arr = b"".join(x.to_bytes(8, "little") for x in ptrs) + bytes(8)
+        regs[R_RDI] = push(t, _fsencode(p.host_path) + b"\0")
+        regs[R_RSI] = push(t, arr)
+        regs[R_RDX] = envp
+        if at:
+            regs[R_ORIG_RAX] = NR_EXECVE
+            regs[R_R10] = 0
+        t.pending_exe = p.exe_guest
+        return CHANGED
+
+    # ---- the dispatch list --------------------------------------------------------------------
+    def dispatch(self, size: int = 512) -> list:
+        out: list = [None] * size
+        specials = {"getcwd": self._getcwd, "readlink": self._readlink, "chroot": self._chroot,
+                    "sockaddr": self._sockaddr, "openat2": self._openat2, "execve": self._execve}
+        for call in T.CALLS:
+            if call.refuse:
+                continue
+            out[call.nr] = specials[call.special] if call.special else self._path_handler(call)
+        return out

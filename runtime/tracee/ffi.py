@@ -1,0 +1,175 @@
+"""Raw kernel interface of the tracer: ptrace, prctl, seccomp, process_vm_readv, via ctypes.
+
+python-ptrace's `ptrace.binding` offers the same calls, but importing it costs ~35 ms here (it imports
+`logging` and runs `ctypes.util.find_library`, which spawns `ldconfig`): more than the whole start-up
+budget. So the tracer binds libc itself; the register layout is python-ptrace's `user_regs_struct`
+for x86_64 (checked against it by the tests), kept as a flat array of 27 words for fast indexing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+
+_ptrace = libc.ptrace
+_ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+_ptrace.restype = ctypes.c_long
+
+_prctl = libc.prctl
+_prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_prctl.restype = ctypes.c_int
+
+# ptrace requests (linux/ptrace.h)
+PTRACE_TRACEME = 0
+PTRACE_PEEKDATA = 2
+PTRACE_POKEDATA = 5
+PTRACE_CONT = 7
+PTRACE_KILL = 8
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+PTRACE_ATTACH = 16
+PTRACE_DETACH = 17
+PTRACE_SYSCALL = 24
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_GETSIGINFO = 0x4202
+
+PTRACE_O_TRACESYSGOOD = 0x1
+PTRACE_O_TRACEFORK = 0x2
+PTRACE_O_TRACEVFORK = 0x4
+PTRACE_O_TRACECLONE = 0x8
+PTRACE_O_TRACEEXEC = 0x10
+PTRACE_O_TRACESECCOMP = 0x80
+PTRACE_O_EXITKILL = 0x100000
+
+PTRACE_EVENT_FORK = 1
+PTRACE_EVENT_VFORK = 2
+PTRACE_EVENT_CLONE = 3
+PTRACE_EVENT_EXEC = 4
+PTRACE_EVENT_VFORK_DONE = 5
+PTRACE_EVENT_EXIT = 6
+PTRACE_EVENT_SECCOMP = 7
+PTRACE_EVENT_STOP = 128
+
+WALL = 0x40000000  # __WALL: wait for threads and children of any kind
+
+# prctl
+PR_SET_PDEATHSIG = 1
+PR_SET_SECCOMP = 22
+PR_SET_NO_NEW_PRIVS = 38
+SECCOMP_MODE_FILTER = 2
+
+# x86_64 struct user_regs_struct: 27 unsigned longs, in this order.
+REG_NAMES = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx",
+             "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base",
+             "ds", "es", "fs", "gs")
+Regs = ctypes.c_ulong * len(REG_NAMES)
+R_R10, R_R9, R_R8, R_RAX, R_RDX, R_RSI, R_RDI, R_ORIG_RAX, R_RIP, R_RSP = (
+    REG_NAMES.index(n) for n in ("r10", "r9", "r8", "rax", "rdx", "rsi", "rdi", "orig_rax", "rip", "rsp"))
+# System call argument registers, in argument order.
+ARG = (R_RDI, R_RSI, R_RDX, R_R10, R_R8, R_R9)
+
+
+def _raise(what: str) -> None:
+    e = ctypes.get_errno()
+    raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def ptrace(request: int, pid: int, addr: int = 0, data: int = 0) -> int:
+    r = _ptrace(request, pid, addr, data)
+    if r == -1:
+        _raise(f"ptrace({request}, {pid})")
+    return r
+
+
+def getregs(pid: int, regs, _p=_ptrace, _req=PTRACE_GETREGS, addressof=ctypes.addressof) -> int:
+    """Fill `regs` (a Regs array); returns -1 when the tracee vanished (killed meanwhile)."""
+    return _p(_req, pid, None, addressof(regs))
+
+
+def setregs(pid: int, regs, _p=_ptrace, _req=PTRACE_SETREGS, addressof=ctypes.addressof) -> int:
+    return _p(_req, pid, None, addressof(regs))
+
+
+def resume(request: int, pid: int, sig: int = 0, _p=_ptrace) -> int:
+    """PTRACE_CONT / PTRACE_SYSCALL; returns -1 (ESRCH) when the tracee is already gone."""
+    return _p(request, pid, None, sig)
+
+
+def geteventmsg(pid: int) -> int:
+    v = ctypes.c_ulong()
+    ptrace(PTRACE_GETEVENTMSG, pid, 0, ctypes.addressof(v))
+    return v.value
+
+
+def has_siginfo(pid: int) -> bool:
+    """False for a group-stop (PTRACE_GETSIGINFO fails with EINVAL), True for a signal-delivery stop."""
+    buf = ctypes.create_string_buffer(128)
+    return _ptrace(PTRACE_GETSIGINFO, pid, None, ctypes.addressof(buf)) != -1
+
+
+def setoptions(pid: int, options: int) -> None:
+    ptrace(PTRACE_SETOPTIONS, pid, 0, options)
+
+
+def traceme() -> None:
+    ptrace(PTRACE_TRACEME, 0)
+
+
+def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> None:
+    if _prctl(option, a2, a3, a4, a5) == -1:
+        _raise(f"prctl({option})")
+
+
+class SockFilter(ctypes.Structure):
+    _fields_ = (("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32))
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter)))
+
+
+def install_seccomp(program: list[tuple[int, int, int, int]]) -> None:
+    """prctl(PR_SET_NO_NEW_PRIVS) then install the classic-BPF `program` as a seccomp filter."""
+    arr = (SockFilter * len(program))(*[SockFilter(*ins) for ins in program])
+    prog = SockFprog(len(program), ctypes.cast(arr, ctypes.POINTER(SockFilter)))
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0) == -1:
+        _raise("seccomp filter")
+
+
+class IoVec(ctypes.Structure):
+    _fields_ = (("base", ctypes.c_void_p), ("len", ctypes.c_size_t))
+
+
+_pvr = libc.process_vm_readv
+_pvr.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,
+                 ctypes.c_ulong)
+_pvr.restype = ctypes.c_ssize_t
+_pvw = libc.process_vm_writev
+_pvw.argtypes = _pvr.argtypes
+_pvw.restype = ctypes.c_ssize_t
+
+
+def vm_read(pid: int, addr: int, size: int) -> bytes:
+    """process_vm_readv: the fallback when /proc/PID/mem cannot be opened. Short read at unmapped pages."""
+    buf = ctypes.create_string_buffer(size)
+    local = IoVec(ctypes.addressof(buf), size)
+    remote = IoVec(addr, size)
+    n = _pvr(pid, ctypes.addressof(local), 1, ctypes.addressof(remote), 1, 0)
+    if n < 0:
+        _raise("process_vm_readv")
+    return buf.raw[:n]
+
+
+def vm_write(pid: int, addr: int, data: bytes) -> int:
+    buf = ctypes.create_string_buffer(data, len(data))
+    local = IoVec(ctypes.addressof(buf), len(data))
+    remote = IoVec(addr, len(data))
+    n = _pvw(pid, ctypes.addressof(local), 1, ctypes.addressof(remote), 1, 0)
+    if n < 0:
+        _raise("process_vm_writev")
+    return n

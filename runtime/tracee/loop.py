@@ -1,0 +1,302 @@
+"""The event loop: wait for stops, dispatch system calls, follow the process tree.
+
+Two engines share it and the handlers:
+- seccomp (`seccomp=True`): the filter stops only the translated calls (PTRACE_EVENT_SECCOMP); the
+  handler rewrites the arguments there and the tracee is resumed with PTRACE_CONT, or with
+  PTRACE_SYSCALL when a handler asked for the exit stop (kernels >= 4.8 deliver that exit stop
+  next; older ones deliver the syscall-enter stop first, which `legacy_order` skips);
+- plain ptrace (`seccomp=False`): every call stops twice (PTRACE_SYSCALL); the same handlers run
+  at the enter stop, a skipped call gets its result written at the exit stop.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+from runtime.extension import CHANGED, EXIT, SKIP
+from runtime.tracee import ffi
+from runtime.tracee.mem import AREA_SIZE, NeedScratch
+from runtime.tracee.state import Tracee
+
+M64 = (1 << 64) - 1
+SIG_SECCOMP_STOP = signal.SIGTRAP | (ffi.PTRACE_EVENT_SECCOMP << 8)
+SIG_SYSCALL = signal.SIGTRAP | 0x80
+STOP_SIGNALS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+
+
+class Loop:
+    def __init__(self, dispatch: list, exts: list, seccomp: bool, wait_all: bool,
+                 legacy_order: bool = False) -> None:
+        self.dispatch = dispatch
+        self.exts = exts
+        self.seccomp = seccomp
+        self.wait_all = wait_all
+        self.legacy_order = legacy_order
+        self.tracees: dict[int, Tracee] = {}
+        self.main_pid = 0
+        self.main_status: int | None = None
+        self.held: set[int] = set()     # new children stopped before their parent's fork event
+
+    # ---- process tree ---------------------------------------------------------------------
+    def _new_child(self, parent: Tracee, pid: int) -> None:
+        child = self.tracees.get(pid)
+        if child is None:
+            child = Tracee(pid, parent.mapper, parent.exe)
+            self.tracees[pid] = child
+        child.mapper = parent.mapper
+        child.exe = parent.exe
+        child.guest_root = parent.guest_root
+        for ext in self.exts:
+            ext.fork(parent, child)
+        if pid in self.held:
+            self.held.discard(pid)
+            child.started = True
+            ffi.resume(self._resume_req, pid, 0)
+
+    def _exec_event(self, t: Tracee, pid: int) -> Tracee:
+        try:
+            former = ffi.geteventmsg(pid)
+        except OSError:
+            former = pid
+        if former != pid:               # a non-leader thread called execve: it now has the tgid
+            old = self.tracees.pop(former, None)
+            if old is not None:
+                t.pending_exe = old.pending_exe or t.pending_exe
+                t.ext = old.ext
+                old.close()
+        if t.pending_exe:
+            t.exe = t.pending_exe
+            t.pending_exe = ""
+        t.area = 0
+        t.inject = None
+        t.open_mem()
+        if not self.seccomp:
+            t.in_syscall = True         # the execve's exit stop comes next (plain engine)
+        return t
+
+    def kill_all(self) -> None:
+        for pid in list(self.tracees):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    # ---- main loop --------------------------------------------------------------------------
+    def run(self, main: Tracee) -> int:
+        """Trace until the end; returns the main process's wait status."""
+        self.main_pid = main.pid
+        self.tracees[main.pid] = main
+        seccomp = self.seccomp
+        self._resume_req = resume_req = ffi.PTRACE_CONT if seccomp else ffi.PTRACE_SYSCALL
+        PTRACE_SYSCALL = ffi.PTRACE_SYSCALL
+        tracees = self.tracees
+        dispatch = self.dispatch
+        ndisp = len(dispatch)
+        waitpid = os.waitpid
+        WALL = ffi.WALL
+        getregs = ffi.getregs
+        setregs = ffi.setregs
+        resume = ffi.resume
+        regs = ffi.Regs()
+        R_ORIG_RAX, R_RAX, R_RSP = ffi.R_ORIG_RAX, ffi.R_RAX, ffi.R_RSP
+        legacy = self.legacy_order
+        exit_req = PTRACE_SYSCALL
+        main_pid = main.pid
+        while True:
+            try:
+                pid, status = waitpid(-1, WALL)
+            except ChildProcessError:
+                break
+            t = tracees.get(pid)
+            if status & 0xFF == 0x7F:               # stopped
+                s8 = status >> 8
+                if s8 == SIG_SECCOMP_STOP and t is not None:
+                    if t.memfd == -2:
+                        t.open_mem()
+                    if getregs(pid, regs) == -1:
+                        continue
+                    nr = regs[R_ORIG_RAX]
+                    h = dispatch[nr] if nr < ndisp else None
+                    if h is None:
+                        resume(resume_req, pid, 0)
+                        continue
+                    t.scratch = regs[R_RSP] - 128
+                    try:
+                        act = h(t, regs)
+                    except OSError as e:
+                        t.ret = -(e.errno or errno.EIO)
+                        act = SKIP
+                    except NeedScratch:
+                        self._inject_mmap(t, pid, regs)
+                        continue
+                    if act & SKIP:
+                        regs[R_ORIG_RAX] = M64
+                        regs[R_RAX] = t.ret & M64
+                        setregs(pid, regs)
+                        resume(resume_req, pid, 0)
+                        continue
+                    if act & CHANGED:
+                        setregs(pid, regs)
+                    if act & EXIT:
+                        t.in_syscall = not legacy
+                        resume(exit_req, pid, 0)
+                    else:
+                        resume(resume_req, pid, 0)
+                    continue
+                sig = s8 & 0xFF
+                if sig == SIG_SYSCALL and t is not None:
+                    if seccomp:
+                        # exit stop requested by a handler (or, legacy order, the enter stop first)
+                        if not t.in_syscall:
+                            t.in_syscall = True
+                            resume(exit_req, pid, 0)
+                            continue
+                        t.in_syscall = False
+                        if t.inject is not None:
+                            self._injected(t, pid, regs)
+                        else:
+                            self._exit_stop(t, pid, regs)
+                        resume(resume_req, pid, 0)
+                        continue
+                    if not t.in_syscall:
+                        t.in_syscall = True
+                        if t.memfd == -2:
+                            t.open_mem()
+                        if getregs(pid, regs) == -1:
+                            continue
+                        nr = regs[R_ORIG_RAX]
+                        if nr < ndisp:
+                            h = dispatch[nr]
+                        elif nr == M64:
+                            h = None
+                        else:
+                            h = _enosys
+                        if h is not None:
+                            t.scratch = regs[R_RSP] - 128
+                            try:
+                                act = h(t, regs)
+                            except OSError as e:
+                                t.ret = -(e.errno or errno.EIO)
+                                act = SKIP
+                            except NeedScratch:
+                                self._inject_mmap(t, pid, regs)
+                                continue
+                            if act & SKIP:
+                                regs[R_ORIG_RAX] = M64
+                                t.skip_ret = t.ret
+                                setregs(pid, regs)
+                            elif act & CHANGED:
+                                setregs(pid, regs)
+                    else:
+                        t.in_syscall = False
+                        if t.inject is not None:
+                            self._injected(t, pid, regs)
+                        elif t.skip_ret is not None or t.exits:
+                            self._exit_stop(t, pid, regs)
+                    resume(PTRACE_SYSCALL, pid, 0)
+                    continue
+                event = s8 >> 8
+                if event:
+                    if t is None:
+                        resume(resume_req, pid, 0)
+                        continue
+                    if event in (ffi.PTRACE_EVENT_FORK, ffi.PTRACE_EVENT_VFORK,
+                                 ffi.PTRACE_EVENT_CLONE):
+                        try:
+                            self._new_child(t, ffi.geteventmsg(pid))
+                        except OSError:
+                            pass
+                    elif event == ffi.PTRACE_EVENT_EXEC:
+                        self._exec_event(t, pid)
+                    resume(resume_req, pid, 0)
+                    continue
+                # signal-delivery stop or group-stop
+                if t is None:
+                    # a new child stopped before its parent's fork event: hold it until then
+                    t = Tracee(pid, None)
+                    t.started = True
+                    tracees[pid] = t
+                    self.held.add(pid)
+                    continue
+                if not t.started and sig == signal.SIGSTOP:
+                    t.started = True
+                    resume(resume_req, pid, 0)
+                    continue
+                if sig in STOP_SIGNALS and not ffi.has_siginfo(pid):
+                    resume(resume_req, pid, 0)  # group-stop: job control is not emulated
+                    continue
+                resume(resume_req, pid, sig)
+                continue
+            # exited or killed
+            t = tracees.pop(pid, None)
+            if t is not None:
+                t.close()
+            self.held.discard(pid)
+            if pid == main_pid:
+                self.main_status = status
+                if not self.wait_all:
+                    self.kill_all()
+        for t in tracees.values():
+            t.close()
+        tracees.clear()
+        return self.main_status if self.main_status is not None else 0
+
+    def _inject_mmap(self, t: Tracee, pid: int, regs) -> None:
+        """Turn the current call into mmap(AREA_SIZE) for the tracee's own scratch area; the
+        original call is restarted once it returns (`_injected`)."""
+        saved = ffi.Regs()
+        if ffi.getregs(pid, saved) == -1:
+            return
+        t.inject = saved
+        for i in range(len(saved)):
+            regs[i] = saved[i]
+        regs[ffi.R_ORIG_RAX] = 9                        # mmap
+        regs[ffi.R_RDI] = 0
+        regs[ffi.R_RSI] = AREA_SIZE
+        regs[ffi.R_RDX] = 3                             # PROT_READ | PROT_WRITE
+        regs[ffi.R_R10] = 0x22                          # MAP_PRIVATE | MAP_ANONYMOUS
+        regs[ffi.R_R8] = M64
+        regs[ffi.R_R9] = 0
+        ffi.setregs(pid, regs)
+        t.in_syscall = not (self.seccomp and self.legacy_order)
+        ffi.resume(ffi.PTRACE_SYSCALL, pid, 0)
+
+    def _injected(self, t: Tracee, pid: int, regs) -> None:
+        """Exit stop of the injected mmap: keep the area, restart the original call."""
+        saved = t.inject
+        t.inject = None
+        if ffi.getregs(pid, regs) == -1:
+            return
+        addr = regs[ffi.R_RAX]
+        t.area = -1 if addr >= M64 - 4095 else addr
+        saved[ffi.R_RIP] -= 2                           # back onto the `syscall` instruction
+        saved[ffi.R_RAX] = saved[ffi.R_ORIG_RAX]
+        ffi.setregs(pid, saved)
+
+    def _exit_stop(self, t: Tracee, pid: int, regs) -> None:
+        if ffi.getregs(pid, regs) == -1:
+            t.exits = None
+            t.skip_ret = None
+            return
+        act = 0
+        if t.skip_ret is not None:
+            regs[ffi.R_RAX] = t.skip_ret & M64
+            t.skip_ret = None
+            act = CHANGED
+        exits = t.exits
+        if exits:
+            t.exits = None
+            for fn in exits:
+                try:
+                    act |= fn(t, regs)
+                except OSError as e:
+                    regs[ffi.R_RAX] = -(e.errno or errno.EIO) & M64
+                    act |= CHANGED
+        if act & CHANGED:
+            ffi.setregs(pid, regs)
+
+
+def _enosys(t, regs) -> int:
+    raise OSError(errno.ENOSYS, "unknown system call")

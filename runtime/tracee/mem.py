@@ -1,0 +1,121 @@
+"""Tracee memory: read C strings / bytes and push data below the stack pointer.
+
+One `pread` on /proc/PID/mem per string (up to the end of its page, then page by page), `pwrite` for
+writes; `process_vm_readv/writev` when /proc/PID/mem cannot be opened. Scratch data goes below the
+tracee's stack pointer, past the 128-byte red zone, 16-byte aligned; it is dead once the system call
+returns, so nothing needs restoring.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from runtime.tracee import ffi
+
+PATH_MAX = 4096
+RED_ZONE = 128
+AREA_SIZE = 256 * 1024      # the fallback scratch mapping (see NeedScratch)
+
+
+class NeedScratch(Exception):
+    """The stack below the stack pointer is not writable (Linux >= 6.5 no longer grows a stack
+    for a remote write, and a thread may sit at the very bottom of its stack): the loop then
+    makes the tracee mmap a private scratch area for itself and restarts the call."""
+
+
+def open_mem(pid: int) -> int:
+    """fd of /proc/PID/mem, or -1 (then the process_vm_* calls are used)."""
+    try:
+        return os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+def read(t, addr: int, size: int, _pread=os.pread) -> bytes:
+    """Exactly `size` bytes at `addr`, or OSError(EFAULT)."""
+    fd = t.memfd
+    try:
+        data = _pread(fd, size, addr) if fd >= 0 else ffi.vm_read(t.pid, addr, size)
+    except (OSError, OverflowError, ValueError):
+        raise OSError(errno.EFAULT, "bad address") from None
+    if len(data) != size:
+        raise OSError(errno.EFAULT, "bad address")
+    return data
+
+
+def read_cstring(t, addr: int, limit: int = PATH_MAX, _pread=os.pread) -> bytes:
+    """The NUL-terminated string at `addr` (without the NUL). EFAULT / ENAMETOOLONG like the kernel."""
+    fd = t.memfd
+    out = b""
+    while True:
+        n = 4096 - (addr & 4095)
+        try:
+            chunk = _pread(fd, n, addr) if fd >= 0 else ffi.vm_read(t.pid, addr, n)
+        except (OSError, OverflowError, ValueError):
+            chunk = b""
+        if not chunk:
+            raise OSError(errno.EFAULT, "bad address")
+        i = chunk.find(0)
+        if i >= 0:
+            out += chunk[:i]
+            if len(out) >= limit:
+                raise OSError(errno.ENAMETOOLONG, "name too long")
+            return out
+        out += chunk
+        if len(out) >= limit:
+            raise OSError(errno.ENAMETOOLONG, "name too long")
+        addr += len(chunk)
+
+
+def read_words(t, addr: int, max_words: int = 1 << 20) -> list[int]:
+    """A NULL-terminated array of pointers (argv, envp): the pointers, without the final NULL."""
+    out: list[int] = []
+    while len(out) < max_words:
+        n = (4096 - (addr & 4095)) // 8 or 1
+        data = read(t, addr, n * 8)
+        for i in range(n):
+            w = int.from_bytes(data[i * 8:i * 8 + 8], "little")
+            if w == 0:
+                return out
+            out.append(w)
+        addr += n * 8
+    raise OSError(errno.E2BIG, "argument list too long")
+
+
+def write(t, addr: int, data: bytes, _pwrite=os.pwrite) -> None:
+    fd = t.memfd
+    try:
+        n = _pwrite(fd, data, addr) if fd >= 0 else ffi.vm_write(t.pid, addr, data)
+    except (OSError, OverflowError, ValueError):
+        n = -1
+    if n != len(data):
+        raise OSError(errno.EFAULT, "cannot write tracee memory")
+
+
+def push(t, data: bytes) -> int:
+    """Write `data` below the scratch pointer (set by the loop to rsp - red zone); return its address.
+
+    When the stack is not writable there, the tracee's own scratch area is used (NeedScratch when
+    it has none yet)."""
+    addr = (t.scratch - len(data)) & ~15
+    try:
+        write(t, addr, data)
+    except OSError:
+        area = t.area
+        if area <= 0:
+            if area == 0:
+                raise NeedScratch() from None
+            raise
+        if not area < t.scratch <= area + AREA_SIZE:
+            t.scratch = area + AREA_SIZE
+        addr = (t.scratch - len(data)) & ~15
+        if addr < area:
+            raise OSError(errno.E2BIG, "too much data for the scratch area") from None
+        write(t, addr, data)
+    t.scratch = addr
+    return addr
+
+
+def push_cstring(t, s: bytes) -> int:
+    return push(t, s + b"\0")

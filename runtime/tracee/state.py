@@ -1,0 +1,44 @@
+"""Per-process (per-thread) state the tracer keeps."""
+
+from __future__ import annotations
+
+import os
+
+from runtime.tracee import mem
+
+
+class Tracee:
+    """One traced thread. Threads of a process each have one (ptrace works per thread)."""
+
+    __slots__ = ("pid", "memfd", "scratch", "ret", "exits", "exe", "pending_exe", "mapper",
+                 "in_syscall", "skip_ret", "ext", "started", "guest_root", "area", "inject")
+
+    def __init__(self, pid: int, mapper, exe: str = "", ext: dict | None = None) -> None:
+        self.pid = pid
+        self.memfd = -2             # -2: not opened yet; -1: use process_vm_readv/writev
+        self.scratch = 0            # next free byte below the stack pointer (set at each stop)
+        self.ret = 0                # result of a skipped call (value or -errno)
+        self.exits: list | None = None  # exit-stop callbacks for the current call
+        self.exe = exe              # guest path of the program (/proc/PID/exe)
+        self.pending_exe = ""       # what exe becomes if the current execve succeeds
+        self.mapper = mapper        # path mapper (per process: chroot changes it)
+        self.in_syscall = False     # plain ptrace engine: between enter and exit stops
+        self.skip_ret: int | None = None  # plain ptrace engine: result to set at the exit stop
+        self.ext: dict = ext if ext is not None else {}
+        self.started = False        # its initial SIGSTOP was seen
+        self.guest_root = "/"       # guest path of its root (chroot emulation)
+        self.area = 0               # fallback scratch mapping in the tracee (0: none, -1: failed)
+        self.inject = None          # saved registers while an injected mmap runs
+
+    def open_mem(self) -> None:
+        if self.memfd >= 0:
+            os.close(self.memfd)
+        self.memfd = mem.open_mem(self.pid)
+
+    def close(self) -> None:
+        if self.memfd >= 0:
+            try:
+                os.close(self.memfd)
+            except OSError:
+                pass
+        self.memfd = -2

@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""Engine benchmark: the same guest workloads natively (`chroot`, root only), under Debian's `proot`
+and under `carryon exec` (seccomp engine and plain ptrace engine), in ONE run, interleaved rounds,
+medians and ratios to native.
+
+    scripts/bench_engine.py [--quick] [--rounds N] [--image OCI_TAR | --rootfs DIR] [--cache DIR]
+                            [--engines native,proot,seccomp,ptrace] [--workloads a,b,d,e,start]
+                            [--carryon CMD] [--proot PATH] [--json FILE] [--no-path-micro]
+
+The rootfs is built once with `carryon pack --bare IMAGE` + `carryon extract` into a cache directory
+keyed by the image's sha256 (default image: ../shared/images/debian-python/debian-python.oci.tar).
+Every engine gets the same flags (`-r ROOTFS`, no binds, no `-0`) and the same environment. Each
+workload's output is checked against the native output (or the first engine that ran it): a run
+that exits non-zero, times out or prints something else counts as FAILED, not as a time. A second
+table gives the cost of one guest->host path translation (`Mapper.to_host`) in the tracer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_IMAGE = os.path.join(REPO, "..", "shared", "images", "debian-python", "debian-python.oci.tar")
+
+WORKLOADS: dict[str, tuple[str, list[str]]] = {
+    "a": ("20 x python3 -c pass", ["sh", "-c", "for i in $(seq 20); do python3 -c pass; done"]),
+    "b": ("python3 /app/fib.py 32", ["python3", "/app/fib.py", "32"]),
+    "d": ("200 x /bin/true", ["sh", "-c", "for i in $(seq 200); do /bin/true; done"]),
+    "e": ("find /usr -type f | wc -l", ["sh", "-c", "find /usr -type f | wc -l"]),
+    "start": ("/bin/true (start-up)", ["/bin/true"]),
+}
+ENGINES = ["native", "proot", "seccomp", "ptrace"]
+GUEST_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+    "TERM": "dumb",
+}
+TIMEOUT = 900.0
+
+
+def die(msg: str) -> None:
+    sys.stderr.write(f"bench_engine: {msg}\n")
+    raise SystemExit(1)
+
+
+def find_carryon(given: str | None) -> list[str]:
+    if given:
+        return shlex.split(given)
+    beside = os.path.join(os.path.dirname(sys.executable), "carryon")
+    for cand in (beside, os.path.join(REPO, ".venv", "bin", "carryon"), shutil.which("carryon"),
+                 "/opt/cvenv/bin/carryon"):
+        if cand and os.access(cand, os.X_OK):
+            return [cand]
+    return [sys.executable, "-c",
+            f"import sys; sys.path.insert(0, {REPO!r}); from packer.cli import main; sys.exit(main())"]
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_rootfs(carryon: list[str], image: str, cache: str) -> str:
+    """`carryon pack --bare` + `carryon extract` into CACHE/<sha256[:16]>/rootfs, once."""
+    if not os.path.isfile(image):
+        die(f"image not found: {image} (give --image or --rootfs)")
+    key = sha256_file(image)[:16]
+    entry = os.path.join(cache, key)
+    rootfs = os.path.join(entry, "rootfs")
+    if os.path.isfile(os.path.join(entry, "ok")):
+        return rootfs
+    os.makedirs(cache, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f".{key}.", dir=cache)
+    try:
+        archive = os.path.join(work, "image.run")
+        pack = carryon + ["pack", "--bare", image, "-o", archive]
+        p = subprocess.run(pack, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if p.returncode != 0 and "--bare" in p.stderr:
+            # a packer without --bare (no frozen runtime inside): the rootfs is the same
+            pack.remove("--bare")
+            p = subprocess.run(pack, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if p.returncode != 0:
+            die(f"{shlex.join(pack)} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
+        extract = carryon + ["extract", archive, os.path.join(work, "rootfs")]
+        p = subprocess.run(extract, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if p.returncode != 0:
+            die(f"{shlex.join(extract)} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
+        os.unlink(archive)
+        with open(os.path.join(work, "ok"), "w") as f:
+            f.write(image + "\n")
+        try:
+            os.rename(work, entry)
+        except OSError:                 # someone else published it first
+            if not os.path.isfile(os.path.join(entry, "ok")):
+                raise
+    finally:
+        if os.path.isdir(work):
+            shutil.rmtree(work, ignore_errors=True)
+    return rootfs
+
+
+def prefix_for(engine: str, rootfs: str, carryon: list[str], proot: str) -> tuple[list[str], dict[str, str]]:
+    env = dict(GUEST_ENV)
+    if engine == "native":
+        return (["chroot", rootfs], env)
+    if engine == "proot":
+        return ([proot, "-r", rootfs], env)
+    env["CARRYON_ENGINE"] = engine
+    # carryon itself may live in a venv: give it the caller's PATH and PYTHON* variables too
+    for k in ("PYTHONPATH", "VIRTUAL_ENV"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    return (carryon + ["exec", "-r", rootfs, "--"], env)
+
+
+def run_once(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str, str]:
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return (time.perf_counter() - t0, -1, "", "timeout")
+    dt = time.perf_counter() - t0
+    return (dt, p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
+
+
+PATH_CASES = [
+    # (guest path, cwd, follow_last): what python3 start-up and find do all the time
+    ("/usr/lib/python3.11/os.py", "/", True),
+    ("/usr/lib/python3.11/encodings/__init__.py", "/", True),
+    ("/lib/x86_64-linux-gnu/libc.so.6", "/", True),
+    ("/usr/share/doc", "/", False),
+    ("fib.py", "/app", True),
+]
+
+
+def bench_to_host(rootfs: str) -> list[tuple[str, float, float]]:
+    """µs per `Mapper.to_host` call (no cache / warm directory cache) for typical guest paths."""
+    import timeit
+    sys.path.insert(0, REPO)
+    from runtime.path import Mapper
+    from runtime.spec import Bind
+    binds = [Bind("/proc", "/proc"), Bind("/dev", "/dev"), Bind("/sys", "/sys")]
+    plain = Mapper(rootfs, binds)
+    cached = Mapper(rootfs, binds, cache_dirs=True)
+    out = []
+    for path, cwd, follow in PATH_CASES:
+        row = []
+        for m in (plain, cached):
+            m.to_host(path, cwd, follow)
+            n = 20000
+            t = min(timeit.repeat(lambda: m.to_host(path, cwd, follow), number=n, repeat=3))
+            row.append(t / n * 1e6)
+        out.append((f"{path} (cwd {cwd}{', nofollow' if not follow else ''})", row[0], row[1]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2 rounds (default 5)")
+    ap.add_argument("--rounds", type=int)
+    ap.add_argument("--image", default=DEFAULT_IMAGE)
+    ap.add_argument("--rootfs", help="use this extracted rootfs instead of building one")
+    ap.add_argument("--cache", default=os.path.join(os.environ.get("XDG_CACHE_HOME")
+                                                    or os.path.expanduser("~/.cache"), "carryon-bench"))
+    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--carryon", help="command to run carryon (default: the one beside this Python)")
+    ap.add_argument("--proot", default="/usr/bin/proot")
+    ap.add_argument("--json", help="also write the raw times here")
+    ap.add_argument("--no-path-micro", action="store_true",
+                    help="skip the Mapper.to_host micro-benchmark")
+    args = ap.parse_args(argv)
+
+    rounds = args.rounds or (2 if args.quick else 5)
+    if rounds < 1:
+        die("--rounds must be >= 1")
+    engines = [e for e in args.engines.split(",") if e]
+    workloads = [w for w in args.workloads.split(",") if w]
+    for e in engines:
+        if e not in ENGINES:
+            die(f"unknown engine {e!r} (one of {', '.join(ENGINES)})")
+    for w in workloads:
+        if w not in WORKLOADS:
+            die(f"unknown workload {w!r} (one of {', '.join(WORKLOADS)})")
+    carryon = find_carryon(args.carryon)
+    notes: list[str] = []
+    if "native" in engines and os.geteuid() != 0:
+        engines.remove("native")
+        notes.append("native: skipped (chroot needs root); ratios are to the first column")
+    if "proot" in engines and not os.access(args.proot, os.X_OK):
+        engines.remove("proot")
+        notes.append(f"proot: skipped ({args.proot} not found; apt-get install proot)")
+
+    if args.rootfs:
+        rootfs = os.path.abspath(args.rootfs)
+        if not os.path.isdir(rootfs):
+            die(f"rootfs not found: {rootfs}")
+    else:
+        rootfs = build_rootfs(carryon, os.path.abspath(args.image), args.cache)
+
+    # Preflight: each engine must run /bin/true; an engine that cannot is reported, not timed.
+    broken: dict[str, str] = {}
+    for e in engines:
+        pre, env = prefix_for(e, rootfs, carryon, args.proot)
+        dt, rc, out, err = run_once(pre + ["/bin/true"], env)
+        if rc != 0:
+            last = (err.strip().splitlines() or [f"exit {rc}"])[-1]
+            broken[e] = last[:100]
+    live = [e for e in engines if e not in broken]
+    for e, why in broken.items():
+        notes.append(f"{e}: not run, `exec /bin/true` failed: {why}")
+
+    times: dict[tuple[str, str], list[float]] = {(w, e): [] for w in workloads for e in live}
+    failed: dict[tuple[str, str], str] = {}
+    reference: dict[str, str] = {}
+    tty = sys.stderr.isatty()
+    for r in range(rounds):
+        for w in workloads:
+            for e in live:
+                if (w, e) in failed:
+                    continue
+                if tty:
+                    sys.stderr.write(f"\rround {r + 1}/{rounds}  {w:5s} {e:8s}   ")
+                    sys.stderr.flush()
+                pre, env = prefix_for(e, rootfs, carryon, args.proot)
+                dt, rc, out, err = run_once(pre + WORKLOADS[w][1], env)
+                if rc != 0:
+                    failed[(w, e)] = f"exit {rc}: " + (err.strip().splitlines() or [""])[-1][:80]
+                    continue
+                ref = reference.setdefault(w, out)
+                if out != ref:
+                    failed[(w, e)] = f"output {out.strip()[:40]!r} != {ref.strip()[:40]!r}"
+                    continue
+                times[(w, e)].append(dt)
+    if tty:
+        sys.stderr.write("\r" + " " * 40 + "\r")
+
+    base_engine = live[0] if live else None
+    head = ["workload"] + [f"{e} ms" for e in live] + [f"{e} ×" for e in live[1:]]
+    print(f"# engine benchmark: {rounds} round(s), medians; rootfs {rootfs}")
+    print(f"# carryon: {shlex.join(carryon)}; ratios to {base_engine or '-'}")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    raw: dict[str, dict[str, object]] = {}
+    for w in workloads:
+        med: dict[str, float | None] = {}
+        for e in live:
+            ts = times[(w, e)]
+            med[e] = statistics.median(ts) if ts and (w, e) not in failed else None
+            raw.setdefault(w, {})[e] = {"times": ts, "failed": failed.get((w, e))}
+        cells = [f"{w} {WORKLOADS[w][0]}".replace("|", "\\|")]
+        cells += [f"{med[e] * 1000:.1f}" if med[e] is not None else "FAILED" for e in live]
+        base = med.get(base_engine) if base_engine else None
+        for e in live[1:]:
+            cells.append(f"{med[e] / base:.2f}" if med[e] is not None and base else "-")
+        print("| " + " | ".join(cells) + " |")
+    for (w, e), why in sorted(failed.items()):
+        notes.append(f"{w} under {e}: FAILED ({why})")
+    for n in notes:
+        print(f"# {n}")
+    if not args.no_path_micro:
+        print()
+        print("| Mapper.to_host (tracer side, per call) | µs, no cache | µs, dir cache |")
+        print("|---|---|---|")
+        for label, plain, cached in bench_to_host(rootfs):
+            print(f"| {label} | {plain:.1f} | {cached:.1f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rounds": rounds, "rootfs": rootfs, "engines": live, "broken": broken,
+                       "results": raw}, f, indent=1)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Helpers shared by tests/test_engine_*.py: run `carryon exec` as a given user with a given engine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import REPO, user_popen_kwargs
+
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def exec_cmd(rootfs, args, opts=(), defaults=True) -> list[str]:
+    return [sys.executable, "-m", "packer.cli", "exec", *opts, "-R" if defaults else "-r", str(rootfs),
+            "--", *args]
+
+
+def exec_env(engine: str, extra: dict | None = None) -> dict:
+    env = {"PATH": GUEST_PATH, "PYTHONPATH": str(REPO), "CARRYON_ENGINE": engine, "LANG": "C.UTF-8",
+           "HOME": "/root"}
+    env.update(extra or {})
+    return env
+
+
+def carryon_exec(rootfs, *args, engine: str, user: str, opts=(), defaults=True, env=None,
+                 timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(exec_cmd(rootfs, args, opts, defaults), capture_output=True, text=True,
+                          env=exec_env(engine, env), cwd="/tmp", timeout=timeout, input=input,
+                          **user_popen_kwargs(user))
+
+
+def popen_exec(rootfs, *args, engine: str, user: str, opts=(), defaults=True, env=None,
+               **kw) -> subprocess.Popen:
+    return subprocess.Popen(exec_cmd(rootfs, args, opts, defaults), env=exec_env(engine, env),
+                            cwd="/tmp", text=True, **user_popen_kwargs(user), **kw)
+
+
+def native_as(user: str, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a host command as `user` (for reference results)."""
+    return subprocess.run(args, capture_output=True, text=True, cwd="/tmp", timeout=timeout,
+                          env={"PATH": GUEST_PATH, "LANG": "C.UTF-8"}, **user_popen_kwargs(user))
+
+
+def world_dir(base, name: str):
+    """A host directory every test user can write (for binds)."""
+    d = base / name
+    d.mkdir(exist_ok=True)
+    os.chmod(d, 0o1777)
+    return d

@@ -1,0 +1,156 @@
+"""Containment: a guest program does not reach host files outside the rootfs and binds through
+symlinks, `..`, dirfds, /proc/self/root or an emulated chroot. A sentinel file sits on the host
+right beside the rootfs (and at an absolute host path that does not exist in the guest)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import ENGINE_USERS
+from engine_util import carryon_exec, world_dir
+
+SECRET = "HOST-SENTINEL-7f3a"
+
+ATTEMPTS = r"""
+import os, sys
+sentinel = sys.argv[1]          # the sentinel's host path
+name = os.path.basename(sentinel)
+found = []
+def attempt(label, fn):
+    try:
+        data = fn()
+    except OSError:
+        return
+    if isinstance(data, bytes):
+        data = data.decode(errors="replace")
+    if "HOST-SENTINEL" in str(data) or name in str(data):
+        found.append(label)
+def read(p, **kw):
+    with open(p, **kw) as f:
+        return f.read()
+attempt("absolute host path", lambda: read(sentinel))
+attempt("dotdot from /", lambda: read("/../../../../" + name))
+attempt("dotdot listing", lambda: os.listdir("/../../.."))
+attempt("relative dotdot", lambda: (os.chdir("/"), read("../../../" + name))[1])
+os.makedirs("/work/links", exist_ok=True)
+for lname, target in [("root", "/"), ("up", "../../../../../.."), ("abs-up", "/../../..")]:
+    p = "/work/links/" + lname
+    if not os.path.lexists(p):
+        os.symlink(target, p)
+    attempt("symlink " + lname, lambda p=p: read(p + "/" + name))
+    attempt("symlink listing " + lname, lambda p=p: os.listdir(p + "/.."))
+    attempt("symlink dotdot " + lname, lambda p=p: read(p + "/../../" + name))
+fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+attempt("dirfd dotdot", lambda: read("../../" + name, opener=lambda p, f: os.open(p, f, dir_fd=fd)))
+up = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+attempt("dirfd dotdot listing", lambda: os.listdir(up))
+attempt("fchdir dotdot", lambda: (os.fchdir(fd), os.chdir("../.."), os.listdir("."))[2])
+attempt("proc self root", lambda: read("/proc/self/root/../../" + name))
+attempt("proc self root listing", lambda: os.listdir("/proc/self/root/.."))
+attempt("proc self cwd", lambda: (os.chdir("/"), read("/proc/self/cwd/../../" + name))[1])
+attempt("proc pid root", lambda: read("/proc/%d/root/../%s" % (os.getpid(), name)))
+assert sorted(os.listdir("/proc/self/root")) == sorted(os.listdir("/")), "proc root differs"
+assert os.readlink("/proc/self/root") == "/"
+print("found:", found)
+"""
+
+CHROOT_ESCAPE = r"""
+import os, sys
+name = os.path.basename(sys.argv[1])
+os.makedirs("/work/jail/sub", exist_ok=True)
+outer = os.open("/", os.O_RDONLY)
+os.chroot("/work/jail")             # the cwd stays outside the new root
+for _ in range(3):
+    os.chdir("../../../../..")      # the classic escape: climb from outside the new root
+print(name in os.listdir("."), "app" in os.listdir("."))
+os.chdir("/sub")
+print(os.getcwd())
+os.chdir("../../..")                # inside the new root: stops at it
+print(os.listdir("."))
+os.fchdir(outer)
+os.chdir("../../..")
+print(name in os.listdir("."))
+"""
+
+
+@pytest.fixture(scope="module")
+def sentinel(engine_tmp):
+    p = engine_tmp / "sentinel-host-only.txt"
+    p.write_text(SECRET + "\n")
+    os.chmod(p, 0o644)
+    return p
+
+
+@pytest.mark.parametrize("engine", ["seccomp", "ptrace"])
+@pytest.mark.parametrize("user", ENGINE_USERS)
+def test_no_escape(debian_rootfs, engine_tmp, sentinel, engine, user):
+    work = world_dir(engine_tmp, f"contain-{engine}-{user}")
+    p = carryon_exec(debian_rootfs, "python3", "-c", ATTEMPTS, str(sentinel), engine=engine, user=user,
+                     opts=("-b", f"{work}:/work"))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "found: []\n"
+
+
+@pytest.mark.parametrize("engine", ["seccomp", "ptrace"])
+@pytest.mark.parametrize("user", ENGINE_USERS)
+def test_chroot_is_emulated_and_contained(debian_rootfs, engine_tmp, sentinel, engine, user):
+    work = world_dir(engine_tmp, f"chroot-{engine}-{user}")
+    p = carryon_exec(debian_rootfs, "python3", "-c", CHROOT_ESCAPE, str(sentinel), engine=engine,
+                     user=user, opts=("-0", "-b", f"{work}:/work"))
+    assert p.returncode == 0, p.stderr
+    # the climb stops at the run's root (the guest /, where /app lives), never the host's
+    assert p.stdout == "False True\n/sub\n['sub']\nFalse\n"
+    p = carryon_exec(debian_rootfs, "python3", "-c", "import os; os.chroot('/tmp')", engine=engine, user=user)
+    if user == "root":
+        assert p.returncode == 0, p.stderr          # real root may chroot: emulated
+    else:
+        assert p.returncode == 1 and "PermissionError" in p.stderr
+
+
+@pytest.mark.parametrize("engine", ["seccomp", "ptrace"])
+def test_untranslatable_calls_refused(debian_rootfs, engine):
+    code = r"""
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def call(nr, *args):
+    r = libc.syscall(nr, *args)
+    return errno.errorcode.get(ctypes.get_errno(), "0") if r == -1 else "ok"
+print(call(304, -100, 0, 0))        # open_by_handle_at
+print(call(425, 1, 0))              # io_uring_setup
+print(call(165, b"none", b"/mnt", b"tmpfs", 0, 0))   # mount
+print(call(999))                    # unknown
+"""
+    p = carryon_exec(debian_rootfs, "python3", "-c", code, engine=engine, user=ENGINE_USERS[0])
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["ENOSYS", "ENOSYS", "EPERM", "ENOSYS"]
+
+
+@pytest.mark.parametrize("engine", ["seccomp", "ptrace"])
+def test_openat2_and_execveat(debian_rootfs, engine):
+    code = r"""
+import ctypes, os, struct, errno, sys
+sys.stdout.reconfigure(line_buffering=True)
+libc = ctypes.CDLL(None, use_errno=True)
+how = struct.pack("QQQ", os.O_RDONLY, 0, 0)
+fd = libc.syscall(437, -100, b"/etc/os-release", how, len(how))
+print(os.read(fd, 11).decode())
+root = os.open("/usr", os.O_RDONLY)
+how = struct.pack("QQQ", os.O_RDONLY, 0, 0x10)          # RESOLVE_IN_ROOT
+fd = libc.syscall(437, root, b"/../../lib/os-release", how, len(how))
+print(os.read(fd, 11).decode())
+how = struct.pack("QQQ", os.O_RDONLY, 0, 0x08)          # RESOLVE_BENEATH
+r = libc.syscall(437, root, b"../etc/passwd", how, len(how))
+print(r, errno.errorcode[ctypes.get_errno()])
+pid = os.fork()
+if pid == 0:
+    fd = os.open("/bin/echo", os.O_RDONLY)
+    argv = (ctypes.c_char_p * 3)(b"echo", b"via-execveat", None)
+    libc.syscall(322, fd, b"", argv, None, 0x1000)       # AT_EMPTY_PATH
+    os._exit(99)
+print(os.waitpid(pid, 0)[1] >> 8)
+"""
+    p = carryon_exec(debian_rootfs, "python3", "-c", code, engine=engine, user=ENGINE_USERS[0])
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ['PRETTY_NAME', 'PRETTY_NAME', '-1 EXDEV', 'via-execveat', '0']

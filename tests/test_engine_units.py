@@ -1,0 +1,173 @@
+"""Unit tests of the tracer's pieces that need no tracee: seccomp filter, syscall table, `#!` and
+ELF parsing, register layout, `carryon exec` option parsing."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from runtime.errors import CarryonError
+from runtime.execve import elf, shebang
+from runtime.syscall import seccomp, table
+from runtime.syscall.sysnums import MAX_KNOWN, NUMBERS
+from runtime.tracee import ffi
+
+N = NUMBERS
+TRACE, ALLOW = seccomp.RET_TRACE, seccomp.RET_ALLOW
+
+
+@pytest.fixture(scope="module")
+def prog():
+    return seccomp.build(table.TRACED, table.REFUSED, table.TRACED_IF_ARG)
+
+
+def test_filter_traces_every_path_call_and_nothing_else(prog):
+    for nr in range(MAX_KNOWN + 1):
+        got = seccomp.evaluate(prog, nr)
+        if nr in table.TRACED:
+            assert got == TRACE, table.BY_NR[nr].name
+        elif nr in table.REFUSED:
+            assert got == seccomp.RET_ERRNO | table.REFUSED[nr], table.BY_NR[nr].name
+        elif nr in table.TRACED_IF_ARG:
+            assert got == ALLOW
+        else:
+            assert got == ALLOW, nr
+
+
+def test_filter_refuses_other_abis_and_unknown_numbers(prog):
+    enosys = seccomp.RET_ERRNO | errno.ENOSYS
+    assert seccomp.evaluate(prog, N["openat"], arch=0x40000003) == enosys      # i386
+    assert seccomp.evaluate(prog, N["getpid"], arch=0x40000003) == enosys
+    assert seccomp.evaluate(prog, 0x40000000 | N["openat"]) == enosys          # x32
+    assert seccomp.evaluate(prog, MAX_KNOWN + 1) == enosys
+    assert seccomp.evaluate(prog, 0xFFFFFFFF) == enosys
+    assert seccomp.evaluate(prog, N["open_by_handle_at"]) == enosys
+    assert seccomp.evaluate(prog, N["io_uring_setup"]) == enosys
+    assert seccomp.evaluate(prog, N["mount"]) == seccomp.RET_ERRNO | errno.EPERM
+
+
+def test_filter_sendto_only_with_an_address(prog):
+    nr = N["sendto"]
+    assert seccomp.evaluate(prog, nr, args=(3, 0x1000, 5, 0, 0, 0)) == ALLOW
+    assert seccomp.evaluate(prog, nr, args=(3, 0x1000, 5, 0, 0x7FFF0000, 16)) == TRACE
+    assert seccomp.evaluate(prog, nr, args=(3, 0x1000, 5, 0, 0x7F0000000000, 16)) == TRACE
+
+
+def test_filter_with_extension_calls():
+    p = seccomp.build(set(table.TRACED) | {N["getuid"]}, table.REFUSED)
+    assert seccomp.evaluate(p, N["getuid"]) == TRACE
+    assert seccomp.evaluate(p, N["getgid"]) == ALLOW
+
+
+ISSUE_CALLS = """open openat openat2 creat stat lstat newfstatat statx access faccessat faccessat2 execve
+execveat chdir mkdir mkdirat rmdir unlink unlinkat rename renameat renameat2 link linkat symlink
+symlinkat chmod fchmodat fchmodat2 chown lchown fchownat truncate utime utimes futimesat utimensat
+mknod mknodat statfs setxattr lsetxattr getxattr lgetxattr listxattr llistxattr removexattr
+lremovexattr inotify_add_watch readlink readlinkat getcwd chroot bind connect""".split()
+
+
+def test_table_covers_the_path_calls():
+    names = {c.name for c in table.CALLS}
+    assert set(ISSUE_CALLS) <= names
+    for c in table.CALLS:
+        assert c.name in NUMBERS
+        for p in c.paths:
+            assert 0 <= p.arg < 6 and (p.dirfd is None or 0 <= p.dirfd < 6)
+            assert p.flags is None or 0 <= p.flags < 6
+            if p.follow in (table.AT_NOFOLLOW, table.AT_FOLLOW, table.INOTIFY, table.FANOTIFY):
+                assert p.flags is not None, c.name
+        assert c.special or c.paths or c.refuse, c.name
+
+
+@pytest.mark.parametrize("head,want", [
+    (b"#!/bin/sh\n", (b"/bin/sh", None)),
+    (b"#! /bin/sh -e\necho", (b"/bin/sh", b"-e")),
+    (b"#!/usr/bin/env python3 -u  \n", (b"/usr/bin/env", b"python3 -u")),
+    (b"#!\t/bin/bash\t-x\n", (b"/bin/bash", b"-x")),
+    (b"#!/bin/sh", (b"/bin/sh", None)),
+])
+def test_shebang_parse(head, want):
+    assert shebang.parse(head) == want
+
+
+def test_shebang_without_interpreter():
+    with pytest.raises(OSError) as e:
+        shebang.parse(b"#!   \n")
+    assert e.value.errno == errno.ENOEXEC
+
+
+def _interp(path: str):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return elf.interpreter(fd, os.pread(fd, 256, 0))
+    finally:
+        os.close(fd)
+
+
+def test_elf_interpreter_of_a_dynamic_program():
+    assert _interp("/bin/ls") == "/lib64/ld-linux-x86-64.so.2"
+
+
+def test_elf_static_program(busybox_rootfs):
+    assert _interp(str(busybox_rootfs / "bin" / "busybox")) is None
+
+
+def test_elf_refuses_garbage(tmp_path):
+    f = tmp_path / "x"
+    f.write_bytes(b"\x7fELF\x01\x01" + bytes(100))          # 32-bit
+    with pytest.raises(OSError) as e:
+        _interp(str(f))
+    assert e.value.errno == errno.ENOEXEC
+
+
+def test_register_layout_matches_python_ptrace():
+    from ptrace.binding.linux_struct import user_regs_struct
+    assert tuple(n for n, _ in user_regs_struct._fields_) == ffi.REG_NAMES
+    assert ffi.ARG == tuple(ffi.REG_NAMES.index(n) for n in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
+
+
+# ---- carryon exec option parsing --------------------------------------------------------------
+def test_cli_parse_proot_options(tmp_path):
+    from runtime.cli_exec import parse
+    (tmp_path / "root").mkdir()
+    spec = parse(["-R", str(tmp_path / "root"), "-b", "/tmp:/host-tmp:ro", "--bind=/etc", "-w", "/x",
+                  "-0", "-v", "2", "--kill-on-exit", "-k", "3.10", "--", "ls", "-l"])
+    assert spec.argv == ["ls", "-l"]
+    assert spec.uid == 0 and spec.gid == 0 and spec.cwd == "/x" and spec.verbose == 2
+    assert spec.wait_all is False
+    guests = [(b.host, b.guest, b.readonly, b.optional) for b in spec.binds]
+    assert ("/dev", "/dev", False, True) in guests and ("/proc", "/proc", False, True) in guests
+    assert ("/tmp", "/host-tmp", True, False) in guests and ("/etc", "/etc", False, False) in guests
+    spec = parse(["--rootfs=" + str(tmp_path / "root"), "--change-id=1000:100", "id"])
+    assert (spec.uid, spec.gid, spec.binds, spec.argv, spec.wait_all) == (1000, 100, [], ["id"], True)
+
+
+@pytest.mark.parametrize("argv", [["--bogus"], ["-r"], [], ["-r", "/nonexistent-rootfs"],
+                                  ["-r", "/", "-b", "/nonexistent-src"], ["-r", "/", "-i", "x:y"],
+                                  ["-r", "/", "-b", "/tmp:rel"]])
+def test_cli_parse_errors(argv):
+    from runtime.cli_exec import parse
+    with pytest.raises(CarryonError):
+        parse(argv)
+
+
+def test_probe_finds_the_seccomp_engine(monkeypatch):
+    from runtime import engine
+    monkeypatch.delenv("CARRYON_ENGINE", raising=False)
+    assert engine.probe() == "seccomp"          # Linux >= 3.5 with seccomp filters (this machine)
+    monkeypatch.setenv("CARRYON_ENGINE", "ptrace")
+    assert engine.probe().startswith("ptrace")
+
+
+def test_engine_choice(monkeypatch):
+    from runtime import engine
+    from runtime.spec import RunSpec
+    monkeypatch.delenv("CARRYON_ENGINE", raising=False)
+    assert engine.choose_engine(RunSpec(rootfs="/", argv=["x"], engine="ptrace")) == "ptrace"
+    monkeypatch.setenv("CARRYON_ENGINE", "seccomp")
+    assert engine.choose_engine(RunSpec(rootfs="/", argv=["x"], engine="ptrace")) == "seccomp"
+    monkeypatch.setenv("CARRYON_ENGINE", "bogus")
+    with pytest.raises(CarryonError):
+        engine.choose_engine(RunSpec(rootfs="/", argv=["x"]))

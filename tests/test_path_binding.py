@@ -1,0 +1,205 @@
+"""Mapper: binds (longest prefix, file binds, missing bind points, read-only), host->guest."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import tempfile
+
+import pytest
+
+from runtime.path import Mapper
+from runtime.spec import Bind
+
+
+@pytest.fixture
+def world():
+    d = tempfile.mkdtemp(prefix="carryon-bind-")
+    os.chmod(d, 0o755)
+    yield os.path.realpath(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _write(p: str, text: str = "x") -> None:
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    with open(p, "w") as f:
+        f.write(text)
+
+
+@pytest.fixture
+def tree(world):
+    r = f"{world}/root"
+    _write(f"{r}/etc/passwd")
+    _write(f"{r}/run/stub-resolv.conf", "guest resolv\n")
+    os.symlink("../run/stub-resolv.conf", f"{r}/etc/resolv.conf")
+    os.makedirs(f"{r}/var")
+    os.symlink("/run", f"{r}/var/run")
+    os.makedirs(f"{r}/mnt")
+    os.makedirs(f"{r}/tmp")
+    a = f"{world}/A"
+    _write(f"{a}/sub/file")
+    os.symlink("/etc/passwd", f"{a}/abs")
+    os.symlink("..", f"{a}/up")
+    b = f"{world}/B"
+    _write(f"{b}/x")
+    _write(f"{world}/resolv.host", "host resolv\n")
+    return r, a, b
+
+
+def test_longest_prefix_wins_and_dotdot_leaves_bind(world, tree):
+    r, a, b = tree
+    m = Mapper(r, [Bind(a, "/mnt/a"), Bind(b, "/mnt/a/sub")])
+    assert m.to_host("/mnt/a/sub/x", "/", True) == f"{b}/x"
+    assert m.to_host("/mnt/a/sub/file", "/", True) == f"{b}/file"     # shadowed by B
+    assert m.to_host("/mnt/a/sub/..", "/", True) == f"{a}/"
+    assert m.to_host("/mnt/a/..", "/", True) == f"{r}/mnt/"
+    assert m.to_host("/mnt/a/up", "/", True) == f"{r}/mnt"             # `..` inside a bind: guest
+    assert m.to_host("/mnt/a/abs", "/", True) == f"{r}/etc/passwd"     # absolute: guest root
+    assert m.to_host("x", "/mnt/a/sub", True) == f"{b}/x"
+    assert m.to_host("../sub/x", "/mnt/a/sub", True) == f"{b}/x"
+    assert m.canon("/mnt/a/up/a/sub/x", "/", True) == "/mnt/a/sub/x"
+
+
+def test_bind_guest_path_is_canonicalised_in_the_guest(world, tree):
+    r, a, _ = tree
+    # /var/run -> /run in the image: the bind lands on /run/x and both names reach it
+    m = Mapper(r, [Bind(a, "/var/run/x"), Bind(f"{world}/resolv.host", "/etc/resolv.conf")])
+    assert [x.guest for x in m.binds] == ["/run/x", "/run/stub-resolv.conf"]
+    assert m.to_host("/var/run/x/sub/file", "/", True) == f"{a}/sub/file"
+    assert m.to_host("/run/x/sub/file", "/", True) == f"{a}/sub/file"
+    with open(m.to_host("/etc/resolv.conf", "/", True)) as f:
+        assert f.read() == "host resolv\n"
+    assert m.is_bind_root("/run/x") and not m.is_bind_root("/run")
+
+
+def test_bind_of_host_root_and_bind_at_guest_root(world, tree):
+    r, a, _ = tree
+    m = Mapper(r, [Bind("/", "/host")])
+    assert m.to_host("/host/etc/hostname", "/", False) == "/etc/hostname"
+    assert m.to_guest("/usr/bin") == "/host/usr/bin"
+    assert m.to_guest(f"{r}/etc") == "/etc"                 # the rootfs prefix is longer
+    assert m.to_host("/host/..", "/", True) == r + "/"
+    m = Mapper(r, [Bind(a, "/")])
+    assert m.to_host("/sub/file", "/", True) == f"{a}/sub/file"
+    assert m.to_guest(f"{a}/sub") == "/sub"
+    assert m.to_guest(f"{r}/etc") == "/etc"
+    assert m.to_guest(a) == "/"
+
+
+def test_file_bind_and_missing_points_without_creating(world, tree):
+    r, a, b = tree
+    m = Mapper(r, [Bind(a, "/new/deep/point"), Bind(f"{world}/resolv.host", "/etc/hostfile")])
+    # below a missing bind point: reachable although /new does not exist in the image
+    assert m.to_host("/new/deep/point/sub/file", "/", True) == f"{a}/sub/file"
+    assert m.to_host("/new/deep/point", "/", True) == a
+    assert m.to_host("/new/deep/point/../../../etc/passwd", "/", True) == f"{r}/etc/passwd"
+    assert m.to_host("/etc/hostfile", "/", True) == f"{world}/resolv.host"
+    # the missing ancestors themselves are not in the image: the kernel says ENOENT
+    assert not os.path.exists(m.to_host("/new/deep", "/", True))
+    assert m.synthetic_entries("/") == ["new"]
+    assert m.synthetic_entries("/new") == ["deep"]
+    assert m.synthetic_entries("/new/deep") == ["point"]
+    assert m.synthetic_entries("/etc") == ["hostfile"]
+    assert m.synthetic_entries("/mnt") == []
+    assert m.to_guest(f"{a}/sub") == "/new/deep/point/sub"
+
+
+def test_ensure_mount_points_creates_inside_rootfs_only(world, tree):
+    r, a, b = tree
+    m = Mapper(r, [Bind(a, "/mnt/a"), Bind(b, "/mnt/a/inner/deeper"),
+                   Bind(f"{world}/resolv.host", "/etc/hostfile"), Bind(b, "/opt/x/y")])
+    created = m.ensure_mount_points()
+    assert sorted(created) == ["/etc/hostfile", "/mnt/a", "/opt", "/opt/x", "/opt/x/y"]
+    assert stat.S_ISREG(os.lstat(f"{r}/etc/hostfile").st_mode)
+    assert os.path.isdir(f"{r}/opt/x/y")
+    # /mnt/a/inner would be inside bind A (a host directory): never created there
+    assert not os.path.exists(f"{a}/inner")
+    assert m.synthetic_entries("/mnt/a") == ["inner"]
+    assert m.to_host("/mnt/a/inner/deeper/x", "/", True) == f"{b}/x"
+    assert m.synthetic_entries("/") == [] and m.synthetic_entries("/opt/x") == []
+    assert m.ensure_mount_points() == []                   # idempotent
+    # with a host directory bound over the guest root, nothing is created in it
+    m = Mapper(r, [Bind(a, "/"), Bind(b, "/newpoint")])
+    assert m.ensure_mount_points() == []
+    assert not os.path.exists(f"{a}/newpoint")
+    assert m.synthetic_entries("/") == ["newpoint"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_ensure_mount_points_on_readonly_rootfs(world, tree):
+    r, a, _ = tree
+    os.chmod(r, 0o555)
+    try:
+        m = Mapper(r, [Bind(a, "/data")])
+        assert m.ensure_mount_points() == []
+        assert m.synthetic_entries("/") == ["data"]
+        assert m.to_host("/data/sub/file", "/", True) == f"{a}/sub/file"
+    finally:
+        os.chmod(r, 0o755)
+
+
+def test_readonly(world, tree):
+    r, a, b = tree
+    m = Mapper(r, [Bind(a, "/ro", readonly=True), Bind(b, "/ro/rw")])
+    assert m.readonly(m.to_host("/ro/sub/file", "/", True))
+    assert m.readonly(m.to_host("/ro/newfile", "/", False, parent_op=True))
+    assert m.readonly(a)
+    assert not m.readonly(m.to_host("/ro/rw/x", "/", True))
+    assert not m.readonly(m.to_host("/etc/passwd", "/", True))
+    assert not m.readonly(a + "-sibling/x")
+    assert not Mapper(r, [Bind(a, "/rw")]).readonly(a)
+
+
+def test_parent_op_on_bind_point_is_refused_by_kernel(world, tree):
+    r, a, _ = tree
+    m = Mapper(r, [Bind(a, "/mnt/a"), Bind(f"{world}/resolv.host", "/etc/hostfile")])
+    for guest in ("/mnt/a", "/etc/hostfile"):
+        h = m.to_host(guest, "/", False, parent_op=True)
+        assert h.endswith("/.")
+        with pytest.raises(OSError) as e:
+            os.rename(h, f"{r}/renamed")
+        assert e.value.errno in (errno.EBUSY, errno.ENOTDIR, errno.EINVAL)
+        with pytest.raises(OSError):
+            os.unlink(h)
+    assert os.path.isfile(f"{world}/resolv.host") and os.path.isdir(a)
+
+
+def test_to_guest(world, tree):
+    r, a, b = tree
+    m = Mapper(r, [Bind(a, "/mnt/a"), Bind(b, "/mnt/a/sub")])
+    assert m.to_guest(r) == "/"
+    assert m.to_guest(r + "/") == "/"
+    assert m.to_guest(f"{r}/etc/passwd") == "/etc/passwd"
+    assert m.to_guest(f"{b}/x") == "/mnt/a/sub/x"
+    assert m.to_guest(f"{a}/sub/file") == "/mnt/a/sub/file"
+    assert m.to_guest(f"{r}/tmp/gone (deleted)") == "/tmp/gone (deleted)"
+    assert m.to_guest(r + "x/y") is None                    # a sibling sharing the prefix
+    assert m.to_guest("/usr/bin") is None
+    assert m.to_guest("pipe:[1234]") is None
+
+
+def test_dircache_forget(world, tree):
+    r, _, _ = tree
+    m = Mapper(r, [], cache_dirs=True)
+    os.makedirs(f"{r}/d/e")
+    assert m.to_host("/d/e", "/", True) == f"{r}/d/e"
+    os.rmdir(f"{r}/d/e")
+    os.rmdir(f"{r}/d")
+    os.symlink("/etc", f"{r}/d")
+    m.forget()
+    assert m.to_host("/d/passwd", "/", True) == f"{r}/etc/passwd"
+
+
+def test_non_utf8_names_round_trip(world, tree):
+    r, a, _ = tree
+    raw = os.fsencode(r) + b"/caf\xe9"
+    os.makedirs(raw + b"/d")
+    os.symlink(b"caf\xe9/d", os.fsencode(r) + b"/l\xff")
+    m = Mapper(r, [])
+    guest = os.fsdecode(b"/l\xff/")                 # as read from a tracee, decoded with fsdecode
+    host = m.to_host(guest, "/", False)
+    assert os.fsencode(host) == raw + b"/d/"
+    assert os.path.isdir(host)
+    assert os.fsencode(m.to_guest(host.rstrip("/"))) == b"/caf\xe9/d"
