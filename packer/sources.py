@@ -285,6 +285,10 @@ def _pick_manifest(store: Store, desc: str, entries: list[dict], platform: str |
         if platform and p and (p.get("os"), p.get("architecture")) != want[:2]:
             raise InputError(f"{desc}: no image for platform {platform} (found {_platform_str(p.get('os', '?'), p.get('architecture', '?'))})")
         return e, data, e["digest"]
+    if not any(e.get("platform") for e, _ in expanded):
+        raise InputError(f"{desc}: several untagged images without platforms: "
+                         f"{', '.join(e.get('digest', '?') for e, _ in expanded)}")
+
     def score(e: dict) -> int:
         p = e.get("platform") or {}
         if (p.get("os"), p.get("architecture")) != want[:2]:

@@ -136,8 +136,13 @@ class Squasher:
         self._spool_end += size
         return off
 
+    def _dir_at(self, comps: list[str]) -> Node | None:
+        """The directory at `comps` (symlinks followed), or None when missing or not a directory."""
+        parent, _ = self._resolve(comps + ["(child)"], create=False)
+        return parent
+
     def _whiteout(self, comps: list[str], base: str) -> None:
-        parent, name = self._resolve(comps[:-1] + ["x"], create=False)
+        parent = self._dir_at(comps[:-1])
         if parent is None:
             return  # parent is not a directory (or missing): ignored
         if base == OPAQUE:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
-import secrets
 import stat
 import time
 from dataclasses import dataclass
@@ -26,7 +24,12 @@ from runtime.errors import CarryonError
 
 MARKER = ".complete"
 STALE_FOREIGN_SECONDS = 24 * 3600   # temp dirs of other hosts (shared NFS cache) older than this go
-_TEMP_RE = re.compile(r"^\.(?:tmp|run)-(?:rt-)?[0-9a-f]{32}-(?P<host>.+)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+_TEMP_PATTERN = r"^\.(?:tmp|run)-(?:rt-)?[0-9a-f]{32}-(?P<host>.+)-(?P<pid>\d+)-[A-Za-z0-9_]+$"
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _rand() -> str:
+    return os.urandom(4).hex()
 
 
 @dataclass
@@ -37,7 +40,7 @@ class Candidate:
 
 def hostname() -> str:
     name = os.uname().nodename or "localhost"
-    return name if re.fullmatch(r"[A-Za-z0-9._-]+", name) else "localhost"
+    return name if set(name) <= _HOST_CHARS else "localhost"
 
 
 def candidates(explicit: str | None, env: dict[str, str] | os._Environ | None = None) -> list[Candidate]:
@@ -119,7 +122,7 @@ def unusable_reason(c: Candidate, need_bytes: int, need_inodes: int = 0) -> str 
 
 def exec_test(d: str) -> str | None:
     """Really execute a tiny file in `d` (noexec mounts, read-only or full dirs all fail here)."""
-    path = os.path.join(d, f".exec-test-{hostname()}-{os.getpid()}-{secrets.token_hex(4)}")
+    path = os.path.join(d, f".exec-test-{hostname()}-{os.getpid()}-{_rand()}")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
     except OSError as e:
@@ -170,7 +173,7 @@ def choose(cands: list[Candidate], need_bytes: int, need_inodes: int = 0, what: 
 def new_temp(cache_dir: str, key: str, kind: str = "tmp") -> str:
     """A private dir `.KIND-KEY-HOST-PID-RAND` in `cache_dir` (0700)."""
     for _ in range(100):
-        p = os.path.join(cache_dir, f".{kind}-{key}-{hostname()}-{os.getpid()}-{secrets.token_hex(4)}")
+        p = os.path.join(cache_dir, f".{kind}-{key}-{hostname()}-{os.getpid()}-{_rand()}")
         try:
             os.mkdir(p, 0o700)
             return p
@@ -198,7 +201,7 @@ def publish(tmp: str, dest: str) -> str:
             remove(tmp)
             return dest
         # `dest` exists but was never published (only possible by hand): move it aside and retry
-        aside = dest + f".trash-{hostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        aside = dest + f".trash-{hostname()}-{os.getpid()}-{_rand()}"
         try:
             os.rename(dest, aside)
         except FileNotFoundError:
@@ -209,17 +212,35 @@ def publish(tmp: str, dest: str) -> str:
 
 def remove(path: str) -> None:
     """rm -rf, also for trees with unwritable dirs (images have mode-000 and 0500 dirs)."""
-    from runtime.extract import remove_tree
     try:
-        remove_tree(path)
+        _rmtree(path)
     except FileNotFoundError:
         pass
+    except OSError:
+        from runtime.extract import remove_tree     # slower, fixes permissions on the way
+        try:
+            remove_tree(path)
+        except FileNotFoundError:
+            pass
+
+
+def _rmtree(path: str) -> None:
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        os.unlink(path)
+        return
+    with os.scandir(path) as it:
+        for e in it:
+            if e.is_dir(follow_symlinks=False):
+                _rmtree(e.path)
+            else:
+                os.unlink(e.path)
+    os.rmdir(path)
 
 
 def remove_entry(entry: str) -> None:
     """Unpublish first (rename aside: the entry stops being trusted at once), then delete."""
     aside = os.path.join(os.path.dirname(entry),
-                         f".tmp-{os.path.basename(entry)}-{hostname()}-{os.getpid()}-{secrets.token_hex(4)}")
+                         f".tmp-{os.path.basename(entry)}-{hostname()}-{os.getpid()}-{_rand()}")
     try:
         os.rename(entry, aside)
     except FileNotFoundError:
@@ -239,6 +260,8 @@ def _pid_alive(pid: int) -> bool:
 
 def clean_stale(cache_dir: str, only_key: str | None = None) -> list[str]:
     """Remove temp dirs left by dead runs: this host's whose process is gone, other hosts' older than a day."""
+    import re
+    temp_re = re.compile(_TEMP_PATTERN)
     removed = []
     try:
         names = os.listdir(cache_dir)
@@ -247,7 +270,7 @@ def clean_stale(cache_dir: str, only_key: str | None = None) -> list[str]:
     me = hostname()
     now = time.time()
     for name in names:
-        m = _TEMP_RE.match(name)
+        m = temp_re.match(name)
         if not m or (only_key and only_key not in name):
             continue
         p = os.path.join(cache_dir, name)

@@ -183,5 +183,8 @@ def main(argv: list[str]) -> int:
     except CarryonError as e:
         sys.stderr.write(f"carryon exec: {e}\n")
         return e.exit_code
+    except OSError as e:
+        sys.stderr.write(f"carryon exec: engine failure: {e.strerror or e}\n")
+        return 125
     except KeyboardInterrupt:
         return 130

@@ -12,9 +12,19 @@ are not forwarded when the tracer is in the terminal's foreground process group:
 already sent them to the guest, which shares that group). If the tracer dies, PTRACE_O_EXITKILL
 and the child's PR_SET_PDEATHSIG kill the guest tree.
 
+CPU placement: none by default (the scheduler tends to put a tracer next to the tracee that wakes
+it). `CARRYON_PIN=1` pins the tracer and the guest to the CPU the tracer starts on: cheaper stops
+for a single-process guest, but a parallel guest then shares that one CPU.
+
 Limits (containment, not a security boundary): the tree can change between the tracer's checks and
-the real call; file descriptors inherited from the caller lead where they lead; job control
-(Ctrl-Z) stops are not emulated (a stopped guest is resumed).
+the real call; file descriptors inherited from the caller lead where they lead. Not translated:
+AF_UNIX paths in `sendmsg` and in the results of getsockname/getpeername/accept/recvfrom; the
+contents of /proc/PID/maps, mountinfo and the like. 32-bit (i386/x32) calls fail with ENOSYS, so
+32-bit programs do not run. Job control (Ctrl-Z) stops are not emulated for the guest itself (the
+tracer stops, which holds the guest at its next traced call). Rewritten paths are written below the
+tracee's stack pointer; a process with nothing writable there gets a private scratch mapping
+(injected mmap), but a signal handler running on a small `sigaltstack` could see the memory below
+that stack overwritten (as under PRoot).
 """
 
 from __future__ import annotations
@@ -130,6 +140,8 @@ def run(spec: RunSpec) -> int:
         status = _run_once(spec, mapper, prog, host_cwd, env, True, engine == "auto", loop_ref)
         if status is not None:
             return status
+        if spec.verbose >= 1:
+            sys.stderr.write("carryon: seccomp filtering refused by the kernel, using the ptrace engine\n")
         mapper.forget()
     return _run_once(spec, mapper, prog, host_cwd, env, False, False, loop_ref)  # type: ignore[return-value]
 
@@ -200,6 +212,7 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
     argv = list(spec.argv)
     env_b = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
 
+    cpu = pin_cpu()
     mode_r, mode_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     parent = os.getpid()
@@ -216,6 +229,7 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
                 signal.signal(s, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
             os.chdir(host_cwd)
+            _pin(cpu)
             ffi.prctl(ffi.PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent:
                 os._exit(125)
@@ -225,6 +239,8 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
             os.close(mode_r)
             if mode == b"s":
                 try:
+                    if os.environ.get("CARRYON_TEST_NO_SECCOMP"):   # tests: a kernel without it
+                        raise OSError(errno.EINVAL, "seccomp filters refused (CARRYON_TEST_NO_SECCOMP)")
                     ffi.install_seccomp(program)  # type: ignore[arg-type]
                 except OSError as e:
                     os.write(err_w, f"seccomp {e.errno}".encode())
@@ -268,7 +284,7 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
                 ffi.setoptions(pid, opts & ~ffi.PTRACE_O_EXITKILL)   # kernels before 3.8
         os.write(mode_w, b"s" if use_seccomp else b"p")
         os.close(mode_w)
-        _pin_tracer()
+        _pin(cpu)
         loop = Loop(dispatch, exts, use_seccomp, spec.wait_all, legacy_order=_kernel_before_4_8())
         loop_ref[:] = [loop]
         main = Tracee(pid, mapper, "")
@@ -303,19 +319,26 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
     return code if code >= 0 else 128 - code
 
 
-def _pin_tracer() -> None:
-    """Keep the tracer on one CPU (CARRYON_PIN=tracer, the default: the guest keeps every CPU it
-    had, the scheduler's wake-affine logic then tends to run the stopped tracee next to it;
-    CARRYON_PIN=0: no pinning)."""
-    mode = os.environ.get("CARRYON_PIN", "tracer")
-    if mode in ("0", "no", "off", ""):
-        return
+def pin_cpu() -> int | None:
+    """CARRYON_PIN=1: the CPU that the tracer and the guest are both pinned to (the one the tracer
+    runs on now), else None. Opt-in: a stop costs much less when tracer and tracee share a CPU,
+    but a parallel guest then shares that one CPU too."""
+    if os.environ.get("CARRYON_PIN", "0") in ("", "0", "no", "off"):
+        return None
     try:
-        cpus = sorted(os.sched_getaffinity(0))
-        if len(cpus) > 1:
-            os.sched_setaffinity(0, {cpus[-1]})
-    except OSError:
-        pass
+        from runtime.tracee.ffi import libc
+        cpu = libc.sched_getcpu()
+        return cpu if cpu >= 0 and cpu in os.sched_getaffinity(0) else None
+    except (OSError, AttributeError):
+        return None
+
+
+def _pin(cpu: int | None) -> None:
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            pass
 
 
 def _abort(pid: int, fd: int) -> None:

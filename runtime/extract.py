@@ -356,13 +356,16 @@ def write_meta(meta_path: str, meta: dict) -> None:
 
 def extract_rootfs(layout, dest_dir: str, progress: Progress | None = None,
                    meta_path: str | None = None) -> dict:
-    """Extract the rootfs of carryon archive `layout` into `dest_dir` (missing or empty) and write
+    """Extract the rootfs of carryon archive `layout` (a Layout or a path) into `dest_dir` (missing or
+    empty) and write
     the metadata JSON (default `DEST.carryon-meta.json` beside it). Returns the metadata dict.
 
     On any error (or KeyboardInterrupt) what was extracted is removed again.
     """
-    from runtime.archive import iter_rootfs, read_manifest  # local: keep this module light
+    from runtime.archive import Layout, iter_rootfs, read_layout, read_manifest  # local: keep this module light
 
+    if not isinstance(layout, Layout):
+        layout = read_layout(os.fspath(layout))
     dest_dir = os.fspath(dest_dir)
     created = False
     try:

@@ -12,7 +12,6 @@ other argument ends them); each also reads `CARRYON_X` from the environment (the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 
 from runtime import cache
 from runtime.errors import CarryonError
+
+_T0 = __import__("time").perf_counter()
 
 TRAILER_SIZE = 512
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -155,6 +156,12 @@ class Reporter:
         self.verbose = verbose
         self.tty = _isatty(2)
 
+    def mark(self, what: str) -> None:
+        """Start-up timeline at --carryon-verbose=3 (ms since this module was imported)."""
+        if self.verbose >= 3:
+            import time
+            self.say(f"+{(time.perf_counter() - _T0) * 1000:.1f} ms {what}", 3)
+
     def say(self, msg: str, level: int = 1) -> None:
         if self.verbose >= level:
             sys.stderr.write(f"carryon: {msg}\n")
@@ -198,32 +205,102 @@ class ProgressBar:
 
 # ---------------------------------------------------------------- archive access
 
+SECTIONS = ("launcher", "runtime", "manifest", "rootfs")   # runtime/archive.py's order
+
+
 @dataclass
 class Archive:
     path: str
-    layout: object           # runtime.archive.Layout
+    size: int
+    sections: dict[str, tuple[int, int, str]]   # name -> (offset, length, sha256 hex)
     key: str                 # cache key: sha256 of the trailer, which records every section's hash
     manifest: dict
+    _layout: object = None
+
+    @property
+    def layout(self):
+        """runtime.archive's Layout (imported only when needed: extraction, full verification)."""
+        if self._layout is None:
+            from runtime import archive as fmt
+            self._layout = fmt.read_layout(self.path)
+        return self._layout
+
+
+def _sha256_hex(data: bytes) -> str:
+    try:
+        import _sha256          # builtin: no OpenSSL start-up on the warm path
+        return _sha256.sha256(data).hexdigest()
+    except ImportError:
+        import hashlib
+        return hashlib.sha256(data).hexdigest()
+
+
+def render_trailer(sections: dict[str, tuple[int, str]]) -> bytes:
+    """The canonical 512-byte trailer (same bytes as runtime.archive.format_trailer)."""
+    head = "CARRYON-ARCHIVE 1\n" + "".join(f"{n} {sections[n][0]} {sections[n][1]}\n" for n in SECTIONS)
+    tail = "CARRYON-END\n"
+    return (head + " " * (TRAILER_SIZE - len(head) - len(tail) - 1) + "\n" + tail).encode("ascii")
+
+
+def read_fast(path: str) -> tuple[int, dict[str, tuple[int, int, str]], bytes, bytes]:
+    """(file size, sections, trailer bytes, manifest bytes) with two reads and no heavy imports.
+    Refuses anything but a canonical trailer whose recorded sizes add up to the file's size."""
+    bad = CarryonError(f"{path}: not a carryon archive or corrupted (bad trailer)")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < TRAILER_SIZE:
+                raise bad
+            f.seek(size - TRAILER_SIZE)
+            trailer = f.read(TRAILER_SIZE)
+            lines = [ln.split() for ln in trailer.decode("ascii", "replace").split("\n") if ln.strip()]
+            if len(lines) != len(SECTIONS) + 2 or lines[0] != ["CARRYON-ARCHIVE", "1"] or \
+                    lines[-1] != ["CARRYON-END"]:
+                raise bad
+            rec: dict[str, tuple[int, str]] = {}
+            for parts, name in zip(lines[1:-1], SECTIONS):
+                if len(parts) != 3 or parts[0] != name or not parts[1].isdigit():
+                    raise bad
+                rec[name] = (int(parts[1]), parts[2])
+            if render_trailer(rec) != trailer:
+                raise CarryonError(f"{path}: corrupted carryon archive (the trailer was modified)")
+            sections: dict[str, tuple[int, int, str]] = {}
+            end = size - TRAILER_SIZE
+            for name in reversed(SECTIONS[1:]):
+                length, digest = rec[name]
+                end -= length
+                sections[name] = (end, length, digest)
+            if end != rec["launcher"][0]:
+                raise CarryonError(f"{path}: corrupted carryon archive (section sizes do not add up to the "
+                                   "file's size)")
+            sections["launcher"] = (0, end, rec["launcher"][1])
+            off, length, _ = sections["manifest"]
+            f.seek(off)
+            manifest = f.read(length)
+    except OSError as e:
+        raise CarryonError(f"{path}: cannot read: {e.strerror or e}") from None
+    return size, sections, trailer, manifest
 
 
 def open_archive(path: str, verify_all: bool) -> Archive:
-    from runtime import archive as fmt
-    layout = fmt.read_layout(path)      # checks the trailer and that the recorded sizes add up
+    size, sections, trailer, mbytes = read_fast(path)
+    layout = None
+    if verify_all:
+        from runtime import archive as fmt
+        layout = fmt.read_layout(path)
+        fmt.verify(layout)
+    elif _sha256_hex(mbytes) != sections["manifest"][2]:
+        raise CarryonError(f"{path}: corrupted carryon archive (section manifest fails its sha256 check)")
     try:
-        with open(path, "rb") as f:
-            f.seek(layout.size - TRAILER_SIZE)
-            trailer = f.read(TRAILER_SIZE)
-    except OSError as e:
-        raise CarryonError(f"{path}: cannot read: {e.strerror}") from None
-    canonical = fmt.format_trailer({n: (sec.length, sec.sha256) for n, sec in layout.sections.items()})
-    if canonical != trailer:       # e.g. a hash digit changed case, or the padding changed
-        raise CarryonError(f"{path}: corrupted carryon archive (the trailer was modified)")
-    key = hashlib.sha256(trailer).hexdigest()[:32]
-    fmt.verify(layout, fmt.SECTIONS if verify_all else ("manifest",))
-    manifest = fmt.read_manifest(layout)
-    if layout.sections["rootfs"].length == 0:
+        manifest = json.loads(mbytes.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise CarryonError(f"{path}: corrupted carryon archive (manifest is not JSON)") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != 1:
+        raise CarryonError(f"{path}: unsupported carryon manifest format")
+    if sections["rootfs"][1] == 0:
         raise CarryonError(f"{path}: corrupted carryon archive (empty rootfs)")
-    return Archive(path=path, layout=layout, key=key, manifest=manifest)
+    return Archive(path=path, size=size, sections=sections, key=_sha256_hex(trailer)[:32], manifest=manifest,
+                   _layout=layout)
 
 
 def rootfs_needs(manifest: dict) -> tuple[int, int]:
@@ -247,7 +324,7 @@ def _runtime_exec_argv(rt: str, argv: list[str]) -> list[str]:
 def publish_runtime(rt_tmp: str, dest: str, arch: Archive, argv: list[str]) -> None:
     """The runtime dir was unpacked unverified by the sh launcher; the archive is now verified: publish
     it (rename) and re-exec from its final place (the running one's paths die with the rename)."""
-    cache.write_marker(rt_tmp, arch.layout.sections["runtime"].sha256 + "\n")
+    cache.write_marker(rt_tmp, arch.sections["runtime"][2] + "\n")
     final = cache.publish(rt_tmp, dest)
     env = dict(os.environ)
     env.update({"_CARRYON_ARCHIVE": arch.path, "_CARRYON_RT": final, "_CARRYON_RT_PUBLISHED": "1", "_CARRYON_RT_DEST": final,
@@ -307,20 +384,32 @@ def ensure_entry(arch: Archive, opts: Options, rep: Reporter, verified: bool) ->
 # ---------------------------------------------------------------- run semantics (docker run)
 
 def _guest_file(rootfs: str, guest_path: str) -> str | None:
-    """Host path of a guest file, symlinks resolved inside the rootfs (never escaping it)."""
-    from runtime.extract import secure_resolve, split_path, SymlinkLoop
-
-    def kind(parts: tuple[str, ...]):
-        p = os.path.join(rootfs, *parts)
+    """Host path of a guest file, symlinks resolved inside the rootfs (an absolute target restarts at
+    the guest root, `..` stops at it): never a path outside the rootfs. None on a symlink loop."""
+    todo = [c for c in reversed(guest_path.split("/")) if c]
+    stack: list[str] = []
+    links = 0
+    while todo:
+        c = todo.pop()
+        if c == ".":
+            continue
+        if c == "..":
+            if stack:
+                stack.pop()
+            continue
+        host = os.path.join(rootfs, *stack, c)
         try:
-            return ("link", os.readlink(p)) if os.path.islink(p) else (None, "")
-        except OSError:
-            return (None, "")
-    try:
-        parts = secure_resolve(split_path(guest_path), kind, follow_last=True)
-    except SymlinkLoop:
-        return None
-    return os.path.join(rootfs, *parts)
+            target = os.readlink(host)
+        except OSError:                  # not a symlink (or missing): a plain component
+            stack.append(c)
+            continue
+        links += 1
+        if links > 40:
+            return None
+        if target.startswith("/"):
+            stack = []
+        todo.extend(c2 for c2 in reversed(target.split("/")) if c2)
+    return os.path.join(rootfs, *stack)
 
 
 def _read_db(rootfs: str, guest_path: str) -> list[list[str]]:
@@ -650,11 +739,11 @@ def engine_support() -> str:
 def show_info(arch: Archive, opts: Options, rt: str | None) -> int:
     m = arch.manifest
     img, cfg, rfs = m.get("image", {}), m.get("config", {}), m.get("rootfs", {})
-    secs = arch.layout.sections
+    secs = arch.sections
     cands = cache.candidates(opts.cache)
     entry = cache.find_entry(cands, arch.key)
     lines = [
-        f"archive:        {arch.path} ({arch.layout.size} bytes)",
+        f"archive:        {arch.path} ({arch.size} bytes)",
         f"carryon:        {m.get('tool', {}).get('name', 'carryon')} {m.get('tool', {}).get('version', '?')}"
         f" (format {m.get('format')})",
         f"image:          {img.get('source', '?')}" + (f" (tag {img['tag']})" if img.get("tag") else ""),
@@ -669,7 +758,7 @@ def show_info(arch: Archive, opts: Options, rt: str | None) -> int:
         f"user:           {cfg.get('User') or '(root)'}",
         f"exposed ports:  {' '.join(sorted(cfg.get('ExposedPorts') or {})) or '-'}",
         f"stop signal:    {cfg.get('StopSignal') or 'SIGTERM'}",
-        "sections:       " + ", ".join(f"{n} {secs[n].length}" for n in secs),
+        "sections:       " + ", ".join(f"{n} {secs[n][1]}" for n in SECTIONS),
         f"rootfs:         {rfs.get('compression', '?')} level {rfs.get('level', '?')}, "
         f"{rfs.get('uncompressed_bytes', '?')} bytes in {rfs.get('total_entries', '?')} entries "
         f"({rfs.get('files', '?')} files, {rfs.get('dirs', '?')} dirs, {rfs.get('symlinks', '?')} symlinks)",
@@ -748,8 +837,10 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
         return 0
     rep = Reporter(opts.verbose)
     verified = internal.get("_CARRYON_VERIFIED")
+    rep.mark("options parsed")
     arch = open_archive(archive_path, verify_all=False)
     already = verified == arch.key
+    rep.mark("archive opened")
     if internal.get("_CARRYON_RT_CLEANUP"):
         cache.remove(internal["_CARRYON_RT_CLEANUP"])
     if opts.info:
@@ -762,11 +853,14 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
             fmt.verify(arch.layout)
         return do_extract(arch, opts.extract, rep)
     entry = ensure_entry(arch, opts, rep, verified=already)
+    rep.mark("cache entry found")
     wrapper, run_tmp = make_run_tmp(entry, arch.key)
     try:
         spec = build_spec(arch, entry, opts, run_tmp)
+        rep.mark("spec built")
         rep.say(f"running {spec.argv} as {spec.uid}:{spec.gid} in {spec.cwd}", 2)
         from runtime import engine
+        rep.mark("engine imported")
         reset_signal_dispositions()
         fwd = SignalForwarder()
         fwd.install()

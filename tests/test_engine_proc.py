@@ -198,3 +198,15 @@ def test_interactive_shell_on_a_terminal(debian_rootfs, engine, user):
     assert re.search(r"^/dev/pts/\d+$", out, re.M), out
     assert re.search(r"^after-interrupt$", out, re.M), out
     assert rc == 7, out
+
+
+def test_auto_engine_falls_back_without_seccomp(debian_rootfs, user):
+    code = "grep '^Seccomp:' /proc/self/status"
+    p = carryon_exec(debian_rootfs, "sh", "-c", code, engine="auto", user=user)
+    assert p.stdout == "Seccomp:\t2\n", p.stderr                   # filter mode
+    p = carryon_exec(debian_rootfs, "sh", "-c", code, engine="auto", user=user,
+                     env={"CARRYON_TEST_NO_SECCOMP": "1"})
+    assert p.stdout == "Seccomp:\t0\n", p.stderr                   # plain ptrace stepping
+    p = carryon_exec(debian_rootfs, "true", engine="seccomp", user=user,
+                     env={"CARRYON_TEST_NO_SECCOMP": "1"})
+    assert p.returncode == 125 and len(p.stderr.splitlines()) == 1

@@ -110,3 +110,20 @@ def test_busybox_meta_records_what_extraction_cannot_apply(shared_images, packed
     assert e["/usr/local/bin/suid-hello"]["mode"] == 0o4755
     assert meta["root"]["mode"] == 0o755
     assert len(e) == len((shared_images / "busybox-multilayer" / "EXPECTED.txt").read_text().splitlines()) - 1
+
+
+def test_full_self_extracting_file_conforms(shared_images, packed, tmp_path):
+    """The same checks on a full file (launcher + runtime in front), once packer.embed exists."""
+    pytest.importorskip("packer.embed")
+    src = shared_images / "busybox-multilayer" / "busybox-multilayer.oci.tar"
+    out = tmp_path / "full.run"
+    run_carryon("pack", str(src), "-o", str(out), check=True)
+    run_carryon("extract", str(out), str(tmp_path / "rootfs"), check=True)
+    try:
+        assert listing(tmp_path / "rootfs") == (shared_images / "busybox-multilayer" / "EXPECTED.txt").read_text(
+            encoding="utf-8").splitlines()
+        doc = json.loads(run_carryon("inspect", "--json", str(out), check=True).stdout)
+        assert doc["sections"]["launcher"]["length"] > 0
+        assert doc["rootfs"]["sha256"] == packed("busybox-multilayer", "busybox-multilayer.oci.tar")[2]["rootfs"]["sha256"]
+    finally:
+        remove_tree(str(tmp_path / "rootfs"))

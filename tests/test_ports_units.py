@@ -118,6 +118,8 @@ def test_table_static_mapping():
     assert t.bind_target("tcp", 7777) == 17777 and t.connect_target("tcp", 7777) == 17777
     assert t.bind_target("udp", 7777) is None and t.connect_target("tcp", 7778) is None
     assert t.guest_port("tcp", 17777) == 7777 and t.guest_port("tcp", 7777) is None
+    assert t.same_host(7777) is None                          # TCP only: the protocol matters
+    assert PortTable(publish.parse_exec_ports(["7777:17777"]), auto=False).same_host(7777) == 17777
     assert t.bind_target("tcp", 0) is None
     assert not PortTable([], auto=False).active
 
@@ -178,13 +180,14 @@ def test_sockinfo_on_own_sockets():
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
         assert sockinfo.socket_proto(pid, t.fileno()) == "tcp"
         assert sockinfo.socket_proto(pid, u.fileno()) == "udp"
-        assert sockinfo.socket_inode(pid, t.fileno()) == os.fstat(t.fileno()).st_ino
+        assert sockinfo.socket_proto_fast(pid, t.fileno()) == "tcp"
+        assert sockinfo.socket_proto_fast(pid, u.fileno()) == "udp"
         u.bind(("127.0.0.1", 0))
         if sockinfo.can_read_bound_ports():
             assert sockinfo.bound_port(pid, u.fileno()) == u.getsockname()[1]
     r, w = os.pipe()
     try:
-        assert sockinfo.socket_proto(pid, r) is None
+        assert sockinfo.socket_proto(pid, r) is None and sockinfo.socket_proto_fast(pid, r) is None
     finally:
         os.close(r)
         os.close(w)
@@ -212,7 +215,7 @@ def test_sockinfo_from_a_thread_id():
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
             u.bind(("127.0.0.1", 0))
             assert sockinfo.bound_port(got["tid"], u.fileno()) == u.getsockname()[1]
-            assert sockinfo.inspect(got["tid"], u.fileno()) == ("udp", os.fstat(u.fileno()).st_ino)
+            assert sockinfo.socket_proto_fast(got["tid"], u.fileno()) == "udp"
     finally:
         done.set()
         th.join()
@@ -309,7 +312,7 @@ def test_extension_sendmmsg_and_recvmmsg(selftracee):
                 + riov_addr.to_bytes(8, "little") + (1).to_bytes(8, "little") + bytes(24) + bytes(8))
         rvec, rvec_addr = _buf(rhdr)
         regs = _regs(pm.RECVMMSG, cli.fileno(), rvec_addr, 1, 0, 0)
-        assert ext.enter(selftracee, regs) == EXIT          # the socket sent to a translated port
+        assert ext.enter(selftracee, regs) == EXIT          # a socket sent to a translated port
         regs[ffi.R_RAX] = _call(regs, pm.RECVMMSG)
         assert regs[ffi.R_RAX] == 1
         ext.exit(selftracee, regs)
@@ -385,3 +388,20 @@ def test_extension_without_pidfd_getfd(selftracee):
         regs[ffi.R_RAX] = _call(regs, pm.GETSOCKNAME)
         ext.exit(selftracee, regs)
         assert sockaddr.port(out.raw) == 80
+
+
+def test_extension_connect_follows_the_socket_protocol(selftracee):
+    """A guest port learnt for TCP only: a UDP datagram to it is not redirected."""
+    from runtime.extension import portmap as pm
+    ext = _portmap([], auto=True)
+    ext.table.record("tcp", 8000, 41000, "0.0.0.0", True)
+    name, name_addr = _buf(_raw(socket.AF_INET, "127.0.0.1", 8000))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+        assert ext.enter(selftracee, _regs(pm.SENDTO, u.fileno(), 0, 0, 0, name_addr, 16)) == 0
+        assert not ext.redirected
+        regs = _regs(pm.CONNECT, t.fileno(), name_addr, 16)
+        assert ext.enter(selftracee, regs) == CHANGED and ext.redirected
+        assert sockaddr.port(ctypes.string_at(regs[ffi.ARG[1]], 16)) == 41000
+        far, far_addr = _buf(_raw(socket.AF_INET, "192.0.2.200", 8000))      # not this node
+        if socket.inet_aton("192.0.2.200") not in ext.local:
+            assert ext.enter(selftracee, _regs(pm.CONNECT, t.fileno(), far_addr, 16)) == 0

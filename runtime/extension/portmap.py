@@ -10,13 +10,23 @@ Reverse: `getsockname`, `getpeername` (answered at the entry from the tracer's o
 socket), `accept`/`accept4`, `recvfrom`, `recvmsg`, `recvmmsg` (at the exit stop) give back the guest
 port for a host port of the table (on a local address, for peers).
 
-State is per run (the port table), per thread (the one call in flight, for the exit stop) and per
-socket (keyed by the socket inode, which dup(), fork() and threads share without being traced):
-- `bound`: sockets bound to a translated port. One of them that connects or sends makes peers show
-  a host port, so from then on accept/recv* must be watched at exit (`bound_clients`);
-- `redirected`: sockets that sent to a translated port, whose replies come from a host port.
-Exit stops are asked for only where a result can need translation, and the seccomp filter does not
-stop `sendto`/`recvfrom`/`accept`/`accept4` whose address argument is NULL.
+State is per run (the port table), per thread (the one call in flight, for the exit stop: several
+binds in flight in several threads and processes each have their own), and per socket where it
+matters: a bound port is read back from the socket itself (the descriptor copied with pidfd_getfd,
+which dup(), fork() and threads share), never from a "last bind" slot.
+
+Exit stops are asked for only where a result can need translation:
+- received addresses (recvfrom/recvmsg/recvmmsg) carry a host port only once a guest socket sent to
+  a translated port (`redirected`), or a bound client exists;
+- an accepted peer shows a host port only when a guest socket bound to a translated port connected
+  (`bound_clients`: noticed when the thread that bound it connects with it, the usual pattern of
+  clients that bind).
+The seccomp filter does not even stop `sendto`/`recvfrom`/`accept`/`accept4` with a NULL address.
+
+Limits: two first binds of one (proto, guest port) in flight at the very same time get two host
+ports (both published; connects go to the first); a learnt host port is reused for later binds of
+its guest port, so if another program took it meanwhile that bind fails with EADDRINUSE; a wildcard
+bind moved onto a `--carryon-publish IP:` address shows that address in getsockname.
 """
 
 from __future__ import annotations
@@ -59,14 +69,14 @@ KEY = "portmap"          # this extension's slot in Tracee.ext: the call in flig
 MSGHDR_LEN = 56          # struct msghdr on x86_64; msg_name at 0, msg_namelen (u32) at 8
 MMSGHDR_LEN = 64         # struct mmsghdr: msghdr + msg_len (u32) at 56 + padding
 UIO_MAXIOV = 1024        # the kernel's cap on sendmmsg/recvmmsg vlen
-SOCKET_MEMORY = 1 << 16  # sockets remembered per set (oldest forgotten first)
+SOCKET_MEMORY = 1 << 12  # translated binds remembered by (thread, fd) (oldest forgotten first)
 
 
 def _signed(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def _remember(d: dict[int, None], key: int) -> None:
+def _remember(d: dict, key) -> None:
     if key in d:
         return
     if len(d) >= SOCKET_MEMORY:
@@ -87,8 +97,8 @@ class PortMap(Base):
         self.table = PortTable(spec.port_map, spec.netcoop, on_change=self._published)
         self.local = LocalAddresses()
         self.readback = sockinfo.can_read_bound_ports()
-        self.bound: dict[int, None] = {}
-        self.redirected: dict[int, None] = {}
+        self.bound_fds: dict[tuple[int, int], None] = {}  # (tid, fd) of translated binds
+        self.redirected = False
         self.bound_clients = False
         self._enter = {
             BIND: self._bind, CONNECT: self._connect, SENDTO: self._sendto, SENDMSG: self._sendmsg,
@@ -169,24 +179,25 @@ class PortMap(Base):
         stays), with the bookkeeping of sockets sending to local addresses."""
         if sockaddr.ip(raw) not in self.local:
             return None
+        if (t.pid, fd) in self.bound_fds and not self.bound_clients:
+            if sockinfo.bound_port(t.pid, fd) in self.table.host_ports:
+                self.bound_clients = True   # peers will see this socket's host port
+        table = self.table
         gport = sockaddr.port(raw)
-        mapped = gport in self.table.guest_ports
-        if not mapped and not self.bound:
+        if gport not in table.guest_ports:
             return None
-        proto, ino = sockinfo.inspect(t.pid, fd)
-        if ino in self.bound:
-            self.bound_clients = True
-        host = self.table.connect_target(proto, gport) if mapped and proto else None
+        host = table.same_host(gport)       # the same for TCP and UDP: no need to ask which
         if host is None:
-            return None
-        _remember(self.redirected, ino)
+            proto = sockinfo.socket_proto_fast(t.pid, fd)
+            host = table.connect_target(proto, gport) if proto else None
+            if host is None:
+                return None
+        self.redirected = True
         return sockaddr.with_port(raw, host)
 
-    def _watch_incoming(self, t, fd: int) -> bool:
-        """Whether addresses received on `fd` can carry a host port of the table."""
-        if not self.table.host_ports:
-            return False
-        return self.bound_clients or sockinfo.inspect(t.pid, fd)[1] in self.redirected
+    def _watch_incoming(self) -> bool:
+        """Whether received addresses can carry a host port of the table."""
+        return self.redirected or self.bound_clients
 
     def _reverse(self, t, fd: int, addr: int, length: int, local_only: bool) -> None:
         """Write the guest port over a host port in the sockaddr the kernel returned at `addr`."""
@@ -198,7 +209,7 @@ class PortMap(Base):
         hport = sockaddr.port(raw)
         if hport not in self.table.host_ports or (local_only and sockaddr.ip(raw) not in self.local):
             return
-        proto = sockinfo.inspect(t.pid, fd)[0]
+        proto = sockinfo.socket_proto_fast(t.pid, fd)
         guest = self.table.guest_port(proto, hport) if proto else None
         if guest is not None:
             mem.write(t, addr + 2, guest.to_bytes(2, "big"))
@@ -220,7 +231,7 @@ class PortMap(Base):
         gport = sockaddr.port(raw)
         if gport == 0 or not (table.auto or gport in table.bind_ports):
             return 0
-        proto, ino = sockinfo.inspect(t.pid, fd)
+        proto = sockinfo.socket_proto_fast(t.pid, fd)
         target = table.bind_target(proto, gport) if proto else None
         if target is None:
             return 0
@@ -233,7 +244,7 @@ class PortMap(Base):
             if not target:
                 return 0
         regs[A1] = mem.push(t, sockaddr.with_port(new, target))
-        _remember(self.bound, ino)
+        _remember(self.bound_fds, (t.pid, fd))
         address = sockaddr.address_text(raw)
         if target != AUTO and table.published(proto, gport, address, target):
             return CHANGED
@@ -361,15 +372,13 @@ class PortMap(Base):
 
     def _recvfrom(self, t, regs) -> int:
         fd, addr = regs[A0], regs[A4]
-        if addr == 0 or not self._watch_incoming(t, fd):    # NULL: the plain engine stops anyway
+        if addr == 0 or not self._watch_incoming():     # NULL: the plain engine stops anyway
             return 0
         return self._watch(t, (RECVFROM, fd, addr, regs[A5]))
 
     def _recvmsg(self, t, regs) -> int:
         fd, msg = regs[A0], regs[A1]
-        if not self.table.host_ports or int.from_bytes(mem.read(t, msg, 8), "little") == 0:
-            return 0
-        if not self._watch_incoming(t, fd):
+        if not self._watch_incoming() or int.from_bytes(mem.read(t, msg, 8), "little") == 0:
             return 0
         return self._watch(t, (RECVMSG, fd, msg))
 
@@ -381,10 +390,9 @@ class PortMap(Base):
                           local_only=True)
 
     def _recvmmsg(self, t, regs) -> int:
-        fd = regs[A0]
-        if not self._watch_incoming(t, fd):
+        if not self._watch_incoming():
             return 0
-        return self._watch(t, (RECVMMSG, fd, regs[A1]))
+        return self._watch(t, (RECVMMSG, regs[A0], regs[A1]))
 
     def _recvmmsg_exit(self, t, regs, state) -> None:
         _, fd, vec = state

@@ -76,6 +76,12 @@ class PortTable:
         """Host port standing for `guest` for a connect/sendto to a local address, or None."""
         return self.fwd.get((proto, guest))
 
+    def same_host(self, guest: int) -> int | None:
+        """The host port of `guest` when TCP and UDP both map it to the same one (exec's `-p G:H`):
+        then a connect/sendto needs no look at the socket's protocol."""
+        tcp = self.fwd.get(("tcp", guest))
+        return tcp if tcp is not None and self.fwd.get(("udp", guest)) == tcp else None
+
     def guest_port(self, proto: str, host: int) -> int | None:
         """Guest port a local address with host port `host` stands for (reverse translation)."""
         return self.rev.get((proto, host))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat as stat_mod
+import sys
 
 from runtime.execve import plan as exec_plan
 from runtime.extension import CHANGED, SKIP
@@ -32,8 +33,16 @@ RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
-_fsdecode = os.fsdecode
-_fsencode = os.fsencode
+_FS_ENCODING = sys.getfilesystemencoding()
+
+
+def _fsdecode(b: bytes, _enc=_FS_ENCODING) -> str:
+    """os.fsdecode without its type dispatch (hot path)."""
+    return b.decode(_enc, "surrogateescape")
+
+
+def _fsencode(s: str, _enc=_FS_ENCODING) -> bytes:
+    return s.encode(_enc, "surrogateescape")
 _readlink = os.readlink
 _lstat = os.lstat
 _S_ISLNK = stat_mod.S_ISLNK

@@ -11,7 +11,6 @@ chroot, sockets, openat2). The seccomp filter is built from this table: only the
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
 
 from runtime.syscall.sysnums import NUMBERS
 
@@ -42,38 +41,49 @@ IN_DONT_FOLLOW = 0x02000000
 FAN_MARK_DONT_FOLLOW = 0x4
 
 
-@dataclass(frozen=True)
 class PathArg:
-    arg: int                    # register index (0..5) of the path
-    dirfd: int | None = None    # register index of its dirfd; None: relative to the cwd
-    follow: int = FOLLOW        # one of FOLLOW ... OPENAT2
-    flags: int | None = None    # register index of the flags the follow rule / AT_EMPTY_PATH read
-    empty_ok: bool = False      # "" with AT_EMPTY_PATH in `flags` (or a NULL pointer): the fd itself
-    parent_op: bool = False     # the call acts on the entry itself (unlink, mkdir, rename, ...)
+    """One path argument of a call (plain class: this table is built at every start-up)."""
+
+    __slots__ = ("arg", "dirfd", "follow", "flags", "empty_ok", "parent_op")
+
+    def __init__(self, arg: int, dirfd: int | None = None, follow: int = FOLLOW,
+                 flags: int | None = None, empty_ok: bool = False, parent_op: bool = False) -> None:
+        self.arg = arg                  # register index (0..5) of the path
+        self.dirfd = dirfd              # register index of its dirfd; None: relative to the cwd
+        self.follow = follow            # one of FOLLOW ... OPENAT2
+        self.flags = flags              # register index of the flags the follow rule reads
+        self.empty_ok = empty_ok        # "" with AT_EMPTY_PATH (or NULL): the fd itself
+        self.parent_op = parent_op      # the call acts on the entry itself (unlink, mkdir, ...)
 
 
-@dataclass(frozen=True)
 class Call:
-    name: str
-    paths: tuple[PathArg, ...] = ()
-    write: int = W_NO
-    write_flags: int | None = None  # register index of the open flags for W_OPEN
-    special: str | None = None      # dedicated handler name in runtime.syscall.enter
-    forget: bool = False            # may remove/replace directories: drop the mapper's dir cache
-    refuse: int = 0                 # errno returned without running the call (never translated)
-    trace_if_arg: int | None = None  # stop only when this argument is non-zero (seccomp engine)
+    """One system call the tracer stops on or refuses."""
 
-    @property
-    def nr(self) -> int:
-        return NUMBERS[self.name]
+    __slots__ = ("name", "nr", "paths", "write", "write_flags", "special", "forget", "refuse",
+                 "trace_if_arg")
+
+    def __init__(self, name: str, paths: tuple[PathArg, ...] = (), write: int = W_NO,
+                 write_flags: int | None = None, special: str | None = None, forget: bool = False,
+                 refuse: int = 0, trace_if_arg: int | None = None) -> None:
+        self.name = name
+        self.nr = NUMBERS[name]
+        self.paths = paths
+        self.write = write
+        self.write_flags = write_flags      # register index of the open flags for W_OPEN
+        self.special = special              # dedicated handler name in runtime.syscall.enter
+        self.forget = forget                # may remove/replace directories: drop the dir cache
+        self.refuse = refuse                # errno returned without running the call
+        self.trace_if_arg = trace_if_arg    # stop only when this argument is non-zero (seccomp)
 
 
-def _p(arg: int, follow: int = FOLLOW, **kw) -> PathArg:
-    return PathArg(arg, follow=follow, **kw)
+def _p(arg: int, follow: int = FOLLOW, flags: int | None = None, empty_ok: bool = False,
+       parent_op: bool = False) -> PathArg:
+    return PathArg(arg, None, follow, flags, empty_ok, parent_op)
 
 
-def _at(dirfd: int, arg: int, follow: int = FOLLOW, **kw) -> PathArg:
-    return PathArg(arg, dirfd=dirfd, follow=follow, **kw)
+def _at(dirfd: int, arg: int, follow: int = FOLLOW, flags: int | None = None, empty_ok: bool = False,
+        parent_op: bool = False) -> PathArg:
+    return PathArg(arg, dirfd, follow, flags, empty_ok, parent_op)
 
 
 _ENT = _p(0, parent_op=True, follow=NOFOLLOW)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
 
 from runtime.extension import CHANGED, EXIT, SKIP
 from runtime.tracee import ffi
@@ -38,6 +39,7 @@ class Loop:
         self.main_pid = 0
         self.main_status: int | None = None
         self.held: set[int] = set()     # new children stopped before their parent's fork event
+        self.warned = False
 
     # ---- process tree ---------------------------------------------------------------------
     def _new_child(self, parent: Tracee, pid: int) -> None:
@@ -131,6 +133,8 @@ class Loop:
                     except NeedScratch:
                         self._inject_mmap(t, pid, regs)
                         continue
+                    except Exception as e:      # a tracer bug must not take the guest down
+                        act = self._internal_error(t, nr, e)
                     if act & SKIP:
                         regs[R_ORIG_RAX] = M64
                         regs[R_RAX] = t.ret & M64
@@ -183,6 +187,8 @@ class Loop:
                             except NeedScratch:
                                 self._inject_mmap(t, pid, regs)
                                 continue
+                            except Exception as e:
+                                act = self._internal_error(t, nr, e)
                             if act & SKIP:
                                 regs[R_ORIG_RAX] = M64
                                 t.skip_ret = t.ret
@@ -243,6 +249,16 @@ class Loop:
         tracees.clear()
         return self.main_status if self.main_status is not None else 0
 
+    def _internal_error(self, t: Tracee, nr: int, e: Exception) -> int:
+        """A handler raised something unexpected: fail that one call with EIO, say so once."""
+        if not self.warned:
+            self.warned = True
+            from runtime.syscall.sysnums import NAMES
+            sys.stderr.write(f"carryon: warning: internal error while translating "
+                             f"{NAMES.get(nr, nr)}: {e!r}; the call failed with EIO\n")
+        t.ret = -errno.EIO
+        return SKIP
+
     def _inject_mmap(self, t: Tracee, pid: int, regs) -> None:
         """Turn the current call into mmap(AREA_SIZE) for the tracee's own scratch area; the
         original call is restarted once it returns (`_injected`)."""
@@ -293,6 +309,10 @@ class Loop:
                     act |= fn(t, regs)
                 except OSError as e:
                     regs[ffi.R_RAX] = -(e.errno or errno.EIO) & M64
+                    act |= CHANGED
+                except Exception as e:
+                    self._internal_error(t, regs[ffi.R_ORIG_RAX], e)
+                    regs[ffi.R_RAX] = -errno.EIO & M64
                     act |= CHANGED
         if act & CHANGED:
             ffi.setregs(pid, regs)

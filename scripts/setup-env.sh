@@ -1,0 +1,27 @@
+# Sourced by scripts/demo and scripts/test: Debian packages (as root, when missing), .venv from
+# Debian's /usr/bin/python3 with the project installed (editable), and the fixture images.
+PY=/usr/bin/python3
+APT_PKGS="python3-venv python3-dev proot busybox-static umoci skopeo zstd util-linux iproute2 procps binutils gcc"
+
+carryon_setup() {
+    if [ "$(id -u)" = 0 ]; then
+        local need="" p
+        for p in $APT_PKGS; do
+            dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need="$need $p"
+        done
+        if [ -n "$need" ]; then
+            echo "== installing Debian packages:$need"
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
+        fi
+    fi
+    if [ ! -x .venv/bin/python ]; then
+        echo "== creating .venv from $PY"
+        "$PY" -m venv .venv
+    fi
+    .venv/bin/pip install -q --disable-pip-version-check -e . 2>&1 | grep -v '^WARNING: Location' || true
+    .venv/bin/python -c 'import packer, runtime, ptrace, zstandard'   # fail early on a broken install
+    export PATH="$PWD/.venv/bin:$PATH"
+    echo "== building fixtures"
+    scripts/build-fixtures
+}
