@@ -183,11 +183,27 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool) -> list:
     return dispatch
 
 
+def filter_program(exts: list) -> list[tuple[int, int, int, int]]:
+    """The seccomp filter: the path calls of the table plus the calls the extensions hook."""
+    from runtime.syscall import seccomp, table
+    traced = set(table.TRACED)
+    if_arg = dict(table.TRACED_IF_ARG)
+    for ext in exts:
+        # `enter_calls_if_arg` (optional): nr -> argument index; stop only when it is non-zero
+        cond = getattr(ext, "enter_calls_if_arg", {})
+        for nr in ext.enter_calls:
+            if nr in cond and if_arg.get(nr, cond[nr]) == cond[nr]:
+                if_arg[nr] = cond[nr]
+            else:
+                traced.add(nr)
+    # an extension hooking newfstatat (fake_id's stat owners) makes it stop always: `traced` wins
+    return seccomp.build(traced, table.REFUSED, if_arg, table.FD_BYPASS)
+
+
 def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, str],
               use_seccomp: bool, may_fall_back: bool, loop_ref: list) -> int | None:
     """One attempt; None when seccomp was refused and the caller may fall back to ptrace."""
     from runtime import extension
-    from runtime.syscall import seccomp, table
     from runtime.tracee import ffi
     from runtime.tracee.loop import Loop
     from runtime.tracee.state import Tracee
@@ -198,17 +214,7 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
     dispatch = _build_dispatch(mapper, lookup, exts, fake_root or os.geteuid() == 0)
     program = None
     if use_seccomp:
-        traced = set(table.TRACED)
-        if_arg = dict(table.TRACED_IF_ARG)
-        for ext in exts:
-            # `enter_calls_if_arg` (optional): nr -> argument index; stop only when it is non-zero
-            cond = getattr(ext, "enter_calls_if_arg", {})
-            for nr in ext.enter_calls:
-                if nr in cond and if_arg.get(nr, cond[nr]) == cond[nr]:
-                    if_arg[nr] = cond[nr]
-                else:
-                    traced.add(nr)
-        program = seccomp.build(traced, table.REFUSED, if_arg)
+        program = filter_program(exts)
     argv = list(spec.argv)
     env_b = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
 

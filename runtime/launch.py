@@ -259,7 +259,8 @@ def read_fast(path: str) -> tuple[int, dict[str, tuple[int, int, str]], bytes, b
                 raise bad
             rec: dict[str, tuple[int, str]] = {}
             for parts, name in zip(lines[1:-1], SECTIONS):
-                if len(parts) != 3 or parts[0] != name or not parts[1].isdigit():
+                if len(parts) != 3 or parts[0] != name or not parts[1].isdigit() or len(parts[2]) != 64 \
+                        or parts[2].strip("0123456789abcdef"):
                     raise bad
                 rec[name] = (int(parts[1]), parts[2])
             if render_trailer(rec) != trailer:
@@ -836,6 +837,7 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
         sys.stdout.write(HELP.format(prog=prog))
         return 0
     rep = Reporter(opts.verbose)
+    os.environ["CARRYON_ENGINE"] = opts.engine      # the engine reads it first: the command line must win
     verified = internal.get("_CARRYON_VERIFIED")
     rep.mark("options parsed")
     arch = open_archive(archive_path, verify_all=False)

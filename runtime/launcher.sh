@@ -131,7 +131,9 @@ for c in $cands; do
   IFS=$IFS_SAVE
   if ! mkdir -p "$c" 2>/dev/null || [ ! -d "$c" ]; then why="$why; $c: cannot create"; continue; fi
   if [ -z "$explicit" ] && [ ! -O "$c" ]; then why="$why; $c: not owned by uid $uid"; continue; fi
-  case $c in /tmp/*|/var/tmp/*|"${TMPDIR:-/nonexistent}"/*) chmod 700 "$c" 2>/dev/null ;; esac
+  if [ -z "$explicit" ]; then
+    case $c in */carryon-$uid) chmod 700 "$c" 2>/dev/null ;; esac   # our private per-user dir
+  fi
   if [ ! -w "$c" ]; then why="$why; $c: not writable"; continue; fi
   tmp=
   n=0

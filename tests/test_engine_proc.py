@@ -210,3 +210,14 @@ def test_auto_engine_falls_back_without_seccomp(debian_rootfs, user):
     p = carryon_exec(debian_rootfs, "true", engine="seccomp", user=user,
                      env={"CARRYON_TEST_NO_SECCOMP": "1"})
     assert p.returncode == 125 and len(p.stderr.splitlines()) == 1
+
+
+def test_pin_option(debian_rootfs, engine):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU only")
+    code = "grep '^Cpus_allowed_list:' /proc/self/status"
+    p = carryon_exec(debian_rootfs, "sh", "-c", code, engine=engine, user=ENGINE_USERS[0],
+                     env={"CARRYON_PIN": "1"})
+    assert re.fullmatch(r"Cpus_allowed_list:\t\d+\n", p.stdout), p.stdout + p.stderr
+    p = carryon_exec(debian_rootfs, "sh", "-c", code, engine=engine, user=ENGINE_USERS[0])
+    assert not re.fullmatch(r"Cpus_allowed_list:\t\d+\n", p.stdout), p.stdout

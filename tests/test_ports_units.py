@@ -405,3 +405,27 @@ def test_extension_connect_follows_the_socket_protocol(selftracee):
         far, far_addr = _buf(_raw(socket.AF_INET, "192.0.2.200", 8000))      # not this node
         if socket.inet_aton("192.0.2.200") not in ext.local:
             assert ext.enter(selftracee, _regs(pm.CONNECT, t.fileno(), far_addr, 16)) == 0
+
+
+def test_seccomp_filter_skips_calls_without_an_address():
+    """With the port extension, the engine's filter stops sendto/recvfrom/accept/accept4 only when
+    they carry an address, and always stops the calls it must see."""
+    from runtime.engine import filter_program
+    from runtime.extension import portmap as pm
+    from runtime.syscall import seccomp
+    prog = filter_program([_portmap(["8000:18000"])])
+    trace, allow = seccomp.RET_TRACE, seccomp.RET_ALLOW
+
+    def action(nr: int, *args: int) -> int:
+        return seccomp.evaluate(prog, nr, args=tuple(args) + (0,) * (6 - len(args)))
+
+    for nr, arg in pm.IF_ARG.items():
+        assert action(nr) == allow, nr
+        with_addr = [0] * 6
+        with_addr[arg] = 0x7FFF_0000_1000
+        assert action(nr, *with_addr) == trace, nr
+        with_addr[arg] = 0x1_0000_0000                      # only the high word set
+        assert action(nr, *with_addr) == trace, nr
+    for nr in pm.CALLS - set(pm.IF_ARG):
+        assert action(nr) == trace, nr
+    assert action(pm.NUMBERS["socket"]) == allow and action(pm.NUMBERS["listen"]) == allow

@@ -14,12 +14,14 @@ import errno
 import os
 import socket
 
+from runtime.tracee import ffi
+
 _SYS_PIDFD_GETFD = 438          # x86_64
 _PROTOS = {b"TCP": "tcp", b"TCPv6": "tcp", b"MPTCP": "tcp", b"UDP": "udp", b"UDPv6": "udp",
            b"UDPLITE": "udp", b"UDPLITEv6": "udp"}
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
+_libc = ffi.libc
+_syscall = _libc["syscall"]          # its own function object: restype set here only
 _syscall.restype = ctypes.c_long
 
 

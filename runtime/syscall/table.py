@@ -60,11 +60,12 @@ class Call:
     """One system call the tracer stops on or refuses."""
 
     __slots__ = ("name", "nr", "paths", "write", "write_flags", "special", "forget", "refuse",
-                 "trace_if_arg")
+                 "trace_if_arg", "fd_bypass")
 
     def __init__(self, name: str, paths: tuple[PathArg, ...] = (), write: int = W_NO,
                  write_flags: int | None = None, special: str | None = None, forget: bool = False,
-                 refuse: int = 0, trace_if_arg: int | None = None) -> None:
+                 refuse: int = 0, trace_if_arg: int | None = None,
+                 fd_bypass: tuple[int, int] | None = None) -> None:
         self.name = name
         self.nr = NUMBERS[name]
         self.paths = paths
@@ -74,6 +75,8 @@ class Call:
         self.forget = forget                # may remove/replace directories: drop the dir cache
         self.refuse = refuse                # errno returned without running the call
         self.trace_if_arg = trace_if_arg    # stop only when this argument is non-zero (seccomp)
+        # (dirfd arg, flags arg): no stop for the fstat pattern (dirfd >= 0, flags == AT_EMPTY_PATH)
+        self.fd_bypass = fd_bypass
 
 
 def _p(arg: int, follow: int = FOLLOW, flags: int | None = None, empty_ok: bool = False,
@@ -100,7 +103,9 @@ CALLS: tuple[Call, ...] = (
     # stat / access
     Call("stat", (_p(0),)),
     Call("lstat", (_p(0, NOFOLLOW),)),
-    Call("newfstatat", (_at(0, 1, AT_NOFOLLOW, flags=3, empty_ok=True),)),
+    # glibc's fstat(fd) is newfstatat(fd, "", AT_EMPTY_PATH): the seccomp filter lets that exact
+    # pattern through without a stop (see runtime.syscall.seccomp)
+    Call("newfstatat", (_at(0, 1, AT_NOFOLLOW, flags=3, empty_ok=True),), fd_bypass=(0, 3)),
     Call("statx", (_at(0, 1, AT_NOFOLLOW, flags=2, empty_ok=True),)),
     Call("access", (_p(0),)),
     Call("faccessat", (_at(0, 1),)),
@@ -185,6 +190,8 @@ CALLS: tuple[Call, ...] = (
 )
 
 BY_NR: dict[int, Call] = {c.nr: c for c in CALLS}
-TRACED: frozenset[int] = frozenset(c.nr for c in CALLS if not c.refuse and c.trace_if_arg is None)
+TRACED: frozenset[int] = frozenset(c.nr for c in CALLS if not c.refuse and c.trace_if_arg is None
+                                   and c.fd_bypass is None)
+FD_BYPASS: dict[int, tuple[int, int]] = {c.nr: c.fd_bypass for c in CALLS if c.fd_bypass is not None}
 TRACED_IF_ARG: dict[int, int] = {c.nr: c.trace_if_arg for c in CALLS if c.trace_if_arg is not None}
 REFUSED: dict[int, int] = {c.nr: c.refuse for c in CALLS if c.refuse}
