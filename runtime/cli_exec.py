@@ -151,8 +151,10 @@ def parse(argv: list[str]) -> RunSpec | str:
                 verbose = int(value)
             except ValueError:
                 raise CarryonError(f"bad verbosity {value!r}") from None
-    from runtime.net.publish import parse_exec_ports
-    port_map = parse_exec_ports(ports)          # malformed -p: one line, 125, before anything runs
+    port_map = []
+    if ports:
+        from runtime.net.publish import parse_exec_ports
+        port_map = parse_exec_ports(ports)      # malformed -p: one line, 125, before anything runs
     command = argv[i:] or ["/bin/sh"]
     if rootfs is None:
         raise CarryonError("no rootfs given (-r ROOTFS or -R ROOTFS)")

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
+import _signal as signal    # the C module: `signal` itself imports `enum` (slow start-up)
 import stat
 import sys
 

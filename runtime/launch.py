@@ -157,9 +157,19 @@ class Reporter:
         self.tty = _isatty(2)
 
     def mark(self, what: str) -> None:
-        """Start-up timeline at --carryon-verbose=3 (ms since this module was imported)."""
+        """Start-up timeline at --carryon-verbose=3 (ms since this module was imported; the first
+        mark also says how old the process was then, at the kernel clock's 10 ms resolution)."""
         if self.verbose >= 3:
             import time
+            if not getattr(self, "_aged", False):
+                self._aged = True
+                try:
+                    with open("/proc/self/stat") as f:
+                        start = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+                    age = time.clock_gettime(time.CLOCK_BOOTTIME) - (time.perf_counter() - _T0) - start
+                    self.say(f"process age when runtime.launch was imported: ~{age * 1000:.0f} ms", 3)
+                except (OSError, ValueError, IndexError):
+                    pass
             self.say(f"+{(time.perf_counter() - _T0) * 1000:.1f} ms {what}", 3)
 
     def say(self, msg: str, level: int = 1) -> None:

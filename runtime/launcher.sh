@@ -17,28 +17,10 @@ self=$0
 case $self in /*) ;; *) self=$PWD/$self ;; esac
 [ -f "$self" ] && [ -r "$self" ] || die "cannot read the archive itself ($0)"
 
-# ---- trailer: "CARRYON-ARCHIVE 1" / "<section> <length> <sha256>" x4 / padding / "CARRYON-END"
-trailer=$(tail -c 512 "$self" 2>/dev/null) || die "$self: cannot read the archive trailer"
-magic= end= l_len= r_len= r_sha=
-while read -r name len sha; do
-  case $name in
-    CARRYON-ARCHIVE) magic=$len ;;
-    CARRYON-END) end=1 ;;
-    launcher) l_len=$len ;;
-    runtime) r_len=$len r_sha=$sha ;;
-  esac
-done <<CARRYON_TRAILER_EOF
-$trailer
-CARRYON_TRAILER_EOF
-case "$magic:$end:$l_len:$r_len" in
-  1:1:[0-9]*:[0-9]*) ;;
-  *) die "$self: corrupted carryon archive (bad trailer)" ;;
-esac
-case $l_len$r_len in *[!0-9]*) die "$self: corrupted carryon archive (bad trailer)" ;; esac
-case $r_sha in *[!0-9a-f]*|'') die "$self: corrupted carryon archive (bad trailer)" ;; esac
-[ ${#r_sha} -eq 64 ] || die "$self: corrupted carryon archive (bad trailer)"
-[ "$r_len" -gt 0 ] || die "$self: bare carryon payload (no runtime): use 'carryon extract' or 'carryon exec'"
-rt_key=rt-$(printf %.32s "$r_sha")
+# ---- the runtime this launcher was made for (its sha256 is also the trailer's `runtime` line: a
+# mismatch is refused below, and the runtime verifies every section against the trailer)
+rt_sha=@CARRYON_RUNTIME_SHA256@
+rt_key=rt-${rt_sha%????????????????????????????????}
 
 # ---- cache candidates (same order as runtime/cache.py): --carryon-cache / CARRYON_CACHE, else
 # $XDG_CACHE_HOME/carryon or ~/.cache/carryon, else per-user dirs under $TMPDIR, /tmp, /var/tmp.
@@ -120,6 +102,26 @@ IFS=$IFS_SAVE
 
 # ---- cold: unpack the runtime into a private temp dir of the first usable candidate; the runtime
 # verifies every section of the archive before it publishes that dir (rename) as $c/$rt_key.
+# Trailer: "CARRYON-ARCHIVE 1" / "<section> <length> <sha256>" x4 / padding / "CARRYON-END".
+trailer=$(tail -c 512 "$self" 2>/dev/null) || die "$self: cannot read the archive trailer"
+magic= end= l_len= r_len= r_sha=
+while read -r name len sha; do
+  case $name in
+    CARRYON-ARCHIVE) magic=$len ;;
+    CARRYON-END) end=1 ;;
+    launcher) l_len=$len ;;
+    runtime) r_len=$len r_sha=$sha ;;
+  esac
+done <<CARRYON_TRAILER_EOF
+$trailer
+CARRYON_TRAILER_EOF
+case "$magic:$end:$l_len:$r_len" in
+  1:1:[0-9]*:[0-9]*) ;;
+  *) die "$self: corrupted carryon archive (bad trailer)" ;;
+esac
+case $l_len$r_len in *[!0-9]*) die "$self: corrupted carryon archive (bad trailer)" ;; esac
+[ "$r_len" -gt 0 ] || die "$self: bare carryon payload (no runtime): use 'carryon extract' or 'carryon exec'"
+[ "$r_sha" = "$rt_sha" ] || die "$self: corrupted carryon archive (the trailer does not match the launcher)"
 host=localhost
 [ -r /proc/sys/kernel/hostname ] && read -r host </proc/sys/kernel/hostname
 case $host in ''|*[!A-Za-z0-9._-]*) host=localhost ;; esac

@@ -1,46 +1,80 @@
 """What to run and how: the one contract between the CLIs (`carryon exec`, the archive launcher,
-`carryon sweep`) and the tracer engine (`runtime.engine.run(spec) -> exit status`)."""
+`carryon sweep`) and the tracer engine (`runtime.engine.run(spec) -> exit status`).
+
+Plain classes with `__slots__` rather than dataclasses: this module is on the start-up path of
+every run, and importing `dataclasses` (with `inspect`, `re`, `enum`...) costs more than the rest of
+the engine's imports together. They behave like the dataclasses they replace: keyword or positional
+construction in field order, the same defaults, `==` field by field, a readable `repr`.
+"""
 
 from __future__ import annotations
 
-import signal
-from dataclasses import dataclass, field
+SIGTERM = 15        # signal.SIGTERM on Linux (not imported: `signal` pulls in `enum`)
 
 
-@dataclass
-class Bind:
-    host: str                 # host path (absolute)
-    guest: str                # guest path (absolute, canonical)
-    readonly: bool = False    # writes through it fail with EROFS
-    optional: bool = False    # default binds: skipped silently when the host source is missing
+class _Record:
+    """Field-wise equality and repr for the classes below (their `__slots__` are the fields)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]   # mutable, like a non-frozen dataclass
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
+        return f"{self.__class__.__name__}({body})"
 
 
-@dataclass
-class PortMapping:
-    guest: int                # port the guest binds / connects to
-    host: int                 # port really used on the host
-    proto: str = "tcp"        # "tcp" or "udp"
-    address: str | None = None  # host address restriction (archives: `--carryon-publish IP:HOST:GUEST`)
+class Bind(_Record):
+    __slots__ = ("host", "guest", "readonly", "optional")
+
+    def __init__(self, host: str, guest: str, readonly: bool = False, optional: bool = False) -> None:
+        self.host = host                # host path (absolute)
+        self.guest = guest              # guest path (absolute, canonical)
+        self.readonly = readonly        # writes through it fail with EROFS
+        self.optional = optional        # default binds: skipped silently when the host source is missing
 
 
-@dataclass
-class RunSpec:
-    rootfs: str                          # host path of the guest root
-    argv: list[str]                      # argv[0] is looked up in the guest PATH when it has no '/'
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str = "/"                       # guest working directory
-    binds: list[Bind] = field(default_factory=list)
-    uid: int | None = None               # fake identity seen by the guest; None = the real one
-    gid: int | None = None
-    engine: str = "auto"                 # "auto" | "seccomp" | "ptrace"
-    wait_all: bool = True                # True: end when all guest processes ended (carryon exec, PRoot);
-                                         # False: end when the main process exits, kill the rest (archives, Docker)
-    meta_path: str | None = None         # DIR.carryon-meta.json of the extraction (owners, devices, xattrs)
-    stop_signal: int = signal.SIGTERM    # what a SIGTERM sent to carryon is delivered to the guest as
-    port_map: list[PortMapping] = field(default_factory=list)
-    netcoop: bool = False                # automatic per-run ports for every fixed-port bind
-    ports_file: str | None = None        # where the live port mapping is published (JSON)
-    verbose: int = 0
+class PortMapping(_Record):
+    __slots__ = ("guest", "host", "proto", "address")
+
+    def __init__(self, guest: int, host: int, proto: str = "tcp", address: str | None = None) -> None:
+        self.guest = guest              # port the guest binds / connects to
+        self.host = host                # port really used on the host
+        self.proto = proto              # "tcp" or "udp"
+        self.address = address          # host address restriction (archives: `--carryon-publish IP:HOST:GUEST`)
+
+
+class RunSpec(_Record):
+    __slots__ = ("rootfs", "argv", "env", "cwd", "binds", "uid", "gid", "engine", "wait_all",
+                 "meta_path", "stop_signal", "port_map", "netcoop", "ports_file", "verbose")
+
+    def __init__(self, rootfs: str, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/",
+                 binds: list[Bind] | None = None, uid: int | None = None, gid: int | None = None,
+                 engine: str = "auto", wait_all: bool = True, meta_path: str | None = None,
+                 stop_signal: int = SIGTERM, port_map: list[PortMapping] | None = None,
+                 netcoop: bool = False, ports_file: str | None = None, verbose: int = 0) -> None:
+        self.rootfs = rootfs            # host path of the guest root
+        self.argv = argv                # argv[0] is looked up in the guest PATH when it has no '/'
+        self.env: dict[str, str] = {} if env is None else env
+        self.cwd = cwd                  # guest working directory
+        self.binds: list[Bind] = [] if binds is None else binds
+        self.uid = uid                  # fake identity seen by the guest; None = the real one
+        self.gid = gid
+        self.engine = engine            # "auto" | "seccomp" | "ptrace"
+        # True: end when all guest processes ended (carryon exec, PRoot);
+        # False: end when the main process exits, kill the rest (archives, Docker)
+        self.wait_all = wait_all
+        self.meta_path = meta_path      # DIR.carryon-meta.json of the extraction (owners, devices, xattrs)
+        self.stop_signal = stop_signal  # what a SIGTERM sent to carryon is delivered to the guest as
+        self.port_map: list[PortMapping] = [] if port_map is None else port_map
+        self.netcoop = netcoop          # automatic per-run ports for every fixed-port bind
+        self.ports_file = ports_file    # where the live port mapping is published (JSON)
+        self.verbose = verbose
 
 
 # The default binds for running an image (`carryon exec -R`, the archives): each is skipped when

@@ -151,8 +151,10 @@ def test_no_usable_cache_is_one_clear_line(tmp_path):
 
 def test_launcher_is_generated_from_the_template():
     from packer import embed
-    text = embed.make_launcher(123 * 1024).decode()
-    assert "rt_kb=124" in text and "@CARRYON_" not in text
+    text = embed.make_launcher(123 * 1024, "ab" * 32).decode()
+    assert "rt_kb=124" in text and "@CARRYON_" not in text and "rt_sha=" + "ab" * 32 in text
+    with pytest.raises(Exception):
+        embed.make_launcher(1, "not-a-hash")
     assert text.startswith("#!/bin/sh\n")
     p = subprocess.run(["sh", "-n"], input=text, text=True, capture_output=True)
     assert p.returncode == 0, p.stderr

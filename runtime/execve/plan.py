@@ -16,20 +16,23 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from runtime.execve import elf, shebang
 
-Arg = int | bytes          # a pointer to a string already in the tracee, or a new string
-Resolve = Callable[[str], tuple[str, str]]   # guest path -> (canonical guest path, host path), followed
+TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Arg = int | bytes          # a pointer to a string already in the tracee, or a new string
+    Resolve = Callable[[str], tuple[str, str]]   # guest path -> (canonical guest path, host path), followed
 
 
-@dataclass
 class ExecPlan:
-    host_path: str          # what the kernel executes
-    argv: list[Arg]         # the new argv
-    exe_guest: str          # what /proc/PID/exe must read as afterwards
+    __slots__ = ("host_path", "argv", "exe_guest")
+
+    def __init__(self, host_path: str, argv: list[Arg], exe_guest: str) -> None:
+        self.host_path = host_path      # what the kernel executes
+        self.argv = argv                # the new argv
+        self.exe_guest = exe_guest      # what /proc/PID/exe must read as afterwards
 
 
 def _open_checked(host: str) -> tuple[int, os.stat_result]:

@@ -10,20 +10,44 @@ that read the ports file keep reaching it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 from runtime.spec import PortMapping
 
+TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
+if TYPE_CHECKING:
+    from typing import Callable
 
-@dataclass(frozen=True)
+
 class PortEntry:
-    """One line of the ports file: a guest bind as the guest made it, and the host port it got."""
-    proto: str
-    guest: int
-    host: int
-    address: str
-    ipv4: bool          # AF_INET or v4-mapped: listed first
+    """One line of the ports file: a guest bind as the guest made it, and the host port it got.
+    Immutable value (equality and hash on all fields)."""
+
+    __slots__ = ("proto", "guest", "host", "address", "ipv4")
+
+    def __init__(self, proto: str, guest: int, host: int, address: str, ipv4: bool) -> None:
+        set_ = object.__setattr__
+        set_(self, "proto", proto)
+        set_(self, "guest", guest)
+        set_(self, "host", host)
+        set_(self, "address", address)
+        set_(self, "ipv4", ipv4)        # AF_INET or v4-mapped: listed first
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"PortEntry is immutable (cannot set {name})")
+
+    def _key(self) -> tuple:
+        return (self.proto, self.guest, self.host, self.address, self.ipv4)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not PortEntry:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return ("PortEntry(proto={!r}, guest={!r}, host={!r}, address={!r}, ipv4={!r})"
+                .format(*self._key()))
 
 
 AUTO = 0                # bind_target(): let the kernel choose, read the port back at the exit stop

@@ -38,8 +38,11 @@ import os
 
 from runtime.errors import CarryonError
 from runtime.path import canon
-from runtime.path.proc import Lookup
 from runtime.spec import Bind
+
+TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
+if TYPE_CHECKING:
+    from runtime.path.proc import Lookup
 
 
 def _strip(p: str) -> str:
@@ -109,6 +112,11 @@ class Mapper:
         owners.sort(key=lambda o: len(o[0]), reverse=True)
         self._owners = owners
         self._any_ro = any(o[2] for o in owners)
+        # Last components of the bind points and of their missing ancestors, plus "." and "..":
+        # a relative path of one component not in this set never needs the base directory looked
+        # at (the engine's fast path for `fstatat(dirfd, "name")`).
+        self.leaf_names = frozenset({b".", b".."} | {os.fsencode(g.rpartition("/")[2])
+                                                     for g in (*self.bind_hosts, *self.virtual)})
         for g, h in self.bind_hosts.items():
             if h == "/proc":
                 self.proc_root = g or "/"

@@ -41,10 +41,9 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING
-
 from runtime.path import proc
 
+TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
 if TYPE_CHECKING:
     from runtime.path.binding import Mapper
 

@@ -36,23 +36,36 @@ Two uses:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
 
+TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
 if TYPE_CHECKING:
+    from typing import Callable
+
     from runtime.path.binding import Mapper
 
+    Lookup = Callable[[int], "ProcState | None"]
 
-@dataclass(slots=True)
+
 class ProcState:
     """What the tracer knows about one guest process."""
 
-    exe_guest: str          # guest path of the program it executes (what /proc/PID/exe reads as)
-    cwd_guest: str          # its guest working directory (canonical, absolute)
-    tgid: int | None = None  # its thread-group id when the tracer knows it (for /proc/self from a thread)
+    __slots__ = ("exe_guest", "cwd_guest", "tgid")
 
+    def __init__(self, exe_guest: str, cwd_guest: str, tgid: int | None = None) -> None:
+        self.exe_guest = exe_guest  # guest path of the program it executes (what /proc/PID/exe reads as)
+        self.cwd_guest = cwd_guest  # its guest working directory (canonical, absolute)
+        self.tgid = tgid            # its thread-group id when the tracer knows it (for /proc/self from a thread)
 
-Lookup = Callable[[int], "ProcState | None"]
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not ProcState:
+            return NotImplemented
+        return (self.exe_guest, self.cwd_guest, self.tgid) == (other.exe_guest, other.cwd_guest,  # type: ignore[attr-defined]
+                                                                other.tgid)  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ProcState(exe_guest={self.exe_guest!r}, cwd_guest={self.cwd_guest!r}, tgid={self.tgid!r})"
 
 # Returned by `follow` for a symlink below /proc that is not magic: read it like any symlink.
 ORDINARY = object()

@@ -150,6 +150,21 @@ class Translator:
                     base = "/"
                 else:
                     dirfd = AT_FDCWD if dreg is None else _int32(regs[dreg])
+                    if m is top and 47 not in raw and raw not in m.leaf_names \
+                            and not (write and m._any_ro):
+                        # One plain name that is no bind point (nor an ancestor of one): whatever
+                        # the directory, the kernel's own lookup is the guest's unless the name is
+                        # a symlink to follow. No need to know the directory: the kernel finds it
+                        # through the tracee's own /proc link.
+                        if not follow:
+                            continue
+                        try:
+                            if not _S_ISLNK(_lstat((b"/proc/%d/cwd/" % t.pid if dirfd == AT_FDCWD
+                                                    else b"/proc/%d/fd/%d/" % (t.pid, dirfd))
+                                                   + raw).st_mode):
+                                continue
+                        except OSError:
+                            continue        # missing (ENOENT / creation), EBADF, ENOTDIR: the kernel's
                     try:
                         hdir = _readlink(f"/proc/{t.pid}/cwd" if dirfd == AT_FDCWD
                                          else f"/proc/{t.pid}/fd/{dirfd}")

@@ -17,9 +17,12 @@ The dispatch is a binary search over number ranges (about 8 comparisons per syst
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterable
 
 from runtime.syscall.sysnums import MAX_KNOWN, X32_BIT
+
+TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 

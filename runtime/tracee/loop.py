@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
+import _signal as signal    # the C module: `signal` itself imports `enum` (slow start-up)
 import sys
 
 from runtime.extension import CHANGED, EXIT, SKIP
