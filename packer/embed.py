@@ -30,7 +30,7 @@ from typing import Callable
 
 from runtime.errors import CarryonError
 
-RECIPE = 5                         # bump when the build recipe below changes
+RECIPE = 6                         # bump when the build recipe below changes
 RUNTIME_MAIN = "carryon-runtime"   # the PyInstaller bootloader executable
 LIBDIR = "_internal"               # PyInstaller's contents dir; the bundled loader and libs go there too
 LOADER = "ld-linux-x86-64.so.2"
@@ -43,6 +43,7 @@ HIDDEN_IMPORTS = ("ptrace.binding", "ptrace.binding.func", "ptrace.binding.linux
 EXCLUDES = ("packer", "tkinter", "_tkinter", "pytest", "_pytest", "PyInstaller", "setuptools", "pip",
             "distutils", "lib2to3", "pydoc", "doctest", "unittest", "zstandard._cffi", "cffi", "pydistorm",
             "ptrace.debugger", "ptrace.disasm", "readline", "curses", "sqlite3", "xmlrpc", "email.mime")
+DROPPED_RUNTIME_HOOKS = ("pyi_rth_inspect",)
 # apt packages that provide the tools PyInstaller needs on Linux
 TOOLS = {"objdump": "binutils", "objcopy": "binutils", "strip": "binutils", "ldd": "libc-bin"}
 
@@ -251,24 +252,41 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
     entry = os.path.join(workdir, "carryon_runtime_entry.py")
     with open(entry, "w") as f:
         f.write("import sys\nfrom runtime.launch import main\nsys.exit(main())\n")
-    cmd = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean", "--log-level", "WARN",
-           "--onefile" if onefile else "--onedir", "--name", RUNTIME_MAIN, "--strip",
-           "--distpath", os.path.join(workdir, "dist"), "--workpath", os.path.join(workdir, "build"),
-           "--specpath", workdir, "--paths", _REPO, "--collect-submodules", "runtime",
-           "--python-option", "X utf8", "--python-option", "W ignore"]
+    opts = ["--onefile" if onefile else "--onedir", "--name", RUNTIME_MAIN, "--strip",
+            "--specpath", workdir, "--paths", _REPO, "--collect-submodules", "runtime",
+            "--python-option", "X utf8", "--python-option", "W ignore"]
     if not onefile:
         # modules as plain .pyc files in _internal instead of one zlib'd PYZ: ~30 ms faster warm start
-        cmd += ["--debug", "noarchive"]
+        opts += ["--debug", "noarchive"]
     for m in HIDDEN_IMPORTS:
-        cmd += ["--hidden-import", m]
+        opts += ["--hidden-import", m]
     for m in EXCLUDES:
-        cmd += ["--exclude-module", m]
-    cmd.append(entry)
+        opts += ["--exclude-module", m]
     env = dict(os.environ)
     env["PYINSTALLER_CONFIG_DIR"] = os.path.join(workdir, "pyinstaller-config")
     env.pop("PYTHONPATH", None)
+    makespec = [sys.executable, "-c", "import sys; from PyInstaller.utils.cliutils.makespec import run; "
+                "sys.argv[0] = 'pyi-makespec'; run()"]
     with open(log, "wb") as lf:
-        rc = subprocess.run(cmd, cwd=workdir, stdout=lf, stderr=subprocess.STDOUT, env=env).returncode
+        rc = subprocess.run(makespec + opts + [entry], cwd=workdir, stdout=lf, stderr=subprocess.STDOUT,
+                            env=env).returncode
+        if rc == 0:
+            spec = os.path.join(workdir, RUNTIME_MAIN + ".spec")
+            with open(spec, encoding="utf-8") as f:
+                text = f.read()
+            anchor = "pyz = PYZ("
+            if anchor not in text:
+                raise CarryonError(f"PyInstaller wrote an unexpected spec file ({spec}: no {anchor!r})")
+            # PyInstaller's runtime hook for `inspect` imports zipfile (and with it shutil, bz2, lzma,
+            # pathlib, urllib...) at every start, to serve inspect.getsource: not needed, ~20 ms
+            text = text.replace(anchor, "a.scripts = [s for s in a.scripts if s[0] not in "
+                                        f"{sorted(DROPPED_RUNTIME_HOOKS)!r}]\n" + anchor, 1)
+            with open(spec, "w", encoding="utf-8") as f:
+                f.write(text)
+            rc = subprocess.run([sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean", "--log-level",
+                                 "WARN", "--distpath", os.path.join(workdir, "dist"), "--workpath",
+                                 os.path.join(workdir, "build"), spec],
+                                cwd=workdir, stdout=lf, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0:
         with open(log, "rb") as lf:
             tail = [ln for ln in lf.read().decode("utf-8", "replace").splitlines() if ln.strip()][-1:]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from runtime.errors import InputError
-from runtime.extract import MAX_SYMLINKS, escapes_root, split_path
+from runtime.extract import MAX_SYMLINKS, escapes_root, split_path, type_letter
 
 _CHUNK = 1 << 20
 WH = ".wh."
@@ -50,20 +50,6 @@ class Node:
 
 def _new_dir(mode: int = 0o755, uid: int = 0, gid: int = 0, mtime: int = 0) -> Node:
     return Node("d", mode, uid, gid, mtime, children={}, stamps={})
-
-
-def _kind_of(m: tarfile.TarInfo) -> str:
-    if m.isdir():
-        return "d"
-    if m.issym():
-        return "l"
-    if m.ischr():
-        return "c"
-    if m.isblk():
-        return "b"
-    if m.isfifo():
-        return "p"
-    return "f"
 
 
 class Squasher:
@@ -183,7 +169,7 @@ class Squasher:
             node = existing
             node.mode, node.uid, node.gid, node.mtime, node.xattrs = m.mode & 0o7777, m.uid, m.gid, mtime, xattrs
         else:
-            kind = _kind_of(m)
+            kind = type_letter(m)  # not "h": hardlinks are handled above
             node = Node(kind, m.mode & 0o7777, m.uid, m.gid, mtime, xattrs)
             if kind == "d":
                 node.children, node.stamps = {}, {}

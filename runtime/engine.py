@@ -12,9 +12,9 @@ are not forwarded when the tracer is in the terminal's foreground process group:
 already sent them to the guest, which shares that group). If the tracer dies, PTRACE_O_EXITKILL
 and the child's PR_SET_PDEATHSIG kill the guest tree.
 
-CPU placement: none by default (the scheduler tends to put a tracer next to the tracee that wakes
-it). `CARRYON_PIN=1` pins the tracer and the guest to the CPU the tracer starts on: cheaper stops
-for a single-process guest, but a parallel guest then shares that one CPU.
+CPU placement (`runtime.tracee.placement`, `CARRYON_PIN=auto|1|0`): by default the tracer and the
+guest share one CPU (much cheaper stops) until the guest shows it may want more (a thread,
+sched_getaffinity, CPU contention...), then everything is unpinned for the rest of the run.
 
 Limits (containment, not a security boundary): the tree can change between the tracer's checks and
 the real call; file descriptors inherited from the caller lead where they lead. Not translated:
@@ -146,13 +146,21 @@ def run(spec: RunSpec) -> int:
     return _run_once(spec, mapper, prog, host_cwd, env, False, False, loop_ref)  # type: ignore[return-value]
 
 
-def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool) -> list:
+def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None) -> list:
     from runtime.extension import EXIT, SKIP
     from runtime.syscall import table
     from runtime.syscall.enter import Translator
-    from runtime.syscall.sysnums import MAX_KNOWN
+    from runtime.syscall.sysnums import MAX_KNOWN, NUMBERS
 
-    dispatch = Translator(mapper, lookup, chroot_allowed).dispatch(MAX_KNOWN + 1)
+    tr = Translator(mapper, lookup, chroot_allowed)
+    if placement is not None and placement.mode == "auto" and placement.cpu is not None:
+        tr.on_proc_status = placement.release       # the guest could read Cpus_allowed there
+        for name, setting in (("sched_getaffinity", False), ("sched_setaffinity", True)):
+            def affinity(t, regs, _s=setting):
+                placement.guest_affinity_call(_s)
+                return 0
+            tr.extra[NUMBERS[name]] = affinity
+    dispatch = tr.dispatch(MAX_KNOWN + 1)
     for nr, err in table.REFUSED.items():
         def refuse(t, regs, _e=err):
             raise OSError(_e, os.strerror(_e))
@@ -166,6 +174,7 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool) -> list:
 
         def chained(t, regs, _core=core, _hooks=tuple(hooks)):
             t.exits = None
+            t.peek = None
             act = _core(t, regs) if _core is not None else 0
             if act & SKIP:
                 return act
@@ -183,10 +192,14 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool) -> list:
     return dispatch
 
 
-def filter_program(exts: list) -> list[tuple[int, int, int, int]]:
-    """The seccomp filter: the path calls of the table plus the calls the extensions hook."""
+def filter_program(exts: list, affinity: bool = False) -> list[tuple[int, int, int, int]]:
+    """The seccomp filter: the path calls of the table plus the calls the extensions hook (plus
+    sched_getaffinity/sched_setaffinity with `affinity`: automatic CPU placement watches them)."""
     from runtime.syscall import seccomp, table
+    from runtime.syscall.sysnums import NUMBERS
     traced = set(table.TRACED)
+    if affinity:
+        traced |= {NUMBERS["sched_getaffinity"], NUMBERS["sched_setaffinity"]}
     if_arg = dict(table.TRACED_IF_ARG)
     for ext in exts:
         # `enter_calls_if_arg` (optional): nr -> argument index; stop only when it is non-zero
@@ -206,19 +219,21 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
     from runtime import extension
     from runtime.tracee import ffi
     from runtime.tracee.loop import Loop
+    from runtime.tracee.placement import Placement
     from runtime.tracee.state import Tracee
 
     exts = extension.build(spec)
     fake_root = spec.uid == 0
     lookup = mapper.proc_lookup
-    dispatch = _build_dispatch(mapper, lookup, exts, fake_root or os.geteuid() == 0)
+    placement = Placement()
+    dispatch = _build_dispatch(mapper, lookup, exts, fake_root or os.geteuid() == 0, placement)
     program = None
     if use_seccomp:
-        program = filter_program(exts)
+        program = filter_program(exts, placement.mode == "auto" and placement.cpu is not None)
     argv = list(spec.argv)
     env_b = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
 
-    cpu = pin_cpu()
+    placement.pin_self()                # the guest inherits it
     mode_r, mode_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     parent = os.getpid()
@@ -235,7 +250,6 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
                 signal.signal(s, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
             os.chdir(host_cwd)
-            _pin(cpu)
             ffi.prctl(ffi.PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent:
                 os._exit(125)
@@ -290,8 +304,8 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
                 ffi.setoptions(pid, opts & ~ffi.PTRACE_O_EXITKILL)   # kernels before 3.8
         os.write(mode_w, b"s" if use_seccomp else b"p")
         os.close(mode_w)
-        _pin(cpu)
-        loop = Loop(dispatch, exts, use_seccomp, spec.wait_all, legacy_order=_kernel_before_4_8())
+        loop = Loop(dispatch, exts, use_seccomp, spec.wait_all, legacy_order=_kernel_before_4_8(),
+                    placement=placement)
         loop_ref[:] = [loop]
         main = Tracee(pid, mapper, "")
         main.started = True
@@ -304,6 +318,7 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
                 ffi.resume(ffi.PTRACE_SYSCALL, pid, 0)
             status = loop.run(main)
         finally:
+            placement.stop()
             forward.restore()
             loop.kill_all()
             for ext in exts:
@@ -323,28 +338,6 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
         raise CommandNotExecutable(msg)
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
-
-
-def pin_cpu() -> int | None:
-    """CARRYON_PIN=1: the CPU that the tracer and the guest are both pinned to (the one the tracer
-    runs on now), else None. Opt-in: a stop costs much less when tracer and tracee share a CPU,
-    but a parallel guest then shares that one CPU too."""
-    if os.environ.get("CARRYON_PIN", "0") in ("", "0", "no", "off"):
-        return None
-    try:
-        from runtime.tracee.ffi import libc
-        cpu = libc.sched_getcpu()
-        return cpu if cpu >= 0 and cpu in os.sched_getaffinity(0) else None
-    except (OSError, AttributeError):
-        return None
-
-
-def _pin(cpu: int | None) -> None:
-    if cpu is not None:
-        try:
-            os.sched_setaffinity(0, {cpu})
-        except OSError:
-            pass
 
 
 def _abort(pid: int, fd: int) -> None:

@@ -27,7 +27,7 @@ TRAILER_SIZE = 512
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ENTRY_ROOTFS = "rootfs"
 INTERNAL_ENV = ("_CARRYON_ARCHIVE", "_CARRYON_RT", "_CARRYON_RT_PUBLISHED", "_CARRYON_RT_DEST",
-                "_CARRYON_VERIFIED", "_CARRYON_RT_CLEANUP", "_PYI_ARCHIVE_FILE", "_PYI_PARENT_PROCESS_LEVEL",
+                "_CARRYON_VERIFIED", "_PYI_ARCHIVE_FILE", "_PYI_PARENT_PROCESS_LEVEL",
                 "_PYI_APPLICATION_HOME_DIR", "_PYI_LINUX_PROCESS_NAME", "_PYI_SPLASH_IPC")
 
 HELP = """usage: {prog} [--carryon-OPTION[=VALUE]]... [ARGS...]
@@ -840,8 +840,9 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
             raise
         publish_runtime(internal["_CARRYON_RT"], internal["_CARRYON_RT_DEST"], arch, argv)
     opts = parse_options(argv)
-    from runtime.net.publish import check as check_ports
-    check_ports([parse_publish(p) for p in opts.publish])  # bad/conflicting ports: 125 before extracting
+    if opts.publish:
+        from runtime.net.publish import check as check_ports
+        check_ports([parse_publish(p) for p in opts.publish])  # bad/conflicting ports: 125 before extracting
     prog = os.path.basename(archive_path)
     if opts.help:
         sys.stdout.write(HELP.format(prog=prog))
@@ -853,8 +854,6 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
     arch = open_archive(archive_path, verify_all=False)
     already = verified == arch.key
     rep.mark("archive opened")
-    if internal.get("_CARRYON_RT_CLEANUP"):
-        cache.remove(internal["_CARRYON_RT_CLEANUP"])
     if opts.info:
         return show_info(arch, opts, internal.get("_CARRYON_RT"))
     if opts.clean:

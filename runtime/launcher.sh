@@ -122,6 +122,22 @@ esac
 case $l_len$r_len in *[!0-9]*) die "$self: corrupted carryon archive (bad trailer)" ;; esac
 [ "$r_len" -gt 0 ] || die "$self: bare carryon payload (no runtime): use 'carryon extract' or 'carryon exec'"
 [ "$r_sha" = "$rt_sha" ] || die "$self: corrupted carryon archive (the trailer does not match the launcher)"
+section() {  # the runtime section's bytes on stdout
+  if command -v head >/dev/null 2>&1; then
+    tail -c +$((l_len + 1)) "$self" 2>/dev/null | head -c "$r_len" 2>/dev/null
+  else
+    tail -c +$((l_len + 1)) "$self" 2>/dev/null
+  fi
+}
+# nothing from the runtime section runs unchecked: sha256 here when the node has sha256sum, else gzip's
+# own CRC (its status is checked below); the runtime then checks every section against the trailer
+if command -v sha256sum >/dev/null 2>&1 && command -v head >/dev/null 2>&1; then
+  got=$(section | sha256sum 2>/dev/null) || got=
+  got=${got%% *}
+  if [ -n "$got" ] && [ "$got" != "$rt_sha" ]; then
+    die "$self: corrupted carryon archive (section runtime fails its sha256 check)"
+  fi
+fi
 host=localhost
 [ -r /proc/sys/kernel/hostname ] && read -r host </proc/sys/kernel/hostname
 case $host in ''|*[!A-Za-z0-9._-]*) host=localhost ;; esac
@@ -159,13 +175,11 @@ for c in $cands; do
        fi ;;
   esac
   ok=1
-  if command -v head >/dev/null 2>&1; then
-    tail -c +$((l_len + 1)) "$self" 2>/dev/null | head -c "$r_len" 2>/dev/null | gzip -dc 2>/dev/null |
-      (cd "$tmp" && tar -xf - 2>/dev/null) || ok=
-  else
-    tail -c +$((l_len + 1)) "$self" 2>/dev/null | gzip -dc 2>/dev/null |
-      (cd "$tmp" && tar -xf - 2>/dev/null) || ok=
-  fi
+  section | { gzip -dc 2>/dev/null; echo $? >"$tmp/.gzip-status"; } | (cd "$tmp" && tar -xf - 2>/dev/null) || ok=
+  gz=1
+  [ -f "$tmp/.gzip-status" ] && read -r gz <"$tmp/.gzip-status"
+  rm -f "$tmp/.gzip-status"
+  [ "$gz" = 0 ] || [ "$gz" = 2 ] || ok=      # 2: GNU gzip's "trailing garbage ignored" (no head)
   if [ -z "$ok" ] || [ ! -f "$tmp/$rt_main" ] || [ ! -f "$tmp/$rt_ld" ] || [ ! -f "$tmp/.carryon-runtime-files" ]; then
     rm -rf "$tmp"
     why="$why; $c: unpacking the runtime failed (disk full or corrupted archive)"

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from archive_run_support import ROOT, archive, clean_env, entries, expected_run, run, workdir
+from archive_run_support import ROOT, archive, clean_env, entries, expected_run, run
 
 
 def _one_line_error(p: subprocess.CompletedProcess) -> None:
@@ -200,3 +200,22 @@ def test_disk_full_during_extraction_is_a_clear_error(tmp_path, monkeypatch):
         assert os.listdir(cache) == []
     finally:
         subprocess.run(["umount", str(cache)])
+
+
+def test_a_flipped_runtime_byte_is_refused_without_sha256sum(tmp_path):
+    """Nodes without sha256sum: gzip's CRC (its exit status) guards the unpack instead."""
+    bb = archive("bb")
+    s = _sections(bb)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for t in ("tail", "head", "gzip", "tar", "mkdir", "chmod", "rm", "mv", "df", "id", "sh"):
+        src = shutil.which(t)
+        assert src, t
+        os.symlink(src, tools / t)
+    for k, offset in enumerate((s["runtime"].offset + s["runtime"].length // 3,
+                                s["runtime"].offset + s["runtime"].length - 12)):     # data; CRC field
+        bad = tmp_path / f"bad{k}.run"
+        _flip(bb, bad, offset)
+        p = run(bad, env=dict(clean_env(tmp_path, tmp_path / f"cache{k}"), PATH=str(tools)))
+        _one_line_error(p)
+        assert entries(tmp_path / f"cache{k}")["runtime"] == []

@@ -35,19 +35,49 @@ class ExecPlan:
         self.exe_guest = exe_guest      # what /proc/PID/exe must read as afterwards
 
 
-def _open_checked(host: str) -> tuple[int, os.stat_result]:
-    """Open `host` for reading its headers after the kernel's exec permission checks; fd -1 when
-    it is executable but not readable by us (then it is run unexamined)."""
+def _checked(host: str) -> os.stat_result:
+    """The kernel's exec permission checks on `host`."""
     st = os.stat(host)                              # ENOENT, ENOTDIR, ELOOP, EACCES
     if not stat.S_ISREG(st.st_mode):
         raise OSError(errno.EACCES, "not a regular file")
     if not os.access(host, os.X_OK):
         raise OSError(errno.EACCES, "permission denied")
+    return st
+
+
+# What the headers of an executable file said, by file identity (host path, device, inode, mtime,
+# ctime, size): ("elf", PT_INTERP or None) or ("script", interpreter, argument). A changed file
+# changes its identity; an unreadable one is never recorded (it is run unexamined).
+_HEADS: dict[tuple, tuple] = {}
+_HEADS_MAX = 1024
+
+
+def _head_kind(host: str) -> tuple[tuple, os.stat_result]:
+    """(kind, stat) of executable `host` (see `_HEADS`); kind ("unread",) when we cannot read it."""
+    st = _checked(host)
+    key = (host, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+    kind = _HEADS.get(key)
+    if kind is not None:
+        return kind, st
     try:
         fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
     except PermissionError:
-        return -1, st
-    return fd, st
+        return ("unread",), st
+    try:
+        head = os.pread(fd, shebang.BINPRM_BUF_SIZE, 0)
+        if head[:2] == b"#!":
+            interp, arg = shebang.parse(head)
+            kind = ("script", interp, arg)
+        elif not elf.is_elf(head):
+            raise OSError(errno.ENOEXEC, "exec format error")
+        else:
+            kind = ("elf", elf.interpreter(fd, head, (host, st.st_ino, st.st_mtime_ns, st.st_size)))
+    finally:
+        os.close(fd)
+    if len(_HEADS) >= _HEADS_MAX:
+        _HEADS.clear()
+    _HEADS[key] = kind
+    return kind, st
 
 
 def plan(resolve: Resolve, filename: str, argv: list[Arg]) -> ExecPlan:
@@ -56,28 +86,22 @@ def plan(resolve: Resolve, filename: str, argv: list[Arg]) -> ExecPlan:
     depth = 0
     while True:
         guest, host = resolve(path)
-        fd, st = _open_checked(host)
-        if fd < 0:
+        kind, st = _head_kind(host)
+        if kind[0] == "unread":
             return ExecPlan(host, argv, guest)
-        try:
-            head = os.pread(fd, shebang.BINPRM_BUF_SIZE, 0)
-            if head[:2] == b"#!":
-                depth += 1
-                if depth > shebang.MAX_NESTING:
-                    raise OSError(errno.ELOOP, "too many levels of #! interpreters")
-                interp, arg = shebang.parse(head)
-                new: list[Arg] = [interp]
-                if arg is not None:
-                    new.append(arg)
-                new.append(os.fsencode(path))
-                argv = new + argv[1:]
-                path = os.fsdecode(interp)
-                continue
-            if not elf.is_elf(head):
-                raise OSError(errno.ENOEXEC, "exec format error")
-            interp_path = elf.interpreter(fd, head, (host, st.st_ino, st.st_mtime_ns, st.st_size))
-        finally:
-            os.close(fd)
+        if kind[0] == "script":
+            depth += 1
+            if depth > shebang.MAX_NESTING:
+                raise OSError(errno.ELOOP, "too many levels of #! interpreters")
+            _, interp, arg = kind
+            new: list[Arg] = [interp]
+            if arg is not None:
+                new.append(arg)
+            new.append(os.fsencode(path))
+            argv = new + argv[1:]
+            path = os.fsdecode(interp)
+            continue
+        interp_path = kind[1]
         if interp_path is None:
             return ExecPlan(host, argv, guest)
         try:

@@ -171,7 +171,12 @@ class PortMap(Base):
         handed to the kernel with the same length must hold what the kernel reads)."""
         if addr == 0 or length < sockaddr.SIN_LEN:
             return None
-        raw = mem.read(t, addr, min(length, sockaddr.MAX_LEN))
+        size = min(length, sockaddr.MAX_LEN)
+        peek = getattr(t, "peek", None)     # already read by the engine at this stop?
+        if peek is not None and peek[0] == addr and len(peek[1]) == size:
+            raw = peek[1]
+        else:
+            raw = mem.read(t, addr, size)
         return raw if sockaddr.is_inet(raw) else None
 
     def _forward(self, t, fd: int, raw: bytes) -> bytes | None:
@@ -336,13 +341,19 @@ class PortMap(Base):
         peer = nr == GETPEERNAME
         if not self.readback:               # old kernel: translate at the exit stop
             return self._watch(t, (nr, fd, addr, lenptr))
-        raw, proto = sockinfo.name_and_proto(t.pid, fd, peer)
+        table = self.table
+        host_ports = table.host_ports
+
+        def need_proto(raw: bytes) -> bool:     # nothing to translate: no protocol needed
+            return sockaddr.is_inet(raw) and sockaddr.port(raw) in host_ports
+
+        raw, proto = sockinfo.name_and_proto(t.pid, fd, peer, need_proto)
         if raw is None or not sockaddr.is_inet(raw):
             return 0
         hport = sockaddr.port(raw)
-        if hport not in self.table.host_ports or (peer and sockaddr.ip(raw) not in self.local):
+        if hport not in host_ports or (peer and sockaddr.ip(raw) not in self.local):
             return 0
-        guest = self.table.guest_port(proto, hport) if proto else None
+        guest = table.guest_port(proto, hport) if proto else None
         if guest is None:
             return 0
         room = int.from_bytes(mem.read(t, lenptr, 4), "little")

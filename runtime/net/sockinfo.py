@@ -135,8 +135,9 @@ def socket_proto_fast(tid: int, fd: int) -> str | None:
         os.close(dup)
 
 
-def name_and_proto(tid: int, fd: int, peer: bool) -> tuple[bytes | None, str | None]:
-    """Raw getsockname (getpeername) and protocol of the tracee's socket, via one descriptor copy."""
+def name_and_proto(tid: int, fd: int, peer: bool, proto_for=None) -> tuple[bytes | None, str | None]:
+    """Raw getsockname (getpeername) and protocol of the tracee's socket, via one descriptor copy.
+    `proto_for(raw) -> bool` (optional): ask for the protocol only when it says so (else None)."""
     try:
         dup = _pidfd_getfd(tid, fd)
     except (OSError, AttributeError):
@@ -145,7 +146,10 @@ def name_and_proto(tid: int, fd: int, peer: bool) -> tuple[bytes | None, str | N
         _NAMELEN.value = 128
         if (_getpeername if peer else _getsockname)(dup, _NAMEBUF, ctypes.byref(_NAMELEN)) != 0:
             return None, None
-        return _NAMEBUF.raw[:min(_NAMELEN.value, 128)], _proto_of(dup)
+        raw = _NAMEBUF.raw[:min(_NAMELEN.value, 128)]
+        if proto_for is not None and not proto_for(raw):
+            return raw, None
+        return raw, _proto_of(dup)
     finally:
         os.close(dup)
 

@@ -26,7 +26,9 @@ real directories are remembered, which saves one `lstat` per known directory com
 must call `forget()` at the entry of every syscall that can remove or replace a directory (rmdir,
 unlinkat, rename*) and of those that create symlinks (symlink*, link* which can link a symlink):
 with only the former, a second guest process could get a directory cached again while the rmdir is
-in flight, then see it replaced by a symlink the cache does not know about. Every Mapper of a run
+in flight, then see it replaced by a symlink the cache does not know about. The same caches keep the
+resolution of the programs and ELF interpreters `execve` ran (`exec_paths`), which only a removed,
+renamed or new symlink can change (unlink and friends forget too). Every Mapper of a run
 (one per emulated chroot) must be told. Changes made to the rootfs from outside the guest during
 the run are not seen.
 """
@@ -67,6 +69,9 @@ class Mapper:
         self.virtual: set[str] = set()
         # guest path -> host path of directories seen (cache_dirs=True only; see `forget`)
         self.dircache: dict[str, str] | None = {} if cache_dirs else None
+        # absolute guest path -> (guest, host) of programs and ELF interpreters execve resolved
+        # (cache_dirs=True only; dropped with the directory cache, see `forget`)
+        self.exec_paths: dict[str, tuple[str, str]] | None = {} if cache_dirs else None
         self.proc_lookup: Lookup | None = proc_lookup
         self.proc_root: str | None = None     # guest dir where the host's /proc is bound
         self.proc_host: str = "/proc"
@@ -209,6 +214,8 @@ class Mapper:
         """Drop the directory cache (see the module docstring); cheap, call it freely."""
         if self.dircache is not None:
             self.dircache.clear()
+        if self.exec_paths is not None:
+            self.exec_paths.clear()
 
     # ---- bind points --------------------------------------------------------------------
     def is_bind_root(self, guest_path: str) -> bool:

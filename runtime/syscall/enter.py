@@ -76,6 +76,9 @@ class Translator:
         self.mapper = mapper
         self.lookup = lookup            # pid -> ProcState | None (for /proc magic links)
         self.chroot_allowed = chroot_allowed
+        # called (once) when the guest opens an absolute `/proc/.../status` path (CPU placement)
+        self.on_proc_status = None
+        self.extra: dict[int, object] = {}  # number -> handler for calls outside the path table
 
     def _outside(self, t, dirfd: int):
         """(mapper, guest base) for a base directory outside the process's (chrooted) view: it is
@@ -107,6 +110,8 @@ class Translator:
         write = call.write
         wflags = None if call.write_flags is None else ARG[call.write_flags]
         forget = call.forget
+        opens = call.name in ("open", "openat")
+        tr = self
         read_cstring = mem.read_cstring
         push = mem.push
         O_NOFOLLOW, O_CREAT, O_EXCL = T.O_NOFOLLOW, T.O_CREAT, T.O_EXCL
@@ -130,6 +135,11 @@ class Translator:
                 raw = read_cstring(t, addr)
                 if not raw:
                     continue                # "": AT_EMPTY_PATH (the fd itself) or ENOENT by the kernel
+                if opens and tr.on_proc_status is not None and raw.endswith(b"/status") \
+                        and raw.startswith(b"/proc/"):
+                    hook = tr.on_proc_status
+                    tr.on_proc_status = None
+                    hook()
                 if rule == FOLLOW:
                     follow = True
                 elif rule == OPEN_FLAGS:
@@ -298,7 +308,8 @@ class Translator:
         if not addr or alen < 3 or alen > 4096:
             return 0
         data = mem.read(t, addr, min(alen, 2 + SUN_PATH_MAX))
-        if int.from_bytes(data[:2], "little") != AF_UNIX or data[2] == 0:
+        t.peek = (addr, data)           # the port translation looks at the same bytes
+        if data[0] != AF_UNIX or data[1] != 0 or data[2] == 0:
             return 0
         path = data[2:]
         nul = path.find(0)
@@ -405,6 +416,8 @@ class Translator:
         argv: list = mem.read_words(t, vaddr) if vaddr else []
         pid = t.pid
         nofollow_first = [bool(at and flags & T.AT_SYMLINK_NOFOLLOW)]
+        cache = mapper.exec_paths
+        proc_prefix = mapper._proc_prefix
 
         def resolve(p: str) -> tuple[str, str]:
             if nofollow_first[0]:
@@ -413,14 +426,39 @@ class Translator:
                 if os.path.islink(h):
                     raise OSError(errno.ELOOP, "symbolic link")
                 return g, h
-            return mapper.resolve(p, base, True, pid=pid, tid=pid)
+            if cache is None or p[0] != "/" or (proc_prefix is not None and (
+                    p.startswith(proc_prefix) or p + "/" == proc_prefix)):
+                return mapper.resolve(p, base, True, pid=pid, tid=pid)
+            hit = cache.get(p)
+            if hit is None:
+                hit = mapper.resolve(p, base, True, pid=pid, tid=pid)
+                if len(cache) >= 1024:
+                    cache.clear()
+                cache[p] = hit
+            return hit
 
         p = exec_plan.plan(resolve, _fsdecode(raw), argv)
-        push = mem.push
-        ptrs = [push(t, a + b"\0") if isinstance(a, bytes) else a for a in p.argv]
-        arr = b"".join(x.to_bytes(8, "little") for x in ptrs) + bytes(8)
-        regs[R_RDI] = push(t, _fsencode(p.host_path) + b"\0")
-        regs[R_RSI] = push(t, arr)
+        # One write for everything: the argv array (8-aligned), then the new path, then the strings.
+        host_b = _fsencode(p.host_path) + b"\0"
+        new_strings = [a + b"\0" for a in p.argv if isinstance(a, bytes)]
+        arr_len = 8 * (len(p.argv) + 1)
+        size = arr_len + len(host_b) + sum(len(s) for s in new_strings)
+
+        def build(where: int) -> bytes:
+            addr = where + arr_len + len(host_b)
+            ptrs = []
+            for a in p.argv:
+                if isinstance(a, bytes):
+                    ptrs.append(addr)
+                    addr += len(a) + 1
+                else:
+                    ptrs.append(a)
+            return b"".join([b"".join(x.to_bytes(8, "little") for x in ptrs), bytes(8), host_b,
+                             *new_strings])
+
+        where = mem.push_built(t, size, build)
+        regs[R_RSI] = where
+        regs[R_RDI] = where + arr_len
         regs[R_RDX] = envp
         if at:
             regs[R_ORIG_RAX] = NR_EXECVE
@@ -437,4 +475,6 @@ class Translator:
             if call.refuse:
                 continue
             out[call.nr] = specials[call.special] if call.special else self._path_handler(call)
+        for nr, h in self.extra.items():
+            out[nr] = h
         return out

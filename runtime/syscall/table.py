@@ -72,7 +72,7 @@ class Call:
         self.write = write
         self.write_flags = write_flags      # register index of the open flags for W_OPEN
         self.special = special              # dedicated handler name in runtime.syscall.enter
-        self.forget = forget                # may remove/replace directories: drop the dir cache
+        self.forget = forget                # may remove/replace entries or create symlinks: drop the caches
         self.refuse = refuse                # errno returned without running the call
         self.trace_if_arg = trace_if_arg    # stop only when this argument is non-zero (seccomp)
         # (dirfd arg, flags arg): no stop for the fstat pattern (dirfd >= 0, flags == AT_EMPTY_PATH)
@@ -121,18 +121,18 @@ CALLS: tuple[Call, ...] = (
     Call("mkdirat", (_at(0, 1, NOFOLLOW, parent_op=True),), W_YES),
     Call("rmdir", (_ENT,), W_YES, forget=True),
     # directory entries
-    Call("unlink", (_ENT,), W_YES),
+    Call("unlink", (_ENT,), W_YES, forget=True),
     Call("unlinkat", (_at(0, 1, NOFOLLOW, parent_op=True),), W_YES, forget=True),
     Call("rename", (_ENT, _p(1, NOFOLLOW, parent_op=True)), W_YES, forget=True),
     Call("renameat", (_at(0, 1, NOFOLLOW, parent_op=True), _at(2, 3, NOFOLLOW, parent_op=True)),
          W_YES, forget=True),
     Call("renameat2", (_at(0, 1, NOFOLLOW, parent_op=True), _at(2, 3, NOFOLLOW, parent_op=True)),
          W_YES, forget=True),
-    Call("link", (_p(0, NOFOLLOW), _p(1, NOFOLLOW, parent_op=True)), W_YES),
+    Call("link", (_p(0, NOFOLLOW), _p(1, NOFOLLOW, parent_op=True)), W_YES, forget=True),
     Call("linkat", (_at(0, 1, AT_FOLLOW, flags=4, empty_ok=True), _at(2, 3, NOFOLLOW, parent_op=True)),
-         W_YES),
-    Call("symlink", (_p(1, NOFOLLOW, parent_op=True),), W_YES),      # the target is content
-    Call("symlinkat", (_at(1, 2, NOFOLLOW, parent_op=True),), W_YES),
+         W_YES, forget=True),
+    Call("symlink", (_p(1, NOFOLLOW, parent_op=True),), W_YES, forget=True),      # the target is content
+    Call("symlinkat", (_at(1, 2, NOFOLLOW, parent_op=True),), W_YES, forget=True),
     Call("mknod", (_ENT,), W_YES),
     Call("mknodat", (_at(0, 1, NOFOLLOW, parent_op=True),), W_YES),
     # attributes

@@ -29,8 +29,9 @@ STOP_SIGNALS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 
 class Loop:
     def __init__(self, dispatch: list, exts: list, seccomp: bool, wait_all: bool,
-                 legacy_order: bool = False) -> None:
+                 legacy_order: bool = False, placement=None) -> None:
         self.dispatch = dispatch
+        self.placement = placement      # runtime.tracee.placement.Placement or None
         self.exts = exts
         self.seccomp = seccomp
         self.wait_all = wait_all
@@ -52,6 +53,9 @@ class Loop:
         child.guest_root = parent.guest_root
         for ext in self.exts:
             ext.fork(parent, child)
+        placement = self.placement
+        if placement is not None and placement.released:
+            placement.new_tracee(pid)
         if pid in self.held:
             self.held.discard(pid)
             child.started = True
@@ -90,6 +94,9 @@ class Loop:
         """Trace until the end; returns the main process's wait status."""
         self.main_pid = main.pid
         self.tracees[main.pid] = main
+        placement = self.placement
+        if placement is not None:
+            placement.start(self.tracees)
         seccomp = self.seccomp
         self._resume_req = resume_req = ffi.PTRACE_CONT if seccomp else ffi.PTRACE_SYSCALL
         PTRACE_SYSCALL = ffi.PTRACE_SYSCALL
@@ -210,6 +217,9 @@ class Loop:
                         continue
                     if event in (ffi.PTRACE_EVENT_FORK, ffi.PTRACE_EVENT_VFORK,
                                  ffi.PTRACE_EVENT_CLONE):
+                        if event == ffi.PTRACE_EVENT_CLONE and placement is not None \
+                                and placement.pinned:
+                            placement.release()     # a thread: the guest may run in parallel
                         try:
                             self._new_child(t, ffi.geteventmsg(pid))
                         except OSError:

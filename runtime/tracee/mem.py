@@ -102,18 +102,37 @@ def push(t, data: bytes) -> int:
     try:
         write(t, addr, data)
     except OSError:
-        area = t.area
-        if area <= 0:
-            if area == 0:
-                raise NeedScratch() from None
-            raise
-        if not area < t.scratch <= area + AREA_SIZE:
-            t.scratch = area + AREA_SIZE
-        addr = (t.scratch - len(data)) & ~15
-        if addr < area:
-            raise OSError(errno.E2BIG, "too much data for the scratch area") from None
+        addr = _area_addr(t, len(data))
         write(t, addr, data)
     t.scratch = addr
+    return addr
+
+
+def push_built(t, size: int, build) -> int:
+    """`push` for data that holds pointers into itself: `build(address)` gives the `size` bytes to
+    write at `address`. Returns the address."""
+    addr = (t.scratch - size) & ~15
+    try:
+        write(t, addr, build(addr))
+    except OSError:
+        addr = _area_addr(t, size)
+        write(t, addr, build(addr))
+    t.scratch = addr
+    return addr
+
+
+def _area_addr(t, size: int) -> int:
+    """Where `size` bytes go in the tracee's scratch area (the stack was not writable)."""
+    area = t.area
+    if area <= 0:
+        if area == 0:
+            raise NeedScratch() from None
+        raise OSError(errno.EFAULT, "cannot write tracee memory")
+    if not area < t.scratch <= area + AREA_SIZE:
+        t.scratch = area + AREA_SIZE
+    addr = (t.scratch - size) & ~15
+    if addr < area:
+        raise OSError(errno.E2BIG, "too much data for the scratch area") from None
     return addr
 
 

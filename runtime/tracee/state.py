@@ -11,7 +11,7 @@ class Tracee:
     """One traced thread. Threads of a process each have one (ptrace works per thread)."""
 
     __slots__ = ("pid", "memfd", "scratch", "ret", "exits", "exe", "pending_exe", "mapper",
-                 "in_syscall", "skip_ret", "ext", "started", "guest_root", "area", "inject")
+                 "in_syscall", "skip_ret", "ext", "started", "guest_root", "area", "inject", "peek")
 
     def __init__(self, pid: int, mapper, exe: str = "", ext: dict | None = None) -> None:
         self.pid = pid
@@ -29,6 +29,9 @@ class Tracee:
         self.guest_root = "/"       # guest path of its root (chroot emulation)
         self.area = 0               # fallback scratch mapping in the tracee (0: none, -1: failed)
         self.inject = None          # saved registers while an injected mmap runs
+        # (address, bytes) the engine's own handler read from the tracee at this stop, for the
+        # extensions hooked on the same call (engine.py's `chained` resets it at each stop)
+        self.peek: tuple[int, bytes] | None = None
 
     def open_mem(self) -> None:
         if self.memfd >= 0:
