@@ -233,13 +233,17 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
     argv = list(spec.argv)
     env_b = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
 
-    placement.pin_self()                # the guest inherits it
     mode_r, mode_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
+    placement.pin_self()                # the guest inherits it
+    try:
+        pid = os.fork()
+    except BaseException:
+        placement.stop()
+        raise
     if pid == 0:                                        # ---- child
         code = 125
         try:
@@ -325,6 +329,7 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
                 ext.close()
         report = os.read(err_r, 256)
     finally:
+        placement.stop()
         os.close(err_r)
     if report.startswith(b"seccomp"):
         if may_fall_back:

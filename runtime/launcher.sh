@@ -129,14 +129,12 @@ section() {  # the runtime section's bytes on stdout
     tail -c +$((l_len + 1)) "$self" 2>/dev/null
   fi
 }
-# nothing from the runtime section runs unchecked: sha256 here when the node has sha256sum, else gzip's
-# own CRC (its status is checked below); the runtime then checks every section against the trailer
+# nothing from the runtime section runs unchecked: sha256 (computed while the runtime is unpacked, on
+# another CPU, and checked before it starts) when the node has sha256sum, else gzip's own CRC (its
+# status is checked below); the runtime then checks every section against the trailer
+check_sha=
 if command -v sha256sum >/dev/null 2>&1 && command -v head >/dev/null 2>&1; then
-  got=$(section | sha256sum 2>/dev/null) || got=
-  got=${got%% *}
-  if [ -n "$got" ] && [ "$got" != "$rt_sha" ]; then
-    die "$self: corrupted carryon archive (section runtime fails its sha256 check)"
-  fi
+  check_sha=1
 fi
 host=localhost
 [ -r /proc/sys/kernel/hostname ] && read -r host </proc/sys/kernel/hostname
@@ -174,8 +172,23 @@ for c in $cands; do
          continue
        fi ;;
   esac
+  sha_pid=
+  if [ -n "$check_sha" ]; then   # the digest goes beside the temp dir, never inside what tar writes
+    { section | sha256sum >"${tmp}_sha" 2>/dev/null; } &
+    sha_pid=$!
+  fi
   ok=1
   section | { gzip -dc 2>/dev/null; echo $? >"$tmp/.gzip-status"; } | (cd "$tmp" && tar -xf - 2>/dev/null) || ok=
+  if [ -n "$sha_pid" ]; then
+    wait "$sha_pid"
+    got=
+    [ -f "${tmp}_sha" ] && read -r got _ <"${tmp}_sha"
+    rm -f "${tmp}_sha"
+    if [ -n "$got" ] && [ "$got" != "$rt_sha" ]; then
+      rm -rf "$tmp"
+      die "$self: corrupted carryon archive (section runtime fails its sha256 check)"
+    fi
+  fi
   gz=1
   [ -f "$tmp/.gzip-status" ] && read -r gz <"$tmp/.gzip-status"
   rm -f "$tmp/.gzip-status"

@@ -14,6 +14,7 @@ import os
 from runtime.tracee import ffi
 
 PATH_MAX = 4096
+FIRST_CHUNK = 256           # read_cstring's first read (never past the end of the page)
 RED_ZONE = 128
 AREA_SIZE = 256 * 1024      # the fallback scratch mapping (see NeedScratch)
 
@@ -48,8 +49,10 @@ def read_cstring(t, addr: int, limit: int = PATH_MAX, _pread=os.pread) -> bytes:
     """The NUL-terminated string at `addr` (without the NUL). EFAULT / ENAMETOOLONG like the kernel."""
     fd = t.memfd
     out = b""
+    n = 4096 - (addr & 4095)
+    if n > FIRST_CHUNK:
+        n = FIRST_CHUNK                 # most paths are short: copy less
     while True:
-        n = 4096 - (addr & 4095)
         try:
             chunk = _pread(fd, n, addr) if fd >= 0 else ffi.vm_read(t.pid, addr, n)
         except (OSError, OverflowError, ValueError):
@@ -66,6 +69,7 @@ def read_cstring(t, addr: int, limit: int = PATH_MAX, _pread=os.pread) -> bytes:
         if len(out) >= limit:
             raise OSError(errno.ENAMETOOLONG, "name too long")
         addr += len(chunk)
+        n = 4096 - (addr & 4095)
 
 
 def read_words(t, addr: int, max_words: int = 1 << 20) -> list[int]:

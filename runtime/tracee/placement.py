@@ -14,10 +14,11 @@ driver, Python starting up) loses nothing by sharing one CPU with the tracer, so
     * it calls sched_getaffinity / sched_setaffinity (nproc, OpenMP and Go runtimes, taskset...)
       — the call then runs unpinned and sees (or sets) the real thing; after a guest
       sched_setaffinity the tracer never touches CPU sets again;
-    * it opens a `/proc/.../status` file (Cpus_allowed);
-    * its threads (and the tracer) wait for the CPU: checked every CHECK_INTERVAL seconds from a
-      timer, unpinned when more than CONTENTION of that time was spent runnable but not running
-      (`/proc/TID/schedstat`), or when it has more than MAX_WATCHED threads;
+    * it opens a `/proc/.../status` file by its absolute path (Cpus_allowed shows the CPU set);
+    * its threads (and the tracer) wait for the CPU: checked every CHECK_INTERVAL seconds by a
+      helper thread of the tracer (no signals: the archive launcher forwards those), unpinned when
+      more than CONTENTION of that time was spent runnable but not running
+      (`/proc/TID/schedstat`), or when the guest has more than MAX_WATCHED threads;
 - `1` / `on`: pinned for the whole run (a parallel guest then shares that one CPU);
 - `0` / `off`: no placement at all.
 Nothing is pinned when the tracer may run on one CPU only anyway.
@@ -25,13 +26,12 @@ Nothing is pinned when the tracer may run on one CPU only anyway.
 
 from __future__ import annotations
 
+import _thread
 import os
 import time
 
-import _signal    # the C module: `signal` itself imports `enum` (slow start-up)
-
 CHECK_INTERVAL = 0.05       # seconds between two contention checks while pinned
-CONTENTION = 0.5            # share of the interval spent waiting for the CPU that unpins
+CONTENTION = 0.75           # share of the interval spent waiting for the CPU that unpins
 MAX_WATCHED = 32            # more live guest threads than this: unpin without looking
 
 _OFF = ("0", "no", "off", "false")
@@ -49,8 +49,8 @@ class Placement:
         self.hands_off = False                  # the guest set CPU sets itself: never touch them
         self.tracees: dict | None = None        # the loop's tid -> Tracee (for unpin and checks)
         self._last: tuple[float, int] | None = None
-        self._old_alarm = None
-        self._busy = False
+        self._watching = False
+        self.tracer_tid = 0
         if self.mode == "never":
             return
         try:
@@ -68,6 +68,7 @@ class Placement:
         if self.cpu is None:
             return
         try:
+            self.tracer_tid = _thread.get_native_id()
             os.sched_setaffinity(0, {self.cpu})
             self.pinned = True
         except OSError:
@@ -79,31 +80,33 @@ class Placement:
         if not self.pinned or self.mode != "auto":
             return
         self._check()                           # the baseline
+        self._watching = True
         try:
-            self._old_alarm = _signal.signal(_signal.SIGALRM, self._on_alarm)
-            _signal.setitimer(_signal.ITIMER_REAL, CHECK_INTERVAL, CHECK_INTERVAL)
-        except (OSError, ValueError):           # not the main thread: no checks, unpin now
-            self._old_alarm = None
+            _thread.start_new_thread(self._watch, ())
+        except RuntimeError:                    # no thread: no checks, so no pin either
+            self._watching = False
             self.release()
 
     def stop(self) -> None:
-        """End of the run: timer off, the tracer back on its CPU set."""
-        self._timer_off()
+        """End of the run: no more checks, the tracer back on its CPU set."""
+        self._watching = False
         if self.pinned:
+            self.pinned = False
             try:
-                os.sched_setaffinity(0, self.mask)
+                os.sched_setaffinity(self.tracer_tid, self.mask)
             except OSError:
                 pass
-            self.pinned = False
 
-    def _timer_off(self) -> None:
-        if self._old_alarm is not None:
+    def _watch(self) -> None:
+        """The helper thread: a contention check every CHECK_INTERVAL while pinned."""
+        while True:
+            time.sleep(CHECK_INTERVAL)
+            if not (self._watching and self.pinned):
+                return
             try:
-                _signal.setitimer(_signal.ITIMER_REAL, 0, 0)
-                _signal.signal(_signal.SIGALRM, self._old_alarm)
-            except (OSError, ValueError):
-                pass
-            self._old_alarm = None
+                self._check()
+            except Exception:           # never let a check break the run: just unpin
+                self.release()
 
     # ---- unpinning ----------------------------------------------------------------------------
     def release(self) -> None:
@@ -112,7 +115,7 @@ class Placement:
             return
         self.pinned = False
         self.released = True
-        self._timer_off()
+        self._watching = False
         mask = self.mask
         for tid in list(self.tracees or ()):
             try:
@@ -120,7 +123,7 @@ class Placement:
             except OSError:
                 pass
         try:
-            os.sched_setaffinity(0, mask)
+            os.sched_setaffinity(self.tracer_tid, mask)
         except OSError:
             pass
 
@@ -139,17 +142,6 @@ class Placement:
         self.release()
         if setting:
             self.hands_off = True
-
-    def _on_alarm(self, signum, frame) -> None:
-        if self._busy:                  # a slow check interrupted by the next tick
-            return
-        self._busy = True
-        try:
-            self._check()
-        except Exception:               # never let a check break the tracer: just unpin
-            self.release()
-        finally:
-            self._busy = False
 
     def _check(self) -> None:
         if not self.pinned:
