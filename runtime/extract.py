@@ -6,6 +6,11 @@ on the way is followed with its target re-rooted at the root, so nothing lands o
 Device nodes become empty regular files with the node's mode (as `umoci unpack --rootless` makes
 them). Owners, xattrs and device types that a non-root user cannot apply are recorded in
 `DEST.carryon-meta.json`, written beside DEST (never inside it), with an entry for every path.
+
+Speed (a cold start extracts the whole image): the tar stream is read by a small ustar/PAX/GNU reader
+over large decompressed chunks (zstd runs ahead in a thread), file data is written straight from those
+chunks, and an entry whose parent is a directory this extraction itself made (the packer writes
+parents first) skips the component-by-component walk; any other entry takes the full securejoin walk.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import os
 import shutil
 import stat
+import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
@@ -140,27 +146,311 @@ def xattrs_of(m: tarfile.TarInfo) -> dict[str, bytes]:
     return out
 
 
+# ---------------------------------------------------------------- reading the rootfs tar
+
+class _Corrupt(Exception):
+    """The rootfs tar stream is malformed (bad header checksum, truncated data, bad PAX record)."""
+
+
+_ENC = sys.getfilesystemencoding()
+_REGULAR = frozenset((b"0", b"\0", b"7"))
+_KNOWN = _REGULAR | frozenset((b"1", b"2", b"3", b"4", b"5", b"6"))
+_LETTER = {b"0": "f", b"\0": "f", b"7": "f", b"1": "h", b"2": "l", b"3": "c", b"4": "b", b"5": "d", b"6": "p"}
+_XATTR = "SCHILY.xattr."
+
+
+@dataclass(slots=True)
+class Entry:
+    """One member of the rootfs tar (the fields extraction uses, PAX/GNU long names applied)."""
+    name: str
+    type: bytes            # tar typeflag, e.g. b"0", b"5"
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: float
+    linkname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: dict[str, bytes] | None = None
+
+
+def _nts(b: bytes) -> bytes:
+    i = b.find(b"\0")
+    return b if i < 0 else b[:i]
+
+
+def _num(b: bytes) -> int:
+    """A numeric header field: octal text, or GNU base-256 (first byte 0x80 / 0xff)."""
+    if b and b[0] in (0o200, 0o377):
+        n = int.from_bytes(b[1:], "big")
+        return n - (256 ** (len(b) - 1)) if b[0] == 0o377 else n
+    t = _nts(b).strip()
+    try:
+        return int(t or b"0", 8)
+    except ValueError:
+        raise _Corrupt("invalid number in a tar header") from None
+
+
+def _pax_text(v: bytes, fallback: str = "utf-8") -> str:
+    try:
+        return v.decode("utf-8")
+    except UnicodeDecodeError:
+        return v.decode(fallback, "surrogateescape")
+
+
+def _parse_pax(data: bytes, into: dict[str, bytes]) -> None:
+    pos, n = 0, len(data)
+    while pos < n and data[pos] != 0:
+        sp = data.find(b" ", pos, pos + 24)
+        if sp < 0:
+            raise _Corrupt("invalid PAX header")
+        try:
+            length = int(data[pos:sp])
+        except ValueError:
+            raise _Corrupt("invalid PAX header") from None
+        if length <= sp - pos or pos + length > n or data[pos + length - 1] != 0x0A:
+            raise _Corrupt("invalid PAX header")
+        key, eq, value = data[sp + 1:pos + length - 1].partition(b"=")
+        if not eq:
+            raise _Corrupt("invalid PAX header")
+        into[_pax_text(key)] = value
+        pos += length
+
+
+class _Prefetch:
+    """Decompresses ahead in a thread (zstd releases the GIL), so decompression overlaps the file
+    system work of the extraction on another CPU. read() hands out whole chunks in order."""
+
+    def __init__(self, reader, chunk: int = 1 << 20, depth: int = 8) -> None:
+        import queue
+        import threading
+
+        self._reader = reader
+        self._chunk = chunk
+        self._q: "queue.Queue" = queue.Queue(depth)
+        self._empty = queue.Empty
+        self._stop = False
+        self._eof = False
+        self._thread = threading.Thread(target=self._run, name="carryon-unzstd", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop:
+                data = self._reader.read(self._chunk)
+                self._q.put(data)
+                if not data:
+                    return
+        except BaseException as e:  # noqa: BLE001 -- handed to the reading thread
+            self._q.put(e)
+
+    def read(self, _size: int = -1) -> bytes:
+        if self._eof:
+            return b""
+        data = self._q.get()
+        if isinstance(data, BaseException):
+            self._eof = True
+            raise data
+        if not data:
+            self._eof = True
+        return data
+
+    def close(self) -> None:
+        """Stop the thread (it may be blocked on a full queue: drain until it is gone)."""
+        self._stop = True
+        while self._thread.is_alive():
+            try:
+                self._q.get(timeout=0.05)
+            except self._empty:
+                pass
+        self._thread.join()
+
+
+class _Blocks:
+    """The decompressed tar stream, read in large chunks; file data is written from them directly."""
+
+    def __init__(self, reader, chunk: int = 1 << 22) -> None:
+        self.reader = reader
+        self.chunk = chunk
+        self.buf = b""
+        self.view = memoryview(b"")
+        self.pos = 0
+
+    def _fill(self) -> bool:
+        data = self.reader.read(self.chunk)
+        if not data:
+            return False
+        rest = len(self.buf) - self.pos
+        self.buf = self.buf[self.pos:] + data if rest else data
+        self.view = memoryview(self.buf)
+        self.pos = 0
+        return True
+
+    def take(self, n: int) -> bytes | None:
+        """Exactly n bytes; None at a clean end of stream (nothing left)."""
+        while len(self.buf) - self.pos < n:
+            if not self._fill():
+                if self.pos == len(self.buf):
+                    return None
+                raise _Corrupt("unexpected end of data")
+        b = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def skip(self, n: int) -> None:
+        while n > 0:
+            avail = len(self.buf) - self.pos
+            if avail == 0:
+                if not self._fill():
+                    raise _Corrupt("unexpected end of data")
+                continue
+            k = min(avail, n)
+            self.pos += k
+            n -= k
+
+    def write_to(self, fd: int, n: int, st: "_State") -> None:
+        """Write the next n bytes to fd (then skip the block padding)."""
+        pad = -n % 512
+        while n > 0:
+            avail = len(self.buf) - self.pos
+            if avail == 0:
+                if not self._fill():
+                    raise _Corrupt("unexpected end of data")
+                continue
+            k = min(avail, n)
+            view = self.view[self.pos:self.pos + k]
+            while view:
+                w = os.write(fd, view)
+                view = view[w:]
+            self.pos += k
+            n -= k
+            st.done += k
+            if st.progress is not None:
+                st.progress(st.done, st.total)
+        if pad:
+            self.skip(pad)
+
+
+def _header(blk: bytes) -> bool:
+    """True for a valid header block (checksum over the block with the checksum field as spaces)."""
+    try:
+        want = _num(blk[148:156])
+    except _Corrupt:
+        return False
+    return sum(blk) - sum(blk[148:156]) + 256 == want
+
+
+def iter_entries(blocks: _Blocks):
+    """Entries of a tar stream (ustar/PAX/GNU long names); data of regular files is left unread:
+    the caller consumes exactly `size` bytes (+ padding) with blocks.write_to or blocks.skip."""
+    glob: dict[str, bytes] = {}
+    pax: dict[str, bytes] | None = None
+    longname: bytes | None = None
+    longlink: bytes | None = None
+    first = True
+    while True:
+        blk = blocks.take(512)
+        if blk is None:
+            if first:
+                raise _Corrupt("empty rootfs")
+            return
+        if blk.count(0) == 512:
+            return
+        if not _header(blk):
+            raise _Corrupt("bad tar header checksum")
+        first = False
+        t = blk[156:157]
+        size = _num(blk[124:136])
+        if t in (b"x", b"g", b"L", b"K"):
+            data = blocks.take(size + (-size % 512)) if size else b""
+            if data is None:
+                raise _Corrupt("unexpected end of data")
+            data = data[:size]
+            if t == b"x":
+                pax = dict(glob) if pax is None else pax
+                _parse_pax(data, pax)
+            elif t == b"g":
+                _parse_pax(data, glob)
+            elif t == b"L":
+                longname = _nts(data)
+            else:
+                longlink = _nts(data)
+            continue
+        hdr = pax if pax is not None else glob
+        name = _nts(blk[0:100]).decode(_ENC, "surrogateescape")
+        if blk[257:265] == b"ustar\x0000" or blk[257:263] == b"ustar ":
+            prefix = _nts(blk[345:500])
+            if prefix and blk[257:263] == b"ustar\x00":
+                name = prefix.decode(_ENC, "surrogateescape") + "/" + name
+        if t == b"\0" and name.endswith("/"):
+            t = b"5"
+        e = Entry(name=name, type=t, mode=_num(blk[100:108]), uid=_num(blk[108:116]), gid=_num(blk[116:124]),
+                  size=size, mtime=_num(blk[136:148]),
+                  linkname=_nts(blk[157:257]).decode(_ENC, "surrogateescape"),
+                  devmajor=_num(blk[329:337]) if t in (b"3", b"4") else 0,
+                  devminor=_num(blk[337:345]) if t in (b"3", b"4") else 0)
+        if longname is not None:
+            e.name = longname.decode(_ENC, "surrogateescape")
+        if longlink is not None:
+            e.linkname = longlink.decode(_ENC, "surrogateescape")
+        if hdr:
+            for k, v in hdr.items():
+                if k == "path":
+                    e.name = _pax_text(v, _ENC).rstrip("/")
+                elif k == "linkpath":
+                    e.linkname = _pax_text(v, _ENC)
+                elif k in ("size", "uid", "gid"):
+                    try:
+                        setattr(e, k, int(v))
+                    except ValueError:
+                        setattr(e, k, 0)
+                elif k == "mtime":
+                    try:
+                        e.mtime = float(v)
+                    except ValueError:
+                        e.mtime = 0
+                elif k.startswith(_XATTR):
+                    if e.xattrs is None:
+                        e.xattrs = {}
+                    e.xattrs[k[len(_XATTR):]] = v  # raw bytes (tarfile's decode/encode round trip)
+                elif k.startswith("GNU.sparse."):
+                    raise _Corrupt("sparse files are not supported")
+        if t == b"5":
+            e.name = e.name.rstrip("/")
+        pax = longname = longlink = None
+        if t not in _KNOWN:
+            raise InputError(f"rootfs entry {e.name}: unsupported tar entry type {t!r}")
+        yield e
+
+
 # ---------------------------------------------------------------- extraction
 
 @dataclass
 class _State:
     root: str
-    tf: tarfile.TarFile
     meta: dict[str, dict] = field(default_factory=dict)
     root_meta: dict = field(default_factory=lambda: {"mode": 0o755, "uid": 0, "gid": 0})
     root_mtime: float | None = None
     dirs: dict[str, tuple[int, float]] = field(default_factory=dict)  # host path -> (mode, mtime)
+    # root-relative paths ("usr/lib") this extraction made or saw as real directories, reached with no
+    # symlink on the way; dropped when something replaces them. An entry whose parent is listed here
+    # needs no component-by-component walk.
+    real_dirs: set[str] = field(default_factory=set)
+    blocks: _Blocks | None = None
     done: int = 0
     total: int = 0
     progress: Progress | None = None
 
 
 def _host(st: _State, parts: tuple[str, ...]) -> str:
-    return os.path.join(st.root, *parts) if parts else st.root
+    return st.root + "/" + "/".join(parts) if parts else st.root
 
 
 def _kind(st: _State) -> Callable[[tuple[str, ...]], tuple[str | None, str]]:
     def kind(parts: tuple[str, ...]) -> tuple[str | None, str]:
+        if "/".join(parts) in st.real_dirs:
+            return "dir", ""
         p = _host(st, parts)
         try:
             mode = os.lstat(p).st_mode
@@ -168,7 +458,10 @@ def _kind(st: _State) -> Callable[[tuple[str, ...]], tuple[str | None, str]]:
             return None, ""
         if stat.S_ISLNK(mode):
             return "link", os.readlink(p)
-        return ("dir" if stat.S_ISDIR(mode) else "other"), ""
+        if stat.S_ISDIR(mode):
+            st.real_dirs.add("/".join(parts))
+            return "dir", ""
+        return "other", ""
     return kind
 
 
@@ -177,7 +470,7 @@ def _guest(parts: tuple[str, ...]) -> str:
 
 
 def _forget(st: _State, parts: tuple[str, ...]) -> None:
-    """Drop meta entries of a removed path and everything below it."""
+    """Drop meta entries (and known dirs) of a removed path and everything below it."""
     g = _guest(parts)
     st.meta.pop(g, None)
     prefix = g + "/"
@@ -187,6 +480,10 @@ def _forget(st: _State, parts: tuple[str, ...]) -> None:
     hp = host + "/"
     for k in [k for k in st.dirs if k == host or k.startswith(hp)]:
         del st.dirs[k]
+    rel = "/".join(parts)
+    rp = rel + "/"
+    for k in [k for k in st.real_dirs if k == rel or k.startswith(rp)]:
+        st.real_dirs.discard(k)
 
 
 def _clear(st: _State, parts: tuple[str, ...], keep_dir: bool) -> bool:
@@ -217,115 +514,138 @@ def _ensure_parents(st: _State, parts: tuple[str, ...], kind) -> None:
             _clear(st, sub, keep_dir=False)
         os.mkdir(_host(st, sub), 0o700)
         st.dirs[_host(st, sub)] = (0o755, 0.0)
+        st.real_dirs.add("/".join(sub))
         st.meta[_guest(sub)] = {"uid": 0, "gid": 0, "mode": 0o755, "type": "d"}
 
 
-def _record(st: _State, parts: tuple[str, ...], m: tarfile.TarInfo, letter: str, **extra) -> None:
+def _resolve(st: _State, name: str) -> tuple[str, ...]:
+    """Root-relative components of entry `name`, parents created. Fast when the parent is a directory
+    this extraction knows to be real (the packer's order: parents first); else the securejoin walk."""
+    comps = split_path(name)
+    if comps and ".." not in comps:
+        if len(comps) == 1 or "/".join(comps[:-1]) in st.real_dirs:
+            return tuple(comps)
+    kind = _kind(st)
+    parts = secure_resolve(comps, kind)
+    if parts:
+        _ensure_parents(st, parts, kind)
+    return parts
+
+
+def _record(st: _State, parts: tuple[str, ...], m: Entry, letter: str) -> dict:
     e: dict = {"uid": m.uid, "gid": m.gid, "mode": m.mode & 0o7777, "type": letter}
-    xa = xattrs_of(m)
-    if xa:
-        e["xattrs"] = {k: base64.b64encode(v).decode("ascii") for k, v in sorted(xa.items())}
-    e.update(extra)
+    if m.xattrs:
+        e["xattrs"] = {k: base64.b64encode(v).decode("ascii") for k, v in sorted(m.xattrs.items())}
     st.meta[_guest(parts)] = e
+    return e
 
 
-def _apply_xattrs(path: str, m: tarfile.TarInfo) -> None:
-    for k, v in xattrs_of(m).items():
+def _apply_xattrs(target, m: Entry) -> None:
+    """user.* xattrs (trusted./security. need privileges: recorded in the metadata only)."""
+    for k, v in m.xattrs.items():  # type: ignore[union-attr]
         if not k.startswith("user."):
-            continue  # trusted./security. need privileges: recorded in the metadata only
+            continue
         try:
-            os.setxattr(path, k, v, follow_symlinks=False)
+            if isinstance(target, int):
+                os.setxattr(target, k, v)
+            else:
+                os.setxattr(target, k, v, follow_symlinks=False)
         except OSError:
             pass
 
 
-def _write_file(st: _State, path: str, m: tarfile.TarInfo) -> None:
-    src = st.tf.extractfile(m)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+_O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _create(st: _State, parts: tuple[str, ...], make: Callable[[], object]):
+    """make() creates the path; when something is already there it is removed first (once)."""
     try:
-        left = m.size
-        while left > 0:
-            chunk = src.read(min(_CHUNK, left)) if src is not None else b""
-            if not chunk:
-                raise InputError(f"rootfs entry {m.name}: unexpected end of data")
-            view = memoryview(chunk)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            left -= len(chunk)
-            st.done += len(chunk)
-            if st.progress is not None:
-                st.progress(st.done, st.total)
-        os.fchmod(fd, m.mode & 0o7777)
-    finally:
-        os.close(fd)
+        return make()
+    except FileExistsError:
+        _clear(st, parts, keep_dir=False)
+        return make()
 
 
-def apply_entry(st: _State, m: tarfile.TarInfo) -> None:
-    """Apply one tar entry inside st.root."""
-    kind = _kind(st)
-    parts = secure_resolve(split_path(m.name), kind)
+def apply_entry(st: _State, m: Entry) -> None:
+    """Apply one tar entry inside st.root (a regular file's data is read from st.blocks)."""
+    parts = _resolve(st, m.name)
+    t = m.type
     if not parts:
-        if m.isdir():
+        if t == b"5":
             st.root_meta = {"mode": m.mode & 0o7777, "uid": m.uid, "gid": m.gid}
             st.root_mtime = m.mtime
+        elif t in _REGULAR and m.size:
+            st.blocks.skip(m.size + (-m.size % 512))  # type: ignore[union-attr]
         return
-    _ensure_parents(st, parts, kind)
-    path = _host(st, parts)
-    letter = type_letter(m)
-    if m.isdir():
-        if not _clear(st, parts, keep_dir=True):
+    path = st.root + "/" + "/".join(parts)
+    if t in _REGULAR:
+        fd = _create(st, parts, lambda: os.open(path, _O_NEW, 0o600))
+        try:
+            if m.size:
+                st.blocks.write_to(fd, m.size, st)  # type: ignore[union-attr]
+            if m.xattrs:
+                _apply_xattrs(fd, m)
+            os.fchmod(fd, m.mode & 0o7777)
+            os.utime(fd, (m.mtime, m.mtime))
+        finally:
+            os.close(fd)
+        _record(st, parts, m, "f")
+        return
+    if t == b"5":
+        try:
             os.mkdir(path, 0o700)
-        _apply_xattrs(path, m)
+        except FileExistsError:
+            if not _clear(st, parts, keep_dir=True):
+                os.mkdir(path, 0o700)
+        if m.xattrs:
+            _apply_xattrs(path, m)
         st.dirs[path] = (m.mode & 0o7777, m.mtime)
+        st.real_dirs.add("/".join(parts))
         _record(st, parts, m, "d")
         return
-    if m.islnk():
+    if t == b"1":
         if escapes_root(m.linkname):
             raise InputError(f"rootfs entry {m.name}: hardlink to {m.linkname!r} points outside the root")
+        kind = _kind(st)
         tparts = secure_resolve(split_path(m.linkname), kind)
         tpath = _host(st, tparts)
         if not tparts or kind(tparts)[0] in (None, "dir"):
             raise InputError(f"rootfs entry {m.name}: hardlink target {m.linkname!r} is missing or a directory")
         if tparts == parts:
             return
-        _clear(st, parts, keep_dir=False)
-        os.link(tpath, path, follow_symlinks=False)
+        try:
+            _create(st, parts, lambda: os.link(tpath, path, follow_symlinks=False))
+        except FileNotFoundError:  # the target was below the path this entry replaced
+            raise InputError(f"rootfs entry {m.name}: hardlink target {m.linkname!r} is missing") from None
         target_meta = dict(st.meta.get(_guest(tparts), {}))
         target_meta.update({"type": "h", "target": _guest(tparts)})
         st.meta[_guest(parts)] = target_meta
         return
-    _clear(st, parts, keep_dir=False)
-    if m.isreg():
-        _write_file(st, path, m)
-        _apply_xattrs(path, m)
-        os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
-        _record(st, parts, m, "f")
-    elif m.issym():
-        os.symlink(m.linkname, path)
+    if t == b"2":
+        _create(st, parts, lambda: os.symlink(m.linkname, path))
         try:
             os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
         except OSError:
             pass
         _record(st, parts, m, "l")
-    elif m.isfifo():
-        os.mkfifo(path, 0o600)
+        return
+    if t == b"6":
+        _create(st, parts, lambda: os.mkfifo(path, 0o600))
         os.chmod(path, m.mode & 0o7777)
-        _apply_xattrs(path, m)
+        if m.xattrs:
+            _apply_xattrs(path, m)
         os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
         _record(st, parts, m, "p")
-    elif m.ischr() or m.isblk():
-        # a rootless user cannot mknod: an empty regular file holds the place (as `umoci unpack
-        # --rootless` does) and the metadata records the real type and device numbers
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, m.mode & 0o7777)
-        finally:
-            os.close(fd)
-        os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
-        _record(st, parts, m, letter, rdev=[m.devmajor, m.devminor])
-    else:
-        raise InputError(f"rootfs entry {m.name}: unsupported tar entry type {m.type!r}")
+        return
+    # b"3"/b"4": a rootless user cannot mknod: an empty regular file holds the place (as `umoci unpack
+    # --rootless` does) and the metadata records the real type and device numbers
+    fd = _create(st, parts, lambda: os.open(path, _O_NEW, 0o600))
+    try:
+        os.fchmod(fd, m.mode & 0o7777)
+        os.utime(fd, (m.mtime, m.mtime))
+    finally:
+        os.close(fd)
+    _record(st, parts, m, _LETTER[t])["rdev"] = [m.devmajor, m.devminor]
 
 
 def _finish_dirs(st: _State) -> None:
@@ -339,12 +659,17 @@ def _finish_dirs(st: _State) -> None:
 
 
 def write_meta(meta_path: str, meta: dict) -> None:
+    data = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     d = os.path.dirname(meta_path) or "."
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(meta_path) + ".", dir=d)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(meta, f, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        os.chmod(tmp, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
         os.replace(tmp, meta_path)
     except BaseException:
         try:
@@ -362,7 +687,7 @@ def extract_rootfs(layout, dest_dir: str, progress: Progress | None = None,
 
     On any error (or KeyboardInterrupt) what was extracted is removed again.
     """
-    from runtime.archive import Layout, iter_rootfs, read_layout, read_manifest  # local: keep this module light
+    from runtime.archive import Layout, open_section, read_layout, read_manifest  # local: keep this module light
 
     if not isinstance(layout, Layout):
         layout = read_layout(os.fspath(layout))
@@ -381,15 +706,22 @@ def extract_rootfs(layout, dest_dir: str, progress: Progress | None = None,
     try:
         import zstandard
 
-        with iter_rootfs(layout) as tf:
-            st = _State(root=root, tf=tf, total=total, progress=progress)
+        st = _State(root=root, total=total, progress=progress)
+        with open_section(layout, "rootfs") as section, \
+                zstandard.ZstdDecompressor().stream_reader(section, read_size=1 << 20,
+                                                           read_across_frames=True) as reader:
+            prefetch = _Prefetch(reader)
+            st.blocks = _Blocks(prefetch)
             try:
-                for m in tf:
+                for m in iter_entries(st.blocks):
                     apply_entry(st, m)
-            except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
+            except (_Corrupt, zstandard.ZstdError, EOFError) as e:
                 raise InputError(f"{layout.path}: corrupted rootfs ({e})") from None
             except SymlinkLoop as e:
                 raise InputError(f"{layout.path}: too many levels of symlinks at {e}") from None
+            finally:
+                prefetch.close()
+        st.blocks = None
         _finish_dirs(st)
         meta = {"format": 1, "root": st.root_meta, "entries": st.meta}
         write_meta(meta_path or meta_path_for(dest_dir), meta)

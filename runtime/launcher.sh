@@ -79,7 +79,7 @@ start() {  # start the runtime in dir $1; $2: published (1) or pending publicati
   _CARRYON_RT_PUBLISHED=$2
   _CARRYON_RT_DEST=$3
   shift 3
-  _PYI_ARCHIVE_FILE=$1/$rt_main
+  _PYI_ARCHIVE_FILE=$_CARRYON_RT/$rt_main
   _PYI_PARENT_PROCESS_LEVEL=-1
   export _CARRYON_ARCHIVE _CARRYON_RT _CARRYON_RT_PUBLISHED _CARRYON_RT_DEST _PYI_ARCHIVE_FILE \
     _PYI_PARENT_PROCESS_LEVEL
