@@ -18,7 +18,6 @@ import errno
 import os
 import stat
 import time
-from dataclasses import dataclass
 
 from runtime.errors import CarryonError
 
@@ -32,10 +31,56 @@ def _rand() -> str:
     return os.urandom(4).hex()
 
 
-@dataclass
 class Candidate:
-    path: str
-    explicit: bool = False     # given by the user: no ownership check, no fallback to others
+    """A cache directory. A plain class (not a dataclass): this module is on every warm start, and
+    `dataclasses` drags in `inspect`, `ast`, `dis`..."""
+
+    __slots__ = ("path", "explicit")
+    __hash__ = None  # type: ignore[assignment]   # mutable, like a non-frozen dataclass
+
+    def __init__(self, path: str, explicit: bool = False) -> None:
+        self.path = path
+        self.explicit = explicit     # given by the user: no ownership check, no fallback to others
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.path, self.explicit) == (other.path, other.explicit)  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"Candidate(path={self.path!r}, explicit={self.explicit!r})"
+
+
+_JSON_WS = " \t\n\r"
+_JSON_CONSTANTS = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}
+
+
+class _JsonContext:
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = _JSON_CONSTANTS.__getitem__
+    memo: dict = {}
+
+
+def json_loads(text: str):
+    """`json.loads(text)` for the warm path: the C scanner of `_json` alone, without `json.decoder`
+    (which imports `re` and compiles its patterns at import). Invalid JSON raises ValueError."""
+    try:
+        from _json import make_scanner
+    except ImportError:                     # no C accelerator: the standard way
+        import json
+        return json.loads(text)
+    begin = len(text) - len(text.lstrip(_JSON_WS))
+    try:
+        value, end = make_scanner(_JsonContext)(text, begin)
+    except StopIteration as e:
+        raise ValueError(f"invalid JSON at offset {e.value}") from None
+    if text[end:].strip(_JSON_WS):
+        raise ValueError(f"invalid JSON: extra data at offset {end}")
+    return value
 
 
 def hostname() -> str:

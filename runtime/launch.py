@@ -12,11 +12,9 @@ other argument ends them); each also reads `CARRYON_X` from the environment (the
 
 from __future__ import annotations
 
-import json
+import _signal as signal    # the C module: `signal` imports `enum` (slow start-up); `Signals` is lazy
 import os
-import signal
 import sys
-from dataclasses import dataclass, field
 
 from runtime import cache
 from runtime.errors import CarryonError
@@ -58,23 +56,60 @@ Exit status: the command's; 125 when carryon itself fails, 126 command not execu
 
 # ---------------------------------------------------------------- options
 
-@dataclass
-class Options:
-    help: bool = False
-    info: bool = False
-    extract: str | None = None
-    bind: list[str] = field(default_factory=list)
-    env: list[str] = field(default_factory=list)
-    workdir: str | None = None
-    entrypoint: str | None = None
-    engine: str = "auto"
-    publish: list[str] = field(default_factory=list)
-    netcoop: bool = False
-    ports_file: str | None = None
-    cache: str | None = None
-    clean: bool = False
-    verbose: int = 0
-    args: list[str] = field(default_factory=list)
+class _Plain:
+    """Keyword/positional construction, `==` and repr like a dataclass, without importing `dataclasses`
+    (it drags `inspect`, `ast`, `dis`... into every warm start). Subclasses list `_FIELDS` as
+    (name, default factory)."""
+
+    _FIELDS: tuple = ()
+    __hash__ = None  # type: ignore[assignment]   # mutable, like a non-frozen dataclass
+
+    def __init__(self, *args, **kwargs) -> None:
+        if len(args) > len(self._FIELDS):
+            raise TypeError(f"{type(self).__name__}() takes at most {len(self._FIELDS)} positional arguments")
+        names = [n for n, _ in self._FIELDS]
+        for n, v in zip(names, args):
+            if n in kwargs:
+                raise TypeError(f"{type(self).__name__}() got multiple values for argument {n!r}")
+            kwargs[n] = v
+        for n, make in self._FIELDS:
+            setattr(self, n, kwargs.pop(n) if n in kwargs else make())
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {next(iter(kwargs))!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n, _ in self._FIELDS)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(" + ", ".join(f"{n}={getattr(self, n)!r}" for n, _ in self._FIELDS) + ")"
+
+
+def _none() -> None:
+    return None
+
+
+class Options(_Plain):
+    help: bool
+    info: bool
+    extract: str | None
+    bind: list[str]
+    env: list[str]
+    workdir: str | None
+    entrypoint: str | None
+    engine: str
+    publish: list[str]
+    netcoop: bool
+    ports_file: str | None
+    cache: str | None
+    clean: bool
+    verbose: int
+    args: list[str]
+    _FIELDS = (("help", bool), ("info", bool), ("extract", _none), ("bind", list), ("env", list),
+               ("workdir", _none), ("entrypoint", _none), ("engine", lambda: "auto"), ("publish", list),
+               ("netcoop", bool), ("ports_file", _none), ("cache", _none), ("clean", bool), ("verbose", int),
+               ("args", list))
 
 
 FLAGS = ("help", "info", "netcoop", "clean", "verbose")
@@ -218,14 +253,21 @@ class ProgressBar:
 SECTIONS = ("launcher", "runtime", "manifest", "rootfs")   # runtime/archive.py's order
 
 
-@dataclass
-class Archive:
+class Archive(_Plain):
     path: str
     size: int
     sections: dict[str, tuple[int, int, str]]   # name -> (offset, length, sha256 hex)
     key: str                 # cache key: sha256 of the trailer, which records every section's hash
     manifest: dict
-    _layout: object = None
+    _layout: object
+
+    def __init__(self, path: str, size: int, sections: dict[str, tuple[int, int, str]], key: str,
+                 manifest: dict, _layout: object = None) -> None:
+        self.path, self.size, self.sections, self.key, self.manifest = path, size, sections, key, manifest
+        self._layout = _layout
+
+    _FIELDS = (("path", _none), ("size", _none), ("sections", _none), ("key", _none), ("manifest", _none),
+               ("_layout", _none))
 
     @property
     def layout(self):
@@ -303,7 +345,7 @@ def open_archive(path: str, verify_all: bool) -> Archive:
     elif _sha256_hex(mbytes) != sections["manifest"][2]:
         raise CarryonError(f"{path}: corrupted carryon archive (section manifest fails its sha256 check)")
     try:
-        manifest = json.loads(mbytes.decode("utf-8"))
+        manifest = cache.json_loads(mbytes.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise CarryonError(f"{path}: corrupted carryon archive (manifest is not JSON)") from None
     if not isinstance(manifest, dict) or manifest.get("format") != 1:
@@ -378,6 +420,7 @@ def ensure_entry(arch: Archive, opts: Options, rep: Reporter, verified: bool) ->
                 bar.done()
         info = {"archive": os.path.basename(arch.path), "key": arch.key,
                 "image": arch.manifest.get("image", {}).get("manifest_digest"), "extracted": int(time.time())}
+        import json
         cache.write_marker(tmp, json.dumps(info, sort_keys=True) + "\n")
         final = cache.publish(tmp, os.path.join(where, arch.key))
     except OSError as e:
@@ -484,8 +527,9 @@ def parse_signal(text: str) -> int:
                 raise CarryonError(f"invalid StopSignal {text!r} in the image config")
             n = int(base) + off * int(digits)
         else:
+            import signal as signal_module       # (imports enum: only for a named StopSignal)
             try:
-                n = int(getattr(signal.Signals, t))
+                n = int(getattr(signal_module.Signals, t))
             except AttributeError:
                 raise CarryonError(f"invalid StopSignal {text!r} in the image config") from None
     if not 0 < n < signal.NSIG:
@@ -748,6 +792,7 @@ def engine_support() -> str:
 
 
 def show_info(arch: Archive, opts: Options, rt: str | None) -> int:
+    import json
     m = arch.manifest
     img, cfg, rfs = m.get("image", {}), m.get("config", {}), m.get("rootfs", {})
     secs = arch.sections

@@ -15,9 +15,9 @@ kernel's for the real user.
 
 from __future__ import annotations
 
-import json
 import os
 
+from runtime.cache import json_loads   # json without `re` (start-up)
 from runtime.extension import CHANGED, EXIT, SKIP, Base
 from runtime.spec import RunSpec
 from runtime.syscall.sysnums import NUMBERS as N
@@ -84,7 +84,7 @@ class FakeId(Base):
             if self.meta_path:
                 try:
                     with open(self.meta_path, encoding="utf-8") as f:
-                        entries = json.load(f).get("entries", {})
+                        entries = json_loads(f.read()).get("entries", {})
                     self._meta = {p: (int(e.get("uid", 0)), int(e.get("gid", 0)))
                                   for p, e in entries.items()}
                 except (OSError, ValueError, AttributeError):
