@@ -313,7 +313,7 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
         loop_ref[:] = [loop]
         main = Tracee(pid, mapper, "")
         main.started = True
-        forward = _Forwarder(pid, spec.stop_signal)
+        forward = _Forwarder(pid, spec.stop_signal, spec.forward_all_signals)
         forward.install()
         try:
             if use_seccomp:
@@ -357,14 +357,25 @@ def _abort(pid: int, fd: int) -> None:
         pass
 
 
+# Never forwarded: ours (CHLD), job control (not emulated), faults synchronous to the tracer.
+_NOT_FORWARDED = (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGCONT, signal.SIGTSTP,
+                  signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGSEGV,
+                  signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS)
+# Sent by the terminal to its whole foreground group, guest included: forwarding would double them.
+_FROM_TERMINAL = (signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH)
+
+
 class _Forwarder:
-    """Forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to the tracer to the main guest process."""
+    """Forwards signals sent to the tracer to the main guest process, SIGTERM as the stop signal:
+    SIGINT/SIGTERM/SIGHUP/SIGQUIT, or every catchable signal with `forward_all`."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
-    def __init__(self, pid: int, stop_signal: int) -> None:
+    def __init__(self, pid: int, stop_signal: int, forward_all: bool = False) -> None:
         self.pid = pid
         self.stop_signal = int(stop_signal)
+        self.signals = ([s for s in range(1, signal.NSIG) if s not in _NOT_FORWARDED] if forward_all
+                        else list(self.SIGNALS))
         self.old: dict[int, object] = {}
         self.tty_fg = False
         for fd in (0, 1, 2):
@@ -376,7 +387,7 @@ class _Forwarder:
                 pass
 
     def _handler(self, signum, frame) -> None:
-        if self.tty_fg and signum in (signal.SIGINT, signal.SIGQUIT):
+        if self.tty_fg and signum in _FROM_TERMINAL:
             return          # typed at the terminal: the guest got it from the kernel already
         target = self.stop_signal if signum == signal.SIGTERM else signum
         try:
@@ -385,7 +396,7 @@ class _Forwarder:
             pass
 
     def install(self) -> None:
-        for s in self.SIGNALS:
+        for s in self.signals:
             try:
                 self.old[s] = signal.signal(s, self._handler)
             except (OSError, ValueError):

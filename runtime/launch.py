@@ -652,7 +652,7 @@ def build_spec(arch: Archive, entry: str, opts: Options, run_tmp: str):
     spec = RunSpec(rootfs=rootfs, argv=argv, env=build_env(config, opts, home), cwd=cwd, binds=binds,
                    uid=uid, gid=gid, engine=opts.engine, wait_all=False,
                    meta_path=os.path.join(entry, ENTRY_ROOTFS) + ".carryon-meta.json",
-                   stop_signal=parse_signal(config.get("StopSignal") or ""),
+                   stop_signal=parse_signal(config.get("StopSignal") or ""), forward_all_signals=True,
                    port_map=[parse_publish(p) for p in opts.publish], netcoop=opts.netcoop,
                    ports_file=os.path.abspath(opts.ports_file) if opts.ports_file else None,
                    verbose=opts.verbose)
@@ -679,12 +679,6 @@ def make_run_tmp(entry: str, key: str) -> tuple[str, str]:
 
 # Python's own SIG_IGN (the engine's child resets these two for the guest)
 _KEEP_IGNORED = (signal.SIGPIPE, signal.SIGXFSZ)
-# forwarded by runtime.engine itself (SIGTERM as the image's StopSignal)
-_ENGINE_FORWARDS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-# not forwarded: ours (CHLD), job control (not emulated), faults that are synchronous to the tracer
-_NOT_FORWARDED = (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGCONT, signal.SIGTSTP,
-                  signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGSEGV,
-                  signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS)
 
 
 def reset_signal_dispositions() -> None:
@@ -702,77 +696,6 @@ def reset_signal_dispositions() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
     except (OSError, ValueError):
         pass
-
-
-def _guest_main_pid() -> int | None:
-    """The engine forks exactly one child, the guest's main process."""
-    me = os.getpid()
-    try:
-        with open(f"/proc/self/task/{me}/children") as f:
-            pids = f.read().split()
-        if pids:
-            return int(pids[0])
-    except (OSError, ValueError):
-        pass
-    try:
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    with open(f"/proc/{name}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == me:
-                    return int(name)
-    except OSError:
-        pass
-    return None
-
-
-def _tty_foreground() -> bool:
-    for fd in (0, 1, 2):
-        try:
-            if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
-                return True
-        except OSError:
-            pass
-    return False
-
-
-class SignalForwarder:
-    """Every catchable signal the engine does not forward itself goes, once, to the guest's main
-    process (SIGWINCH typed at our terminal already reached the guest, which shares our group)."""
-
-    def __init__(self) -> None:
-        self.old: dict[int, object] = {}
-        self.tty_fg = _tty_foreground()
-
-    def signals(self) -> list[int]:
-        return [s for s in range(1, signal.NSIG) if s not in _NOT_FORWARDED and s not in _ENGINE_FORWARDS]
-
-    def _handler(self, signum, frame) -> None:
-        if signum == signal.SIGWINCH and self.tty_fg:
-            return
-        pid = _guest_main_pid()
-        if pid:
-            try:
-                os.kill(pid, signum)
-            except OSError:
-                pass
-
-    def install(self) -> None:
-        for s in self.signals():
-            try:
-                self.old[s] = signal.signal(s, self._handler)
-            except (OSError, ValueError):
-                pass
-
-    def restore(self) -> None:
-        for s, h in self.old.items():
-            try:
-                signal.signal(s, h)  # type: ignore[arg-type]
-            except (OSError, ValueError):
-                pass
 
 
 # ---------------------------------------------------------------- info / extract / clean
@@ -918,12 +841,7 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
         from runtime import engine
         rep.mark("engine imported")
         reset_signal_dispositions()
-        fwd = SignalForwarder()
-        fwd.install()
-        try:
-            return int(engine.run(spec))
-        finally:
-            fwd.restore()
+        return int(engine.run(spec))
     finally:
         cache.remove(wrapper)
 

@@ -51,12 +51,14 @@ class PortMapping(_Record):
 
 class RunSpec(_Record):
     __slots__ = ("rootfs", "argv", "env", "cwd", "binds", "uid", "gid", "engine", "wait_all",
-                 "meta_path", "stop_signal", "port_map", "netcoop", "ports_file", "verbose")
+                 "meta_path", "stop_signal", "forward_all_signals", "port_map", "netcoop", "ports_file",
+                 "verbose")
 
     def __init__(self, rootfs: str, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/",
                  binds: list[Bind] | None = None, uid: int | None = None, gid: int | None = None,
                  engine: str = "auto", wait_all: bool = True, meta_path: str | None = None,
-                 stop_signal: int = SIGTERM, port_map: list[PortMapping] | None = None,
+                 stop_signal: int = SIGTERM, forward_all_signals: bool = False,
+                 port_map: list[PortMapping] | None = None,
                  netcoop: bool = False, ports_file: str | None = None, verbose: int = 0) -> None:
         self.rootfs = rootfs            # host path of the guest root
         self.argv = argv                # argv[0] is looked up in the guest PATH when it has no '/'
@@ -71,6 +73,9 @@ class RunSpec(_Record):
         self.wait_all = wait_all
         self.meta_path = meta_path      # DIR.carryon-meta.json of the extraction (owners, devices, xattrs)
         self.stop_signal = stop_signal  # what a SIGTERM sent to carryon is delivered to the guest as
+        # False: SIGINT/SIGTERM/SIGHUP/SIGQUIT reach the main guest process (carryon exec, PRoot);
+        # True: every catchable signal does, once (archives, Docker)
+        self.forward_all_signals = forward_all_signals
         self.port_map: list[PortMapping] = [] if port_map is None else port_map
         self.netcoop = netcoop          # automatic per-run ports for every fixed-port bind
         self.ports_file = ports_file    # where the live port mapping is published (JSON)
