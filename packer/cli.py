@@ -67,21 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The installed command: main(), then a fast exit. Interpreter finalization (module teardown,
-    garbage collection) costs ~10 ms of every `carryon exec` and frees nothing the kernel would not:
-    flush what is buffered and leave with os._exit. Everything that must happen at exit (ports file
-    removal, guest clean-up) is done by the commands themselves before they return."""
+    """The installed command: main(), then a fast exit (`runtime.cli_exec.finish`)."""
     rc = main()
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError):
-        rc = rc or 1
-    try:
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-    import os
-    os._exit(rc)
+    from runtime.cli_exec import finish
+    finish(rc)
 
 
 if __name__ == "__main__":

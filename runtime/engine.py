@@ -229,7 +229,8 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
     dispatch = _build_dispatch(mapper, lookup, exts, fake_root or os.geteuid() == 0, placement)
     program = None
     if use_seccomp:
-        program = filter_program(exts, placement.mode == "auto" and placement.cpu is not None)
+        program = ffi.seccomp_program(
+            filter_program(exts, placement.mode == "auto" and placement.cpu is not None))
     argv = list(spec.argv)
     env_b = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
 

@@ -132,6 +132,19 @@ def test_elf_static_program(busybox_rootfs):
     assert _interp(str(busybox_rootfs / "bin" / "busybox")) is None
 
 
+def test_loader_argv0_support(tmp_path, busybox_rootfs):
+    """glibc >= 2.33's loader has --argv0 (found in .rodata); a file without section headers is
+    searched whole; a program without the option string says no."""
+    ldso = os.path.realpath("/lib64/ld-linux-x86-64.so.2")
+    assert elf._rodata(os.open(ldso, os.O_RDONLY)) is not None
+    assert elf.loader_has_argv0(ldso, os.stat(ldso))
+    bare = tmp_path / "bare"
+    bare.write_bytes(b"\x7fELF\x02\x01" + bytes(58) + b"usage: --argv0 STRING")   # e_shnum = 0
+    assert elf.loader_has_argv0(str(bare), os.stat(bare))
+    bb = str(busybox_rootfs / "bin" / "busybox")
+    assert not elf.loader_has_argv0(bb, os.stat(bb))
+
+
 def test_elf_refuses_garbage(tmp_path):
     f = tmp_path / "x"
     f.write_bytes(b"\x7fELF\x01\x01" + bytes(100))          # 32-bit

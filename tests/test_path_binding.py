@@ -192,6 +192,47 @@ def test_dircache_forget(world, tree):
     assert m.to_host("/d/passwd", "/", True) == f"{r}/etc/passwd"
 
 
+def test_dirlinks_alias_cache(world, tree):
+    """A directory spelt through a symlink (/lib -> usr/lib) is remembered: later paths under it give
+    the same (canonical guest, host) as a walk without caches, and forget() drops it."""
+    r, _, _ = tree
+    os.makedirs(f"{r}/usr/lib/x86_64-linux-gnu")
+    _write(f"{r}/usr/lib/x86_64-linux-gnu/libc.so.6")
+    os.symlink("usr/lib", f"{r}/lib")
+    os.symlink("libc.so.6", f"{r}/usr/lib/x86_64-linux-gnu/libc.so")
+    cached = Mapper(r, [], cache_dirs=True)
+    plain = Mapper(r, [])
+    paths = ["/lib/x86_64-linux-gnu/libc.so.6", "/lib/x86_64-linux-gnu/libc.so", "/lib/x86_64-linux-gnu/nope",
+             "/lib/x86_64-linux-gnu"]
+    for rnd in range(2):
+        for p in paths:
+            for follow in (True, False):
+                assert cached.resolve(p, "/", follow) == plain.resolve(p, "/", follow), (rnd, p, follow)
+    assert cached.dirlinks["/lib/x86_64-linux-gnu"] == ("/usr/lib/x86_64-linux-gnu", f"{r}/usr/lib/x86_64-linux-gnu")
+    assert cached.resolve("/lib/x86_64-linux-gnu/libc.so.6", "/", True)[0] == "/usr/lib/x86_64-linux-gnu/libc.so.6"
+    # the guest re-points the link (the engine calls forget() at its symlink/unlink/rename calls)
+    os.makedirs(f"{r}/lib2/x86_64-linux-gnu")
+    _write(f"{r}/lib2/x86_64-linux-gnu/libc.so.6", "other")
+    os.unlink(f"{r}/lib")
+    os.symlink("lib2", f"{r}/lib")
+    cached.forget()
+    assert cached.dirlinks == {}
+    assert cached.to_host("/lib/x86_64-linux-gnu/libc.so.6", "/", True) == f"{r}/lib2/x86_64-linux-gnu/libc.so.6"
+
+
+def test_dirlinks_never_below_proc(world, tree):
+    """/proc/self/... leads somewhere else for every process: never remembered as an alias."""
+    r, _, _ = tree
+    os.makedirs(f"{r}/proc")
+    m = Mapper(r, [Bind(host="/proc", guest="/proc")], cache_dirs=True)
+    me = os.getpid()
+    assert m.to_host("/proc/self/fd/0", "/", False, pid=me, tid=me) == f"/proc/{me}/fd/0"
+    assert not any(k.startswith("/proc") for k in m.dirlinks)
+    os.symlink("/proc/self", f"{r}/myself")
+    assert m.to_host("/myself/fd/0", "/", False, pid=me, tid=me) == f"/proc/{me}/fd/0"
+    assert not m.dirlinks
+
+
 def test_non_utf8_names_round_trip(world, tree):
     r, a, _ = tree
     raw = os.fsencode(r) + b"/caf\xe9"

@@ -61,16 +61,56 @@ def interpreter(fd: int, head: bytes, key: tuple[str, int, int, int] | None = No
 _argv0_cache: dict[tuple[str, int, int], bool] = {}
 
 
+def _rodata(fd: int) -> bytes | None:
+    """The `.rodata` section of the ELF open on `fd` (where a loader keeps its option names), or
+    None when the section headers are missing or odd (stripped to the bone)."""
+    head = os.pread(fd, 64, 0)
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        return None
+    shoff = int.from_bytes(head[40:48], "little")
+    shentsize = int.from_bytes(head[58:60], "little")
+    shnum = int.from_bytes(head[60:62], "little")
+    shstrndx = int.from_bytes(head[62:64], "little")
+    if shentsize < 64 or not 0 < shnum <= 256 or shstrndx >= shnum:
+        return None
+    table = os.pread(fd, shentsize * shnum, shoff)
+    if len(table) < shentsize * shnum:
+        return None
+
+    def section(i: int) -> tuple[int, int, int]:        # (name offset, file offset, size)
+        sh = table[i * shentsize:(i + 1) * shentsize]
+        return (int.from_bytes(sh[0:4], "little"), int.from_bytes(sh[24:32], "little"),
+                int.from_bytes(sh[32:40], "little"))
+
+    _, str_off, str_size = section(shstrndx)
+    names = os.pread(fd, min(str_size, 1 << 16), str_off)
+    for i in range(shnum):
+        name, off, size = section(i)
+        if names[name:name + 8] == b".rodata\0" and 0 < size <= 8 << 20:
+            return os.pread(fd, size, off)
+    return None
+
+
 def loader_has_argv0(host_path: str, st: os.stat_result) -> bool:
     """Whether this dynamic loader understands `--argv0` (glibc >= 2.33, musl >= 1.2.? has it too):
-    looked up once per loader file by searching its text for the option string."""
+    looked up once per loader file by searching its read-only data (the whole file when it has no
+    section headers) for the option string."""
     key = (host_path, st.st_ino, st.st_mtime_ns)
     hit = _argv0_cache.get(key)
     if hit is None:
         try:
-            with open(host_path, "rb") as f:
-                hit = b"--argv0" in f.read(8 << 20) or False
+            fd = os.open(host_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             hit = False
+        else:
+            try:
+                data = _rodata(fd)
+                if data is None:
+                    data = os.pread(fd, min(os.fstat(fd).st_size, 8 << 20), 0)
+                hit = b"--argv0" in data
+            except OSError:
+                hit = False
+            finally:
+                os.close(fd)
         _argv0_cache[key] = hit
     return hit

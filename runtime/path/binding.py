@@ -72,6 +72,10 @@ class Mapper:
         # absolute guest path -> (guest, host) of programs and ELF interpreters execve resolved
         # (cache_dirs=True only; dropped with the directory cache, see `forget`)
         self.exec_paths: dict[str, tuple[str, str]] | None = {} if cache_dirs else None
+        # absolute guest directory spelt through symlinks -> (canonical guest, host) of where it
+        # leads (`/lib/x86_64-linux-gnu` with /lib -> usr/lib): filled by `canon.resolve` only
+        # with cache_dirs=True, dropped with the directory cache (see `forget`)
+        self.dirlinks: dict[str, tuple[str, str]] = {}
         self.proc_lookup: Lookup | None = proc_lookup
         self.proc_root: str | None = None     # guest dir where the host's /proc is bound
         self.proc_host: str = "/proc"
@@ -216,6 +220,7 @@ class Mapper:
             self.dircache.clear()
         if self.exec_paths is not None:
             self.exec_paths.clear()
+        self.dirlinks.clear()
 
     # ---- bind points --------------------------------------------------------------------
     def is_bind_root(self, guest_path: str) -> bool:

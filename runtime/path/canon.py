@@ -27,8 +27,9 @@ the bindings (`Mapper.bind_hosts`), the way the kernel walks a path under a real
 - symlinks below the guest directory where the host's /proc is bound are handed to
   `runtime.path.proc.follow` (`/proc/self`, `/proc/PID/{exe,cwd,root,fd/N}` ...) when `pid` is given.
 
-Nothing from one call is kept for the next, except the optional positive directory cache of the
-mapper (guest path -> host path of directories seen, see `Mapper.forget`): with it, a path whose
+Nothing from one call is kept for the next, except the optional positive directory caches of the
+mapper (guest path -> host path of directories seen, and the spelling of a directory reached
+through symlinks -> its canonical guest and host paths; see `Mapper.forget`): with them, a path whose
 parent is a known directory and that has no `.`, `..`, `//` or trailing `/` (most paths) costs one
 `lstat` of its last component, or none when the last component is not followed. Every host path built here
 is made of components that `lstat` showed not to be symlinks (bind host paths are realpath'ed once),
@@ -72,6 +73,13 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
         full = path if path[0] == "/" else (cwd + "/" + path if cwd != "/" else "/" + path)
         i = full.rfind("/")
         ph = dircache.get(full[:i]) if i else m.root_host
+        if ph is None and i:
+            # a parent reached through symlinks before (`/lib/x86_64-linux-gnu` with /lib -> usr/lib)
+            alias = m.dirlinks.get(full[:i])
+            if alias is not None:
+                full = alias[0] + full[i:]
+                i = len(alias[0])
+                ph = alias[1]
         if ph is not None:
             nh = m.bind_hosts.get(full)
             if nh is None:
@@ -116,7 +124,22 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
     g = gs[-1]
     h = hs[-1]
     links = 0
+    # Directory alias to remember (see `Mapper.dirlinks`): the parent of a clean absolute path, once
+    # its walk went through a symlink, maps to the canonical directory it reached.
+    # Never below the guest's /proc: /proc/self and friends lead to a different place per process.
+    alias_of = None
+    mproc = m._proc_prefix
+    if dircache is not None and path[0] == "/" and len(comps) > 2 and not trailing \
+            and "//" not in path and "/." not in path and (mproc is None or not path.startswith(mproc)):
+        alias_of = path[:path.rfind("/")]
     while pending:
+        if alias_of is not None and len(pending) == 1:
+            if links and g and g != alias_of and (mproc is None or not (g + "/").startswith(mproc)):
+                aliases = m.dirlinks
+                if len(aliases) >= DIRCACHE_MAX:
+                    aliases.clear()
+                aliases[alias_of] = (g, h)
+            alias_of = None
         name = pending.pop()
         if name == "..":
             if len(gs) > 1:

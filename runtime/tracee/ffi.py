@@ -132,10 +132,22 @@ class SockFprog(ctypes.Structure):
     _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter)))
 
 
-def install_seccomp(program: list[tuple[int, int, int, int]]) -> None:
-    """prctl(PR_SET_NO_NEW_PRIVS) then install the classic-BPF `program` as a seccomp filter."""
-    arr = (SockFilter * len(program))(*[SockFilter(*ins) for ins in program])
-    prog = SockFprog(len(program), ctypes.cast(arr, ctypes.POINTER(SockFilter)))
+def seccomp_program(program: list[tuple[int, int, int, int]]):
+    """The classic-BPF `program` as a ready `struct sock_fprog` (built before the fork, so that the
+    child only has to install it)."""
+    blob = b"".join(code.to_bytes(2, "little") + bytes((jt, jf)) + k.to_bytes(4, "little")
+                    for code, jt, jf, k in program)
+    buf = ctypes.create_string_buffer(blob, len(blob))
+    prog = SockFprog(len(program), ctypes.cast(buf, ctypes.POINTER(SockFilter)))
+    prog._keep = buf                    # the filter array lives as long as the header
+    return prog
+
+
+def install_seccomp(prog) -> None:
+    """prctl(PR_SET_NO_NEW_PRIVS) then install `prog` (`seccomp_program`, or the list it takes) as
+    a seccomp filter."""
+    if isinstance(prog, list):
+        prog = seccomp_program(prog)
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     if _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0) == -1:
         _raise("seccomp filter")
