@@ -136,13 +136,47 @@ def test_loader_argv0_support(tmp_path, busybox_rootfs):
     """glibc >= 2.33's loader has --argv0 (found in .rodata); a file without section headers is
     searched whole; a program without the option string says no."""
     ldso = os.path.realpath("/lib64/ld-linux-x86-64.so.2")
-    assert elf._rodata(os.open(ldso, os.O_RDONLY)) is not None
+    fd = os.open(ldso, os.O_RDONLY)
+    try:
+        assert elf._rodata(fd) is not None
+    finally:
+        os.close(fd)
     assert elf.loader_has_argv0(ldso, os.stat(ldso))
     bare = tmp_path / "bare"
     bare.write_bytes(b"\x7fELF\x02\x01" + bytes(58) + b"usage: --argv0 STRING")   # e_shnum = 0
     assert elf.loader_has_argv0(str(bare), os.stat(bare))
     bb = str(busybox_rootfs / "bin" / "busybox")
     assert not elf.loader_has_argv0(bb, os.stat(bb))
+
+
+def _speculation(status: str) -> list[str]:
+    return [line for line in status.splitlines() if line.startswith("Speculation")]
+
+
+def test_seccomp_filter_keeps_speculation_settings():
+    """The tracer's filter is installed with SECCOMP_FILTER_FLAG_SPEC_ALLOW: on kernels whose
+    mitigations default to "seccomp", a filter without it would change these lines for the guest."""
+    with open("/proc/self/status") as f:
+        mine = _speculation(f.read())
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ffi.install_seccomp([(seccomp.RET_K, 0, 0, seccomp.RET_ALLOW)])
+            with open("/proc/self/status") as f:
+                status = f.read()
+            os.write(w, "\n".join(_speculation(status) + ["Seccomp_filters:" + str(
+                "Seccomp_filters:\t1" in status)]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    out = os.read(r, 4096).decode().splitlines()
+    os.close(r)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert out[-1] == "Seccomp_filters:True"
+    assert out[:-1] == mine
 
 
 def test_elf_refuses_garbage(tmp_path):
