@@ -344,8 +344,11 @@ class PortMap(Base):
         table = self.table
         host_ports = table.host_ports
 
-        def need_proto(raw: bytes) -> bool:     # nothing to translate: no protocol needed
-            return sockaddr.is_inet(raw) and sockaddr.port(raw) in host_ports
+        def need_proto(raw: bytes) -> bool:     # nothing to translate, or the same for TCP and
+            if not sockaddr.is_inet(raw):       # UDP: no protocol needed
+                return False
+            hport = sockaddr.port(raw)
+            return hport in host_ports and table.same_guest(hport) is None
 
         raw, proto = sockinfo.name_and_proto(t.pid, fd, peer, need_proto)
         if raw is None or not sockaddr.is_inet(raw):
@@ -353,7 +356,9 @@ class PortMap(Base):
         hport = sockaddr.port(raw)
         if hport not in host_ports or (peer and sockaddr.ip(raw) not in self.local):
             return 0
-        guest = table.guest_port(proto, hport) if proto else None
+        guest = table.same_guest(hport)
+        if guest is None:
+            guest = table.guest_port(proto, hport) if proto else None
         if guest is None:
             return 0
         room = int.from_bytes(mem.read(t, lenptr, 4), "little")

@@ -106,6 +106,12 @@ class PortTable:
         tcp = self.fwd.get(("tcp", guest))
         return tcp if tcp is not None and self.fwd.get(("udp", guest)) == tcp else None
 
+    def same_guest(self, host: int) -> int | None:
+        """The guest port of host port `host` when TCP and UDP both translate it to the same one
+        (exec's `-p G:H`): then a returned address needs no look at the socket's protocol."""
+        tcp = self.rev.get(("tcp", host))
+        return tcp if tcp is not None and self.rev.get(("udp", host)) == tcp else None
+
     def guest_port(self, proto: str, host: int) -> int | None:
         """Guest port a local address with host port `host` stands for (reverse translation)."""
         return self.rev.get((proto, host))

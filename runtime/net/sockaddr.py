@@ -83,14 +83,27 @@ def is_ipv4(raw: bytes) -> bool:
     return family(raw) == AF_INET or ipv4_part(raw[8:24]) is not None
 
 
+_TEXTS: dict[bytes, str] = {}      # address bytes (family, IP, scope) -> text; servers rebind the same
+
+
 def address_text(raw: bytes) -> str:
     """Printable address as the guest gave it: `0.0.0.0`, `::`, `::ffff:127.0.0.1`, `fe80::1%2`."""
     fam = family(raw)
+    key = raw[0:2] + raw[4:8] if fam == AF_INET else raw[0:2] + raw[8:28]
+    text = _TEXTS.get(key)
+    if text is not None:
+        return text
     if fam == AF_INET:
-        return socket.inet_ntop(AF_INET, raw[4:8])
-    text = socket.inet_ntop(AF_INET6, raw[8:24])
-    scope = int.from_bytes(raw[24:28], "little") if len(raw) >= 28 else 0
-    return f"{text}%{scope}" if scope else text
+        text = socket.inet_ntop(AF_INET, raw[4:8])
+    else:
+        text = socket.inet_ntop(AF_INET6, raw[8:24])
+        scope = int.from_bytes(raw[24:28], "little") if len(raw) >= 28 else 0
+        if scope:
+            text = f"{text}%{scope}"
+    if len(_TEXTS) >= 256:
+        _TEXTS.clear()
+    _TEXTS[key] = text
+    return text
 
 
 def pack_ip(text: str) -> bytes:
