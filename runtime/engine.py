@@ -258,9 +258,11 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
             ffi.prctl(ffi.PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent:
                 os._exit(125)
-            ffi.traceme()
-            os.kill(os.getpid(), signal.SIGSTOP)
-            mode = os.read(mode_r, 1)
+            mode = os.read(mode_r, 1)       # the tracer seizes us meanwhile (no stop), or asks
+            if mode == b"T":                # for the classic attach (kernels before 3.8)
+                ffi.traceme()
+                os.kill(os.getpid(), signal.SIGSTOP)
+                mode = os.read(mode_r, 1)
             os.close(mode_r)
             if mode == b"s":
                 try:
@@ -287,13 +289,27 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
     os.close(mode_r)
     os.close(err_w)
     try:
-        _, status = os.waitpid(pid, ffi.WALL)
-        if not (os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGSTOP):
-            os.close(mode_w)
-            raise CarryonError("engine failure: the guest did not start under ptrace")
         opts = (ffi.PTRACE_O_TRACESYSGOOD | ffi.PTRACE_O_TRACEFORK | ffi.PTRACE_O_TRACEVFORK
                 | ffi.PTRACE_O_TRACECLONE | ffi.PTRACE_O_TRACEEXEC | ffi.PTRACE_O_EXITKILL)
-        if use_seccomp:
+        # Seccomp engine: PTRACE_SEIZE, without exec events (one stop less per execve, see
+        # runtime.tracee.loop); the classic PTRACE_TRACEME + SIGSTOP attach where it is refused.
+        seized = False
+        if use_seccomp and not os.environ.get("CARRYON_TEST_NO_SEIZE"):    # tests: old kernels
+            try:
+                ffi.seize(pid, (opts & ~ffi.PTRACE_O_TRACEEXEC) | ffi.PTRACE_O_TRACESECCOMP)
+                seized = True
+            except OSError:
+                pass
+        if not seized:
+            try:
+                os.write(mode_w, b"T")
+            except OSError:
+                pass
+            _, status = os.waitpid(pid, ffi.WALL)
+            if not (os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGSTOP):
+                os.close(mode_w)
+                raise CarryonError("engine failure: the guest did not start under ptrace")
+        if not seized and use_seccomp:
             try:
                 ffi.setoptions(pid, opts | ffi.PTRACE_O_TRACESECCOMP)
             except OSError:
@@ -302,7 +318,7 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
                     raise CarryonError("engine failure: the kernel refused PTRACE_O_TRACESECCOMP") from None
                 _abort(pid, mode_w)
                 return None
-        else:
+        elif not seized:
             try:
                 ffi.setoptions(pid, opts)
             except OSError:
@@ -310,14 +326,17 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
         os.write(mode_w, b"s" if use_seccomp else b"p")
         os.close(mode_w)
         loop = Loop(dispatch, exts, use_seccomp, spec.wait_all, legacy_order=_kernel_before_4_8(),
-                    placement=placement)
+                    placement=placement,
+                    exec_options=(opts | ffi.PTRACE_O_TRACESECCOMP) if seized else 0)
         loop_ref[:] = [loop]
         main = Tracee(pid, mapper, "")
         main.started = True
         forward = _Forwarder(pid, spec.stop_signal, spec.forward_all_signals)
         forward.install()
         try:
-            if use_seccomp:
+            if seized:
+                pass                    # running already: it execs once it has read its mode
+            elif use_seccomp:
                 ffi.resume(ffi.PTRACE_CONT, pid, 0)
             else:
                 ffi.resume(ffi.PTRACE_SYSCALL, pid, 0)

@@ -33,6 +33,7 @@ PTRACE_SETREGS = 13
 PTRACE_ATTACH = 16
 PTRACE_DETACH = 17
 PTRACE_SYSCALL = 24
+PTRACE_SEIZE = 0x4206
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETEVENTMSG = 0x4201
 PTRACE_GETSIGINFO = 0x4202
@@ -113,6 +114,11 @@ def has_siginfo(pid: int) -> bool:
 
 def setoptions(pid: int, options: int) -> None:
     ptrace(PTRACE_SETOPTIONS, pid, 0, options)
+
+
+def seize(pid: int, options: int) -> None:
+    """PTRACE_SEIZE (Linux 3.8+ without the 3.4-3.7 "devel" flag): attach without stopping it."""
+    ptrace(PTRACE_SEIZE, pid, 0, options)
 
 
 def traceme() -> None:

@@ -7,6 +7,13 @@ Two engines share it and the handlers:
   next; older ones deliver the syscall-enter stop first, which `legacy_order` skips);
 - plain ptrace (`seccomp=False`): every call stops twice (PTRACE_SYSCALL); the same handlers run
   at the enter stop, a skipped call gets its result written at the exit stop.
+
+Exec events: a seized guest (`exec_options` given, the seccomp engine on Linux 3.8+) runs without
+PTRACE_O_TRACEEXEC, which saves one stop per execve. Whether an execve succeeded is then seen at the
+thread's next stop: its /proc/PID/mem descriptor was opened on the old program's memory, which an
+exec replaces, so reading the old stack pointer there returns nothing (`_exec_check`). A process
+that makes threads gets exec events back on all its threads (a non-leader thread's execve changes
+thread ids, which only the event reports), as does a thread whose memory cannot be read that way.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ M64 = (1 << 64) - 1
 SIG_SECCOMP_STOP = signal.SIGTRAP | (ffi.PTRACE_EVENT_SECCOMP << 8)
 SIG_SYSCALL = signal.SIGTRAP | 0x80
 STOP_SIGNALS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+NR_CLONE, NR_FORK, NR_CLONE3 = 56, 57, 435      # x86_64
+CLONE_VM = 0x100
 
 
 class Loop:
     def __init__(self, dispatch: list, exts: list, seccomp: bool, wait_all: bool,
-                 legacy_order: bool = False, placement=None) -> None:
+                 legacy_order: bool = False, placement=None, exec_options: int = 0) -> None:
         self.dispatch = dispatch
         self.placement = placement      # runtime.tracee.placement.Placement or None
         self.exts = exts
@@ -41,9 +50,12 @@ class Loop:
         self.main_status: int | None = None
         self.held: set[int] = set()     # new children stopped before their parent's fork event
         self.warned = False
+        # seized without exec events: the options that turn them on (0: exec events all along)
+        self.exec_options = exec_options
 
     # ---- process tree ---------------------------------------------------------------------
-    def _new_child(self, parent: Tracee, pid: int) -> None:
+    def _new_child(self, parent: Tracee, pid: int, thread: bool = False,
+                   shared_vm: bool = False) -> None:
         child = self.tracees.get(pid)
         if child is None:
             child = Tracee(pid, parent.mapper, parent.exe)
@@ -51,6 +63,15 @@ class Loop:
         child.mapper = parent.mapper
         child.exe = parent.exe
         child.guest_root = parent.guest_root
+        if self.exec_options:
+            if thread and not parent.exec_events:
+                self._exec_events_on(parent)
+            # inherited from the parent's options at clone time, or asked for: a child sharing
+            # its parent's memory (thread, vfork, CLONE_VM) keeps it alive across its own execve,
+            # so only the event can tell that execve's outcome
+            child.exec_events = parent.exec_events or thread or shared_vm
+            if child.exec_events and pid in self.held:
+                self._exec_events_on(child)     # stopped right now; else at its first stop
         for ext in self.exts:
             ext.fork(parent, child)
         placement = self.placement
@@ -81,6 +102,51 @@ class Loop:
         if not self.seccomp:
             t.in_syscall = True         # the execve's exit stop comes next (plain engine)
         return t
+
+    @staticmethod
+    def _shares_vm(t: Tracee, pid: int, regs) -> bool:
+        """At a fork/clone event: did the parent's call (clone, clone3) ask for CLONE_VM?
+        True when that cannot be read (the safe answer)."""
+        if ffi.getregs(pid, regs) == -1:
+            return True
+        nr = regs[ffi.R_ORIG_RAX]
+        if nr == NR_FORK:
+            return False
+        if nr == NR_CLONE:
+            return bool(regs[ffi.R_RDI] & CLONE_VM)
+        if nr == NR_CLONE3 and t.memfd >= 0:
+            try:
+                flags = os.pread(t.memfd, 8, regs[ffi.R_RDI])
+            except OSError:
+                return True
+            return len(flags) != 8 or bool(int.from_bytes(flags, "little") & CLONE_VM)
+        return True
+
+    def _exec_events_on(self, t: Tracee) -> None:
+        """Turn PTRACE_O_TRACEEXEC on for this (stopped) thread and the ones it will create."""
+        try:
+            ffi.setoptions(t.pid, self.exec_options)
+            t.exec_events = True
+        except OSError:
+            pass
+
+    def _exec_check(self, t: Tracee) -> None:
+        """First stop of a seized thread after an execve without exec events: did it succeed?"""
+        probe = t.exec_probe
+        t.exec_probe = 0
+        try:
+            alive = len(os.pread(t.memfd, 1, probe)) == 1
+        except OSError:
+            alive = False
+        if alive:                               # the execve failed: same program, same memory
+            t.pending_exe = ""
+            return
+        if t.pending_exe:
+            t.exe = t.pending_exe
+            t.pending_exe = ""
+        t.area = 0
+        t.inject = None
+        t.open_mem()
 
     def kill_all(self) -> None:
         for pid in list(self.tracees):
@@ -113,6 +179,8 @@ class Loop:
         legacy = self.legacy_order
         exit_req = PTRACE_SYSCALL
         main_pid = main.pid
+        exec_options = self.exec_options
+        EVENT_STOP = ffi.PTRACE_EVENT_STOP
         while True:
             try:
                 pid, status = waitpid(-1, WALL)
@@ -124,6 +192,8 @@ class Loop:
                 if s8 == SIG_SECCOMP_STOP and t is not None:
                     if t.memfd == -2:
                         t.open_mem()
+                    elif t.exec_probe:
+                        self._exec_check(t)
                     if getregs(pid, regs) == -1:
                         continue
                     nr = regs[R_ORIG_RAX]
@@ -132,6 +202,8 @@ class Loop:
                         resume(resume_req, pid, 0)
                         continue
                     t.scratch = regs[R_RSP] - 128
+                    if t.pending_exe and exec_options and not t.exec_events:
+                        t.pending_exe = ""      # an execve refused at its entry (error, SKIP)
                     try:
                         act = h(t, regs)
                     except OSError as e:
@@ -150,6 +222,12 @@ class Loop:
                         continue
                     if act & CHANGED:
                         setregs(pid, regs)
+                    if t.pending_exe and exec_options and not t.exec_events:
+                        # an execve goes ahead without an exec event: checked at the next stop
+                        if t.memfd >= 0:
+                            t.exec_probe = t.scratch + 128
+                        else:                   # no old-memory descriptor to tell: ask the event
+                            self._exec_events_on(t)
                     if act & EXIT:
                         t.in_syscall = not legacy
                         resume(exit_req, pid, 0)
@@ -211,24 +289,30 @@ class Loop:
                     resume(PTRACE_SYSCALL, pid, 0)
                     continue
                 event = s8 >> 8
-                if event:
+                if event and event != EVENT_STOP:
                     if t is None:
                         resume(resume_req, pid, 0)
                         continue
+                    if t.exec_probe:
+                        self._exec_check(t)
                     if event in (ffi.PTRACE_EVENT_FORK, ffi.PTRACE_EVENT_VFORK,
                                  ffi.PTRACE_EVENT_CLONE):
-                        if event == ffi.PTRACE_EVENT_CLONE and placement is not None \
-                                and placement.pinned:
+                        thread = event == ffi.PTRACE_EVENT_CLONE
+                        if thread and placement is not None and placement.pinned:
                             placement.release()     # a thread: the guest may run in parallel
+                        shared = exec_options and not t.exec_events and (
+                            event == ffi.PTRACE_EVENT_VFORK or self._shares_vm(t, pid, regs))
                         try:
-                            self._new_child(t, ffi.geteventmsg(pid))
+                            self._new_child(t, ffi.geteventmsg(pid), thread, shared)
                         except OSError:
                             pass
                     elif event == ffi.PTRACE_EVENT_EXEC:
+                        t.exec_probe = 0
                         self._exec_event(t, pid)
                     resume(resume_req, pid, 0)
                     continue
-                # signal-delivery stop or group-stop
+                # signal-delivery stop, group-stop, or (seized tracees) PTRACE_EVENT_STOP: the
+                # first stop of an auto-attached child, or a group-stop
                 if t is None:
                     # a new child stopped before its parent's fork event: hold it until then
                     t = Tracee(pid, None)
@@ -236,9 +320,16 @@ class Loop:
                     tracees[pid] = t
                     self.held.add(pid)
                     continue
-                if not t.started and sig == signal.SIGSTOP:
+                if not t.started and (sig == signal.SIGSTOP or event):
                     t.started = True
+                    if t.exec_events and exec_options:
+                        self._exec_events_on(t)
                     resume(resume_req, pid, 0)
+                    continue
+                if t.exec_probe:
+                    self._exec_check(t)
+                if event:
+                    resume(resume_req, pid, 0)  # group-stop: job control is not emulated
                     continue
                 if sig in STOP_SIGNALS and not ffi.has_siginfo(pid):
                     resume(resume_req, pid, 0)  # group-stop: job control is not emulated

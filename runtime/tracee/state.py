@@ -11,7 +11,8 @@ class Tracee:
     """One traced thread. Threads of a process each have one (ptrace works per thread)."""
 
     __slots__ = ("pid", "memfd", "scratch", "ret", "exits", "exe", "pending_exe", "mapper",
-                 "in_syscall", "skip_ret", "ext", "started", "guest_root", "area", "inject", "peek")
+                 "in_syscall", "skip_ret", "ext", "started", "guest_root", "area", "inject", "peek",
+                 "exec_probe", "exec_events")
 
     def __init__(self, pid: int, mapper, exe: str = "", ext: dict | None = None) -> None:
         self.pid = pid
@@ -32,6 +33,10 @@ class Tracee:
         # (address, bytes) the engine's own handler read from the tracee at this stop, for the
         # extensions hooked on the same call (engine.py's `chained` resets it at each stop)
         self.peek: tuple[int, bytes] | None = None
+        # Seized tracees without exec events (see runtime.tracee.loop): an address of the old
+        # program's stack read at the next stop tells whether the execve in flight succeeded.
+        self.exec_probe = 0
+        self.exec_events = False    # PTRACE_O_TRACEEXEC is on for this thread
 
     def open_mem(self) -> None:
         if self.memfd >= 0:
