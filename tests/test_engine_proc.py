@@ -151,10 +151,11 @@ if pid == 0:                                                # a non-main thread 
     t = threading.Thread(target=os.execv, args=("/bin/sh", ["sh", "-c", "echo thread $(readlink /proc/$$/exe)"]))
     t.start(); t.join()
 os.waitpid(pid, 0)
-os.execv("/bin/sh", ["sh", "-c", "nosuch 2>/dev/null; echo after-path-search $(readlink /proc/$$/exe)"])
+os.execv("/bin/sh", ["sh", "-c", "nosuch 2>/dev/null; readlink /proc/self/exe; "   # dash: vfork + exec
+                      "echo after-path-search $(readlink /proc/$$/exe)"])
 """
 EXEC_WANT = ("failed-exec /usr/bin/python3.11\neacces-exec /usr/bin/python3.11\nvfork /usr/bin/readlink\n"
-             "/usr/bin/readlink\nthread /usr/bin/dash\nafter-path-search /usr/bin/dash\n")
+             "/usr/bin/readlink\nthread /usr/bin/dash\n/usr/bin/readlink\nafter-path-search /usr/bin/dash\n")
 
 
 @pytest.mark.parametrize("attach", ["seize", "classic"])

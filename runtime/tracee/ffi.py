@@ -121,6 +121,17 @@ def seize(pid: int, options: int) -> None:
     ptrace(PTRACE_SEIZE, pid, 0, options)
 
 
+_SYS_KCMP = 312                     # x86_64
+KCMP_VM = 1
+
+
+def kcmp_vm(pid1: int, pid2: int) -> int:
+    """kcmp(KCMP_VM): 0 when both share one address space, 1 or 2 when not, -1 when it cannot be
+    told (no kcmp in this kernel, a process gone)."""
+    r = _syscall(_SYS_KCMP, pid1, pid2, KCMP_VM, 0, 0)
+    return int(r) if r >= 0 else -1
+
+
 def traceme() -> None:
     ptrace(PTRACE_TRACEME, 0)
 

@@ -55,7 +55,7 @@ class Loop:
 
     # ---- process tree ---------------------------------------------------------------------
     def _new_child(self, parent: Tracee, pid: int, thread: bool = False,
-                   shared_vm: bool = False) -> None:
+                   shared_vm: bool = False, vfork: bool = False) -> None:
         child = self.tracees.get(pid)
         if child is None:
             child = Tracee(pid, parent.mapper, parent.exe)
@@ -66,9 +66,15 @@ class Loop:
         if self.exec_options:
             if thread and not parent.exec_events:
                 self._exec_events_on(parent)
-            # inherited from the parent's options at clone time, or asked for: a child sharing
-            # its parent's memory (thread, vfork, CLONE_VM) keeps it alive across its own execve,
-            # so only the event can tell that execve's outcome
+            # Inherited from the parent's options at clone time, or asked for: a child sharing
+            # its parent's memory (thread, CLONE_VM) keeps it alive across its own execve, so the
+            # old-memory probe cannot tell that execve's outcome. A vfork child (dash runs every
+            # command that way) is told by comparing address spaces with its parent (kcmp), which
+            # its parent, suspended until the child execs or exits, cannot change meanwhile.
+            child.vm_peer = 0
+            if shared_vm and vfork and not thread and ffi.kcmp_vm(parent.pid, pid) == 0:
+                child.vm_peer = parent.pid
+                shared_vm = False
             child.exec_events = parent.exec_events or thread or shared_vm
             if child.exec_events and pid in self.held:
                 self._exec_events_on(child)     # stopped right now; else at its first stop
@@ -134,13 +140,18 @@ class Loop:
         """First stop of a seized thread after an execve without exec events: did it succeed?"""
         probe = t.exec_probe
         t.exec_probe = 0
-        try:
-            alive = len(os.pread(t.memfd, 1, probe)) == 1
-        except OSError:
-            alive = False
+        same = ffi.kcmp_vm(t.pid, t.vm_peer) if t.vm_peer else -1
+        if same >= 0:
+            alive = same == 0                   # still on its vfork parent's memory
+        else:
+            try:
+                alive = len(os.pread(t.memfd, 1, probe)) == 1
+            except OSError:
+                alive = False
         if alive:                               # the execve failed: same program, same memory
             t.pending_exe = ""
             return
+        t.vm_peer = 0
         if t.pending_exe:
             t.exe = t.pending_exe
             t.pending_exe = ""
@@ -300,10 +311,11 @@ class Loop:
                         thread = event == ffi.PTRACE_EVENT_CLONE
                         if thread and placement is not None and placement.pinned:
                             placement.release()     # a thread: the guest may run in parallel
+                        vfork = event == ffi.PTRACE_EVENT_VFORK
                         shared = exec_options and not t.exec_events and (
-                            event == ffi.PTRACE_EVENT_VFORK or self._shares_vm(t, pid, regs))
+                            vfork or self._shares_vm(t, pid, regs))
                         try:
-                            self._new_child(t, ffi.geteventmsg(pid), thread, shared)
+                            self._new_child(t, ffi.geteventmsg(pid), thread, shared, vfork)
                         except OSError:
                             pass
                     elif event == ffi.PTRACE_EVENT_EXEC:

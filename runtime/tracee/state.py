@@ -12,7 +12,7 @@ class Tracee:
 
     __slots__ = ("pid", "memfd", "scratch", "ret", "exits", "exe", "pending_exe", "mapper",
                  "in_syscall", "skip_ret", "ext", "started", "guest_root", "area", "inject", "peek",
-                 "exec_probe", "exec_events")
+                 "exec_probe", "exec_events", "vm_peer")
 
     def __init__(self, pid: int, mapper, exe: str = "", ext: dict | None = None) -> None:
         self.pid = pid
@@ -37,6 +37,7 @@ class Tracee:
         # program's stack read at the next stop tells whether the execve in flight succeeded.
         self.exec_probe = 0
         self.exec_events = False    # PTRACE_O_TRACEEXEC is on for this thread
+        self.vm_peer = 0            # a vfork child: its parent, whose memory it uses until it execs
 
     def open_mem(self) -> None:
         if self.memfd >= 0:
