@@ -1,8 +1,11 @@
 """`run(spec) -> exit status`: run a command in a rootfs under the ptrace userspace chroot.
 
-Start-up: fork; the child stops itself (PTRACE_TRACEME + SIGSTOP) so the tracer can set its
-options, installs the seccomp filter (seccomp engine), and execs the command by its GUEST path: that
-first execve is translated like every later one. The engine is `CARRYON_ENGINE` if set, else
+Start-up: fork; the child waits on a pipe while the tracer attaches it: PTRACE_SEIZE with its
+options (seccomp engine, Linux 3.8+; no stop needed, and no exec events: see runtime.tracee.loop),
+else the classic way (the child stops itself with PTRACE_TRACEME + SIGSTOP so the tracer can set
+its options). The child then installs the seccomp filter (seccomp engine, with
+SECCOMP_FILTER_FLAG_SPEC_ALLOW where known) and execs the command by its GUEST path: that first
+execve is translated like every later one. The engine is `CARRYON_ENGINE` if set, else
 `spec.engine`; "auto" uses seccomp and falls back to plain PTRACE_SYSCALL stepping when the kernel
 refuses PTRACE_O_TRACESECCOMP or the filter.
 
