@@ -11,9 +11,11 @@ Two engines share it and the handlers:
 Exec events: a seized guest (`exec_options` given, the seccomp engine on Linux 3.8+) runs without
 PTRACE_O_TRACEEXEC, which saves one stop per execve. Whether an execve succeeded is then seen at the
 thread's next stop: its /proc/PID/mem descriptor was opened on the old program's memory, which an
-exec replaces, so reading the old stack pointer there returns nothing (`_exec_check`). A process
-that makes threads gets exec events back on all its threads (a non-leader thread's execve changes
-thread ids, which only the event reports), as does a thread whose memory cannot be read that way.
+exec replaces, so reading the old stack pointer there returns nothing (`_exec_check`); a vfork
+child, whose old address space is its parent's and stays alive, is compared with its (suspended)
+parent by kcmp(KCMP_VM) instead. A process that makes threads gets exec events back on all its
+threads (a non-leader thread's execve changes thread ids, which only the event reports), as do
+CLONE_VM children that are not vfork children and a thread whose memory cannot be read that way.
 """
 
 from __future__ import annotations
