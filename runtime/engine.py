@@ -312,20 +312,20 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
             if not (os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGSTOP):
                 os.close(mode_w)
                 raise CarryonError("engine failure: the guest did not start under ptrace")
-        if not seized and use_seccomp:
-            try:
-                ffi.setoptions(pid, opts | ffi.PTRACE_O_TRACESECCOMP)
-            except OSError:
-                if not may_fall_back:
+            if use_seccomp:
+                try:
+                    ffi.setoptions(pid, opts | ffi.PTRACE_O_TRACESECCOMP)
+                except OSError:
                     _abort(pid, mode_w)
-                    raise CarryonError("engine failure: the kernel refused PTRACE_O_TRACESECCOMP") from None
-                _abort(pid, mode_w)
-                return None
-        elif not seized:
-            try:
-                ffi.setoptions(pid, opts)
-            except OSError:
-                ffi.setoptions(pid, opts & ~ffi.PTRACE_O_EXITKILL)   # kernels before 3.8
+                    if not may_fall_back:
+                        raise CarryonError("engine failure: the kernel refused "
+                                           "PTRACE_O_TRACESECCOMP") from None
+                    return None
+            else:
+                try:
+                    ffi.setoptions(pid, opts)
+                except OSError:
+                    ffi.setoptions(pid, opts & ~ffi.PTRACE_O_EXITKILL)   # kernels before 3.8
         os.write(mode_w, b"s" if use_seccomp else b"p")
         os.close(mode_w)
         loop = Loop(dispatch, exts, use_seccomp, spec.wait_all, legacy_order=_kernel_before_4_8(),
@@ -337,12 +337,8 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
         forward = _Forwarder(pid, spec.stop_signal, spec.forward_all_signals)
         forward.install()
         try:
-            if seized:
-                pass                    # running already: it execs once it has read its mode
-            elif use_seccomp:
-                ffi.resume(ffi.PTRACE_CONT, pid, 0)
-            else:
-                ffi.resume(ffi.PTRACE_SYSCALL, pid, 0)
+            if not seized:              # a seized guest runs already: it execs once it has its mode
+                ffi.resume(ffi.PTRACE_CONT if use_seccomp else ffi.PTRACE_SYSCALL, pid, 0)
             status = loop.run(main)
         finally:
             placement.stop()

@@ -21,8 +21,7 @@ _PROTOS = {b"TCP": "tcp", b"TCPv6": "tcp", b"MPTCP": "tcp", b"UDP": "udp", b"UDP
            b"UDPLITE": "udp", b"UDPLITEv6": "udp"}
 
 _libc = ffi.libc
-_syscall = _libc["syscall"]          # its own function object: restype set here only
-_syscall.restype = ctypes.c_long
+_syscall = ffi._syscall                 # libc's syscall(), returning a long
 
 
 def socket_proto(tid: int, fd: int) -> str | None:

@@ -18,6 +18,9 @@ _ptrace = libc.ptrace
 _ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
 _ptrace.restype = ctypes.c_long
 
+_syscall = libc["syscall"]          # its own function object (restype set here only)
+_syscall.restype = ctypes.c_long
+
 _prctl = libc.prctl
 _prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 _prctl.restype = ctypes.c_int
@@ -161,8 +164,6 @@ def seccomp_program(program: list[tuple[int, int, int, int]]):
     return prog
 
 
-_syscall = libc["syscall"]          # its own function object (restype set here only)
-_syscall.restype = ctypes.c_long
 _SYS_SECCOMP = 317                  # x86_64
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_SPEC_ALLOW = 4  # Linux 4.17+
