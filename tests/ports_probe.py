@@ -8,6 +8,7 @@ anything unexpected raises (non-zero exit, traceback on stderr).
   udp PORT               UDP client -> own UDP server on PORT and back (sendto/recvfrom, sendmsg/recvmsg)
   dual PORT              one port bound on IPv4 and on IPv6 (V6ONLY); clients of both families
   reuseport PORT         two SO_REUSEPORT listeners on one port (one host port), clients reach them
+  first-binds PORT       four threads bind one guest port at the same moment: one host port
   bound-client PORT CPORT  a client bound to CPORT connects to PORT: accept shows CPORT
   parallel PORT          binds in flight at once in 4 threads and 2 processes, then cross-connects
   fetch URL OUT          GET URL (retrying until a server answers), body written to OUT
@@ -162,6 +163,36 @@ def reuseport(port: int) -> None:
     print("ok reuseport")
 
 
+def first_binds(port: int) -> None:
+    """Four threads make the first bind of one guest port at the same moment (SO_REUSEPORT): all
+    four must really hold one host port, and a client reaches the group."""
+    barrier = threading.Barrier(4)
+    socks: list[socket.socket] = []
+    lock = threading.Lock()
+
+    def bind_one() -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        barrier.wait()
+        s.bind(("127.0.0.1", port))
+        s.listen(8)
+        with lock:
+            socks.append(s)
+
+    threads = [threading.Thread(target=bind_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    check("binds done", len(socks), 4)
+    reals = {real_port(s) for s in socks}
+    check("host ports held by the four first binds", len(reals), 1)
+    check("guest view", {s.getsockname()[1] for s in socks}, {port})
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    print("ok first-binds")
+
+
 def bound_client(port: int, cport: int) -> None:
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.bind(("127.0.0.1", port))
@@ -267,6 +298,8 @@ def main(argv: list[str]) -> None:
         udp(int(argv[1]))
     elif mode == "dual":
         dual(int(argv[1]))
+    elif mode == "first-binds":
+        first_binds(int(argv[1]))
     elif mode == "reuseport":
         reuseport(int(argv[1]))
     elif mode == "bound-client":

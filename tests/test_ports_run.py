@@ -188,6 +188,14 @@ def test_reuseport_group_shares_the_host_port(debian_rootfs, probe, mode):
        "ok reuseport")
 
 
+def test_simultaneous_first_binds_share_one_host_port(debian_rootfs, probe):
+    """Automatic mode: first binds of one guest port made at the same moment by four threads all get
+    the same host port (the tracer binds at the call's entry; nothing is left in flight)."""
+    for _ in range(3):
+        ok(run(exec_cmd(debian_rootfs, "-b", f"{probe}:/probe.py", "-n",
+                        "python3", "/probe.py", "first-binds", "8170")), "ok first-binds")
+
+
 def test_bound_client_is_seen_with_its_guest_port(debian_rootfs, probe):
     ok(run(exec_cmd(debian_rootfs, "-b", f"{probe}:/probe.py", "-n",
                     "python3", "/probe.py", "bound-client", "8200", "8201")), "ok bound-client")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -352,12 +353,24 @@ def test_extension_bind_publish_address_and_auto(selftracee):
     with socket.socket() as s:
         name, name_addr = _buf(_raw(socket.AF_INET, "0.0.0.0", 8000))
         regs = _regs(pm.BIND, s.fileno(), name_addr, 16)
-        assert ext.enter(selftracee, regs) == CHANGED | EXIT
-        assert _call(regs, pm.BIND) == 0
-        ext.exit(selftracee, _regs(pm.BIND))           # rax 0: success
+        selftracee.ret = 99
+        # an automatic host port: the tracer binds the socket itself, the guest's call is skipped
+        assert ext.enter(selftracee, regs) == SKIP and selftracee.ret == 0
         real = s.getsockname()
         assert real[0] == "127.0.0.1" and real[1] != 8000
         assert [(e.guest, e.host, e.address) for e in ext.table.entries()] == [(8000, real[1], "0.0.0.0")]
+        # a second socket binding the same guest port gets the learnt host port (real call)
+        with socket.socket() as s2:
+            s2.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            regs2 = _regs(pm.BIND, s2.fileno(), name_addr, 16)
+            assert ext.enter(selftracee, regs2) & CHANGED
+    # a failing automatic bind gives the kernel's error to the guest
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        name, name_addr = _buf(_raw(socket.AF_INET, "127.0.0.1", 8001))
+        auto = _portmap([], auto=True)
+        assert auto.enter(selftracee, _regs(pm.BIND, s.fileno(), name_addr, 16)) == SKIP
+        assert selftracee.ret == -errno.EINVAL          # already bound
     # port 0 and unmapped ports are left alone, even in automatic mode for port 0
     auto = _portmap([], auto=True)
     with socket.socket() as s:

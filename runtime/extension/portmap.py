@@ -23,8 +23,13 @@ Exit stops are asked for only where a result can need translation:
   clients that bind).
 The seccomp filter does not even stop `sendto`/`recvfrom`/`accept`/`accept4` with a NULL address.
 
-Limits: two first binds of one (proto, guest port) in flight at the very same time get two host
-ports (both published; connects go to the first); a learnt host port is reused for later binds of
+Automatic host ports are bound by the tracer itself at the entry of the guest's bind (on a
+pidfd_getfd copy of the socket; the guest's call is skipped), so the first bind of a guest port is
+complete before any other guest call is looked at. Without pidfd_getfd (Linux < 5.6) the tracer
+finds a free port and hands it to the guest's bind instead.
+
+Limits: without pidfd_getfd, two first binds of one (proto, guest port) in flight at the very same
+time get two host ports (both published; connects go to the first); a learnt host port is reused for later binds of
 its guest port, so if another program took it meanwhile that bind fails with EADDRINUSE; a wildcard
 bind moved onto a `--carryon-publish IP:` address shows that address in getsockname.
 """
@@ -244,13 +249,27 @@ class PortMap(Base):
         restrict = table.restrict.get((proto, gport))
         if restrict is not None and sockaddr.is_wildcard(sockaddr.ip(raw)):
             new = _restricted(raw, restrict)
-        if target == AUTO and not self.readback:
+        address = sockaddr.address_text(raw)
+        if target == AUTO and self.readback:
+            # The tracer binds the guest's socket itself (a pidfd_getfd copy) to a port the kernel
+            # picks, learns it and skips the guest's call: no exit stop, and no window in which a
+            # second first bind of this guest port (another thread or process) could get another.
+            err, host = sockinfo.bind_copy(t.pid, fd, sockaddr.with_port(new, 0))
+            if err == 0:
+                _remember(self.bound_fds, (t.pid, fd))
+                self.table.record(proto, gport, host, address, sockaddr.is_ipv4(raw))
+                t.ret = 0
+                return SKIP
+            if err > 0:
+                t.ret = -err
+                return SKIP
+            return 0
+        if target == AUTO:
             target = sockinfo.probe_free_port(sockaddr.family(raw), proto, sockaddr.address_text(new))
             if not target:
                 return 0
         regs[A1] = mem.push(t, sockaddr.with_port(new, target))
         _remember(self.bound_fds, (t.pid, fd))
-        address = sockaddr.address_text(raw)
         if target != AUTO and table.published(proto, gport, address, target):
             return CHANGED
         return CHANGED | self._watch(t, (BIND, fd, proto, gport, address, sockaddr.is_ipv4(raw), target))

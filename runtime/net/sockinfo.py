@@ -153,6 +153,29 @@ def name_and_proto(tid: int, fd: int, peer: bool, proto_for=None) -> tuple[bytes
         os.close(dup)
 
 
+_bind = _libc.bind
+
+
+def bind_copy(tid: int, fd: int, raw: bytes) -> tuple[int, int]:
+    """Bind the tracee's socket `fd` to sockaddr `raw` from the tracer, on a pidfd_getfd copy (the
+    same socket): (0, the local port it got) or (errno, 0). (-1, 0) when the copy cannot be had
+    (no pidfd_getfd, process gone): the guest's own call must then run."""
+    try:
+        dup = _pidfd_getfd(tid, fd)
+    except (OSError, AttributeError):
+        return -1, 0
+    try:
+        buf = ctypes.create_string_buffer(raw, len(raw))
+        if _bind(dup, buf, len(raw)) != 0:
+            return ctypes.get_errno() or errno.EINVAL, 0
+        _NAMELEN.value = 128
+        if _getsockname(dup, _NAMEBUF, ctypes.byref(_NAMELEN)) != 0 or _NAMELEN.value < 4:
+            return ctypes.get_errno() or errno.EINVAL, 0
+        return 0, (_NAMEBUF.raw[2] << 8) | _NAMEBUF.raw[3]
+    finally:
+        os.close(dup)
+
+
 def bound_port(tid: int, fd: int) -> int | None:
     """Local port of the tracee's socket `fd`, None when it cannot be read."""
     raw = sock_name(tid, fd)
