@@ -5,8 +5,10 @@ One server bind+listen, one client connect, send b"OK!", accept+recv, close both
 Runs, interleaved round by round: natively (`chroot` as root), under `carryon exec -p` and `-n`, and
 under Debian's `proot -p` / `-n` when installed. Each round's time is the loop's own timing (what
 sock.py prints), so start-up is not counted. Prints medians and ratios to native, measured in one run.
+As root every run gets a fresh network namespace (see `fresh_netns_prefix`), so no run pays for the
+TIME_WAIT sockets an earlier one left behind.
 
-usage: scripts/bench_ports.py [--rootfs DIR] [--n 2000] [--rounds 5] [--quick] [--no-proot]
+usage: scripts/bench_ports.py [--rootfs DIR] [--n 2000] [--rounds 5] [--quick] [--no-proot] [--shared-netns]
 The rootfs defaults to the debian-python image of ../shared/images, packed and extracted once into a
 cache directory (`carryon pack --bare` + `carryon extract`).
 """
@@ -59,6 +61,17 @@ def _proot_has_ports(proot: str) -> bool:
     return "--netcoop" in p.stdout + p.stderr
 
 
+def fresh_netns_prefix() -> list[str]:
+    """Command prefix running its command in a new network namespace with loopback up ([] when that
+    cannot be had: not root, no `unshare` or `ip`)."""
+    unshare, ip = shutil.which("unshare"), shutil.which("ip")
+    if os.geteuid() != 0 or not unshare or not ip:
+        return []
+    prefix = [unshare, "-n", "sh", "-c", f'{ip} link set lo up && exec "$@"', "netns"]
+    p = subprocess.run(prefix + ["true"], capture_output=True, text=True)
+    return prefix if p.returncode == 0 else []
+
+
 def loop_seconds(cmd: list[str]) -> float:
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     m = LOOP_RE.search(p.stdout)
@@ -74,14 +87,23 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="3 rounds of N=500")
     ap.add_argument("--no-proot", action="store_true")
+    ap.add_argument("--shared-netns", action="store_true",
+                    help="run every variant in the machine's network namespace (default as root: a fresh one per run)")
     a = ap.parse_args(argv)
     if a.quick:
         a.n, a.rounds = 500, 3
     rootfs = Path(a.rootfs) if a.rootfs else build_rootfs()
-    # Every run gets ports nobody used in the last minute: the loop leaves N TIME_WAIT sockets on
-    # the port it (really) binds, and the kernel walks them at each bind of that port, so a reused
-    # port makes the next run slower. Guest port G, host port H (`-p G:H`); -n picks its own.
+    # Every run leaves N connections in TIME_WAIT for a minute. They slow the kernel's choice of
+    # ephemeral ports for every later connect (measured: the native loop went from 137 to 696 us per
+    # iteration over five back-to-back runs), which would favour whichever variant runs first in a
+    # round. As root, each run therefore gets a network namespace of its own (`unshare -n`, loopback
+    # up): every variant starts from the same empty TCP state. Otherwise each run at least gets
+    # ports nobody used in the last minute. Guest port G, host port H (`-p G:H`); -n picks its own.
     fresh = iter(range(10000 + random.randrange(0, 8000, 2), 30000, 2))
+    isolate = fresh_netns_prefix() if not a.shared_netns else []
+    if not isolate:
+        print("(runs share the machine's network namespace: TIME_WAIT sockets of earlier runs weigh on "
+              "later ones)")
 
     def loop(port: int) -> list[str]:
         return ["/usr/bin/python3", "/app/sock.py", str(port), str(a.n)]
@@ -113,7 +135,7 @@ def main(argv: list[str]) -> int:
             if name in broken:
                 continue
             try:
-                times[name].append(loop_seconds(cmd(next(fresh))))
+                times[name].append(loop_seconds(isolate + cmd(next(fresh))))
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 broken[name] = str(e).splitlines()[-1][:160]
     base = next((statistics.median(v) for v in times.values() if v), None)
