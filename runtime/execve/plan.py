@@ -35,16 +35,6 @@ class ExecPlan:
         self.exe_guest = exe_guest      # what /proc/PID/exe must read as afterwards
 
 
-def _checked(host: str) -> os.stat_result:
-    """The kernel's exec permission checks on `host`."""
-    st = os.stat(host)                              # ENOENT, ENOTDIR, ELOOP, EACCES
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError(errno.EACCES, "not a regular file")
-    if not os.access(host, os.X_OK):
-        raise OSError(errno.EACCES, "permission denied")
-    return st
-
-
 # What the headers of an executable file said, by file identity (host path, device, inode, mtime,
 # ctime, size): ("elf", PT_INTERP or None) or ("script", interpreter, argument). A changed file
 # changes its identity; an unreadable one is never recorded (it is run unexamined).
@@ -53,12 +43,18 @@ _HEADS_MAX = 1024
 
 
 def _head_kind(host: str) -> tuple[tuple, os.stat_result]:
-    """(kind, stat) of executable `host` (see `_HEADS`); kind ("unread",) when we cannot read it."""
-    st = _checked(host)
+    """(kind, stat) of executable `host` (see `_HEADS`); kind ("unread",) when we cannot read it.
+    A file recorded there passed the exec permission check under the same identity (a chmod, an
+    ACL or owner change moves its ctime), so that check is not made again."""
+    st = os.stat(host)                              # ENOENT, ENOTDIR, ELOOP, EACCES
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EACCES, "not a regular file")
     key = (host, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
     kind = _HEADS.get(key)
     if kind is not None:
         return kind, st
+    if not os.access(host, os.X_OK):
+        raise OSError(errno.EACCES, "permission denied")
     try:
         fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
     except PermissionError:

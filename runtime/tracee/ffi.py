@@ -203,22 +203,58 @@ _pvw.argtypes = _pvr.argtypes
 _pvw.restype = ctypes.c_ssize_t
 
 
+_string_at = ctypes.string_at
+
+# One static buffer and iovec pair for the hot path (the tracer's calls come from one thread).
+_VM_BUF_SIZE = 8192
+_vm_buf = ctypes.create_string_buffer(_VM_BUF_SIZE)
+_vm_local = IoVec(ctypes.addressof(_vm_buf), 0)
+_vm_remote = IoVec(0, 0)
+# Hot-path variants without argtypes, called with ready-made ctypes arguments: the argtypes
+# conversion alone costs more than a microsecond per call.
+_pvr_fast = libc["process_vm_readv"]
+_pvr_fast.restype = ctypes.c_ssize_t
+_pvw_fast = libc["process_vm_writev"]
+_pvw_fast.restype = ctypes.c_ssize_t
+_VM_LOCAL = ctypes.c_void_p(ctypes.addressof(_vm_local))
+_VM_REMOTE = ctypes.c_void_p(ctypes.addressof(_vm_remote))
+_ONE = ctypes.c_ulong(1)
+_ZERO = ctypes.c_ulong(0)
+
+
 def vm_read(pid: int, addr: int, size: int) -> bytes:
-    """process_vm_readv: the fallback when /proc/PID/mem cannot be opened. Short read at unmapped pages."""
-    buf = ctypes.create_string_buffer(size)
-    local = IoVec(ctypes.addressof(buf), size)
-    remote = IoVec(addr, size)
-    n = _pvr(pid, ctypes.addressof(local), 1, ctypes.addressof(remote), 1, 0)
+    """process_vm_readv: what a program reads before its /proc/PID/mem is opened (see
+    runtime.tracee.mem), or when it cannot be. Short read at unmapped pages."""
+    if size > _VM_BUF_SIZE:
+        buf = ctypes.create_string_buffer(size)
+        local = IoVec(ctypes.addressof(buf), size)
+        remote = IoVec(addr, size)
+        n = _pvr(pid, ctypes.addressof(local), 1, ctypes.addressof(remote), 1, 0)
+        if n < 0:
+            _raise("process_vm_readv")
+        return buf.raw[:n]
+    _vm_local.len = size
+    _vm_remote.base = addr
+    _vm_remote.len = size
+    n = _pvr_fast(pid, _VM_LOCAL, _ONE, _VM_REMOTE, _ONE, _ZERO)
     if n < 0:
         _raise("process_vm_readv")
-    return buf.raw[:n]
+    return _string_at(_vm_buf, n)
 
 
 def vm_write(pid: int, addr: int, data: bytes) -> int:
-    buf = ctypes.create_string_buffer(data, len(data))
-    local = IoVec(ctypes.addressof(buf), len(data))
-    remote = IoVec(addr, len(data))
-    n = _pvw(pid, ctypes.addressof(local), 1, ctypes.addressof(remote), 1, 0)
+    size = len(data)
+    if size > _VM_BUF_SIZE:
+        buf = ctypes.create_string_buffer(data, size)
+        local = IoVec(ctypes.addressof(buf), size)
+        remote = IoVec(addr, size)
+        n = _pvw(pid, ctypes.addressof(local), 1, ctypes.addressof(remote), 1, 0)
+    else:
+        ctypes.memmove(_vm_buf, data, size)
+        _vm_local.len = size
+        _vm_remote.base = addr
+        _vm_remote.len = size
+        n = _pvw_fast(pid, _VM_LOCAL, _ONE, _VM_REMOTE, _ONE, _ZERO)
     if n < 0:
         _raise("process_vm_writev")
     return n

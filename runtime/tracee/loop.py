@@ -26,7 +26,7 @@ import _signal as signal    # the C module: `signal` itself imports `enum` (slow
 import sys
 
 from runtime.extension import CHANGED, EXIT, SKIP
-from runtime.tracee import ffi
+from runtime.tracee import ffi, mem
 from runtime.tracee.mem import AREA_SIZE, NeedScratch
 from runtime.tracee.state import Tracee
 
@@ -106,7 +106,7 @@ class Loop:
             t.pending_exe = ""
         t.area = 0
         t.inject = None
-        t.open_mem()
+        t.new_image()
         if not self.seccomp:
             t.in_syscall = True         # the execve's exit stop comes next (plain engine)
         return t
@@ -122,9 +122,9 @@ class Loop:
             return False
         if nr == NR_CLONE:
             return bool(regs[ffi.R_RDI] & CLONE_VM)
-        if nr == NR_CLONE3 and t.memfd >= 0:
+        if nr == NR_CLONE3:
             try:
-                flags = os.pread(t.memfd, 8, regs[ffi.R_RDI])
+                flags = mem.read(t, regs[ffi.R_RDI], 8)
             except OSError:
                 return True
             return len(flags) != 8 or bool(int.from_bytes(flags, "little") & CLONE_VM)
@@ -145,11 +145,13 @@ class Loop:
         same = ffi.kcmp_vm(t.pid, t.vm_peer) if t.vm_peer else -1
         if same >= 0:
             alive = same == 0                   # still on its vfork parent's memory
-        else:
+        elif t.memfd >= 0:
             try:
                 alive = len(os.pread(t.memfd, 1, probe)) == 1
             except OSError:
                 alive = False
+        else:           # a vfork child whose parent was killed meanwhile: nothing left to ask
+            alive = False
         if alive:                               # the execve failed: same program, same memory
             t.pending_exe = ""
             return
@@ -159,7 +161,7 @@ class Loop:
             t.pending_exe = ""
         t.area = 0
         t.inject = None
-        t.open_mem()
+        t.new_image()
 
     def kill_all(self) -> None:
         for pid in list(self.tracees):
@@ -203,10 +205,10 @@ class Loop:
             if status & 0xFF == 0x7F:               # stopped
                 s8 = status >> 8
                 if s8 == SIG_SECCOMP_STOP and t is not None:
-                    if t.memfd == -2:
-                        t.open_mem()
-                    elif t.exec_probe:
+                    if t.exec_probe:
                         self._exec_check(t)
+                    if t.memfd == -2:
+                        t.count_stop()
                     if getregs(pid, regs) == -1:
                         continue
                     nr = regs[R_ORIG_RAX]
@@ -236,8 +238,11 @@ class Loop:
                     if act & CHANGED:
                         setregs(pid, regs)
                     if t.pending_exe and exec_options and not t.exec_events:
-                        # an execve goes ahead without an exec event: checked at the next stop
-                        if t.memfd >= 0:
+                        # an execve goes ahead without an exec event: checked at the next stop,
+                        # by kcmp for a vfork child, else on the old program's memory
+                        if not t.vm_peer and t.memfd == -2:
+                            t.open_mem()
+                        if t.vm_peer or t.memfd >= 0:
                             t.exec_probe = t.scratch + 128
                         else:                   # no old-memory descriptor to tell: ask the event
                             self._exec_events_on(t)
@@ -265,7 +270,7 @@ class Loop:
                     if not t.in_syscall:
                         t.in_syscall = True
                         if t.memfd == -2:
-                            t.open_mem()
+                            t.count_stop()
                         if getregs(pid, regs) == -1:
                             continue
                         nr = regs[R_ORIG_RAX]

@@ -12,11 +12,14 @@ class Tracee:
 
     __slots__ = ("pid", "memfd", "scratch", "ret", "exits", "exe", "pending_exe", "mapper",
                  "in_syscall", "skip_ret", "ext", "started", "guest_root", "area", "inject", "peek",
-                 "exec_probe", "exec_events", "vm_peer")
+                 "exec_probe", "exec_events", "vm_peer", "mem_stops")
 
     def __init__(self, pid: int, mapper, exe: str = "", ext: dict | None = None) -> None:
         self.pid = pid
-        self.memfd = -2             # -2: not opened yet; -1: use process_vm_readv/writev
+        # /proc/PID/mem, opened once the program has stopped MEMFD_AFTER times (see
+        # runtime.tracee.mem); -2: not opened yet, -1: cannot be (both use process_vm_readv/writev)
+        self.memfd = -2
+        self.mem_stops = 0          # stops of the current program while memfd is -2
         self.scratch = 0            # next free byte below the stack pointer (set at each stop)
         self.ret = 0                # result of a skipped call (value or -errno)
         self.exits: list | None = None  # exit-stop callbacks for the current call
@@ -43,6 +46,23 @@ class Tracee:
         if self.memfd >= 0:
             os.close(self.memfd)
         self.memfd = mem.open_mem(self.pid)
+
+    def count_stop(self) -> None:
+        """One more stop of a program without /proc/PID/mem yet: open it at the MEMFD_AFTER-th."""
+        self.mem_stops += 1
+        if self.mem_stops >= mem.MEMFD_AFTER:
+            self.open_mem()
+
+    def new_image(self) -> None:
+        """The thread runs a new program (a successful execve): the old memory descriptor names
+        the old address space. A new one is opened later (lazily, see `count_stop`)."""
+        if self.memfd >= 0:
+            try:
+                os.close(self.memfd)
+            except OSError:
+                pass
+        self.memfd = -2
+        self.mem_stops = 0
 
     def close(self) -> None:
         if self.memfd >= 0:
