@@ -236,3 +236,39 @@ def test_engine_choice(monkeypatch):
     monkeypatch.setenv("CARRYON_ENGINE", "bogus")
     with pytest.raises(CarryonError):
         engine.choose_engine(RunSpec(rootfs="/", argv=["x"]))
+
+
+class _Self:
+    """This process as a 'tracee' for runtime.tracee.mem (pread or process_vm_readv on itself)."""
+
+    def __init__(self, memfd: int) -> None:
+        self.pid = os.getpid()
+        self.memfd = memfd
+
+
+@pytest.mark.parametrize("use_memfd", [True, False], ids=["proc-mem", "process_vm"])
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 17, 600])
+def test_read_words_and_strings(use_memfd, count):
+    """argv-style arrays (short, exactly the first read, crossing pages) and C strings come back
+    the same through /proc/PID/mem and process_vm_readv."""
+    import ctypes
+    from runtime.tracee import mem
+    page = 4096
+    raw = ctypes.create_string_buffer(3 * page)
+    base = (ctypes.addressof(raw) + page - 1) & ~(page - 1)
+    start = base + page - 8 * 5                # 5 pointers before a page boundary
+    values = [0x1000 + i for i in range(count)] + [0]
+    ctypes.memmove(start, b"".join(v.to_bytes(8, "little") for v in values), 8 * len(values))
+    fd = os.open("/proc/self/mem", os.O_RDWR) if use_memfd else -1
+    try:
+        t = _Self(fd)
+        assert mem.read_words(t, start) == values[:-1]
+        with pytest.raises(OSError) as e:
+            mem.read_words(t, start, max_words=count - 1) if count > 1 else mem.read_words(t, 8)
+        assert e.value.errno in (errno.E2BIG, errno.EFAULT)
+        text = b"/usr/lib/x86_64-linux-gnu/libc.so.6"
+        ctypes.memmove(base + page - 10, text + b"\0", len(text) + 1)   # across the boundary
+        assert mem.read_cstring(t, base + page - 10) == text
+    finally:
+        if fd >= 0:
+            os.close(fd)

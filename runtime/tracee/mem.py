@@ -23,6 +23,7 @@ from runtime.tracee import ffi
 
 PATH_MAX = 4096
 FIRST_CHUNK = 256           # read_cstring's first read (never past the end of the page)
+FIRST_WORDS = 16            # read_words's first read, in pointers
 RED_ZONE = 128
 AREA_SIZE = 256 * 1024      # the fallback scratch mapping (see NeedScratch)
 MEMFD_AFTER = 8             # stops of one program before its /proc/PID/mem is opened
@@ -82,17 +83,28 @@ def read_cstring(t, addr: int, limit: int = PATH_MAX, _pread=os.pread) -> bytes:
 
 
 def read_words(t, addr: int, max_words: int = 1 << 20) -> list[int]:
-    """A NULL-terminated array of pointers (argv, envp): the pointers, without the final NULL."""
+    """A NULL-terminated array of pointers (argv, envp): the pointers, without the final NULL.
+    Read FIRST_WORDS at first (most argv arrays are short), then up to a page at a time."""
     out: list[int] = []
-    while len(out) < max_words:
-        n = (4096 - (addr & 4095)) // 8 or 1
-        data = read(t, addr, n * 8)
-        for i in range(n):
-            w = int.from_bytes(data[i * 8:i * 8 + 8], "little")
-            if w == 0:
-                return out
-            out.append(w)
+    n = (4096 - (addr & 4095)) // 8 or 1
+    if n > FIRST_WORDS:
+        n = FIRST_WORDS
+    while True:
+        words = memoryview(read(t, addr, n * 8)).cast("Q").tolist()
+        try:
+            end = words.index(0)
+        except ValueError:
+            end = -1
+        if end >= 0:
+            out += words[:end]
+            if len(out) > max_words:
+                break
+            return out
+        out += words
+        if len(out) >= max_words:
+            break
         addr += n * 8
+        n = (4096 - (addr & 4095)) // 8 or 1
     raise OSError(errno.E2BIG, "argument list too long")
 
 
