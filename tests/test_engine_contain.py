@@ -154,3 +154,31 @@ print(os.waitpid(pid, 0)[1] >> 8)
     p = carryon_exec(debian_rootfs, "python3", "-c", code, engine=engine, user=ENGINE_USERS[0])
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ['PRETTY_NAME', 'PRETTY_NAME', '-1 EXDEV', 'via-execveat', '0']
+
+
+@pytest.mark.parametrize("engine", ["seccomp", "ptrace"])
+@pytest.mark.parametrize("user", ENGINE_USERS)
+def test_file_replaced_by_a_symlink_is_followed_in_the_guest(debian_rootfs, engine_tmp, engine, user):
+    """The tracer remembers names seen not to be symlinks; `ln -sf` (a new link renamed over the
+    file) and a link made at a name seen missing must still be followed inside the guest, never on
+    the host (where the same absolute path holds a different file). Reading `target` in between
+    puts the directory back in the cache, so the names are looked up the quick way again."""
+    name = f"carryon-leaf-{engine}-{user}-{os.getpid()}"
+    host_dir = f"/tmp/{name}"
+    os.makedirs(host_dir, exist_ok=True)
+    for leaf in ("target", "file", "late"):
+        with open(f"{host_dir}/{leaf}", "w") as f:
+            f.write("HOST\n")
+    try:
+        d = f"/tmp/{name}"
+        script = (f"mkdir -p {d} && echo guest > {d}/target && echo plain > {d}/file && "
+                  f"cat {d}/file {d}/file; cat {d}/late 2>/dev/null; cat {d}/late 2>/dev/null; "
+                  f"ln -sf {d}/target {d}/file && cat {d}/target {d}/target >/dev/null && "
+                  f"cat {d}/file && ln -s {d}/target {d}/late && cat {d}/target >/dev/null && "
+                  f"cat {d}/late")
+        p = carryon_exec(debian_rootfs, "sh", "-c", script, engine=engine, user=user)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.split() == ["plain", "plain", "guest", "guest"]
+    finally:
+        import shutil
+        shutil.rmtree(host_dir, ignore_errors=True)

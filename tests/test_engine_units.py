@@ -254,7 +254,7 @@ def test_read_words_and_strings(use_memfd, count):
     import ctypes
     from runtime.tracee import mem
     page = 4096
-    raw = ctypes.create_string_buffer(3 * page)
+    raw = ctypes.create_string_buffer(4 * page)     # room for 601 pointers after any alignment
     base = (ctypes.addressof(raw) + page - 1) & ~(page - 1)
     start = base + page - 8 * 5                # 5 pointers before a page boundary
     values = [0x1000 + i for i in range(count)] + [0]
@@ -272,3 +272,27 @@ def test_read_words_and_strings(use_memfd, count):
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def test_settling_counts_a_forget_call_until_its_thread_stops_again(tmp_path):
+    """A thread's unlink/rename/symlink... keeps the caches from growing until its next stop or its
+    end: Tracee.settled() (the loop calls it then) and close() give the count back."""
+    from runtime.path.binding import Mapper
+    from runtime.tracee.state import Tracee
+    (tmp_path / "etc").mkdir()
+    top = Mapper(str(tmp_path), [], cache_dirs=True)
+    inner = Mapper(str(tmp_path), [], cache_dirs=True)
+    t = Tracee(1, top)
+    t.settle = (inner, top)
+    for m in t.settle:
+        m.settling += 1
+    top.to_host("/etc/x", "/", True)
+    assert not top.dircache                 # nothing added meanwhile
+    t.settled()
+    assert t.settle is None and top.settling == inner.settling == 0
+    top.to_host("/etc/x", "/", True)
+    assert "/etc" in top.dircache
+    t.settle = (top,)
+    top.settling += 1
+    t.close()
+    assert top.settling == 0 and not top.dircache

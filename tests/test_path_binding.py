@@ -233,6 +233,44 @@ def test_dirlinks_never_below_proc(world, tree):
     assert not m.dirlinks
 
 
+def test_leaf_cache(world, tree):
+    """Names of the image's tree seen not to be symlinks (files, directories, missing names) are
+    remembered: the same answers as a walk without caches, forget() drops them (the guest made a
+    symlink there), names inside binds are never remembered, nothing is added while a forget-call
+    is settling."""
+    r, a, _ = tree
+    cached = Mapper(r, [Bind(host=a, guest="/mnt/a")], cache_dirs=True)
+    plain = Mapper(r, [Bind(host=a, guest="/mnt/a")])
+    paths = ["/etc/passwd", "/etc/nope", "/etc", "/etc/resolv.conf", "/mnt/a/sub/file", "/mnt/a/abs",
+             "/mnt/a/new"]
+    for rnd in range(2):
+        for p in paths:
+            for follow in (True, False):
+                assert cached.resolve(p, "/", follow) == plain.resolve(p, "/", follow), (rnd, p, follow)
+    assert {"/etc/passwd", "/etc/nope"} <= cached.leaves
+    assert "/etc/resolv.conf" not in cached.leaves          # a symlink
+    assert not any(p.startswith("/mnt/a/") for p in cached.leaves)
+    # `ln -sf /run/stub-resolv.conf /etc/passwd` and a new link at a missing name, by the guest
+    os.symlink("/run/stub-resolv.conf", f"{r}/etc/tmp-link")
+    os.rename(f"{r}/etc/tmp-link", f"{r}/etc/passwd")
+    os.symlink("/run/stub-resolv.conf", f"{r}/etc/nope")
+    assert cached.to_host("/etc/passwd", "/", True) == f"{r}/etc/passwd"     # stale until told
+    cached.forget()
+    assert not cached.leaves
+    for p in ("/etc/passwd", "/etc/nope"):
+        assert cached.to_host(p, "/", True) == f"{r}/run/stub-resolv.conf" == plain.to_host(p, "/", True)
+    # a forget-call in flight (the engine counts its thread until its next stop): nothing is kept
+    cached.forget()
+    cached.settling = 1
+    assert cached.to_host("/etc/resolv.conf", "/", True) == f"{r}/run/stub-resolv.conf"
+    assert cached.to_host("/run/stub-resolv.conf", "/", True) == f"{r}/run/stub-resolv.conf"
+    assert not cached.leaves and not cached.dirlinks and not cached.dircache
+    cached.settling = 0
+    assert cached.to_host("/run/stub-resolv.conf", "/", True) == f"{r}/run/stub-resolv.conf"
+    assert cached.to_host("/run/stub-resolv.conf", "/", True) == f"{r}/run/stub-resolv.conf"
+    assert "/run/stub-resolv.conf" in cached.leaves
+
+
 def test_non_utf8_names_round_trip(world, tree):
     r, a, _ = tree
     raw = os.fsencode(r) + b"/caf\xe9"

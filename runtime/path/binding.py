@@ -22,15 +22,19 @@ left virtual). Where it cannot create one (read-only rootfs), the point stays vi
 `synthetic_entries(dir)` lists the names an engine would add to that directory's listing.
 
 Nothing about the tree is cached across calls unless `cache_dirs=True`: then guest paths seen to be
-real directories are remembered, which saves one `lstat` per known directory component. The engine
-must call `forget()` at the entry of every syscall that can remove or replace a directory (rmdir,
-unlinkat, rename*) and of those that create symlinks (symlink*, link* which can link a symlink):
-with only the former, a second guest process could get a directory cached again while the rmdir is
-in flight, then see it replaced by a symlink the cache does not know about. The same caches keep the
-resolution of the programs and ELF interpreters `execve` ran (`exec_paths`), which only a removed,
-renamed or new symlink can change (unlink and friends forget too). Every Mapper of a run
+real directories are remembered, which saves one `lstat` per known directory component, and so are
+the last components inside the image's own tree (not in a bind) seen not to be symlinks (`leaves`:
+files, directories, missing names), which saves the `lstat` of a followed last component. Only a
+syscall that removes, replaces or creates a directory entry as a symlink can make these wrong, so
+the engine must call `forget()` at the entry of every syscall that can remove or replace an entry
+(rmdir, unlink*, rename*) and of those that create symlinks (symlink*, link* which can link a
+symlink), and count the caller in `settling` until that thread's next stop (by then its call is
+over): while a forget-call may still be running, another guest process could otherwise cache what
+the call is about to replace (`ln -sf` renames a new symlink over a file). The same caches keep the
+resolution of the programs and ELF interpreters `execve` ran (`exec_paths`). Every Mapper of a run
 (one per emulated chroot) must be told. Changes made to the rootfs from outside the guest during
-the run are not seen.
+the run are not seen; that is why `leaves` leaves the binds (host directories other programs may
+be writing to) alone.
 """
 
 from __future__ import annotations
@@ -76,6 +80,14 @@ class Mapper:
         # leads (`/lib/x86_64-linux-gnu` with /lib -> usr/lib): filled by `canon.resolve` only
         # with cache_dirs=True, dropped with the directory cache (see `forget`)
         self.dirlinks: dict[str, tuple[str, str]] = {}
+        # absolute guest paths whose last component, inside the image's own tree (no bind), was
+        # seen not to be a symlink (a file, a directory, or missing): the fast path of
+        # `canon.resolve` then needs no `lstat` for it (cache_dirs=True only; see `forget`)
+        self.leaves: set[str] | None = set() if cache_dirs else None
+        self.leaf_prefix = self.rootfs_host.rstrip("/") + "/"
+        # threads whose forget-call (unlink, rename, symlink...) may still be running in the
+        # kernel: while there are any, nothing is added to the caches (see `forget`)
+        self.settling = 0
         self.proc_lookup: Lookup | None = proc_lookup
         self.proc_root: str | None = None     # guest dir where the host's /proc is bound
         self.proc_host: str = "/proc"
@@ -215,11 +227,13 @@ class Mapper:
         return False
 
     def forget(self) -> None:
-        """Drop the directory cache (see the module docstring); cheap, call it freely."""
+        """Drop the caches (see the module docstring); cheap, call it freely."""
         if self.dircache is not None:
             self.dircache.clear()
         if self.exec_paths is not None:
             self.exec_paths.clear()
+        if self.leaves is not None:
+            self.leaves.clear()
         self.dirlinks.clear()
 
     # ---- bind points --------------------------------------------------------------------

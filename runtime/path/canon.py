@@ -27,11 +27,12 @@ the bindings (`Mapper.bind_hosts`), the way the kernel walks a path under a real
 - symlinks below the guest directory where the host's /proc is bound are handed to
   `runtime.path.proc.follow` (`/proc/self`, `/proc/PID/{exe,cwd,root,fd/N}` ...) when `pid` is given.
 
-Nothing from one call is kept for the next, except the optional positive directory caches of the
-mapper (guest path -> host path of directories seen, and the spelling of a directory reached
-through symlinks -> its canonical guest and host paths; see `Mapper.forget`): with them, a path whose
-parent is a known directory and that has no `.`, `..`, `//` or trailing `/` (most paths) costs one
-`lstat` of its last component, or none when the last component is not followed. Every host path built here
+Nothing from one call is kept for the next, except the optional caches of the mapper (guest path ->
+host path of directories seen, the spelling of a directory reached through symlinks -> its
+canonical guest and host paths, and the names in the image's own tree seen not to be symlinks; see
+`Mapper.forget`): with them, a path whose parent is a known directory and that has no `.`, `..`,
+`//` or trailing `/` (most paths) costs one `lstat` of its last component the first time, and none
+after that or when the last component is not followed. Every host path built here
 is made of components that `lstat` showed not to be symlinks (bind host paths are realpath'ed once),
 so the kernel follows no host symlink while walking it except one the last component names when the
 caller asked not to follow it: the guest stays inside its root and binds. This is containment, not
@@ -89,18 +90,28 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
             elif not follow_last or parent_op:
                 return (full, nh)
             else:
+                leaves = m.leaves
+                if leaves is not None and full in leaves:
+                    return (full, nh)   # known not to be a symlink
+                # only names inside the image's own tree, never while a forget-call is running
+                keep = leaves is not None and not m.settling and nh.startswith(m.leaf_prefix)
                 try:
                     mode = os.lstat(nh).st_mode & _S_IFMT
-                except OSError:
+                except OSError as e:
                     if full not in m.virtual:
+                        if keep and e.errno == errno.ENOENT:
+                            _keep_leaf(leaves, full)    # type: ignore[arg-type]
                         return (full, nh)
                     mode = _S_IFDIR
                 if mode == _S_IFDIR:
-                    if len(dircache) >= DIRCACHE_MAX:
-                        dircache.clear()
-                    dircache[full] = nh
+                    if not m.settling:
+                        if len(dircache) >= DIRCACHE_MAX:
+                            dircache.clear()
+                        dircache[full] = nh
                     return (full, nh)
                 if mode != _S_IFLNK:
+                    if keep:
+                        _keep_leaf(leaves, full)        # type: ignore[arg-type]
                     return (full, nh)
     if path[0] == "/":
         gs = [""]
@@ -132,9 +143,11 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
     if dircache is not None and path[0] == "/" and len(comps) > 2 and not trailing \
             and "//" not in path and "/." not in path and (mproc is None or not path.startswith(mproc)):
         alias_of = path[:path.rfind("/")]
+    settled = not m.settling            # no forget-call running: the caches may grow
     while pending:
         if alias_of is not None and len(pending) == 1:
-            if links and g and g != alias_of and (mproc is None or not (g + "/").startswith(mproc)):
+            if links and settled and g and g != alias_of and (
+                    mproc is None or not (g + "/").startswith(mproc)):
                 aliases = m.dirlinks
                 if len(aliases) >= DIRCACHE_MAX:
                     aliases.clear()
@@ -212,7 +225,7 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
         g = ng
         h = nh
         if mode == _S_IFDIR:
-            if dircache is not None:
+            if dircache is not None and settled:
                 if len(dircache) >= DIRCACHE_MAX:
                     dircache.clear()
                 dircache[ng] = nh
@@ -223,6 +236,12 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
     if trailing and h:
         return (g or "/", h + "/")
     return (g or "/", h or "/")
+
+
+def _keep_leaf(leaves: set[str], full: str) -> None:
+    if len(leaves) >= DIRCACHE_MAX:
+        leaves.clear()
+    leaves.add(full)
 
 
 def _lexical(g: str, h: str, pending: list[str], trailing: bool) -> tuple[str, str]:

@@ -127,6 +127,10 @@ class Translator:
             if forget:
                 mapper.forget()
                 top.forget()
+                if t.settle is None:        # the caches stay as they are until its next stop
+                    t.settle = (mapper,) if mapper is top else (mapper, top)
+                    for m in t.settle:
+                        m.settling += 1
             changed = 0
             for reg, dreg, rule, freg, parent_op in specs:
                 addr = regs[reg]
@@ -432,9 +436,10 @@ class Translator:
             hit = cache.get(p)
             if hit is None:
                 hit = mapper.resolve(p, base, True, pid=pid, tid=pid)
-                if len(cache) >= 1024:
-                    cache.clear()
-                cache[p] = hit
+                if not mapper.settling:
+                    if len(cache) >= 1024:
+                        cache.clear()
+                    cache[p] = hit
             return hit
 
         p = exec_plan.plan(resolve, _fsdecode(raw), argv)

@@ -202,6 +202,8 @@ class Loop:
             except ChildProcessError:
                 break
             t = tracees.get(pid)
+            if t is not None and t.settle is not None:
+                t.settled()                         # its unlink/rename/... is over by now
             if status & 0xFF == 0x7F:               # stopped
                 s8 = status >> 8
                 if s8 == SIG_SECCOMP_STOP and t is not None:

@@ -12,7 +12,7 @@ class Tracee:
 
     __slots__ = ("pid", "memfd", "scratch", "ret", "exits", "exe", "pending_exe", "mapper",
                  "in_syscall", "skip_ret", "ext", "started", "guest_root", "area", "inject", "peek",
-                 "exec_probe", "exec_events", "vm_peer", "mem_stops")
+                 "exec_probe", "exec_events", "vm_peer", "mem_stops", "settle")
 
     def __init__(self, pid: int, mapper, exe: str = "", ext: dict | None = None) -> None:
         self.pid = pid
@@ -41,6 +41,9 @@ class Tracee:
         self.exec_probe = 0
         self.exec_events = False    # PTRACE_O_TRACEEXEC is on for this thread
         self.vm_peer = 0            # a vfork child: its parent, whose memory it uses until it execs
+        # the mappers whose caches wait for this thread's forget-call (unlink, rename...) to be
+        # over: settled at its next stop or when it is gone (see runtime.path.binding)
+        self.settle: tuple | None = None
 
     def open_mem(self) -> None:
         if self.memfd >= 0:
@@ -64,7 +67,17 @@ class Tracee:
         self.memfd = -2
         self.mem_stops = 0
 
+    def settled(self) -> None:
+        """Its forget-call is over: the caches may grow again (dropping what was added meanwhile)."""
+        ms = self.settle
+        self.settle = None
+        if ms is not None:
+            for m in ms:
+                m.settling -= 1
+                m.forget()
+
     def close(self) -> None:
+        self.settled()
         if self.memfd >= 0:
             try:
                 os.close(self.memfd)
