@@ -264,3 +264,47 @@ def test_pin_option(debian_rootfs, engine):
     assert re.fullmatch(r"Cpus_allowed_list:\t\d+\n", p.stdout), p.stdout + p.stderr
     p = carryon_exec(debian_rootfs, "sh", "-c", code, engine=engine, user=ENGINE_USERS[0])
     assert not re.fullmatch(r"Cpus_allowed_list:\t\d+\n", p.stdout), p.stdout
+
+
+def _cpus_allowed(pid: int) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Cpus_allowed_list:"):
+                return line.split()[1]
+    return ""
+
+
+def test_pinned_guest_is_released_when_its_cpu_is_busy(debian_rootfs):
+    """Automatic placement pins a one-process guest to the tracer's CPU; another busy process on
+    that CPU makes the guest wait for it while other CPUs could run it: it is unpinned (seen from
+    the host, without the guest asking for its CPU set, which would unpin it anyway)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU only")
+    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+        pytest.skip("no /proc/PID/task/TID/children in this kernel")
+    p = popen_exec(debian_rootfs, "python3", "-c", "while True: pass", engine="seccomp",
+                   user=ENGINE_USERS[0], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    hog = None
+    try:
+        guest, cpus = 0, ""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            kids = [int(k) for k in open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()]
+            if kids and (cpus := _cpus_allowed(kids[0])).isdigit():
+                guest = kids[0]
+                break
+            time.sleep(0.05)
+        assert guest and cpus.isdigit(), f"guest not pinned: {cpus!r}"
+        time.sleep(0.3)
+        assert _cpus_allowed(guest) == cpus          # alone on its CPU: stays pinned
+        hog = subprocess.Popen(["taskset", "-c", cpus, "sh", "-c", "while :; do :; done"])
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _cpus_allowed(guest) == cpus:
+            time.sleep(0.05)
+        assert _cpus_allowed(guest) != cpus, "still pinned next to a busy process"
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+        p.kill()
+        p.wait()
