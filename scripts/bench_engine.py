@@ -4,8 +4,13 @@ and under `carryon exec` (seccomp engine and plain ptrace engine), in ONE run, i
 medians and ratios to native.
 
     scripts/bench_engine.py [--quick] [--rounds N] [--image OCI_TAR | --rootfs DIR] [--cache DIR]
-                            [--engines native,proot,seccomp,ptrace] [--workloads a,b,d,e,start]
+                            [--engines native,proot,seccomp,ptrace,floor] [--workloads a,b,d,e,start]
                             [--carryon CMD] [--proot PATH] [--json FILE] [--no-path-micro]
+
+`floor` (root and a C compiler only): the workload in a chroot under `scripts/floor_tracer.c`, a
+minimal C tracer that stops on exactly the system calls carryon's seccomp filter stops on and does
+nothing there (PTRACE_GETREGS, PTRACE_CONT): what the ptrace stops cost by themselves, so the rest
+of the seccomp column is the tracer's own work (reading paths, lstat, writing the new ones).
 
 The rootfs is built once with `carryon pack --bare IMAGE` + `carryon extract` into a cache directory
 keyed by the image's sha256 (default image: ../shared/images/debian-python/debian-python.oci.tar).
@@ -39,7 +44,7 @@ WORKLOADS: dict[str, tuple[str, list[str]]] = {
     "e": ("find /usr -type f | wc -l", ["sh", "-c", "find /usr -type f | wc -l"]),
     "start": ("/bin/true (start-up)", ["/bin/true"]),
 }
-ENGINES = ["native", "proot", "seccomp", "ptrace"]
+ENGINES = ["native", "proot", "seccomp", "ptrace", "floor"]
 GUEST_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -113,10 +118,38 @@ def build_rootfs(carryon: list[str], image: str, cache: str) -> str:
     return rootfs
 
 
+def build_floor(work: str, exts: list | None = None) -> list[str] | None:
+    """[floor_tracer, filter file]: scripts/floor_tracer.c compiled into `work` with carryon's
+    seccomp filter (the engine's own, plus the calls of `exts`) beside it; None without a C
+    compiler or root (the guest runs in a chroot)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or os.geteuid() != 0:
+        return None
+    exe = os.path.join(work, "floor_tracer")
+    src = os.path.join(REPO, "scripts", "floor_tracer.c")
+    p = subprocess.run([cc, "-O2", "-o", exe, src], capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.stderr.write(f"bench: floor_tracer.c does not build: {p.stderr.strip()[-300:]}\n")
+        return None
+    sys.path.insert(0, REPO)
+    from runtime.engine import filter_program
+    prog = filter_program(exts or [], affinity=True)
+    path = os.path.join(work, "filter.bpf")
+    with open(path, "wb") as f:
+        f.write(b"".join(code.to_bytes(2, "little") + bytes((jt, jf)) + k.to_bytes(4, "little")
+                         for code, jt, jf, k in prog))
+    return [exe, path]
+
+
+FLOOR: list[str] = []           # set by main: [floor_tracer, filter file]
+
+
 def prefix_for(engine: str, rootfs: str, carryon: list[str], proot: str) -> tuple[list[str], dict[str, str]]:
     env = dict(GUEST_ENV)
     if engine == "native":
         return (["chroot", rootfs], env)
+    if engine == "floor":
+        return (FLOOR + ["chroot", rootfs], env)
     if engine == "proot":
         return ([proot, "-r", rootfs], env)
     env["CARRYON_ENGINE"] = engine
@@ -205,6 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     if "proot" in engines and not os.access(args.proot, os.X_OK):
         engines.remove("proot")
         notes.append(f"proot: skipped ({args.proot} not found; apt-get install proot)")
+    floor_dir = tempfile.mkdtemp(prefix="carryon-floor-")
+    if "floor" in engines:
+        built = build_floor(floor_dir)
+        if built is None:
+            engines.remove("floor")
+            notes.append("floor: skipped (needs root and a C compiler: apt-get install gcc)")
+        else:
+            FLOOR[:] = built
+            notes.append("floor: scripts/floor_tracer.c, the same seccomp stops with no work at "
+                         "them (guest in a chroot): the cost of the stops alone")
 
     if args.rootfs:
         rootfs = os.path.abspath(args.rootfs)
@@ -279,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|")
         for label, plain, cached in bench_to_host(rootfs):
             print(f"| {label} | {plain:.1f} | {cached:.1f} |")
+    shutil.rmtree(floor_dir, ignore_errors=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rounds": rounds, "rootfs": rootfs, "engines": live, "broken": broken,

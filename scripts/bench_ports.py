@@ -8,7 +8,8 @@ sock.py prints), so start-up is not counted. Prints medians and ratios to native
 As root every run gets a fresh network namespace (see `fresh_netns_prefix`), so no run pays for the
 TIME_WAIT sockets an earlier one left behind.
 
-usage: scripts/bench_ports.py [--rootfs DIR] [--n 2000] [--rounds 5] [--quick] [--no-proot] [--shared-netns]
+usage: scripts/bench_ports.py [--rootfs DIR] [--n 2000] [--rounds 5] [--quick] [--no-proot] [--no-floor]
+                             [--shared-netns]
 The rootfs defaults to the debian-python image of ../shared/images, packed and extracted once into a
 cache directory (`carryon pack --bare` + `carryon extract`).
 """
@@ -61,6 +62,21 @@ def _proot_has_ports(proot: str) -> bool:
     return "--netcoop" in p.stdout + p.stderr
 
 
+def _floor(work: str) -> list[str] | None:
+    """scripts/floor_tracer.c with carryon's filter under port translation (see bench_engine.py):
+    the loop stops where `carryon exec -p` stops, and nothing is done there."""
+    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "scripts"))
+    from bench_engine import build_floor
+    from runtime.extension.portmap import PortMap
+
+    class Calls:
+        enter_calls = PortMap.enter_calls
+        enter_calls_if_arg = PortMap.enter_calls_if_arg
+
+    return build_floor(work, [Calls])
+
+
 def fresh_netns_prefix() -> list[str]:
     """Command prefix running its command in a new network namespace with loopback up ([] when that
     cannot be had: not root, no `unshare` or `ip`)."""
@@ -87,6 +103,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="3 rounds of N=500")
     ap.add_argument("--no-proot", action="store_true")
+    ap.add_argument("--no-floor", action="store_true", help="no row for scripts/floor_tracer.c")
     ap.add_argument("--shared-netns", action="store_true",
                     help="run every variant in the machine's network namespace (default as root: a fresh one per run)")
     a = ap.parse_args(argv)
@@ -119,6 +136,12 @@ def main(argv: list[str]) -> int:
         ("carryon exec -p G:H", lambda g: [*exe, "-p", f"{g}:{g + 1}", *loop(g)]),
         ("carryon exec -n", lambda g: [*exe, "-n", *loop(g)]),
     ]
+    floor_dir = tempfile.mkdtemp(prefix="carryon-floor-")
+    floor = _floor(floor_dir) if not a.no_floor else None
+    if floor:
+        variants.append(("floor (C tracer, -p's stops)", lambda g: [*floor, "chroot", str(rootfs), *loop(g)]))
+    elif not a.no_floor:
+        print("(no floor row: it needs root and a C compiler)")
     proot = shutil.which("proot")
     if proot and not a.no_proot and not _proot_has_ports(proot):
         print(f"({proot} has no -p/-n (PRoot 5.1; port mapping came in 5.4): no PRoot rows)")
@@ -149,6 +172,10 @@ def main(argv: list[str]) -> int:
         med = statistics.median(times[name])
         ratio = f"{med / base:.2f}x" if base else ""
         print(f"| {name:<30} | {med * 1000:7.1f}ms | {med / a.n * 1e6:7.1f}us | {ratio:>6} |")
+    if floor:
+        print("floor: scripts/floor_tracer.c stops on the same calls as `carryon exec -p` and does "
+              "nothing there (guest in a chroot): the cost of the stops alone")
+    shutil.rmtree(floor_dir, ignore_errors=True)
     return 0
 
 
