@@ -78,9 +78,4 @@ class Tracee:
 
     def close(self) -> None:
         self.settled()
-        if self.memfd >= 0:
-            try:
-                os.close(self.memfd)
-            except OSError:
-                pass
-        self.memfd = -2
+        self.new_image()        # closes the memory descriptor
