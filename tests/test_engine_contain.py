@@ -182,3 +182,48 @@ def test_file_replaced_by_a_symlink_is_followed_in_the_guest(debian_rootfs, engi
     finally:
         import shutil
         shutil.rmtree(host_dir, ignore_errors=True)
+
+
+JAIL_LEAF = r"""
+import os, subprocess, sys
+d = sys.argv[1]                                 # an absolute guest directory, also on the host
+jail = "/var/tmp/leafjail"
+os.makedirs(jail + d, exist_ok=True)
+open(jail + d + "/target", "w").write("guest\n")
+open(jail + d + "/file", "w").write("plain\n")
+go_r, go_w = os.pipe()
+done_r, done_w = os.pipe()
+pid = os.fork()
+if pid == 0:                                    # the chrooted process reads the file twice
+    os.chroot(jail)
+    out = [open(d + "/file").read().strip(), open(d + "/file").read().strip()]
+    os.write(go_w, b"x")
+    os.read(done_r, 1)
+    open(d + "/target").read()                  # its directory is known again
+    out.append(open(d + "/file").read().strip())
+    print(" ".join(out), flush=True)
+    os._exit(0)
+os.read(go_r, 1)                                # meanwhile, outside the chroot: `ln -sf`
+subprocess.run(["ln", "-sf", d + "/target", jail + d + "/file"], check=True)
+os.write(done_w, b"x")
+os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.parametrize("engine", ["seccomp", "ptrace"])
+def test_symlink_made_outside_an_emulated_chroot_is_seen_inside(debian_rootfs, engine):
+    """A process outside an emulated chroot turns a file inside it into a symlink: the chrooted
+    process (whose path caches are its own) follows it in its own root, not on the host."""
+    name = f"carryon-jail-{engine}-{os.getpid()}"
+    host_dir = f"/tmp/{name}"
+    os.makedirs(host_dir, exist_ok=True)
+    with open(f"{host_dir}/target", "w") as f:
+        f.write("HOST\n")
+    try:
+        p = carryon_exec(debian_rootfs, "python3", "-c", JAIL_LEAF, f"/tmp/{name}", engine=engine,
+                         user=ENGINE_USERS[0], opts=("-0",))
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.split() == ["plain", "plain", "guest"]
+    finally:
+        import shutil
+        shutil.rmtree(host_dir, ignore_errors=True)

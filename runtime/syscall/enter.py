@@ -79,6 +79,9 @@ class Translator:
         # called (once) when the guest opens an absolute `/proc/.../status` path (CPU placement)
         self.on_proc_status = None
         self.extra: dict[int, object] = {}  # number -> handler for calls outside the path table
+        # the mappers of emulated chroots still in use (a WeakSet once there is one): a forget-call
+        # anywhere must reach their caches too
+        self.jails: object = ()
 
     def _outside(self, t, dirfd: int):
         """(mapper, guest base) for a base directory outside the process's (chrooted) view: it is
@@ -125,11 +128,12 @@ class Translator:
         def handler(t, regs) -> int:
             mapper = t.mapper
             if forget:
-                mapper.forget()
-                top.forget()
+                ms = (top, *tr.jails) if tr.jails else (top,)
+                for m in ms:
+                    m.forget()
                 if t.settle is None:        # the caches stay as they are until its next stop
-                    t.settle = (mapper,) if mapper is top else (mapper, top)
-                    for m in t.settle:
+                    t.settle = ms
+                    for m in ms:
                         m.settling += 1
             changed = 0
             for reg, dreg, rule, freg, parent_op in specs:
@@ -295,6 +299,12 @@ class Translator:
                     binds.append(Bind(host=b.host, guest=bg[len(guest):], readonly=b.readonly))
             new = Mapper(host, binds, cache_dirs=mapper.dircache is not None,
                          proc_lookup=mapper.proc_lookup)
+            if mapper.leaves is None or not (host + "/").startswith(mapper.leaf_prefix):
+                new.leaves = None           # a jail inside a bind: host directories, not the image
+            if not self.jails:
+                import weakref
+                self.jails = weakref.WeakSet()
+            self.jails.add(new)             # type: ignore[attr-defined]
             t.mapper = new
             t.guest_root = os.path.join(t.guest_root, guest.lstrip("/"))
         t.ret = 0
