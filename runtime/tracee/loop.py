@@ -101,12 +101,7 @@ class Loop:
                 t.pending_exe = old.pending_exe or t.pending_exe
                 t.ext = old.ext
                 old.close()
-        if t.pending_exe:
-            t.exe = t.pending_exe
-            t.pending_exe = ""
-        t.area = 0
-        t.inject = None
-        t.new_image()
+        t.exec_done()
         if not self.seccomp:
             t.in_syscall = True         # the execve's exit stop comes next (plain engine)
         return t
@@ -155,13 +150,7 @@ class Loop:
         if alive:                               # the execve failed: same program, same memory
             t.pending_exe = ""
             return
-        t.vm_peer = 0
-        if t.pending_exe:
-            t.exe = t.pending_exe
-            t.pending_exe = ""
-        t.area = 0
-        t.inject = None
-        t.new_image()
+        t.exec_done()
 
     def kill_all(self) -> None:
         for pid in list(self.tracees):

@@ -67,6 +67,17 @@ class Tracee:
         self.memfd = -2
         self.mem_stops = 0
 
+    def exec_done(self) -> None:
+        """Its execve succeeded: the new program's /proc/PID/exe, no scratch area, no injection in
+        flight, no shared memory with a vfork parent, and a memory descriptor still to open."""
+        if self.pending_exe:
+            self.exe = self.pending_exe
+            self.pending_exe = ""
+        self.area = 0
+        self.inject = None
+        self.vm_peer = 0
+        self.new_image()
+
     def settled(self) -> None:
         """Its forget-call is over: the caches may grow again (dropping what was added meanwhile)."""
         ms = self.settle
