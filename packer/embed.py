@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from packer.sources import sha256_path
 from runtime.errors import CarryonError
 
 RECIPE = 6                         # bump when the build recipe below changes
@@ -156,7 +157,7 @@ def ensure_runtime(progress: Progress | None = None, force: bool = False) -> Bui
         try:
             built = build_runtime(os.path.join(tmp, "work"), tmp, log=os.path.join(tmp, "build.log"))
             info = {"key": key, "unpacked": built.unpacked, "built": int(time.time()),
-                    "sha256": _file_sha256(built.tgz)}
+                    "sha256": sha256_path(built.tgz)}
             with open(os.path.join(tmp, "info.json"), "w") as f:
                 json.dump(info, f)
             shutil.rmtree(os.path.join(tmp, "work"), ignore_errors=True)
@@ -183,14 +184,6 @@ def ensure_runtime(progress: Progress | None = None, force: bool = False) -> Bui
     finally:
         if lock is not None:
             os.close(lock)
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _stderr(msg: str) -> None:

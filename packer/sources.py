@@ -161,6 +161,12 @@ def sha256_file(f: BinaryIO) -> tuple[str, int]:
     return "sha256:" + h.hexdigest(), n
 
 
+def sha256_path(path: str) -> str:
+    """Hex sha256 of a file's content (no "sha256:" prefix)."""
+    with open(path, "rb") as f:
+        return sha256_file(f)[0].split(":", 1)[1]
+
+
 def _json(data: bytes, what: str) -> dict | list:
     try:
         return json.loads(data.decode("utf-8"))

@@ -4,13 +4,13 @@ sweep_slurm; results table: sweep_results."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import sys
 from dataclasses import dataclass, field
 
+from packer.sources import sha256_path
 from packer.sweep_local import run_pool
 from packer.sweep_plan import (DEFAULT_GUEST_DIR, SweepSpec, meta_dir, plan_rows, render_script,
                                script_plan_id)
@@ -138,17 +138,9 @@ def _set(o: Options, name: str, value: str) -> None:
         o.collect = value
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _install_archive(src: str, dest: str, digest: str) -> None:
     """The archive is copied once into the sweep directory (compute nodes may not see the original)."""
-    if os.path.isfile(dest) and os.path.getsize(dest) == os.path.getsize(src) and _sha256(dest) == digest:
+    if os.path.isfile(dest) and os.path.getsize(dest) == os.path.getsize(src) and sha256_path(dest) == digest:
         return
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = dest + ".tmp"
@@ -255,7 +247,7 @@ def _main(argv: list[str]) -> int:
         if busy:
             raise InputError(f"Slurm job {busy[0]} of this sweep is still running; wait for it or scancel it")
 
-    digest = _sha256(archive)
+    digest = sha256_path(archive)
     spec = SweepSpec(os.path.join(out_dir, "archive", os.path.basename(archive)), digest, o.args,
                      o.inputs, o.outputs, o.guest_dir, out_dir, os.getcwd(), table)
     plans = plan_rows(spec)

@@ -298,14 +298,18 @@ class _Blocks:
         self.pos += n
         return b
 
+    def _ready(self) -> int:
+        """Bytes buffered and not consumed yet, refilling when there are none (at least 1)."""
+        avail = len(self.buf) - self.pos
+        while avail == 0:
+            if not self._fill():
+                raise _Corrupt("unexpected end of data")
+            avail = len(self.buf) - self.pos
+        return avail
+
     def skip(self, n: int) -> None:
         while n > 0:
-            avail = len(self.buf) - self.pos
-            if avail == 0:
-                if not self._fill():
-                    raise _Corrupt("unexpected end of data")
-                continue
-            k = min(avail, n)
+            k = min(self._ready(), n)
             self.pos += k
             n -= k
 
@@ -313,12 +317,7 @@ class _Blocks:
         """Write the next n bytes to fd (then skip the block padding)."""
         pad = -n % 512
         while n > 0:
-            avail = len(self.buf) - self.pos
-            if avail == 0:
-                if not self._fill():
-                    raise _Corrupt("unexpected end of data")
-                continue
-            k = min(avail, n)
+            k = min(self._ready(), n)
             view = self.view[self.pos:self.pos + k]
             while view:
                 w = os.write(fd, view)
