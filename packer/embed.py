@@ -68,7 +68,7 @@ def _runtime_sources() -> list[str]:
     out = []
     for d, dirs, files in os.walk(base):
         dirs[:] = sorted(x for x in dirs if x != "__pycache__")
-        out += [os.path.join(d, f) for f in sorted(files) if f.endswith(".py")]
+        out += [os.path.join(d, f) for f in sorted(files) if f.endswith((".py", ".c"))]
     return out
 
 
@@ -238,6 +238,27 @@ def check_tools() -> None:
                            "pip install pyinstaller") from None
 
 
+def build_native(workdir: str) -> str:
+    """runtime/tracee/fastloop.c compiled into workdir (the system's cc, else PyPI's ziglang)."""
+    from runtime.tracee import native
+    dest = os.path.join(workdir, os.path.basename(native.LIBRARY))
+    compilers: list[list[str]] = []
+    if os.environ.get("CC") or shutil.which("cc"):
+        compilers.append([os.environ.get("CC") or "cc"])
+    try:
+        import ziglang  # noqa: F401
+        compilers.append([sys.executable, "-m", "ziglang", "cc", "-target", "x86_64-linux-gnu.2.17"])
+    except ImportError:
+        pass
+    if not compilers:
+        raise CarryonError("building the frozen runtime needs a C compiler for its native stop loop: "
+                           "apt-get install gcc (or pip install ziglang)")
+    try:
+        return native.build(dest, compilers[0])
+    except OSError as e:
+        raise CarryonError(f"building the native stop loop failed: {e}") from None
+
+
 def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) -> BuiltRuntime:
     """Freeze the runtime into `workdir`, bundle loader+libs, write `outdir/runtime.tar.gz`."""
     check_tools()
@@ -253,6 +274,8 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
         opts += ["--debug", "noarchive"]
     for m in HIDDEN_IMPORTS:
         opts += ["--hidden-import", m]
+    # the native stop loop (runtime/tracee/fastloop.c), beside runtime/tracee/native.py
+    opts += ["--add-binary", f"{build_native(workdir)}:runtime/tracee"]
     for m in EXCLUDES:
         opts += ["--exclude-module", m]
     env = dict(os.environ)

@@ -149,7 +149,10 @@ def run(spec: RunSpec) -> int:
     return _run_once(spec, mapper, prog, host_cwd, env, False, False, loop_ref)  # type: ignore[return-value]
 
 
-def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None) -> list:
+def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
+                    native_out: list | None = None) -> list:
+    """The handlers by syscall number. `native_out` (a list) gets a `native_setup` function for
+    the loop: it gives the native stop loop the calls it may answer (runtime.tracee.native)."""
     from runtime.extension import EXIT, SKIP
     from runtime.syscall import table
     from runtime.syscall.enter import Translator
@@ -192,6 +195,19 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None) 
                     break
             return act
         dispatch[nr] = chained
+    if native_out is not None:
+        def native_setup(nat):
+            for nr, (reg, dreg, rule, freg, parent_op, write) in tr.simple.items():
+                if nr in wanted or nr in tr.extra or nr in table.REFUSED \
+                        or (write and mapper._any_ro):
+                    continue            # chained, replaced, refused, or EROFS to check
+                nat.spec(nr, reg, dreg, rule, freg, not parent_op)
+            nat.names(mapper.leaf_names)
+            tr.native_put = nat.put
+            mapper.native_clear = nat.clear
+            return mapper
+
+        native_out.append(native_setup)
     return dispatch
 
 
@@ -229,7 +245,9 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
     fake_root = spec.uid == 0
     lookup = mapper.proc_lookup
     placement = Placement()
-    dispatch = _build_dispatch(mapper, lookup, exts, fake_root or os.geteuid() == 0, placement)
+    native_out: list = []
+    dispatch = _build_dispatch(mapper, lookup, exts, fake_root or os.geteuid() == 0, placement,
+                               native_out if use_seccomp else None)
     program = None
     if use_seccomp:
         program = ffi.seccomp_program(
@@ -330,7 +348,8 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
         os.close(mode_w)
         loop = Loop(dispatch, exts, use_seccomp, spec.wait_all, legacy_order=_kernel_before_4_8(),
                     placement=placement,
-                    exec_options=(opts | ffi.PTRACE_O_TRACESECCOMP) if seized else 0)
+                    exec_options=(opts | ffi.PTRACE_O_TRACESECCOMP) if seized else 0,
+                    native_setup=native_out[0] if native_out else None)
         loop_ref[:] = [loop]
         main = Tracee(pid, mapper, "")
         main.started = True
@@ -344,6 +363,15 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
             placement.stop()
             forward.restore()
             loop.kill_all()
+            mapper.native_clear = None
+            if spec.verbose >= 2:
+                import resource
+                ru = resource.getrusage(resource.RUSAGE_SELF)
+                sys.stderr.write(f"carryon: tracer cpu {ru.ru_utime * 1000:.1f} ms user, "
+                                 f"{ru.ru_stime * 1000:.1f} ms sys\n")
+                if loop.native_stats is not None:
+                    sys.stderr.write("carryon: native stop loop: " + ", ".join(
+                        f"{k} {v}" for k, v in loop.native_stats.items()) + "\n")
             for ext in exts:
                 ext.close()
         report = os.read(err_r, 256)

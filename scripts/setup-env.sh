@@ -26,6 +26,13 @@ carryon_setup() {
     # byte-code up front: with PYTHONDONTWRITEBYTECODE set, every start would compile the sources
     .venv/bin/python -m compileall -q packer runtime >/dev/null || true
     .venv/bin/python -c 'import packer, runtime, ptrace, zstandard'   # fail early on a broken install
+    # the engine's native stop loop (runtime/tracee/fastloop.c); without a C compiler the engine
+    # runs its Python loop only (the frozen runtime built for archives always has it)
+    if command -v "${CC:-cc}" >/dev/null 2>&1; then
+        .venv/bin/python -m runtime.tracee.native >/dev/null
+    else
+        echo "warning: no C compiler: the engine runs without its native stop loop" >&2
+    fi
     export PATH="$PWD/.venv/bin:$PATH"
     echo "== building fixtures"
     scripts/build-fixtures

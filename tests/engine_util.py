@@ -17,8 +17,12 @@ def exec_cmd(rootfs, args, opts=(), defaults=True) -> list[str]:
 
 
 def exec_env(engine: str, extra: dict | None = None) -> dict:
+    """`engine`: seccomp (with the native stop loop when it is built), seccomp-python (the same
+    engine with Python seeing every stop: what runs where the library is missing), ptrace."""
     env = {"PATH": GUEST_PATH, "PYTHONPATH": str(REPO), "CARRYON_ENGINE": engine, "LANG": "C.UTF-8",
            "HOME": "/root"}
+    if engine == "seccomp-python":
+        env.update(CARRYON_ENGINE="seccomp", CARRYON_NATIVE="0")
     env.update(extra or {})
     return env
 

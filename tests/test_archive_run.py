@@ -53,6 +53,18 @@ def test_python_default_and_args(warm, tmp_path):
     assert (p.returncode, p.stdout) == (0, "8000\n")
 
 
+def test_the_frozen_runtime_brings_the_native_stop_loop(warm, tmp_path):
+    """The archive's runtime carries runtime/tracee/_fastloop.so and uses it (no compiler on nodes)."""
+    p = run(archive("bb"), "--carryon-verbose=2", "sh", "-c",
+            "for i in 1 2 3; do /bin/true; done; cat /etc/os-release >/dev/null; echo ok",
+            env=clean_env(tmp_path, warm))
+    assert (p.returncode, p.stdout) == (0, "ok\n"), p.stderr
+    stats = [ln for ln in p.stderr.splitlines() if "native stop loop:" in ln]
+    assert stats, p.stderr
+    counts = dict(item.rsplit(" ", 1) for item in stats[0].split(": ", 2)[2].split(", "))
+    assert int(counts["forks"]) >= 3 and int(counts["exits"]) >= 3, stats
+
+
 def test_root_image_identity_home_and_hostname(warm, tmp_path):
     p = run(archive("py"), "--carryon-entrypoint", "/bin/sh", "-c", "id -u; id -g; echo $HOME $HOSTNAME; pwd",
             env=clean_env(tmp_path, warm))

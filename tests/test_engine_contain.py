@@ -83,7 +83,7 @@ def sentinel(engine_tmp):
     return p
 
 
-@pytest.mark.parametrize("engine", ["seccomp", "ptrace"])
+@pytest.mark.parametrize("engine", ["seccomp", "seccomp-python", "ptrace"])
 @pytest.mark.parametrize("user", ENGINE_USERS)
 def test_no_escape(debian_rootfs, engine_tmp, sentinel, engine, user):
     work = world_dir(engine_tmp, f"contain-{engine}-{user}")
@@ -156,7 +156,7 @@ print(os.waitpid(pid, 0)[1] >> 8)
     assert p.stdout.splitlines() == ['PRETTY_NAME', 'PRETTY_NAME', '-1 EXDEV', 'via-execveat', '0']
 
 
-@pytest.mark.parametrize("engine", ["seccomp", "ptrace"])
+@pytest.mark.parametrize("engine", ["seccomp", "seccomp-python", "ptrace"])
 @pytest.mark.parametrize("user", ENGINE_USERS)
 def test_file_replaced_by_a_symlink_is_followed_in_the_guest(debian_rootfs, engine_tmp, engine, user):
     """The tracer remembers names seen not to be symlinks; `ln -sf` (a new link renamed over the
@@ -210,7 +210,7 @@ os.waitpid(pid, 0)
 """
 
 
-@pytest.mark.parametrize("engine", ["seccomp", "ptrace"])
+@pytest.mark.parametrize("engine", ["seccomp", "seccomp-python", "ptrace"])
 def test_symlink_made_outside_an_emulated_chroot_is_seen_inside(debian_rootfs, engine):
     """A process outside an emulated chroot turns a file inside it into a symlink: the chrooted
     process (whose path caches are its own) follows it in its own root, not on the host."""

@@ -11,7 +11,7 @@ import pytest
 from conftest import ENGINE_USERS
 from engine_util import carryon_exec, native_as, world_dir
 
-ENGINES = ["seccomp", "ptrace"]
+ENGINES = ["seccomp", "seccomp-python", "ptrace"]
 
 
 @pytest.fixture(params=ENGINES)

@@ -82,6 +82,11 @@ class Translator:
         # the mappers of emulated chroots still in use (a WeakSet once there is one): a forget-call
         # anywhere must reach their caches too
         self.jails: object = ()
+        # one-path plain rewrites the native loop may answer (runtime.tracee.native):
+        # number -> (path reg, dirfd reg or -1, follow rule, flags reg or -1, parent_op, write)
+        self.simple: dict[int, tuple] = {}
+        # the native loop's path cache (guest bytes, host bytes) -> None, when it runs
+        self.native_put = None
 
     def _outside(self, t, dirfd: int):
         """(mapper, guest base) for a base directory outside the process's (chrooted) view: it is
@@ -114,6 +119,10 @@ class Translator:
         wflags = None if call.write_flags is None else ARG[call.write_flags]
         forget = call.forget
         opens = call.name in ("open", "openat")
+        if len(specs) == 1 and not forget and call.paths[0].follow != T.OPENAT2:
+            reg, dreg, rule, freg, parent_op = specs[0]
+            self.simple[call.nr] = (reg, -1 if dreg is None else dreg, rule,
+                                    -1 if freg is None else freg, parent_op, bool(write))
         tr = self
         read_cstring = mem.read_cstring
         push = mem.push
@@ -208,12 +217,17 @@ class Translator:
                                     continue
                             except OSError:
                                 continue    # missing: ENOENT / creation, both right natively
-                host = m.to_host(_fsdecode(raw), base, follow, parent_op=parent_op, pid=t.pid,
-                                 tid=t.pid)
+                guest = _fsdecode(raw)
+                host = m.to_host(guest, base, follow, parent_op=parent_op, pid=t.pid, tid=t.pid)
                 if write and m._any_ro and (write == 1 or regs[wflags] & 0o1103) \
                         and m.readonly(host):
                     raise OSError(errno.EROFS, "read-only bind")
-                regs[reg] = push(t, _fsencode(host) + b"\0")
+                hb = _fsencode(host)
+                if base == "/" and tr.native_put is not None and m is top and not parent_op \
+                        and not m.settling and b"//" not in raw and b"/." not in raw \
+                        and raw[-1] != 47 and m.plain_leaf(guest):
+                    tr.native_put(raw, hb)  # the same answer next time, from the native loop
+                regs[reg] = push(t, hb + b"\0")
                 changed = CHANGED
             return changed
 

@@ -40,7 +40,8 @@ CLONE_VM = 0x100
 
 class Loop:
     def __init__(self, dispatch: list, exts: list, seccomp: bool, wait_all: bool,
-                 legacy_order: bool = False, placement=None, exec_options: int = 0) -> None:
+                 legacy_order: bool = False, placement=None, exec_options: int = 0,
+                 native_setup=None) -> None:
         self.dispatch = dispatch
         self.placement = placement      # runtime.tracee.placement.Placement or None
         self.exts = exts
@@ -54,10 +55,17 @@ class Loop:
         self.warned = False
         # seized without exec events: the options that turn them on (0: exec events all along)
         self.exec_options = exec_options
+        # seccomp engine: `native_setup(native) -> top mapper` configures the native stop loop
+        # (runtime.tracee.native) when it loads; None: Python sees every stop
+        self.native_setup = native_setup
+        self.native = None
+        self.native_stats: dict[str, int] | None = None    # stops handled natively, once done
 
     # ---- process tree ---------------------------------------------------------------------
     def _new_child(self, parent: Tracee, pid: int, thread: bool = False,
-                   shared_vm: bool = False, vfork: bool = False) -> None:
+                   shared_vm: bool = False, vfork: bool = False, native_bits: int = -1) -> None:
+        """`native_bits` >= 0: the native loop handled the event (runtime.tracee.native) and the
+        child's attach stop; a vfork child then still shares its parent's memory (kcmp said so)."""
         child = self.tracees.get(pid)
         if child is None:
             child = Tracee(pid, parent.mapper, parent.exe)
@@ -74,7 +82,8 @@ class Loop:
             # command that way) is told by comparing address spaces with its parent (kcmp), which
             # its parent, suspended until the child execs or exits, cannot change meanwhile.
             child.vm_peer = 0
-            if shared_vm and vfork and not thread and ffi.kcmp_vm(parent.pid, pid) == 0:
+            if shared_vm and vfork and not thread and (
+                    native_bits >= 0 or ffi.kcmp_vm(parent.pid, pid) == 0):
                 child.vm_peer = parent.pid
                 shared_vm = False
             child.exec_events = parent.exec_events or thread or shared_vm
@@ -85,6 +94,13 @@ class Loop:
         placement = self.placement
         if placement is not None and placement.released:
             placement.new_tracee(pid)
+        if native_bits >= 0:
+            child.started = True
+            child.fast = native_bits
+            return
+        if self.native is not None:
+            self.native.set(pid, 0)     # no longer held; settled at its next stop
+            child.fast = 0
         if pid in self.held:
             self.held.discard(pid)
             child.started = True
@@ -96,6 +112,8 @@ class Loop:
         except OSError:
             former = pid
         if former != pid:               # a non-leader thread called execve: it now has the tgid
+            if self.native is not None:
+                self.native.set(former, 0)
             old = self.tracees.pop(former, None)
             if old is not None:
                 t.pending_exe = old.pending_exe or t.pending_exe
@@ -152,6 +170,31 @@ class Loop:
             return
         t.exec_done()
 
+    def _drain(self, nat) -> None:
+        """What the native loop did meanwhile, in order: children forked, processes ended."""
+        from runtime.tracee.native import Q_EXEC, Q_EXIT, Q_VFORK
+        tracees = self.tracees
+        for kind, a, b, c in nat.events():
+            if kind == Q_EXIT:
+                t = tracees.pop(a, None)
+                if t is not None:
+                    t.close()
+                self.held.discard(a)
+                continue
+            if kind == Q_EXEC:
+                t = tracees.get(a)
+                if t is not None:
+                    t.exec_probe = 0
+                    t.exec_done()
+                    t.fast = b
+                continue
+            parent = tracees.get(a)
+            if parent is None:          # cannot be: the native loop handles known threads only
+                continue
+            vfork = kind == Q_VFORK
+            self._new_child(parent, b, False, bool(self.exec_options) and not parent.exec_events
+                            and vfork, vfork, c)
+
     def kill_all(self) -> None:
         for pid in list(self.tracees):
             try:
@@ -185,12 +228,63 @@ class Loop:
         main_pid = main.pid
         exec_options = self.exec_options
         EVENT_STOP = ffi.PTRACE_EVENT_STOP
+        nat = top = None
+        if seccomp and self.native_setup is not None:
+            from runtime.tracee import native
+            nat = native.load(regs)
+            if nat is not None:
+                top = self.native_setup(nat)
+                self.native = nat
+        if nat is not None:
+            nat_wait, nat_set, out, out_addr = nat._wait, nat.set, nat.out, nat.out_addr
+            nat.main(main.pid)
+            from runtime.tracee.native import FORKS, HELD, PROBING, SETTLED
+            nat_probe = nat.probe
+            drain = self._drain
+        last = None             # the thread whose stop was just handled (native loop)
+        pre = 0                 # the native loop fetched the registers already
+        ECHILD, EINTR = errno.ECHILD, errno.EINTR
         while True:
-            try:
-                pid, status = waitpid(-1, WALL)
-            except ChildProcessError:
-                break
+            if nat is None:
+                try:
+                    pid, status = waitpid(-1, WALL)
+                except ChildProcessError:
+                    break
+            else:
+                if last is not None:
+                    # may its next stops be handled natively? (see runtime.tracee.native)
+                    if (last.mapper is top and last.settle is None and last.inject is None
+                            and not last.in_syscall and last.started):
+                        bits = SETTLED | FORKS if not (exec_options and last.exec_events) \
+                            else SETTLED
+                        if last.exec_probe:     # an execve in flight: checked natively
+                            if nat_probe(last.pid, last.vm_peer, last.memfd, last.exec_probe,
+                                         bits):
+                                bits = PROBING
+                                last.fast = PROBING
+                            else:
+                                bits = 0
+                        elif last.pending_exe:
+                            bits = 0
+                    else:
+                        bits = 0
+                    if bits != last.fast:
+                        last.fast = bits
+                        nat_set(last.pid, bits)
+                r = nat_wait(out_addr)
+                if out[3]:
+                    drain(nat)
+                if r:
+                    if r == -ECHILD:
+                        break
+                    if r == -EINTR:
+                        continue        # a signal for the tracer: its handler has run
+                    raise OSError(-r, os.strerror(-r))
+                pid = out[0]
+                status = out[1]
+                pre = out[2]
             t = tracees.get(pid)
+            last = t
             if t is not None and t.settle is not None:
                 t.settled()                         # its unlink/rename/... is over by now
             if status & 0xFF == 0x7F:               # stopped
@@ -200,7 +294,7 @@ class Loop:
                         self._exec_check(t)
                     if t.memfd == -2:
                         t.count_stop()
-                    if getregs(pid, regs) == -1:
+                    if not pre and getregs(pid, regs) == -1:
                         continue
                     nr = regs[R_ORIG_RAX]
                     h = dispatch[nr] if nr < ndisp else None
@@ -329,6 +423,8 @@ class Loop:
                     t.started = True
                     tracees[pid] = t
                     self.held.add(pid)
+                    if nat is not None:
+                        nat_set(pid, HELD)      # its parent's fork event comes to Python
                     continue
                 if not t.started and (sig == signal.SIGSTOP or event):
                     t.started = True
@@ -347,6 +443,7 @@ class Loop:
                 resume(resume_req, pid, sig)
                 continue
             # exited or killed
+            last = None
             t = tracees.pop(pid, None)
             if t is not None:
                 t.close()
@@ -358,6 +455,10 @@ class Loop:
         for t in tracees.values():
             t.close()
         tracees.clear()
+        if nat is not None:
+            self.native = None
+            self.native_stats = nat.stats()
+            nat.reset()
         return self.main_status if self.main_status is not None else 0
 
     def _internal_error(self, t: Tracee, nr: int, e: Exception) -> int:

@@ -12,7 +12,7 @@ class Tracee:
 
     __slots__ = ("pid", "memfd", "scratch", "ret", "exits", "exe", "pending_exe", "mapper",
                  "in_syscall", "skip_ret", "ext", "started", "guest_root", "area", "inject", "peek",
-                 "exec_probe", "exec_events", "vm_peer", "mem_stops", "settle")
+                 "exec_probe", "exec_events", "vm_peer", "mem_stops", "settle", "fast")
 
     def __init__(self, pid: int, mapper, exe: str = "", ext: dict | None = None) -> None:
         self.pid = pid
@@ -44,6 +44,7 @@ class Tracee:
         # the mappers whose caches wait for this thread's forget-call (unlink, rename...) to be
         # over: settled at its next stop or when it is gone (see runtime.path.binding)
         self.settle: tuple | None = None
+        self.fast = 0               # what the native loop may do with it (runtime.tracee.native bits)
 
     def open_mem(self) -> None:
         if self.memfd >= 0:

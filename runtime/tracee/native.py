@@ -1,0 +1,167 @@
+"""The native stop loop (`fastloop.c`): Python's fast paths, without Python, for settled threads.
+
+Why: on the measured VM a stop that Python handles costs 30-50 us of tracer time even when the answer
+is known in advance (a cached path), mostly because every switch between the guest and the
+interpreter's large working set refills the CPU's caches; the same work in C costs a few us (the
+`floor` rows of scripts/bench_engine.py). So the event loop waits through `cf_wait`, which handles
+by itself, for threads Python marked settled (`set`), the stops whose answer needs no decision:
+absolute paths found in a path cache Python fills (`put`), plain names that are not symlinks,
+NULL/empty paths, signal deliveries. Everything else comes back to Python unchanged.
+
+What Python must keep true (runtime/tracee/loop.py, runtime/syscall/enter.py, runtime.path.binding):
+- a thread is settled only while nothing about it waits for its next stop (an exec probe, a forget
+  call settling, an exit stop, an injected call, a pending execve) and it uses the run's top-level
+  mapper (not an emulated chroot); a gone thread is unsettled by cf_wait itself;
+- the path cache holds only clean absolute guest paths whose last component the mapper's own leaf
+  cache knows not to be a symlink (inside the image's tree, no bind): exactly what Python's fast
+  path would answer without a look at the tree; it is emptied by every `Mapper.forget()` of the
+  top-level mapper, and not filled while a forget-call may still be running;
+- only one-path calls whose handler is the plain path rewrite (no extension hooked on them, no
+  forget, not a write when a read-only bind exists) get a spec.
+
+`load()` gives None (the pure Python loop) when the library is missing or stale (the source is
+newer), when `CARRYON_NATIVE=0`, or when it does not load; the frozen runtime ships it prebuilt.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+ABI = 2
+# a thread's state bits Python gives (`set`)
+SETTLED = 1         # its stops may be handled natively
+FORKS = 2           # its fork/vfork events too
+HELD = 4            # Python holds it (stopped before its parent's fork event)
+# queued events (`events`): (kind, a, b, c)
+Q_EXIT = 1          # (Q_EXIT, pid, wait status, 0): a process other than the main one ended
+Q_FORK = 2          # (Q_FORK, parent, child, child's bits): attach stop handled natively
+Q_VFORK = 3         # the same for vfork (kcmp said the child still shares its parent's memory)
+Q_EXEC = 4          # (Q_EXEC, pid, its bits, 0): its execve succeeded (see `probe`)
+PROBING = -1        # Tracee.fast of a thread whose execve the native loop checks
+QUEUE_MAX = 1024
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(HERE, "fastloop.c")
+LIBRARY = os.path.join(HERE, "_fastloop.so")
+
+
+class Native:
+    """The loaded library, bound to one register buffer (the loop's `regs`)."""
+
+    def __init__(self, lib, regs) -> None:
+        self.lib = lib
+        self.out = (ctypes.c_int * 4)()
+        self.queue = (ctypes.c_int * (4 * QUEUE_MAX))()
+        self.out_addr = ctypes.c_void_p(ctypes.addressof(self.out))    # built once: no argtypes
+        if lib.cf_init(ctypes.c_void_p(ctypes.addressof(regs))) != 0:
+            raise OSError("native loop: out of memory")
+        lib.cf_reset()
+        self.set = lib.cf_set               # (pid, bits)
+        self.clear = lib.cf_clear
+        self._put = lib.cf_put
+        self._wait = lib.cf_wait
+        self._probe = lib.cf_probe
+
+    def wait(self) -> int:
+        """0 with self.out = (pid, status, regs fetched, events queued), or -errno."""
+        return self._wait(self.out_addr)
+
+    def events(self) -> list[tuple[int, int, int, int]]:
+        """The queued events, oldest first (the queue is then empty)."""
+        q = self.queue
+        n = self.lib.cf_events(q, QUEUE_MAX)
+        return [(q[i], q[i + 1], q[i + 2], q[i + 3]) for i in range(0, 4 * n, 4)]
+
+    def probe(self, pid: int, peer: int, fd: int, addr: int, after: int) -> bool:
+        """Its execve goes ahead without an exec event: at its next stop, tell whether it
+        succeeded (kcmp with the vfork parent `peer`, else a read of `addr` through the old
+        memory's descriptor `fd`, as Loop._exec_check does); if so queue Q_EXEC and give it the
+        bits `after`. False when the native loop has no room (Python checks itself)."""
+        return self._probe(pid, peer, fd, ctypes.c_ulong(addr), after) == 0
+
+    def main(self, pid: int) -> None:
+        """The main process: its end is never queued (the loop acts on it at once)."""
+        self.lib.cf_main(pid)
+
+    def put(self, guest: bytes, host: bytes) -> None:
+        self._put(guest, len(guest), host, len(host))
+
+    def spec(self, nr: int, path_reg: int, dirfd_reg: int, rule: int, flag_reg: int,
+             cached: bool) -> None:
+        self.lib.cf_spec(nr, path_reg, dirfd_reg, rule, flag_reg, int(cached))
+
+    def names(self, names) -> None:
+        """The plain names Python must see (bind points and their missing ancestors, . and ..)."""
+        buf = b"".join(n + b"\0" for n in names)
+        if self.lib.cf_names(buf, len(buf)) != 0:
+            raise OSError("native loop: too many special names")
+
+    def stats(self) -> dict[str, int]:
+        out = (ctypes.c_ulong * 7)()
+        self.lib.cf_stats(out)
+        return dict(zip(("cached", "names", "signals", "forks", "exits", "execs", "python"), out))
+
+    def reset(self) -> None:
+        self.lib.cf_reset()
+
+
+_lib = None
+
+
+def library():
+    """The ctypes library, or None (see the module docstring)."""
+    global _lib
+    if _lib is not None:
+        return _lib or None
+    _lib = False
+    if os.environ.get("CARRYON_NATIVE", "1") == "0":
+        return None
+    try:
+        if os.path.exists(SOURCE) and os.stat(SOURCE).st_mtime > os.stat(LIBRARY).st_mtime:
+            return None                     # stale: rebuilt by scripts/setup-env.sh or `build`
+        lib = ctypes.CDLL(LIBRARY)
+        if lib.cf_abi() != ABI:
+            return None
+    except OSError:
+        return None
+    _lib = lib
+    return lib
+
+
+def load(regs) -> Native | None:
+    lib = library()
+    if lib is None:
+        return None
+    try:
+        return Native(lib, regs)
+    except OSError:
+        return None
+
+
+def build(dest: str = LIBRARY, cc: list[str] | None = None) -> str:
+    """Compile fastloop.c into `dest` (atomically); returns dest. Raises OSError with the
+    compiler's message on failure."""
+    import subprocess               # not at the top: start-up time (the runtime only loads)
+    cc = cc or [os.environ.get("CC") or "cc"]
+    tmp = f"{dest}.{os.getpid()}.tmp"
+    cmd = [*cc, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", tmp, SOURCE]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise OSError(f"no C compiler ({cc[0]}) to build {os.path.basename(SOURCE)}") from None
+    if p.returncode != 0:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise OSError(f"{' '.join(cmd)} failed: {p.stderr.strip()}")
+    os.replace(tmp, dest)
+    return dest
+
+
+if __name__ == "__main__":          # python -m runtime.tracee.native [DEST]: build the library
+    try:
+        print(build(*sys.argv[1:2]))
+    except OSError as e:
+        sys.exit(f"carryon: {e}")

@@ -1,0 +1,132 @@
+"""The native stop loop (runtime/tracee/fastloop.c via runtime.tracee.native): built, used, and
+giving the answers Python gives, in the cases where its shortcuts could go wrong."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+
+import pytest
+
+from conftest import ENGINE_USERS, REPO
+from engine_util import carryon_exec
+
+sys.path.insert(0, str(REPO))
+from runtime.tracee import native  # noqa: E402
+
+HAVE_CC = shutil.which(os.environ.get("CC") or "cc") is not None
+STATS = re.compile(r"native stop loop: (.*)")
+
+
+def stats_of(stderr: str) -> dict[str, int]:
+    m = STATS.search(stderr)
+    assert m, f"no native stats in:\n{stderr}"
+    return {k: int(v) for k, v in (item.rsplit(" ", 1) for item in m.group(1).split(", "))}
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler: the engine runs its Python loop only")
+def test_library_is_built_and_loads():
+    """scripts/setup-env.sh builds it where a compiler exists; a stale or missing one is not used."""
+    assert os.path.exists(native.LIBRARY), "runtime/tracee/_fastloop.so missing (scripts/setup-env.sh)"
+    assert os.stat(native.LIBRARY).st_mtime >= os.stat(native.SOURCE).st_mtime, "stale library"
+    assert native.library() is not None
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
+def test_build_and_stale_detection(tmp_path, monkeypatch):
+    src = tmp_path / "fastloop.c"
+    shutil.copy(native.SOURCE, src)
+    lib = tmp_path / "_fastloop.so"
+    monkeypatch.setattr(native, "SOURCE", str(src))
+    monkeypatch.setattr(native, "LIBRARY", str(lib))
+    monkeypatch.setattr(native, "_lib", None)
+    assert native.library() is None                 # missing
+    native.build(str(lib))
+    monkeypatch.setattr(native, "_lib", None)
+    assert native.library() is not None
+    os.utime(src, (os.stat(lib).st_mtime + 10,) * 2)
+    monkeypatch.setattr(native, "_lib", None)
+    assert native.library() is None                 # the source changed since: not used
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setenv("CARRYON_NATIVE", "0")
+    os.utime(src, (os.stat(lib).st_mtime - 10,) * 2)
+    assert native.library() is None                 # turned off
+    bad = tmp_path / "bad.c"
+    bad.write_text("this is not C\n")
+    monkeypatch.setattr(native, "SOURCE", str(bad))
+    with pytest.raises(OSError, match="failed"):
+        native.build(str(tmp_path / "bad.so"))
+    assert not (tmp_path / "bad.so").exists()
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
+def test_stops_are_handled_natively(debian_rootfs):
+    """A shell loop: its path stops, fork events, signals, exits and exec checks go through the
+    native loop (the counts fail if a bookkeeping slip sends them all back to Python)."""
+    script = "trap 'echo trapped' USR1; for i in 1 2 3 4 5; do /bin/true; done; kill -USR1 $$; echo done"
+    p = carryon_exec(debian_rootfs, "sh", "-c", script, engine="seccomp", user=ENGINE_USERS[0],
+                     opts=("-v", "2"))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "trapped\ndone\n"
+    st = stats_of(p.stderr)
+    assert st["cached"] >= 10 and st["forks"] >= 5 and st["exits"] >= 5 and st["execs"] >= 5, st
+    assert st["signals"] >= 5, st
+    p = carryon_exec(debian_rootfs, "sh", "-c", script, engine="seccomp-python", user=ENGINE_USERS[0],
+                     opts=("-v", "2"))
+    assert p.returncode == 0 and p.stdout == "trapped\ndone\n", p.stderr
+    assert not STATS.search(p.stderr)
+
+
+SCRIPT = r"""
+set -e
+d=$1
+mkdir -p $d/a
+echo one > $d/a/f
+cat $d/a/f $d/a/f
+# the last component a symlink: followed for open, not for lstat/readlink, asked twice each
+ln -s $d/a/f $d/ln
+cat $d/ln; cat $d/ln
+stat -c %F $d/ln; stat -c %F $d/ln; readlink $d/ln; test -L $d/ln && echo is-link
+stat -L -c %F /lib64/ld-linux-x86-64.so.2; stat -c %F /lib64/ld-linux-x86-64.so.2
+# a relative name that is a symlink (absolute target: in the guest)
+cd $d && cat ln && cd /
+# a directory renamed away and replaced, then replaced by a symlink
+mv $d/a $d/b
+mkdir $d/a; echo two > $d/a/f
+cat $d/a/f
+rm -r $d/a; ln -s $d/b $d/a
+cat $d/a/f
+# a missing name seen, then made a symlink
+cat $d/late 2>/dev/null || echo missing
+ln -s $d/b/f $d/late
+cat $d/late
+# exec errors: the native exec check sees the same program go on
+/nonexistent-cmd 2>/dev/null || echo "rc $?"
+printf 'x\n' > $d/noexec; $d/noexec 2>/dev/null || echo "rc $?"
+sh -c 'exit 3' || echo "rc $?"
+echo "$(echo sub)"
+"""
+EXPECTED = ["one", "one", "one", "one", "symbolic link", "symbolic link", "{d}/a/f", "is-link",
+            "regular file", "symbolic link", "one", "two", "one", "missing", "one", "rc 127",
+            "rc 126", "rc 3", "sub"]
+
+
+@pytest.mark.parametrize("engine", ["seccomp", "seccomp-python", "ptrace"])
+@pytest.mark.parametrize("user", ENGINE_USERS)
+def test_same_answers_as_python(debian_rootfs, engine, user):
+    """Cases where a cached answer or a skipped look would be wrong. The same absolute paths exist
+    on the host with other contents: an answer taken there shows."""
+    d = f"/tmp/carryon-native-{engine}-{user}-{os.getpid()}"
+    os.makedirs(f"{d}/a", exist_ok=True)
+    os.makedirs(f"{d}/b", exist_ok=True)
+    for f in ("a/f", "b/f", "late"):
+        with open(f"{d}/{f}", "w") as fh:
+            fh.write("HOST\n")
+    try:
+        p = carryon_exec(debian_rootfs, "sh", "-c", SCRIPT, "sh", d, engine=engine, user=user)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.splitlines() == [e.format(d=d) for e in EXPECTED]
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
