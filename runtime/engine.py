@@ -205,6 +205,11 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
             nat.names(mapper.leaf_names)
             tr.native_put = nat.put
             mapper.native_clear = nat.clear
+            for ext in exts:
+                attach = getattr(ext, "attach_native", None)
+                if attach is not None:      # the calls only this extension hooks
+                    attach(nat, [nr for nr, hooks in wanted.items() if hooks == [ext]
+                                 and nr not in tr.extra and nr not in table.REFUSED])
             return mapper
 
         native_out.append(native_setup)

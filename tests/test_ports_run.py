@@ -164,6 +164,37 @@ def test_udp_reaches_own_server(debian_rootfs, probe, mode):
        "ok udp")
 
 
+def test_native_stop_loop_answers_the_seed_loop(debian_rootfs, probe):
+    """The port table's plain answers come from the native stop loop (runtime/tracee/fastloop.c):
+    the loop's binds, connects, accepts and getsocknames, all but the first few, never reach Python."""
+    import re
+    import shutil
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler: the engine runs its Python loop only")
+    for args, real in ((["-p", f"8000:{free_port()}"], None), (["-n"], "auto")):
+        p = run(exec_cmd(debian_rootfs, "-v", "2", "-b", f"{probe}:/probe.py", *args,
+                         "python3", "/probe.py", "loop", "4", "8000", "300", real or args[1].split(":")[1]))
+        ok(p, "ok loop 300")
+        m = re.search(r"native stop loop: .*sockets (\d+), python (\d+)", p.stderr)
+        assert m and int(m.group(1)) >= 3 * 300 and int(m.group(2)) < 300, p.stderr
+
+
+@pytest.mark.parametrize("family", ["4", "6"])
+def test_python_stop_loop_too(debian_rootfs, probe, family):
+    """The same translation with Python seeing every stop (CARRYON_NATIVE=0: where the native
+    library is missing), both modes, TCP and UDP, a bound client."""
+    env = {"CARRYON_NATIVE": "0"}
+    host = free_port()
+    ok(run(exec_cmd(debian_rootfs, "-b", f"{probe}:/probe.py", "-p", f"8000:{host}",
+                    "python3", "/probe.py", "loop", family, "8000", "200", str(host)), env=env), "ok loop 200")
+    ok(run(exec_cmd(debian_rootfs, "-b", f"{probe}:/probe.py", "-n",
+                    "python3", "/probe.py", "loop", family, "8000", "200", "auto"), env=env), "ok loop 200")
+    ok(run(exec_cmd(debian_rootfs, "-b", f"{probe}:/probe.py", "-n", "python3", "/probe.py", "udp", "9000"),
+           env=env), "ok udp")
+    ok(run(exec_cmd(debian_rootfs, "-b", f"{probe}:/probe.py", "-n",
+                    "python3", "/probe.py", "bound-client", "8200", "8201"), env=env), "ok bound-client")
+
+
 def test_plain_ptrace_engine(debian_rootfs, probe):
     env = {"CARRYON_ENGINE": "ptrace"}
     ok(run(exec_cmd(debian_rootfs, "-b", f"{probe}:/probe.py", "-n",

@@ -105,6 +105,7 @@ class PortMap(Base):
         self.bound_fds: dict[tuple[int, int], None] = {}  # (tid, fd) of translated binds
         self.redirected = False
         self.bound_clients = False
+        self.native = None              # the native stop loop, told the table (see attach_native)
         self._enter = {
             BIND: self._bind, CONNECT: self._connect, SENDTO: self._sendto, SENDMSG: self._sendmsg,
             SENDMMSG: self._sendmmsg, GETSOCKNAME: self._getsockname, GETPEERNAME: self._getpeername,
@@ -127,10 +128,57 @@ class PortMap(Base):
         if self.ports_file:
             portsfile.remove(self.ports_file)
 
+    # --- the native stop loop (runtime.tracee.native) -------------------------------------------
+
+    NATIVE_KINDS = {BIND: 1, CONNECT: 2, SENDTO: 3, ACCEPT: 4, ACCEPT4: 4, GETSOCKNAME: 5,
+                    GETPEERNAME: 6}
+
+    def attach_native(self, nat, calls) -> None:
+        """Let the native loop answer the socket calls (of `calls`: those no other extension
+        hooks) that the table decides by itself (fastloop.c's port_stop). It is told every change
+        of the table and of the flags below, and queues the binds it translated (`native_bound`)."""
+        from runtime.tracee.native import Q_BOUND
+        self.native = nat
+        nat.handlers[Q_BOUND] = self.native_bound
+        for nr in calls:
+            kind = self.NATIVE_KINDS.get(nr)
+            if kind:
+                nat.port_call(nr, kind)
+        nat.port_local(self.local.v4, self.local.v6)
+        self._sync_native()
+
+    def _sync_native(self) -> None:
+        nat = self.native
+        if nat is None:
+            return
+        from runtime.tracee.native import PROTO_BITS
+        t = self.table
+        fwd = [(PROTO_BITS[p], g, h) for (p, g), h in t.fwd.items()]
+        rev = [(PROTO_BITS[p], h, g) for (p, h), g in t.rev.items()]
+        pubs = [(PROTO_BITS[e.proto], e.guest, e.host, _address_key(e.address)) for e in t.entries()]
+        restricted = [(PROTO_BITS[p], g) for p, g in t.restrict]
+        nat.port_table(fwd, rev, pubs, restricted, sorted(t.bind_ports))
+        self._sync_flags()
+
+    def _sync_flags(self) -> None:
+        if self.native is not None:
+            self.native.port_flags(bound_clients=self.bound_clients, redirected=self.redirected,
+                                   readback=self.readback, auto=self.table.auto)
+
+    def native_bound(self, tid: int, fd: int, _unused: int = 0) -> None:
+        """The native loop translated a bind of this socket (Q_BOUND)."""
+        _remember(self.bound_fds, (tid, fd))
+
+    def _bound(self, tid: int, fd: int) -> None:
+        _remember(self.bound_fds, (tid, fd))
+        if self.native is not None:
+            self.native.port_bound(tid, fd)
+
     def fork(self, parent, child) -> None:
         sockinfo.forget(child.pid)      # a cached pidfd under a reused thread id is not this one
 
     def _published(self, entries: list[PortEntry], new: PortEntry) -> None:
+        self._sync_native()
         if self.verbose:
             self.stderr.write(f"carryon: port {new.proto} {new.address} {new.guest} -> host {new.host}\n")
             self.stderr.flush()
@@ -192,6 +240,7 @@ class PortMap(Base):
         if (t.pid, fd) in self.bound_fds and not self.bound_clients:
             if sockinfo.bound_port(t.pid, fd) in self.table.host_ports:
                 self.bound_clients = True   # peers will see this socket's host port
+                self._sync_flags()
         table = self.table
         gport = sockaddr.port(raw)
         if gport not in table.guest_ports:
@@ -202,7 +251,9 @@ class PortMap(Base):
             host = table.connect_target(proto, gport) if proto else None
             if host is None:
                 return None
-        self.redirected = True
+        if not self.redirected:
+            self.redirected = True
+            self._sync_flags()
         return sockaddr.with_port(raw, host)
 
     def _watch_incoming(self) -> bool:
@@ -256,7 +307,7 @@ class PortMap(Base):
             # second first bind of this guest port (another thread or process) could get another.
             err, host = sockinfo.bind_copy(t.pid, fd, sockaddr.with_port(new, 0))
             if err == 0:
-                _remember(self.bound_fds, (t.pid, fd))
+                self._bound(t.pid, fd)
                 self.table.record(proto, gport, host, address, sockaddr.is_ipv4(raw))
                 t.ret = 0
                 return SKIP
@@ -269,7 +320,7 @@ class PortMap(Base):
             if not target:
                 return 0
         regs[A1] = mem.push(t, sockaddr.with_port(new, target))
-        _remember(self.bound_fds, (t.pid, fd))
+        self._bound(t.pid, fd)
         if target != AUTO and table.published(proto, gport, address, target):
             return CHANGED
         return CHANGED | self._watch(t, (BIND, fd, proto, gport, address, sockaddr.is_ipv4(raw), target))
@@ -435,6 +486,16 @@ class PortMap(Base):
             hdr = mem.read(t, vec + i * MMSGHDR_LEN, 12)
             self._reverse(t, fd, int.from_bytes(hdr[0:8], "little"), int.from_bytes(hdr[8:12], "little"),
                           local_only=True)
+
+
+def _address_key(address: str) -> bytes:
+    """The native loop's key of a published address (fastloop.c's addr_key): family, packed
+    address, and for IPv6 the scope id: what `sockaddr.address_text` made the text from."""
+    text, _, scope = address.partition("%")
+    if ":" not in text:
+        return sockaddr.AF_INET.to_bytes(2, "little") + sockaddr.pack_ip(text)
+    return (sockaddr.AF_INET6.to_bytes(2, "little") + sockaddr.pack_ip(text)
+            + int(scope or 0).to_bytes(4, "little"))
 
 
 def _restricted(raw: bytes, address: str) -> bytes:

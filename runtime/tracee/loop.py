@@ -172,7 +172,7 @@ class Loop:
 
     def _drain(self, nat) -> None:
         """What the native loop did meanwhile, in order: children forked, processes ended."""
-        from runtime.tracee.native import Q_EXEC, Q_EXIT, Q_VFORK
+        from runtime.tracee.native import Q_EXEC, Q_EXIT, Q_FORK, Q_VFORK
         tracees = self.tracees
         for kind, a, b, c in nat.events():
             if kind == Q_EXIT:
@@ -187,6 +187,11 @@ class Loop:
                     t.exec_probe = 0
                     t.exec_done()
                     t.fast = b
+                continue
+            if kind not in (Q_FORK, Q_VFORK):
+                handler = nat.handlers.get(kind)
+                if handler is not None:
+                    handler(a, b, c)
                 continue
             parent = tracees.get(a)
             if parent is None:          # cannot be: the native loop handles known threads only

@@ -39,6 +39,9 @@ Q_EXIT = 1          # (Q_EXIT, pid, wait status, 0): a process other than the ma
 Q_FORK = 2          # (Q_FORK, parent, child, child's bits): attach stop handled natively
 Q_VFORK = 3         # the same for vfork (kcmp said the child still shares its parent's memory)
 Q_EXEC = 4          # (Q_EXEC, pid, its bits, 0): its execve succeeded (see `probe`)
+Q_BOUND = 5         # (Q_BOUND, tid, fd, 0): a bind translated natively (port translation)
+PROTO_BITS = {"tcp": 1, "udp": 2}
+PMF_BOUND_CLIENTS, PMF_REDIRECTED, PMF_READBACK, PMF_AUTO = 1, 2, 4, 8
 PROBING = -1        # Tracee.fast of a thread whose execve the native loop checks
 QUEUE_MAX = 1024
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,6 +65,7 @@ class Native:
         self._put = lib.cf_put
         self._wait = lib.cf_wait
         self._probe = lib.cf_probe
+        self.handlers: dict[int, object] = {}   # queued event kind -> extension's handler
 
     def wait(self) -> int:
         """0 with self.out = (pid, status, regs fetched, events queued), or -errno."""
@@ -79,6 +83,45 @@ class Native:
         memory's descriptor `fd`, as Loop._exec_check does); if so queue Q_EXEC and give it the
         bits `after`. False when the native loop has no room (Python checks itself)."""
         return self._probe(pid, peer, fd, ctypes.c_ulong(addr), after) == 0
+
+    # port translation (runtime/extension/portmap.py's attach_native)
+    def port_call(self, nr: int, kind: int) -> None:
+        self.lib.cf_port_call(nr, kind)
+
+    def port_table(self, fwd, rev, pubs, restricted, bind_ports) -> None:
+        """fwd/rev: (proto bit, from port, to port); pubs: (proto bit, guest, host, key bytes);
+        restricted: (proto bit, guest port); bind_ports: guest ports."""
+        ints = ctypes.c_int * 1
+        f = (ctypes.c_int * (3 * len(fwd) or 1))(*[x for e in fwd for x in e])
+        r = (ctypes.c_int * (3 * len(rev) or 1))(*[x for e in rev for x in e])
+        p = b"".join(bytes((proto, len(key))) + guest.to_bytes(2, "little") + host.to_bytes(2, "little")
+                     + b"\0\0" + key.ljust(24, b"\0")[:24] for proto, guest, host, key in pubs)
+        rs = (ctypes.c_int * (2 * len(restricted) or 1))(*[x for e in restricted for x in e])
+        bp = (ctypes.c_int * (len(bind_ports) or 1))(*bind_ports) if bind_ports else ints()
+        if self.lib.cf_port_table(f, len(fwd), r, len(rev), p or b"\0", len(pubs), rs,
+                                  len(restricted), bp, len(bind_ports)) != 0:
+            self.lib.cf_port_table(f, 0, r, 0, b"\0", 0, rs, 0, bp, 0)
+            self.port_flags(False, False, False, False, off=True)
+
+    def port_flags(self, bound_clients: bool, redirected: bool, readback: bool, auto: bool,
+                   off: bool = False) -> None:
+        if off:                         # a table too big for the native loop: Python does it all
+            for nr in range(512):
+                self.lib.cf_port_call(nr, 0)
+            return
+        self.lib.cf_port_flags((PMF_BOUND_CLIENTS if bound_clients else 0)
+                               | (PMF_REDIRECTED if redirected else 0)
+                               | (PMF_READBACK if readback else 0) | (PMF_AUTO if auto else 0))
+
+    def port_bound(self, tid: int, fd: int) -> None:
+        self.lib.cf_port_bound(tid, fd)
+
+    def port_local(self, v4: set[bytes], v6: set[bytes]) -> None:
+        v4l, v6l = sorted(v4)[:256], sorted(v6)[:256]
+        if len(v4) > 256 or len(v6) > 256:
+            self.port_flags(False, False, False, False, off=True)
+            return
+        self.lib.cf_port_local(b"".join(v4l) or b"\0", len(v4l), b"".join(v6l) or b"\0", len(v6l))
 
     def main(self, pid: int) -> None:
         """The main process: its end is never queued (the loop acts on it at once)."""
@@ -98,9 +141,10 @@ class Native:
             raise OSError("native loop: too many special names")
 
     def stats(self) -> dict[str, int]:
-        out = (ctypes.c_ulong * 7)()
+        out = (ctypes.c_ulong * 8)()
         self.lib.cf_stats(out)
-        return dict(zip(("cached", "names", "signals", "forks", "exits", "execs", "python"), out))
+        return dict(zip(("cached", "names", "signals", "forks", "exits", "execs", "sockets",
+                         "python"), out))
 
     def reset(self) -> None:
         self.lib.cf_reset()
