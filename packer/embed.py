@@ -245,11 +245,9 @@ def build_native(workdir: str) -> str:
     compilers: list[list[str]] = []
     if os.environ.get("CC") or shutil.which("cc"):
         compilers.append([os.environ.get("CC") or "cc"])
-    try:
-        import ziglang  # noqa: F401
+    from importlib.util import find_spec
+    if find_spec("ziglang") is not None:
         compilers.append([sys.executable, "-m", "ziglang", "cc", "-target", "x86_64-linux-gnu.2.17"])
-    except ImportError:
-        pass
     if not compilers:
         raise CarryonError("building the frozen runtime needs a C compiler for its native stop loop: "
                            "apt-get install gcc (or pip install ziglang)")

@@ -205,6 +205,9 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
             nat.names(mapper.leaf_names)
             tr.native_put = nat.put
             mapper.native_clear = nat.clear
+            for name, kind in (("bind", 7), ("connect", 7), ("sendto", 8)):
+                if NUMBERS[name] not in wanted:     # no port translation: only AF_UNIX matters
+                    nat.port_call(NUMBERS[name], kind)
             for ext in exts:
                 attach = getattr(ext, "attach_native", None)
                 if attach is not None:      # the calls only this extension hooks

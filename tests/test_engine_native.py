@@ -41,8 +41,11 @@ def test_build_and_stale_detection(tmp_path, monkeypatch):
     lib = tmp_path / "_fastloop.so"
     monkeypatch.setattr(native, "SOURCE", str(src))
     monkeypatch.setattr(native, "LIBRARY", str(lib))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(native, "_lib", None)
-    assert native.library() is None                 # missing
+    got = native.library()                          # missing beside the source: built in the cache
+    assert got is not None and got.cf_abi() == native.ABI
+    assert len(list((tmp_path / "cache" / "carryon" / "native").glob("fastloop-*.so"))) == 1
     native.build(str(lib))
     monkeypatch.setattr(native, "_lib", None)
     assert native.library() is not None

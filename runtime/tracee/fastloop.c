@@ -145,9 +145,17 @@ static void put_state(int pid, unsigned v)
 
 int cf_abi(void) { return CF_ABI; }
 
+static int used_once;                   /* cf_init ran before: cf_reset first */
+void cf_reset(void);
+
 int cf_init(unsigned long *regs_buf)
 {
+    if (used_once)
+        cf_reset();
+    used_once = 1;
     regs = regs_buf;
+    for (int i = 0; i < MAXNR; i++)
+        specs[i].path_reg = -1;
     if (!state)
         state = calloc(PID_LIMIT, 1);   /* untouched pages cost nothing */
     if (!cache)
@@ -377,7 +385,9 @@ static int is_special_name(const char *name, size_t n)
 /* ---- port translation (see runtime/extension/portmap.py) ------------------------------------ */
 
 enum { PM_BIND = 1, PM_CONNECT = 2, PM_SENDTO = 3, PM_ACCEPT = 4, PM_GETSOCKNAME = 5,
-       PM_GETPEERNAME = 6 };
+       PM_GETPEERNAME = 6,
+       PM_UNIX = 7,             /* bind/connect without port translation: only AF_UNIX paths matter */
+       PM_UNIX_SENDTO = 8 };    /* the same for sendto */
 #define PMF_BOUND_CLIENTS 1     /* a guest socket bound to a mapped port connected somewhere */
 #define PMF_REDIRECTED 2        /* a connect/sendto was redirected already */
 #define PMF_READBACK 4          /* pidfd_getfd works */
@@ -641,6 +651,19 @@ static unsigned long push(int pid, const void *data, size_t n)
     return write_mem(pid, at, data, n) ? 0 : at;
 }
 
+/* Set one register in the tracee; on failure (the tracee is gone) the buffer is left as Python
+ * must see it. */
+static int set_reg(int pid, int reg, unsigned long value)
+{
+    unsigned long old = regs[reg];
+    regs[reg] = value;
+    if (ptrace(PTRACE_SETREGS, pid, 0, regs) == -1) {
+        regs[reg] = old;
+        return -1;
+    }
+    return 0;
+}
+
 static int resume(int pid)
 {
     ptrace(PTRACE_CONT, pid, 0, 0);
@@ -691,16 +714,19 @@ static int port_stop(int pid, int kind)
             uint32_t full = len;
             if (write_mem(pid, addr, b, room < len ? room : len) || write_mem(pid, lenptr, &full, 4))
                 return resume(pid);
-            regs[R_ORIG_RAX] = (unsigned long)-1;
+            unsigned long nr = regs[R_ORIG_RAX];
             regs[R_RAX] = 0;                    /* the call's result */
-            if (ptrace(PTRACE_SETREGS, pid, 0, regs) == -1)
+            if (set_reg(pid, R_ORIG_RAX, (unsigned long)-1)) {  /* skipped */
+                regs[R_ORIG_RAX] = nr;
                 return 0;
+            }
             return resume(pid);
         }
         close(d);
         return resume(pid);
     }
-    int areg = kind == PM_SENDTO ? R_R8 : R_RSI, lreg = kind == PM_SENDTO ? R_R9 : R_RDX;
+    int to = kind == PM_SENDTO || kind == PM_UNIX_SENDTO;
+    int areg = to ? R_R8 : R_RSI, lreg = to ? R_R9 : R_RDX;
     unsigned long addr = regs[areg];
     uint32_t alen = (uint32_t)regs[lreg];
     if (!addr || alen < 3)
@@ -710,7 +736,7 @@ static int port_stop(int pid, int kind)
         return 0;
     if (sa_family(b) == AF_UNIX_)
         return 0;                               /* a path: the engine's own handler */
-    if (alen < 16 || !sa_inet(b, size))
+    if (kind >= PM_UNIX || alen < 16 || !sa_inet(b, size))
         return resume(pid);
     int gport = sa_port(b);
     if (kind == PM_BIND) {
@@ -742,8 +768,7 @@ static int port_stop(int pid, int kind)
         unsigned long at = push(pid, b, size);
         if (!at)
             return 0;
-        regs[areg] = at;
-        if (ptrace(PTRACE_SETREGS, pid, 0, regs) == -1)
+        if (set_reg(pid, areg, at))
             return 0;
         if (!bound_has(bound_key(pid, fd))) {
             cf_port_bound(pid, fd);
@@ -774,8 +799,7 @@ static int port_stop(int pid, int kind)
     unsigned long at = push(pid, b, size);
     if (!at)
         return 0;
-    regs[areg] = at;
-    if (ptrace(PTRACE_SETREGS, pid, 0, regs) == -1)
+    if (set_reg(pid, areg, at))
         return 0;
     return resume(pid);
 }
@@ -814,8 +838,7 @@ static int seccomp_stop(int pid)
         struct iovec local = { (void *)host, size }, remote = { (void *)at, size };
         if (process_vm_writev(pid, &local, 1, &remote, 1, 0) != (ssize_t)size)
             return 0;                           /* Python finds another place */
-        regs[s->path_reg] = at;
-        if (ptrace(PTRACE_SETREGS, pid, 0, regs) == -1)
+        if (set_reg(pid, s->path_reg, at))
             return 0;
         ptrace(PTRACE_CONT, pid, 0, 0);
         counts[0]++;

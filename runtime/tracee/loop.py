@@ -462,8 +462,7 @@ class Loop:
         tracees.clear()
         if nat is not None:
             self.native = None
-            self.native_stats = nat.stats()
-            nat.reset()
+            self.native_stats = nat.stats()     # (the next run's cf_init resets it)
         return self.main_status if self.main_status is not None else 0
 
     def _internal_error(self, t: Tracee, nr: int, e: Exception) -> int:

@@ -19,8 +19,11 @@ What Python must keep true (runtime/tracee/loop.py, runtime/syscall/enter.py, ru
 - only one-path calls whose handler is the plain path rewrite (no extension hooked on them, no
   forget, not a write when a read-only bind exists) get a spec.
 
-`load()` gives None (the pure Python loop) when the library is missing or stale (the source is
-newer), when `CARRYON_NATIVE=0`, or when it does not load; the frozen runtime ships it prebuilt.
+`load()` gives None (the pure Python loop) when `CARRYON_NATIVE=0`, when the library is stale (the
+source beside it is newer: rebuild with `python -m runtime.tracee.native`), or when it cannot be had.
+The frozen runtime ships it prebuilt; a source checkout gets it from scripts/setup-env.sh; an
+installed copy without it (`pip install .`) builds it once into the user's cache
+(`~/.cache/carryon/native/`) when a C compiler is there.
 """
 
 from __future__ import annotations
@@ -57,9 +60,8 @@ class Native:
         self.out = (ctypes.c_int * 4)()
         self.queue = (ctypes.c_int * (4 * QUEUE_MAX))()
         self.out_addr = ctypes.c_void_p(ctypes.addressof(self.out))    # built once: no argtypes
-        if lib.cf_init(ctypes.c_void_p(ctypes.addressof(regs))) != 0:
+        if lib.cf_init(ctypes.c_void_p(ctypes.addressof(regs))) != 0:    # (resets a used one)
             raise OSError("native loop: out of memory")
-        lib.cf_reset()
         self.set = lib.cf_set               # (pid, bits)
         self.clear = lib.cf_clear
         self._put = lib.cf_put
@@ -146,8 +148,6 @@ class Native:
         return dict(zip(("cached", "names", "signals", "forks", "exits", "execs", "sockets",
                          "python"), out))
 
-    def reset(self) -> None:
-        self.lib.cf_reset()
 
 
 _lib = None
@@ -162,15 +162,38 @@ def library():
     if os.environ.get("CARRYON_NATIVE", "1") == "0":
         return None
     try:
-        if os.path.exists(SOURCE) and os.stat(SOURCE).st_mtime > os.stat(LIBRARY).st_mtime:
+        path = LIBRARY
+        if not os.path.exists(path):
+            path = _cached_build()
+            if path is None:
+                return None
+        elif os.path.exists(SOURCE) and os.stat(SOURCE).st_mtime > os.stat(path).st_mtime:
             return None                     # stale: rebuilt by scripts/setup-env.sh or `build`
-        lib = ctypes.CDLL(LIBRARY)
+        lib = ctypes.CDLL(path)
         if lib.cf_abi() != ABI:
             return None
     except OSError:
         return None
     _lib = lib
     return lib
+
+
+def _cached_build() -> str | None:
+    """The library built from SOURCE in the user's cache (built there now if needed), or None."""
+    try:
+        st = os.stat(SOURCE)
+    except OSError:
+        return None                         # frozen without it, or a broken install
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = xdg if xdg and os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(base, "carryon", "native", f"fastloop-{st.st_size}-{st.st_mtime_ns}.so")
+    if os.path.exists(path):
+        return path
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return build(path)
+    except OSError:
+        return None
 
 
 def load(regs) -> Native | None:
