@@ -68,7 +68,7 @@ def _runtime_sources() -> list[str]:
     out = []
     for d, dirs, files in os.walk(base):
         dirs[:] = sorted(x for x in dirs if x != "__pycache__")
-        out += [os.path.join(d, f) for f in sorted(files) if f.endswith((".py", ".c"))]
+        out += [os.path.join(d, f) for f in sorted(files) if f.endswith((".py", ".c", ".h"))]
     return out
 
 

@@ -30,16 +30,18 @@ def stats_of(stderr: str) -> dict[str, int]:
 def test_library_is_built_and_loads():
     """scripts/setup-env.sh builds it where a compiler exists; a stale or missing one is not used."""
     assert os.path.exists(native.LIBRARY), "runtime/tracee/_fastloop.so missing (scripts/setup-env.sh)"
-    assert os.stat(native.LIBRARY).st_mtime >= os.stat(native.SOURCE).st_mtime, "stale library"
+    assert os.stat(native.LIBRARY).st_mtime >= native._newest_source(), "stale library"
     assert native.library() is not None
 
 
 @pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
 def test_build_and_stale_detection(tmp_path, monkeypatch):
-    src = tmp_path / "fastloop.c"
-    shutil.copy(native.SOURCE, src)
+    for f in (*native.SOURCES, native.HEADER):
+        shutil.copy(f, tmp_path)
+    src = tmp_path / "fastport.c"
     lib = tmp_path / "_fastloop.so"
-    monkeypatch.setattr(native, "SOURCE", str(src))
+    monkeypatch.setattr(native, "SOURCES", tuple(str(tmp_path / os.path.basename(f)) for f in native.SOURCES))
+    monkeypatch.setattr(native, "HEADER", str(tmp_path / "fastloop.h"))
     monkeypatch.setattr(native, "LIBRARY", str(lib))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(native, "_lib", None)
@@ -51,14 +53,14 @@ def test_build_and_stale_detection(tmp_path, monkeypatch):
     assert native.library() is not None
     os.utime(src, (os.stat(lib).st_mtime + 10,) * 2)
     monkeypatch.setattr(native, "_lib", None)
-    assert native.library() is None                 # the source changed since: not used
+    assert native.library() is None                 # a source changed since: not used
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setenv("CARRYON_NATIVE", "0")
     os.utime(src, (os.stat(lib).st_mtime - 10,) * 2)
     assert native.library() is None                 # turned off
     bad = tmp_path / "bad.c"
     bad.write_text("this is not C\n")
-    monkeypatch.setattr(native, "SOURCE", str(bad))
+    monkeypatch.setattr(native, "SOURCES", (*native.SOURCES, str(bad)))
     with pytest.raises(OSError, match="failed"):
         native.build(str(tmp_path / "bad.so"))
     assert not (tmp_path / "bad.so").exists()

@@ -48,7 +48,9 @@ PMF_BOUND_CLIENTS, PMF_REDIRECTED, PMF_READBACK, PMF_AUTO = 1, 2, 4, 8
 PROBING = -1        # Tracee.fast of a thread whose execve the native loop checks
 QUEUE_MAX = 1024
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.path.join(HERE, "fastloop.c")
+# the loop, its path stops, its socket stops, and what they share
+SOURCES = tuple(os.path.join(HERE, f) for f in ("fastloop.c", "fastpath.c", "fastport.c"))
+HEADER = os.path.join(HERE, "fastloop.h")
 LIBRARY = os.path.join(HERE, "_fastloop.so")
 
 
@@ -167,7 +169,7 @@ def library():
             path = _cached_build()
             if path is None:
                 return None
-        elif os.path.exists(SOURCE) and os.stat(SOURCE).st_mtime > os.stat(path).st_mtime:
+        elif _newest_source() > os.stat(path).st_mtime:
             return None                     # stale: rebuilt by scripts/setup-env.sh or `build`
         lib = ctypes.CDLL(path)
         if lib.cf_abi() != ABI:
@@ -178,15 +180,29 @@ def library():
     return lib
 
 
+def _newest_source() -> float:
+    """mtime of the newest source file (0 when there are none: the frozen runtime)."""
+    newest = 0.0
+    for f in (*SOURCES, HEADER):
+        try:
+            newest = max(newest, os.stat(f).st_mtime)
+        except OSError:
+            pass
+    return newest
+
+
 def _cached_build() -> str | None:
-    """The library built from SOURCE in the user's cache (built there now if needed), or None."""
+    """The library built from the sources in the user's cache (built there now if needed), or
+    None. Named after the sources' sizes and mtimes: a changed source gets a new build."""
     try:
-        st = os.stat(SOURCE)
+        sts = [os.stat(f) for f in (*SOURCES, HEADER)]
     except OSError:
-        return None                         # frozen without it, or a broken install
+        return None                         # frozen without them, or a broken install
+    import hashlib
+    tag = hashlib.sha256(repr([(st.st_size, st.st_mtime_ns) for st in sts]).encode()).hexdigest()[:16]
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = xdg if xdg and os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
-    path = os.path.join(base, "carryon", "native", f"fastloop-{st.st_size}-{st.st_mtime_ns}.so")
+    path = os.path.join(base, "carryon", "native", f"fastloop-{tag}.so")
     if os.path.exists(path):
         return path
     try:
@@ -207,16 +223,17 @@ def load(regs) -> Native | None:
 
 
 def build(dest: str = LIBRARY, cc: list[str] | None = None) -> str:
-    """Compile fastloop.c into `dest` (atomically); returns dest. Raises OSError with the
+    """Compile the sources into `dest` (atomically); returns dest. Raises OSError with the
     compiler's message on failure."""
     import subprocess               # not at the top: start-up time (the runtime only loads)
     cc = cc or [os.environ.get("CC") or "cc"]
     tmp = f"{dest}.{os.getpid()}.tmp"
-    cmd = [*cc, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", tmp, SOURCE]
+    cmd = [*cc, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", tmp,
+           *SOURCES]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError:
-        raise OSError(f"no C compiler ({cc[0]}) to build {os.path.basename(SOURCE)}") from None
+        raise OSError(f"no C compiler ({cc[0]}) to build the native stop loop") from None
     if p.returncode != 0:
         try:
             os.unlink(tmp)

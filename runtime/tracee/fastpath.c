@@ -1,0 +1,235 @@
+/* Path stops of the native stop loop (see fastloop.c): the one-path calls Python gave a spec for
+ * (cf_spec), answered from the path cache Python fills (cf_put, cf_clear) when the path is
+ * absolute, left as they are when the path is one plain name that is not a symlink to follow (and
+ * not one of the names Python must see, cf_names), or NULL, or empty. The rules are Python's fast
+ * paths in runtime/syscall/enter.py; see runtime/tracee/native.py for what the cache may hold. */
+#include "fastloop.h"
+
+#define FIRST_CHUNK 256
+#define AT_FDCWD_ (-100)
+
+/* follow rules (runtime/syscall/table.py) */
+enum { FOLLOW = 0, NOFOLLOW = 1, OPEN_FLAGS = 2, AT_NOFOLLOW = 3, AT_FOLLOW = 4, INOTIFY = 5,
+       FANOTIFY = 6 };
+
+struct spec {
+    int8_t path_reg;        /* register index of the path; -1: not handled here */
+    int8_t dirfd_reg;       /* register index of the dirfd; -1: the cwd */
+    int8_t rule;
+    int8_t flag_reg;        /* register the rule reads; -1: none */
+    int8_t cached;          /* absolute paths may be answered from the cache */
+};
+
+struct entry {
+    uint64_t hash;          /* 0: free slot */
+    char *key;              /* key, NUL, value, NUL */
+    uint32_t klen, vlen;
+};
+
+#define CACHE_SLOTS (1u << 17)
+#define CACHE_MAX (CACHE_SLOTS / 2)
+
+static struct spec specs[MAXNR];
+static struct entry *cache;
+static uint32_t *used;                  /* slots in use, to empty the cache in O(entries) */
+static unsigned cache_count;
+static char names[2048];                /* NUL-separated plain names Python must see */
+static unsigned names_len;
+
+HIDDEN int path_init(void)
+{
+    for (int i = 0; i < MAXNR; i++)
+        specs[i].path_reg = -1;
+    if (!cache)
+        cache = calloc(CACHE_SLOTS, sizeof *cache);
+    if (!used)
+        used = malloc(CACHE_MAX * sizeof *used);
+    return cache && used ? 0 : -ENOMEM;
+}
+
+void cf_spec(int nr, int path_reg, int dirfd_reg, int rule, int flag_reg, int cached)
+{
+    if (nr < 0 || nr >= MAXNR)
+        return;
+    specs[nr].path_reg = (int8_t)path_reg;
+    specs[nr].dirfd_reg = (int8_t)dirfd_reg;
+    specs[nr].rule = (int8_t)rule;
+    specs[nr].flag_reg = (int8_t)flag_reg;
+    specs[nr].cached = (int8_t)cached;
+}
+
+int cf_names(const char *buf, unsigned len)
+{
+    if (len > sizeof names)
+        return -E2BIG;
+    memcpy(names, buf, len);
+    names_len = len;
+    return 0;
+}
+
+static uint64_t hash_of(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;        /* FNV-1a */
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ull;
+    }
+    return h | 1;                               /* never 0 (the free mark) */
+}
+
+void cf_clear(void)
+{
+    for (unsigned i = 0; i < cache_count; i++) {
+        struct entry *e = &cache[used[i]];
+        free(e->key);
+        e->hash = 0;
+    }
+    cache_count = 0;
+}
+
+static struct entry *find(const char *key, size_t klen, uint64_t h)
+{
+    unsigned i = (unsigned)h & (CACHE_SLOTS - 1);
+    for (;;) {
+        struct entry *e = &cache[i];
+        if (!e->hash)
+            return e;
+        if (e->hash == h && e->klen == klen && !memcmp(e->key, key, klen))
+            return e;
+        i = (i + 1) & (CACHE_SLOTS - 1);
+    }
+}
+
+int cf_put(const char *key, unsigned klen, const char *val, unsigned vlen)
+{
+    if (!cache || !klen || klen >= PATH_LIMIT || vlen >= PATH_LIMIT)
+        return -EINVAL;
+    if (cache_count >= CACHE_MAX)
+        cf_clear();
+    uint64_t h = hash_of(key, klen);
+    struct entry *e = find(key, klen, h);
+    if (e->hash)
+        return 0;                               /* there already (the same answer) */
+    char *buf = malloc((size_t)klen + vlen + 2);
+    if (!buf)
+        return -ENOMEM;
+    memcpy(buf, key, klen);
+    buf[klen] = 0;
+    memcpy(buf + klen + 1, val, vlen);
+    buf[klen + 1 + vlen] = 0;
+    e->hash = h;
+    e->key = buf;
+    e->klen = klen;
+    e->vlen = vlen;
+    used[cache_count++] = (uint32_t)(e - cache);
+    return 0;
+}
+
+/* The NUL-terminated string at addr in the tracee, into buf; its length, or -1. */
+static long read_string(int pid, unsigned long addr, char *buf)
+{
+    size_t got = 0;
+    size_t n = 4096 - (addr & 4095);
+    if (n > FIRST_CHUNK)
+        n = FIRST_CHUNK;
+    while (got < PATH_LIMIT) {
+        if (got + n > PATH_LIMIT)
+            n = PATH_LIMIT - got;
+        struct iovec local = { buf + got, n }, remote = { (void *)(addr + got), n };
+        ssize_t r = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+        if (r <= 0)
+            return -1;
+        char *nul = memchr(buf + got, 0, (size_t)r);
+        if (nul)
+            return nul - buf;
+        got += (size_t)r;
+        n = 4096 - ((addr + got) & 4095);
+    }
+    return -1;
+}
+
+static int wants_follow(const struct spec *s)
+{
+    unsigned long f = s->flag_reg >= 0 ? regs[s->flag_reg] : 0;
+    switch (s->rule) {
+    case FOLLOW: return 1;
+    case OPEN_FLAGS:
+        if (s->flag_reg < 0)
+            f = 0100 | 01;                      /* creat(): O_CREAT | O_WRONLY */
+        return !((f & 0400000) || (f & 0300) == 0300);
+    case AT_NOFOLLOW: return !(f & 0x100);
+    case AT_FOLLOW: return (f & 0x400) != 0;
+    case INOTIFY: return !(f & 0x02000000);
+    case FANOTIFY: return !(f & 0x4);
+    default: return 0;
+    }
+}
+
+static int is_special_name(const char *name, size_t n)
+{
+    for (unsigned i = 0; i < names_len;) {
+        size_t m = strlen(names + i);
+        if (m == n && !memcmp(names + i, name, n))
+            return 1;
+        i += (unsigned)m + 1;
+    }
+    return 0;
+}
+
+/* See fastloop.h. */
+HIDDEN int path_stop(int pid, unsigned long nr)
+{
+    static char path[PATH_LIMIT + 64];
+    if (nr >= MAXNR || specs[nr].path_reg < 0)
+        return -1;
+    const struct spec *s = &specs[nr];
+    unsigned long addr = regs[s->path_reg];
+    if (!addr)
+        return resume(pid, C_NAMES);
+    long len = read_string(pid, addr, path);
+    if (len < 0)
+        return 0;
+    if (len == 0)
+        return resume(pid, C_NAMES);
+    if (path[0] == '/') {
+        if (!s->cached || !cache_count)
+            return 0;
+        struct entry *e = find(path, (size_t)len, hash_of(path, (size_t)len));
+        if (!e->hash)
+            return 0;
+        const char *host = e->key + e->klen + 1;
+        size_t size = (size_t)e->vlen + 1;
+        unsigned long at = push(pid, host, size);
+        if (!at)
+            return 0;                           /* Python finds another place */
+        if (set_reg(pid, s->path_reg, at))
+            return 0;
+        return resume(pid, C_CACHED);
+    }
+    if (memchr(path, '/', (size_t)len) || is_special_name(path, (size_t)len))
+        return 0;
+    if (wants_follow(s)) {
+        /* followed: only a symlink needs translating (the kernel would follow it on the host) */
+        char link[PATH_LIMIT + 64];
+        int dirfd = AT_FDCWD_;
+        if (s->dirfd_reg >= 0)
+            dirfd = (int)(uint32_t)regs[s->dirfd_reg];
+        int n = dirfd == AT_FDCWD_ ? snprintf(link, sizeof link, "/proc/%d/cwd/", pid)
+                                   : snprintf(link, sizeof link, "/proc/%d/fd/%d/", pid, dirfd);
+        if (n < 0 || (size_t)n + (size_t)len >= sizeof link)
+            return 0;
+        memcpy(link + n, path, (size_t)len + 1);
+        struct stat st;
+        if (lstat(link, &st) == 0 && S_ISLNK(st.st_mode))
+            return 0;
+    }
+    return resume(pid, C_NAMES);
+}
+
+HIDDEN void path_reset(void)
+{
+    cf_clear();
+    for (int i = 0; i < MAXNR; i++)
+        specs[i].path_reg = -1;
+    names_len = 0;
+}
