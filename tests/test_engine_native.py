@@ -112,10 +112,17 @@ cat $d/late
 printf 'x\n' > $d/noexec; $d/noexec 2>/dev/null || echo "rc $?"
 sh -c 'exit 3' || echo "rc $?"
 echo "$(echo sub)"
+# a name behind a directory without search permission (non-root: EACCES), then allowed: a symlink
+mkdir $d/locked; ln -s $d/b/f $d/locked/link; chmod 000 $d/locked
+cat $d/locked/link 2>/dev/null || echo denied; cat $d/locked/link 2>/dev/null || echo denied
+chmod 755 $d/locked; cat $d/locked/link
+# a path through /proc/self/cwd is the calling process's
+mkdir $d/pa $d/pb; echo A > $d/pa/f; echo B > $d/pb/f; ln -s /proc/self/cwd $d/here
+(cd $d/pa && cat $d/here/f && cat $d/here/f); (cd $d/pb && cat $d/here/f)
 """
 EXPECTED = ["one", "one", "one", "one", "symbolic link", "symbolic link", "{d}/a/f", "is-link",
             "regular file", "symbolic link", "one", "two", "one", "missing", "one", "rc 127",
-            "rc 126", "rc 3", "sub"]
+            "rc 126", "rc 3", "sub", "{denied}", "{denied}", "one", "A", "A", "B"]
 
 
 @pytest.mark.parametrize("engine", ["seccomp", "seccomp-python", "ptrace"])
@@ -126,12 +133,14 @@ def test_same_answers_as_python(debian_rootfs, engine, user):
     d = f"/tmp/carryon-native-{engine}-{user}-{os.getpid()}"
     os.makedirs(f"{d}/a", exist_ok=True)
     os.makedirs(f"{d}/b", exist_ok=True)
-    for f in ("a/f", "b/f", "late"):
+    os.makedirs(f"{d}/locked", exist_ok=True)
+    for f in ("a/f", "b/f", "late", "locked/link"):
         with open(f"{d}/{f}", "w") as fh:
             fh.write("HOST\n")
     try:
         p = carryon_exec(debian_rootfs, "sh", "-c", SCRIPT, "sh", d, engine=engine, user=user)
         assert p.returncode == 0, p.stderr
-        assert p.stdout.splitlines() == [e.format(d=d) for e in EXPECTED]
+        denied = "one" if user == "root" else "denied"     # root searches any directory
+        assert p.stdout.splitlines() == [e.format(d=d, denied=denied) for e in EXPECTED]
     finally:
         shutil.rmtree(d, ignore_errors=True)

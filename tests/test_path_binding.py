@@ -282,3 +282,28 @@ def test_non_utf8_names_round_trip(world, tree):
     assert os.fsencode(host) == raw + b"/d/"
     assert os.path.isdir(host)
     assert os.fsencode(m.to_guest(host.rstrip("/"))) == b"/caf\xe9/d"
+
+
+def test_last_pure_tells_answers_that_only_the_image_tree_decides(tmp_path):
+    """`Mapper.last_pure` (what the native loop's path cache may keep): True for answers from the
+    image's tree (its symlinks, missing names), False through a bind, /proc, or a refused name."""
+    root = tmp_path / "root"
+    (root / "usr" / "lib").mkdir(parents=True)
+    (root / "usr" / "lib" / "f").write_text("x")
+    (root / "lib").symlink_to("usr/lib")
+    (root / "etc").mkdir()
+    (root / "etc" / "mtab").symlink_to("../proc/self/mounts")
+    (root / "proc").mkdir()
+    side = tmp_path / "side"
+    side.mkdir()
+    (side / "g").write_text("y")
+    m = Mapper(str(root), [Bind(host=str(side), guest="/srv"), Bind(host="/proc", guest="/proc")],
+               cache_dirs=True)
+    for path, follow, pure in (("/usr/lib/f", True, True), ("/lib/f", True, True),
+                               ("/lib/f", True, True), ("/usr/lib/missing", True, True),
+                               ("/no/such/dir/x", True, True), ("/lib", False, True),
+                               ("/srv/g", True, False), ("/srv", True, False),
+                               ("/etc/mtab", True, False), ("/proc/self/status", True, False),
+                               ("/usr/lib/f", False, True), ("/srv/g", True, False)):
+        m.resolve(path, "/", follow, pid=os.getpid(), tid=os.getpid())
+        assert m.last_pure is pure, (path, follow)

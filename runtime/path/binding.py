@@ -90,6 +90,12 @@ class Mapper:
         self.settling = 0
         # emptied with the caches: the native loop's path cache (runtime.tracee.native), if any
         self.native_clear = None
+        # set by every `canon.resolve`: its answer came from the image's tree alone (through known
+        # directories, or a walk that crossed no bind, no /proc magic link, and stopped, if it did,
+        # only at a missing name), so it stays right until a forget-call; binds are the host's,
+        # /proc's links differ per process, and a name refused for lack of permission may turn out
+        # to be a symlink after a chmod
+        self.last_pure = False
         self.proc_lookup: Lookup | None = proc_lookup
         self.proc_root: str | None = None     # guest dir where the host's /proc is bound
         self.proc_host: str = "/proc"
@@ -239,22 +245,6 @@ class Mapper:
         self.dirlinks.clear()
         if self.native_clear is not None:
             self.native_clear()
-
-    def plain_leaf(self, path: str) -> bool:
-        """True when the clean absolute guest `path` (no `//`, `/.`, trailing `/`) names, through a
-        known directory, a last component the leaf cache knows not to be a symlink, in the image's
-        own tree: what the fast path of `canon.resolve` answers without looking, whether the
-        last component is followed or not (the native loop may answer it the same way)."""
-        leaves = self.leaves
-        if not leaves:
-            return False
-        i = path.rfind("/")
-        if i > 0 and path[:i] not in self.dircache:     # type: ignore[operator]
-            alias = self.dirlinks.get(path[:i])
-            if alias is None:
-                return False
-            path = alias[0] + path[i:]
-        return path in leaves and path not in self.bind_hosts and path not in self.virtual
 
     # ---- bind points --------------------------------------------------------------------
     def is_bind_root(self, guest_path: str) -> bool:

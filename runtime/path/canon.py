@@ -85,6 +85,10 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
             nh = m.bind_hosts.get(full)
             if nh is None:
                 nh = ph + "/" + full[i + 1:]
+                # inside the image's tree (a directory of the cache may lie in a bind)
+                m.last_pure = nh.startswith(m.leaf_prefix)
+            else:
+                m.last_pure = False     # a bind point
             if parent_op and full in m.bind_hosts:
                 pass                    # a bind point: the long way gives HOST/.
             elif not follow_last or parent_op:
@@ -99,8 +103,11 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
                     mode = os.lstat(nh).st_mode & _S_IFMT
                 except OSError as e:
                     if full not in m.virtual:
-                        if keep and e.errno == errno.ENOENT:
-                            _keep_leaf(leaves, full)    # type: ignore[arg-type]
+                        if e.errno == errno.ENOENT:
+                            if keep:
+                                _keep_leaf(leaves, full)    # type: ignore[arg-type]
+                        else:
+                            m.last_pure = False     # EACCES: a chmod may reveal a symlink
                         return (full, nh)
                     mode = _S_IFDIR
                 if mode == _S_IFDIR:
@@ -144,9 +151,13 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
             and "//" not in path and "/." not in path and (mproc is None or not path.startswith(mproc)):
         alias_of = path[:path.rfind("/")]
     settled = not m.settling            # no forget-call running: the caches may grow
+    # The answer depends on nothing but the image's tree (see `Mapper.last_pure`): no bind
+    # crossed, no /proc magic, no component refused for another reason than its absence.
+    pure = True
+    m.last_pure = False
     while pending:
         if alias_of is not None and len(pending) == 1:
-            if links and settled and g and g != alias_of and (
+            if links and settled and pure and g and g != alias_of and (
                     mproc is None or not (g + "/").startswith(mproc)):
                 aliases = m.dirlinks
                 if len(aliases) >= DIRCACHE_MAX:
@@ -168,6 +179,8 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
         nh = binds.get(ng)
         if nh is None:
             nh = h + "/" + name
+        else:
+            pure = False
         if not pending and not follow_final:
             gs.append(ng)
             hs.append(nh)
@@ -189,10 +202,12 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
                 g = ng
                 h = nh
                 continue
+            m.last_pure = pure and e.errno == errno.ENOENT
             return _lexical(ng, nh, pending, trailing)
         if mode == _S_IFLNK:
             target: object = _ORDINARY
             if proc_prefix is not None and ng.startswith(proc_prefix):
+                pure = False
                 target = proc.follow(ng[len(proc_prefix):].split("/"), nh, not pending,
                                      pid, tid, m.proc_lookup, m)
                 if target is None:      # kernel magic: the kernel follows it itself
@@ -231,6 +246,7 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
                 dircache[ng] = nh
         elif pending:                   # a non-directory in the middle: the kernel says ENOTDIR
             return _lexical(ng, nh, pending, trailing)
+    m.last_pure = pure
     if parent_op and (dotlast or len(gs) == 1 or g in binds):
         return (g or "/", h + "/.")
     if trailing and h:

@@ -223,10 +223,12 @@ class Translator:
                         and m.readonly(host):
                     raise OSError(errno.EROFS, "read-only bind")
                 hb = _fsencode(host)
-                if base == "/" and tr.native_put is not None and m is top and not parent_op \
-                        and not m.settling and b"//" not in raw and b"/." not in raw \
-                        and raw[-1] != 47 and m.plain_leaf(guest):
-                    tr.native_put(raw, hb)  # the same answer next time, from the native loop
+                if base == "/" and tr.native_put is not None and m.last_pure and m is top \
+                        and not parent_op and not m.settling and host.startswith(m.leaf_prefix) \
+                        and b"//" not in raw and b"/." not in raw and raw[-1] != 47:
+                    # the same answer next time (same path, same following of the last
+                    # component), from the native loop, until a forget-call empties its cache
+                    tr.native_put(raw + (b"\0\1" if follow else b"\0\2"), hb)
                 regs[reg] = push(t, hb + b"\0")
                 changed = CHANGED
             return changed

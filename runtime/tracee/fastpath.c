@@ -2,7 +2,8 @@
  * (cf_spec), answered from the path cache Python fills (cf_put, cf_clear) when the path is
  * absolute, left as they are when the path is one plain name that is not a symlink to follow (and
  * not one of the names Python must see, cf_names), or NULL, or empty. The rules are Python's fast
- * paths in runtime/syscall/enter.py; see runtime/tracee/native.py for what the cache may hold. */
+ * paths in runtime/syscall/enter.py; see runtime/tracee/native.py for what the cache may hold.
+ * A cache key is the guest path, a NUL, and 1 or 2: the last component followed or not. */
 #include "fastloop.h"
 
 #define FIRST_CHUNK 256
@@ -194,7 +195,10 @@ HIDDEN int path_stop(int pid, unsigned long nr)
     if (path[0] == '/') {
         if (!s->cached || !cache_count)
             return 0;
-        struct entry *e = find(path, (size_t)len, hash_of(path, (size_t)len));
+        /* the key: the path, NUL, 1 when the last component is followed, 2 when not */
+        path[len + 1] = wants_follow(s) ? 1 : 2;
+        size_t klen = (size_t)len + 2;
+        struct entry *e = find(path, klen, hash_of(path, klen));
         if (!e->hash)
             return 0;
         const char *host = e->key + e->klen + 1;

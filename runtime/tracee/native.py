@@ -12,10 +12,11 @@ What Python must keep true (runtime/tracee/loop.py, runtime/syscall/enter.py, ru
 - a thread is settled only while nothing about it waits for its next stop (an exec probe, a forget
   call settling, an exit stop, an injected call, a pending execve) and it uses the run's top-level
   mapper (not an emulated chroot); a gone thread is unsettled by cf_wait itself;
-- the path cache holds only clean absolute guest paths whose last component the mapper's own leaf
-  cache knows not to be a symlink (inside the image's tree, no bind): exactly what Python's fast
-  path would answer without a look at the tree; it is emptied by every `Mapper.forget()` of the
-  top-level mapper, and not filled while a forget-call may still be running;
+- the path cache holds, for clean absolute guest paths (and whether the last component is
+  followed), host paths that depend on the image's tree alone (`Mapper.last_pure`: no bind, no
+  /proc link, no component refused but for its absence, the answer inside the rootfs): only a
+  forget-call (unlink, rename, rmdir, link, symlink) can change them, and every `Mapper.forget()`
+  of the top-level mapper empties the cache; nothing is added while a forget-call may still run;
 - only one-path calls whose handler is the plain path rewrite (no extension hooked on them, no
   forget, not a write when a read-only bind exists) get a spec.
 
