@@ -38,7 +38,8 @@ Run COMMAND (default /bin/sh) with ROOTFS as its root directory, without privile
   -n, --netcoop             every fixed port the guest binds gets a free port of the node
   --ports-file=FILE         keep the live port mapping there (JSON), removed at exit
   -k, --kernel-release=R    accepted for PRoot compatibility (ignored)
-COMMAND without '/' is looked up in the guest's PATH. Engine: CARRYON_ENGINE=auto|seccomp|ptrace.
+COMMAND without '/' is looked up in the guest's PATH. Engine: CARRYON_ENGINE=auto|seccomp|ptrace;
+CARRYON_NATIVE=0: no native stop loop (Python sees every stop); CARRYON_PIN=auto|on|off.
 """
 
 _WITH_ARG = {"-r": "rootfs", "--rootfs": "rootfs", "-R": "rootfs_defaults", "-b": "bind", "-m": "bind",

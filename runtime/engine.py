@@ -415,7 +415,8 @@ def _abort(pid: int, fd: int) -> None:
 # Never forwarded: ours (CHLD), job control (not emulated), faults synchronous to the tracer.
 _NOT_FORWARDED = (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGCONT, signal.SIGTSTP,
                   signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGSEGV,
-                  signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS)
+                  signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS,
+                  signal.SIGRTMAX)      # the native stop loop's tick (runtime.tracee.loop)
 # Sent by the terminal to its whole foreground group, guest included: forwarding would double them.
 _FROM_TERMINAL = (signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH)
 

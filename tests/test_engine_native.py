@@ -144,3 +144,47 @@ def test_same_answers_as_python(debian_rootfs, engine, user):
         assert p.stdout.splitlines() == [e.format(d=d, denied=denied) for e in EXPECTED]
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+BURST = ("import os, time; print('go', flush=True); "
+         "[os.stat('/etc/debian_version') for _ in range(300000)]; time.sleep(60)")
+
+
+def _tgkill(tgid: int, tid: int, sig: int) -> None:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(234, tgid, tid, sig) != 0:              # tgkill (x86_64)
+        raise OSError(ctypes.get_errno(), "tgkill")
+
+
+@pytest.mark.parametrize("engine", ["seccomp", "seccomp-python"])
+def test_sigterm_during_native_work_reaches_the_guest(debian_rootfs, engine):
+    """SIGTERM for the tracer while the native loop is busy answering stops, the guest then idle:
+    its Python handler (which forwards it) must still run soon (the native loop's tick), not when
+    the guest happens to stop for Python again (here: never, for 60 s). The signal is sent to the
+    tracer's other thread (CPU placement's) where there is one: the kernel may pick that thread
+    for a signal to the process, and then the main thread's wait is not interrupted at all."""
+    import signal
+    import subprocess
+    import time
+    from engine_util import popen_exec
+    for _ in range(3):
+        p = popen_exec(debian_rootfs, "python3", "-c", BURST, engine=engine, user=ENGINE_USERS[0],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdout.readline() == "go\n"
+        time.sleep(0.3)                             # in the middle of the stat burst
+        others = [int(t) for t in os.listdir(f"/proc/{p.pid}/task") if int(t) != p.pid]
+        if others:
+            _tgkill(p.pid, others[0], signal.SIGTERM)
+        else:
+            p.send_signal(signal.SIGTERM)
+        try:
+            rc = p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            pytest.fail("SIGTERM was not forwarded while the guest was idle")
+        finally:
+            p.stdout.close()
+            p.stderr.close()
+        assert rc == 128 + signal.SIGTERM

@@ -33,8 +33,14 @@
  * socket stops. Plain C, libc only; built by runtime/tracee/native.py (`build`) into _fastloop.so.
  */
 #include "fastloop.h"
+#include <sys/syscall.h>
+#include <time.h>
 
-#define CF_ABI 2
+#ifndef sigev_notify_thread_id                  /* glibc before 2.35 */
+#define sigev_notify_thread_id _sigev_un._tid
+#endif
+
+#define CF_ABI 3
 #define PID_LIMIT (1u << 22)            /* the kernel's PID_MAX_LIMIT on 64-bit */
 #define SECCOMP_STOP (SIGTRAP | (7 << 8))   /* PTRACE_EVENT_SECCOMP */
 #define SYSCALL_STOP (SIGTRAP | 0x80)
@@ -324,9 +330,50 @@ int cf_wait(int *out)
     return 0;
 }
 
+/* The tick: a signal for this thread every `interval_ns` (0: none), with a handler that does
+ * nothing, so that a waitpid blocked while a signal for Python is pending (it came while this loop
+ * was busy, and its Python handler only runs once cf_wait returns) ends with EINTR. */
+static timer_t tick;
+static int ticking;
+
+static void on_tick(int signo) { (void)signo; }
+
+int cf_tick(int signo, long interval_ns)
+{
+    if (ticking) {
+        timer_delete(tick);
+        ticking = 0;
+    }
+    if (!interval_ns)
+        return 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_tick;                    /* no SA_RESTART: waitpid returns EINTR */
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(signo, &sa, NULL))
+        return -errno;
+    struct sigevent sev;
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = signo;
+    sev.sigev_notify_thread_id = (pid_t)syscall(SYS_gettid);
+    if (timer_create(CLOCK_MONOTONIC, &sev, &tick))
+        return -errno;
+    struct timespec every = { interval_ns / 1000000000, interval_ns % 1000000000 };
+    struct itimerspec its = { every, every };
+    if (timer_settime(tick, 0, &its, NULL)) {
+        int e = errno;
+        timer_delete(tick);
+        return -e;
+    }
+    ticking = 1;
+    return 0;
+}
+
 /* Forget everything of a run (another one may follow in this process). */
 void cf_reset(void)
 {
+    cf_tick(0, 0);
     if (state) {
         uint8_t *fresh = calloc(PID_LIMIT, 1); /* a fresh zeroed map costs nothing */
         if (fresh) {

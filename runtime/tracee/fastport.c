@@ -254,6 +254,16 @@ static int proto_of_fd(int tid, int fd)
     return p;
 }
 
+/* The call's address register points at a copy of sockaddr `b` (`size` bytes) with `port`:
+ * 0, or -1 when it could not be done (Python does it). */
+static int redirect(int pid, int areg, unsigned char *b, size_t size, int port)
+{
+    b[2] = (unsigned char)(port >> 8);
+    b[3] = (unsigned char)port;
+    unsigned long at = push(pid, b, size);
+    return at && !set_reg(pid, areg, at) ? 0 : -1;
+}
+
 /* See fastloop.h. */
 HIDDEN int port_stop(int pid, unsigned long nr)
 {
@@ -349,12 +359,7 @@ HIDDEN int port_stop(int pid, unsigned long nr)
                         && pubs[i].keylen == klen && !memcmp(pubs[i].key, key, (size_t)klen);
         if (!published || queued >= QUEUE_MAX)
             return 0;                           /* Python watches it succeed and publishes it */
-        b[2] = (unsigned char)(host >> 8);
-        b[3] = (unsigned char)host;
-        unsigned long at = push(pid, b, size);
-        if (!at)
-            return 0;
-        if (set_reg(pid, areg, at))
+        if (redirect(pid, areg, b, size, host))
             return 0;
         if (!bound_has(bound_key(pid, fd))) {
             cf_port_bound(pid, fd);
@@ -380,12 +385,7 @@ HIDDEN int port_stop(int pid, unsigned long nr)
     }
     if (!(pm_flags & PMF_REDIRECTED))
         return 0;                               /* the first one: Python notes it */
-    b[2] = (unsigned char)(host >> 8);
-    b[3] = (unsigned char)host;
-    unsigned long at = push(pid, b, size);
-    if (!at)
-        return 0;
-    if (set_reg(pid, areg, at))
+    if (redirect(pid, areg, b, size, host))
         return 0;
     return resume(pid, C_SOCKETS);
 }

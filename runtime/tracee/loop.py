@@ -36,6 +36,10 @@ SIG_SYSCALL = signal.SIGTRAP | 0x80
 STOP_SIGNALS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 NR_CLONE, NR_FORK, NR_CLONE3 = 56, 57, 435      # x86_64
 CLONE_VM = 0x100
+# the native loop's tick (see runtime.tracee.native.Native.tick): the tracer's own signal, never
+# forwarded to the guest (runtime.engine._NOT_FORWARDED)
+TICK_SIGNAL = signal.SIGRTMAX
+TICK_INTERVAL = 0.05
 
 
 class Loop:
@@ -237,9 +241,13 @@ class Loop:
         if seccomp and self.native_setup is not None:
             from runtime.tracee import native
             nat = native.load(regs)
-            if nat is not None:
+            # A signal for the tracer (SIGTERM to forward) that comes while the native loop is
+            # busy has its Python handler run only when cf_wait returns: the tick bounds that wait.
+            if nat is not None and nat.tick(TICK_SIGNAL, TICK_INTERVAL):
                 top = self.native_setup(nat)
                 self.native = nat
+            else:
+                nat = None
         if nat is not None:
             nat_wait, nat_set, out, out_addr = nat._wait, nat.set, nat.out, nat.out_addr
             nat.main(main.pid)
@@ -463,6 +471,7 @@ class Loop:
         if nat is not None:
             self.native = None
             self.native_stats = nat.stats()     # (the next run's cf_init resets it)
+            nat.tick(0, 0)
         return self.main_status if self.main_status is not None else 0
 
     def _internal_error(self, t: Tracee, nr: int, e: Exception) -> int:

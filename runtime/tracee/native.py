@@ -33,7 +33,7 @@ import ctypes
 import os
 import sys
 
-ABI = 2
+ABI = 3
 # a thread's state bits Python gives (`set`)
 SETTLED = 1         # its stops may be handled natively
 FORKS = 2           # its fork/vfork events too
@@ -127,6 +127,11 @@ class Native:
             self.port_flags(False, False, False, False, off=True)
             return
         self.lib.cf_port_local(b"".join(v4l) or b"\0", len(v4l), b"".join(v6l) or b"\0", len(v6l))
+
+    def tick(self, signo: int, interval_s: float) -> bool:
+        """Interrupt the loop's waits every `interval_s` with `signo` (0: stop): a signal whose
+        Python handler is pending then runs within that time. False if the kernel refused."""
+        return self.lib.cf_tick(signo, int(interval_s * 1e9)) == 0
 
     def main(self, pid: int) -> None:
         """The main process: its end is never queued (the loop acts on it at once)."""
@@ -230,7 +235,7 @@ def build(dest: str = LIBRARY, cc: list[str] | None = None) -> str:
     cc = cc or [os.environ.get("CC") or "cc"]
     tmp = f"{dest}.{os.getpid()}.tmp"
     cmd = [*cc, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", tmp,
-           *SOURCES]
+           *SOURCES, "-lrt"]                # timer_create: librt before glibc 2.34
     try:
         p = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError:
