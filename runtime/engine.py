@@ -371,6 +371,7 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
             placement.stop()
             forward.restore()
             loop.kill_all()
+            loop.stop_native()
             mapper.native_clear = None
             if spec.verbose >= 2:
                 import resource

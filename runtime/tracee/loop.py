@@ -469,10 +469,16 @@ class Loop:
             t.close()
         tracees.clear()
         if nat is not None:
-            self.native = None
             self.native_stats = nat.stats()     # (the next run's cf_init resets it)
-            nat.tick(0, 0)
+            self.stop_native()
         return self.main_status if self.main_status is not None else 0
+
+    def stop_native(self) -> None:
+        """No more ticks (also after an error in the loop: the engine calls it in any case)."""
+        nat = self.native
+        self.native = None
+        if nat is not None:
+            nat.tick(0, 0)
 
     def _internal_error(self, t: Tracee, nr: int, e: Exception) -> int:
         """A handler raised something unexpected: fail that one call with EIO, say so once."""
