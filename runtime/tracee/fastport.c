@@ -308,7 +308,10 @@ HIDDEN int port_stop(int pid, unsigned long nr)
             b[2] = (unsigned char)(guest >> 8);
             b[3] = (unsigned char)guest;
             uint32_t full = len;
-            if (write_mem(pid, addr, b, room < len ? room : len) || write_mem(pid, lenptr, &full, 4))
+            size_t n = room < len ? room : len;     /* the address (cut to the room), its length */
+            struct iovec local[2] = { { b, n }, { &full, 4 } };
+            struct iovec remote[2] = { { (void *)addr, n }, { (void *)lenptr, 4 } };
+            if (process_vm_writev(pid, local, 2, remote, 2, 0) != (ssize_t)(n + 4))
                 return resume(pid, C_SOCKETS);
             unsigned long nr = regs[R_ORIG_RAX];
             regs[R_RAX] = 0;                    /* the call's result */

@@ -39,7 +39,7 @@ CLONE_VM = 0x100
 # the native loop's tick (see runtime.tracee.native.Native.tick): the tracer's own signal, never
 # forwarded to the guest (runtime.engine._NOT_FORWARDED)
 TICK_SIGNAL = signal.SIGRTMAX
-TICK_INTERVAL = 0.05
+TICK_INTERVAL = 0.1
 
 
 class Loop:
