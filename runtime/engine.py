@@ -205,6 +205,9 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
             nat.names(mapper.leaf_names)
             tr.native_put = nat.put
             mapper.native_clear = nat.clear
+            if mapper.root_host == mapper.rootfs_host:     # no bind of "/"
+                mapper.native_dir = nat.put_dir
+                nat.put_dir("", mapper.rootfs_host)
             for name, kind in (("bind", 7), ("connect", 7), ("sendto", 8)):
                 if NUMBERS[name] not in wanted:     # no port translation: only AF_UNIX matters
                     nat.port_call(NUMBERS[name], kind)
@@ -372,7 +375,7 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
             forward.restore()
             loop.kill_all()
             loop.stop_native()
-            mapper.native_clear = None
+            mapper.native_clear = mapper.native_dir = None
             if spec.verbose >= 2:
                 import resource
                 ru = resource.getrusage(resource.RUSAGE_SELF)

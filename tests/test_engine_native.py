@@ -119,10 +119,12 @@ chmod 755 $d/locked; cat $d/locked/link
 # a path through /proc/self/cwd is the calling process's
 mkdir $d/pa $d/pb; echo A > $d/pa/f; echo B > $d/pb/f; ln -s /proc/self/cwd $d/here
 (cd $d/pa && cat $d/here/f && cat $d/here/f); (cd $d/pb && cat $d/here/f)
+# a bind point in a directory known from the image's tree: the bind's file, every time
+cat /etc/debian_version >/dev/null; cat /etc/carryon-bound; cat /etc/carryon-bound
 """
 EXPECTED = ["one", "one", "one", "one", "symbolic link", "symbolic link", "{d}/a/f", "is-link",
             "regular file", "symbolic link", "one", "two", "one", "missing", "one", "rc 127",
-            "rc 126", "rc 3", "sub", "{denied}", "{denied}", "one", "A", "A", "B"]
+            "rc 126", "rc 3", "sub", "{denied}", "{denied}", "one", "A", "A", "B", "bound", "bound"]
 
 
 @pytest.mark.parametrize("engine", ["seccomp", "seccomp-python", "ptrace"])
@@ -138,7 +140,11 @@ def test_same_answers_as_python(debian_rootfs, engine, user):
         with open(f"{d}/{f}", "w") as fh:
             fh.write("HOST\n")
     try:
-        p = carryon_exec(debian_rootfs, "sh", "-c", SCRIPT, "sh", d, engine=engine, user=user)
+        with open(f"{d}/bound", "w") as fh:
+            fh.write("bound\n")
+        os.chmod(f"{d}/bound", 0o644)
+        p = carryon_exec(debian_rootfs, "sh", "-c", SCRIPT, "sh", d, engine=engine, user=user,
+                         opts=("-b", f"{d}/bound:/etc/carryon-bound"))
         assert p.returncode == 0, p.stderr
         denied = "one" if user == "root" else "denied"     # root searches any directory
         assert p.stdout.splitlines() == [e.format(d=d, denied=denied) for e in EXPECTED]

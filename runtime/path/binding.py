@@ -90,6 +90,9 @@ class Mapper:
         self.settling = 0
         # emptied with the caches: the native loop's path cache (runtime.tracee.native), if any
         self.native_clear = None
+        # told the directories of the image's tree seen while no forget-call runs, as the
+        # directory cache learns them (guest, host): the native loop answers names in them
+        self.native_dir = None
         # set by every `canon.resolve`: its answer came from the image's tree alone (through known
         # directories, or a walk that crossed no bind, no /proc magic link, and stopped, if it did,
         # only at a missing name), so it stays right until a forget-call; binds are the host's,

@@ -115,6 +115,8 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
                         if len(dircache) >= DIRCACHE_MAX:
                             dircache.clear()
                         dircache[full] = nh
+                        if m.native_dir is not None and m.last_pure:
+                            m.native_dir(full, nh)
                     return (full, nh)
                 if mode != _S_IFLNK:
                     if keep:
@@ -163,6 +165,8 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
                 if len(aliases) >= DIRCACHE_MAX:
                     aliases.clear()
                 aliases[alias_of] = (g, h)
+                if m.native_dir is not None and h.startswith(m.leaf_prefix):
+                    m.native_dir(alias_of, h)
             alias_of = None
         name = pending.pop()
         if name == "..":
@@ -244,6 +248,8 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
                 if len(dircache) >= DIRCACHE_MAX:
                     dircache.clear()
                 dircache[ng] = nh
+                if m.native_dir is not None and pure and nh.startswith(m.leaf_prefix):
+                    m.native_dir(ng, nh)
         elif pending:                   # a non-directory in the middle: the kernel says ENOTDIR
             return _lexical(ng, nh, pending, trailing)
     m.last_pure = pure

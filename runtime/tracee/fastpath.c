@@ -3,7 +3,10 @@
  * absolute, left as they are when the path is one plain name that is not a symlink to follow (and
  * not one of the names Python must see, cf_names), or NULL, or empty. The rules are Python's fast
  * paths in runtime/syscall/enter.py; see runtime/tracee/native.py for what the cache may hold.
- * A cache key is the guest path, a NUL, and 1 or 2: the last component followed or not. */
+ * A cache key is the guest path, a NUL, and 1 or 2: the last component followed or not; or 3 for
+ * a directory (cf_put by Python as it learns them): a path missing from the cache whose parent is
+ * such a directory is answered as Python's fast path in runtime/path/canon.py does (the last
+ * component looked at with lstat when it is followed) and kept in the cache. */
 #include "fastloop.h"
 
 #define FIRST_CHUNK 256
@@ -177,6 +180,39 @@ static int is_special_name(const char *name, size_t n)
     return 0;
 }
 
+/* The host path of clean absolute guest `path` (len bytes, NUL at path[len]) whose parent is a
+ * directory of the cache and whose last component is no name Python must see: the parent's host
+ * path + the name, when the name is not followed, or lstat says it is no symlink or is missing.
+ * NULL otherwise (Python answers). The result lives in a static buffer. */
+static const char *in_known_dir(char *path, size_t len, int follow)
+{
+    static char host[2 * PATH_LIMIT + 2];
+    char *slash = memrchr(path, '/', len);
+    size_t plen = (size_t)(slash - path), nlen = len - plen - 1;
+    if (!nlen || memmem(path, len, "//", 2) || memmem(path, len, "/.", 2))
+        return NULL;                            /* not clean: `..`, `.`, empty components */
+    if (is_special_name(slash + 1, nlen))
+        return NULL;                            /* a bind point's name, or an ancestor's */
+    char save[2] = { path[plen], path[plen + 1] };
+    path[plen] = 0;
+    path[plen + 1] = 3;
+    struct entry *d = find(path, plen + 2, hash_of(path, plen + 2));
+    path[plen] = save[0];
+    path[plen + 1] = save[1];
+    if (!d->hash || d->vlen + 1 + nlen >= sizeof host)
+        return NULL;
+    memcpy(host, d->key + d->klen + 1, d->vlen);
+    host[d->vlen] = '/';
+    memcpy(host + d->vlen + 1, slash + 1, nlen);
+    host[d->vlen + 1 + nlen] = 0;
+    if (follow) {
+        struct stat st;
+        if (lstat(host, &st) == 0 ? S_ISLNK(st.st_mode) : errno != ENOENT)
+            return NULL;                        /* a symlink to follow, or refused: Python */
+    }
+    return host;
+}
+
 /* See fastloop.h. */
 HIDDEN int path_stop(int pid, unsigned long nr)
 {
@@ -196,13 +232,24 @@ HIDDEN int path_stop(int pid, unsigned long nr)
         if (!s->cached || !cache_count)
             return 0;
         /* the key: the path, NUL, 1 when the last component is followed, 2 when not */
-        path[len + 1] = wants_follow(s) ? 1 : 2;
+        int follow = wants_follow(s);
+        path[len + 1] = follow ? 1 : 2;
         size_t klen = (size_t)len + 2;
-        struct entry *e = find(path, klen, hash_of(path, klen));
-        if (!e->hash)
-            return 0;
-        const char *host = e->key + e->klen + 1;
-        size_t size = (size_t)e->vlen + 1;
+        uint64_t h = hash_of(path, klen);
+        struct entry *e = find(path, klen, h);
+        const char *host;
+        size_t size;
+        if (e->hash) {
+            host = e->key + e->klen + 1;
+            size = (size_t)e->vlen + 1;
+        } else {
+            host = in_known_dir(path, (size_t)len, follow);
+            if (!host)
+                return 0;
+            size = strlen(host) + 1;
+            path[len + 1] = follow ? 1 : 2;     /* (in_known_dir used the buffer's tail) */
+            cf_put(path, (unsigned)klen, host, (unsigned)size - 1);
+        }
         unsigned long at = push(pid, host, size);
         if (!at)
             return 0;                           /* Python finds another place */

@@ -16,6 +16,11 @@ child, whose old address space is its parent's and stays alive, is compared with
 parent by kcmp(KCMP_VM) instead. A process that makes threads gets exec events back on all its
 threads (a non-leader thread's execve changes thread ids, which only the event reports), as do
 CLONE_VM children that are not vfork children and a thread whose memory cannot be read that way.
+
+The native stop loop (runtime.tracee.native, seccomp engine): the loop waits through it instead of
+waitpid. After each stop it handled, the loop tells it whether that thread's next stops need Python
+(its `fast` bits); the stops that do not are answered in C, and what happened meanwhile (forks,
+exits, successful execs, binds) is read back, in order, before the next stop is handled here.
 """
 
 from __future__ import annotations

@@ -140,6 +140,13 @@ class Native:
     def put(self, guest: bytes, host: bytes) -> None:
         self._put(guest, len(guest), host, len(host))
 
+    def put_dir(self, guest: str, host: str) -> None:
+        """A directory of the image's tree (guest path, "" for the root; host path), reached
+        through nothing but the image's tree: names in it are answered natively (fastpath.c)."""
+        g = os.fsencode(guest.rstrip("/")) + b"\0\3"
+        h = os.fsencode(host)
+        self._put(g, len(g), h, len(h))
+
     def spec(self, nr: int, path_reg: int, dirfd_reg: int, rule: int, flag_reg: int,
              cached: bool) -> None:
         self.lib.cf_spec(nr, path_reg, dirfd_reg, rule, flag_reg, int(cached))
