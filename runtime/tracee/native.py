@@ -213,9 +213,11 @@ def _cached_build() -> str | None:
         return None                         # frozen without them, or a broken install
     import hashlib
     tag = hashlib.sha256(repr([(st.st_size, st.st_mtime_ns) for st in sts]).encode()).hexdigest()[:16]
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = xdg if xdg and os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
-    path = os.path.join(base, "carryon", "native", f"fastloop-{tag}.so")
+    from runtime import cache
+    first = cache.candidates(None)[0]
+    if first.explicit or os.path.basename(first.path) != "carryon":
+        return None             # no XDG/home cache: a shared temp dir is no place to load code from
+    path = os.path.join(first.path, "native", f"fastloop-{tag}.so")
     if os.path.exists(path):
         return path
     try:
