@@ -208,7 +208,8 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
             if mapper.root_host == mapper.rootfs_host:     # no bind of "/"
                 mapper.native_dir = nat.put_dir
                 nat.put_dir("", mapper.rootfs_host)
-            for name, kind in (("bind", 7), ("connect", 7), ("sendto", 8)):
+            from runtime.tracee.native import PM_UNIX, PM_UNIX_SENDTO
+            for name, kind in (("bind", PM_UNIX), ("connect", PM_UNIX), ("sendto", PM_UNIX_SENDTO)):
                 if NUMBERS[name] not in wanted:     # no port translation: only AF_UNIX matters
                     nat.port_call(NUMBERS[name], kind)
             for ext in exts:

@@ -194,3 +194,20 @@ def test_sigterm_during_native_work_reaches_the_guest(debian_rootfs, engine):
             p.stdout.close()
             p.stderr.close()
         assert rc == 128 + signal.SIGTERM
+
+
+def test_too_many_bind_names_for_the_native_loop_fall_back_to_python(debian_rootfs, tmp_path):
+    """Bind point names beyond the native loop's room: the run goes on with Python's loop alone."""
+    src = tmp_path / "src"
+    src.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(src, 0o755)
+    base = f"/tmp/carryon-many-{os.getpid()}"
+    opts = ["-v", "2"]
+    for i in range(30):
+        opts += ["-b", f"{src}:{base}/{'n' * 80}{i}"]
+    p = carryon_exec(debian_rootfs, "sh", "-c", f"ls -d {base}/*0 | wc -l; /bin/true", engine="seccomp",
+                     user=ENGINE_USERS[0], opts=tuple(opts))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["3"]
+    assert not STATS.search(p.stderr)

@@ -130,18 +130,18 @@ class PortMap(Base):
 
     # --- the native stop loop (runtime.tracee.native) -------------------------------------------
 
-    NATIVE_KINDS = {BIND: 1, CONNECT: 2, SENDTO: 3, ACCEPT: 4, ACCEPT4: 4, GETSOCKNAME: 5,
-                    GETPEERNAME: 6}
 
     def attach_native(self, nat, calls) -> None:
         """Let the native loop answer the socket calls (of `calls`: those no other extension
-        hooks) that the table decides by itself (fastloop.c's port_stop). It is told every change
+        hooks) that the table decides by itself (fastport.c's port_stop). It is told every change
         of the table and of the flags below, and queues the binds it translated (`native_bound`)."""
-        from runtime.tracee.native import Q_BOUND
+        from runtime.tracee import native as N
+        kinds = {BIND: N.PM_BIND, CONNECT: N.PM_CONNECT, SENDTO: N.PM_SENDTO, ACCEPT: N.PM_ACCEPT,
+                 ACCEPT4: N.PM_ACCEPT, GETSOCKNAME: N.PM_GETSOCKNAME, GETPEERNAME: N.PM_GETPEERNAME}
         self.native = nat
-        nat.handlers[Q_BOUND] = self.native_bound
+        nat.handlers[N.Q_BOUND] = self.native_bound
         for nr in calls:
-            kind = self.NATIVE_KINDS.get(nr)
+            kind = kinds.get(nr)
             if kind:
                 nat.port_call(nr, kind)
         nat.port_local(self.local.v4, self.local.v6)

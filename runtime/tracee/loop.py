@@ -249,8 +249,12 @@ class Loop:
             # A signal for the tracer (SIGTERM to forward) that comes while the native loop is
             # busy has its Python handler run only when cf_wait returns: the tick bounds that wait.
             if nat is not None and nat.tick(TICK_SIGNAL, TICK_INTERVAL):
-                top = self.native_setup(nat)
-                self.native = nat
+                try:
+                    top = self.native_setup(nat)    # names and specs first, Python's hooks last
+                    self.native = nat
+                except OSError:                     # too many bind point names: Python alone
+                    nat.tick(0, 0)
+                    nat = None
             else:
                 nat = None
         if nat is not None:

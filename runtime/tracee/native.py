@@ -46,6 +46,9 @@ Q_EXEC = 4          # (Q_EXEC, pid, its bits, 0): its execve succeeded (see `pro
 Q_BOUND = 5         # (Q_BOUND, tid, fd, 0): a bind translated natively (port translation)
 PROTO_BITS = {"tcp": 1, "udp": 2}
 PMF_BOUND_CLIENTS, PMF_REDIRECTED, PMF_READBACK, PMF_AUTO = 1, 2, 4, 8
+# socket calls the native loop may answer (fastport.c's PM_* kinds, given with `port_call`)
+PM_BIND, PM_CONNECT, PM_SENDTO, PM_ACCEPT, PM_GETSOCKNAME, PM_GETPEERNAME = 1, 2, 3, 4, 5, 6
+PM_UNIX, PM_UNIX_SENDTO = 7, 8  # bind/connect, sendto without port translation: AF_UNIX only
 PROBING = -1        # Tracee.fast of a thread whose execve the native loop checks
 QUEUE_MAX = 1024
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -96,24 +99,19 @@ class Native:
     def port_table(self, fwd, rev, pubs, restricted, bind_ports) -> None:
         """fwd/rev: (proto bit, from port, to port); pubs: (proto bit, guest, host, key bytes);
         restricted: (proto bit, guest port); bind_ports: guest ports."""
-        ints = ctypes.c_int * 1
-        f = (ctypes.c_int * (3 * len(fwd) or 1))(*[x for e in fwd for x in e])
-        r = (ctypes.c_int * (3 * len(rev) or 1))(*[x for e in rev for x in e])
         p = b"".join(bytes((proto, len(key))) + guest.to_bytes(2, "little") + host.to_bytes(2, "little")
                      + b"\0\0" + key.ljust(24, b"\0")[:24] for proto, guest, host, key in pubs)
-        rs = (ctypes.c_int * (2 * len(restricted) or 1))(*[x for e in restricted for x in e])
-        bp = (ctypes.c_int * (len(bind_ports) or 1))(*bind_ports) if bind_ports else ints()
-        if self.lib.cf_port_table(f, len(fwd), r, len(rev), p or b"\0", len(pubs), rs,
-                                  len(restricted), bp, len(bind_ports)) != 0:
-            self.lib.cf_port_table(f, 0, r, 0, b"\0", 0, rs, 0, bp, 0)
-            self.port_flags(False, False, False, False, off=True)
+        if self.lib.cf_port_table(_ints(fwd), len(fwd), _ints(rev), len(rev), p or b"\0", len(pubs),
+                                  _ints(restricted), len(restricted), _ints([(b,) for b in bind_ports]),
+                                  len(bind_ports)) != 0:
+            self.port_off()
 
-    def port_flags(self, bound_clients: bool, redirected: bool, readback: bool, auto: bool,
-                   off: bool = False) -> None:
-        if off:                         # a table too big for the native loop: Python does it all
-            for nr in range(512):
-                self.lib.cf_port_call(nr, 0)
-            return
+    def port_off(self) -> None:
+        """A table too big for the native loop: Python answers every socket call."""
+        for nr in range(512):
+            self.lib.cf_port_call(nr, 0)
+
+    def port_flags(self, bound_clients: bool, redirected: bool, readback: bool, auto: bool) -> None:
         self.lib.cf_port_flags((PMF_BOUND_CLIENTS if bound_clients else 0)
                                | (PMF_REDIRECTED if redirected else 0)
                                | (PMF_READBACK if readback else 0) | (PMF_AUTO if auto else 0))
@@ -124,7 +122,7 @@ class Native:
     def port_local(self, v4: set[bytes], v6: set[bytes]) -> None:
         v4l, v6l = sorted(v4)[:256], sorted(v6)[:256]
         if len(v4) > 256 or len(v6) > 256:
-            self.port_flags(False, False, False, False, off=True)
+            self.port_off()
             return
         self.lib.cf_port_local(b"".join(v4l) or b"\0", len(v4l), b"".join(v6l) or b"\0", len(v6l))
 
@@ -163,6 +161,12 @@ class Native:
         return dict(zip(("cached", "names", "signals", "forks", "exits", "execs", "sockets",
                          "python"), out))
 
+
+
+def _ints(rows):
+    """A C int array of the rows' numbers, flat (at least one element: never a NULL pointer)."""
+    flat = [x for row in rows for x in row]
+    return (ctypes.c_int * (len(flat) or 1))(*flat)
 
 
 _lib = None
