@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from packer.sources import sha256_path
+from runtime import cache
 from runtime.errors import CarryonError
 
 RECIPE = 6                         # bump when the build recipe below changes
@@ -96,18 +97,39 @@ def build_key() -> str:
     return h.hexdigest()[:32]
 
 
-def build_cache_dir() -> str:
-    """`$CARRYON_BUILD_CACHE`, else `$XDG_CACHE_HOME/carryon/runtime-build`, else ~/.cache/…"""
+def build_cache_candidates() -> list[cache.Candidate]:
+    """`$CARRYON_BUILD_CACHE` (the user's choice), else `$XDG_CACHE_HOME/carryon/runtime-build` or
+    `~/.cache/carryon/runtime-build`, else `$TMPDIR/carryon-build-UID` (a shared temp dir: used only
+    under runtime.cache's trust rule, since a planted build would go into every archive we pack)."""
     env = os.environ.get("CARRYON_BUILD_CACHE")
     if env:
-        return os.path.abspath(env)
+        return [cache.Candidate(os.path.abspath(env), explicit=True)]
+    out = []
     xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg and os.path.isabs(xdg):
-        return os.path.join(xdg, "carryon", "runtime-build")
     home = os.environ.get("HOME") or os.path.expanduser("~")
-    if home and home != "/" and os.path.isabs(home):
-        return os.path.join(home, ".cache", "carryon", "runtime-build")
-    return os.path.join(tempfile.gettempdir(), f"carryon-build-{os.getuid()}")
+    if xdg and os.path.isabs(xdg):
+        out.append(os.path.join(xdg, "carryon", "runtime-build"))
+    elif home and home != "/" and os.path.isabs(home):
+        out.append(os.path.join(home, ".cache", "carryon", "runtime-build"))
+    out.append(os.path.join(tempfile.gettempdir(), f"carryon-build-{os.getuid()}"))
+    return [cache.Candidate(os.path.normpath(p)) for p in out]
+
+
+def build_cache_dir() -> tuple[cache.Candidate, os.stat_result]:
+    """The first build cache dir that exists (made now, 0700) and passes runtime.cache's trust rule."""
+    why = []
+    for c in build_cache_candidates():
+        try:
+            os.makedirs(c.path, mode=0o700, exist_ok=True)
+        except OSError as e:
+            why.append(f"{c.path}: cannot create ({e.strerror})")
+            continue
+        st, problem = cache.check_candidate(c)
+        if st is not None:
+            return c, st
+        why.append(f"{c.path}: {problem}")
+    raise CarryonError("no trusted runtime build cache (" + "; ".join(why) +
+                       "); set CARRYON_BUILD_CACHE to a directory of yours")
 
 
 def launcher_template() -> str:
@@ -135,25 +157,31 @@ def runtime_parts(progress: Progress | None = None) -> tuple[bytes, str]:
 
 def ensure_runtime(progress: Progress | None = None, force: bool = False) -> BuiltRuntime:
     key = build_key()
-    cache = build_cache_dir()
-    entry = os.path.join(cache, key)
+    cand, cst = build_cache_dir()
+    bcache = cand.path
+    entry = os.path.join(bcache, key)
+
+    def load() -> BuiltRuntime | None:
+        why = cache.entry_problem(entry, cand.explicit, cst)
+        if why is None:
+            return _load_entry(entry, key)
+        if why != cache.MISSING:
+            _stderr(f"carryon: ignoring the runtime build {entry}: {why}")
+        return None
+
     if not force:
-        found = _load_entry(entry, key)
+        found = load()
         if found:
             return found
-    try:
-        os.makedirs(cache, exist_ok=True)
-    except OSError as e:
-        raise CarryonError(f"cannot create the runtime build cache {cache}: {e.strerror}") from None
-    lock = _lock(cache)
+    lock = _lock(bcache)
     try:
         if not force:
-            found = _load_entry(entry, key)
+            found = load()
             if found:
                 return found
         say = progress or _stderr
         say(f"carryon: building the frozen runtime (first use, about a minute) into {entry}")
-        tmp = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache)
+        tmp = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=bcache)
         try:
             built = build_runtime(os.path.join(tmp, "work"), tmp, log=os.path.join(tmp, "build.log"))
             info = {"key": key, "unpacked": built.unpacked, "built": int(time.time()),
@@ -163,27 +191,34 @@ def ensure_runtime(progress: Progress | None = None, force: bool = False) -> Bui
             shutil.rmtree(os.path.join(tmp, "work"), ignore_errors=True)
             with open(os.path.join(tmp, ".complete"), "w") as f:
                 f.write(key + "\n")
-            if force and os.path.isdir(entry):
-                old = entry + f".old-{os.getpid()}"
-                os.rename(entry, old)
-                shutil.rmtree(old, ignore_errors=True)
+            if force or cache.entry_problem(entry, cand.explicit, cst) not in (None, cache.MISSING):
+                cache.remove_entry(entry)        # ours only: another user's entry stays (and fails below)
             try:
                 os.rename(tmp, entry)
             except OSError:
-                if not _load_entry(entry, key):   # someone else's entry is there and usable: take it
+                if not load():                   # another build's entry is there and trusted: take it
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         say("carryon: runtime built")
-        found = _load_entry(entry, key)
+        found = load()
         if not found:
             raise CarryonError(f"runtime build cache {entry} is unusable after the build")
         return found
     finally:
         if lock is not None:
             os.close(lock)
+
+
+def keep_build_log(log: str) -> str:
+    """Copy a failed build's log (its directory is removed) to a fresh file in the temp dir: a new
+    name created exclusively (mkstemp), since a predictable one there could be a planted symlink."""
+    fd, keep = tempfile.mkstemp(prefix="carryon-runtime-build-", suffix=".log")
+    with open(fd, "wb") as out, open(log, "rb") as src:
+        shutil.copyfileobj(src, out)
+    return keep
 
 
 def _stderr(msg: str) -> None:
@@ -304,8 +339,7 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
     if rc != 0:
         with open(log, "rb") as lf:
             tail = [ln for ln in lf.read().decode("utf-8", "replace").splitlines() if ln.strip()][-1:]
-        keep = os.path.join(tempfile.gettempdir(), f"carryon-runtime-build-{os.getuid()}.log")
-        shutil.copyfile(log, keep)
+        keep = keep_build_log(log)
         raise CarryonError(f"PyInstaller failed ({tail[0] if tail else rc}); full log: {keep}")
     if onefile:
         exe = os.path.join(workdir, "dist", RUNTIME_MAIN)

@@ -112,38 +112,154 @@ def candidates(explicit: str | None, env: dict[str, str] | os._Environ | None = 
     return [Candidate(p) for p in seen]
 
 
-def find_entry(cands: list[Candidate], name: str) -> str | None:
-    """The first published (marker present) entry `name` among the candidates."""
-    for c in cands:
-        p = os.path.join(c.path, name)
-        if os.path.exists(os.path.join(p, MARKER)):
-            return p
+# ---------------------------------------------------------------- the trust rule
+
+MISSING = "missing"        # a problem that is no problem: nothing there (yet)
+
+
+def _mode(st: os.stat_result) -> str:
+    return "%04o" % (st.st_mode & 0o7777)
+
+
+def _parent_problem(path: str) -> str | None:
+    """A default cache dir's parent must keep others from swapping the dir: owned by root or us, and
+    not writable by others unless sticky (like /tmp)."""
+    parent = os.path.dirname(path) or "/"
+    try:
+        pst = os.stat(parent)
+    except OSError as e:
+        return f"cannot stat its parent {parent} ({e.strerror})"
+    if pst.st_uid not in (0, os.getuid()):
+        return f"its parent {parent} is owned by uid {pst.st_uid}"
+    if pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX:
+        return f"its parent {parent} is writable by others and not sticky (mode {_mode(pst)})"
     return None
+
+
+def check_candidate(c: Candidate) -> tuple[os.stat_result | None, str | None]:
+    """(stat of the cache dir, None) when `c` may be read and written; (None, why) when not, with why
+    == MISSING when it does not exist. Creates nothing.
+
+    A default candidate must be a real directory (not a symlink), owned by us, not writable by group or
+    others, in a parent that others cannot swap it in. An explicit one (`--carryon-cache`,
+    `$CARRYON_CACHE`) is the user's choice: any directory, symlinks followed; its entries are checked
+    by `entry_problem`."""
+    try:
+        st = os.stat(c.path) if c.explicit else os.lstat(c.path)
+    except FileNotFoundError:
+        return None, MISSING
+    except OSError as e:
+        return None, f"cannot stat ({e.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return None, "is a symbolic link (carryon makes this directory itself)"
+    if not stat.S_ISDIR(st.st_mode):
+        return None, "not a directory"
+    if c.explicit:
+        return st, None
+    if st.st_uid != os.getuid():
+        return None, f"owned by uid {st.st_uid}, not {os.getuid()}"
+    if st.st_mode & 0o022:
+        return None, f"writable by group or others (mode {_mode(st)})"
+    why = _parent_problem(c.path)
+    return (None, why) if why else (st, None)
+
+
+def entry_problem(path: str, explicit: bool, cache_st: os.stat_result) -> str | None:
+    """None when `path` is a published entry (runtime dir or image entry) of a trusted cache dir that
+    we may use; MISSING when it is absent or unpublished (no marker); else why it is not trusted.
+
+    An entry is a real directory, not writable by others, with a regular file as its marker. In a
+    default cache it is ours and not group-writable. In an explicit cache that is not world-writable
+    (a cache the user shares with a group), another user's entry is trusted too, and a group-writable
+    one only for the cache dir's group: everyone who can write the cache can run code as its users."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return MISSING
+    except OSError as e:
+        return f"cannot stat ({e.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a directory"
+    shared = explicit and not cache_st.st_mode & 0o002
+    if st.st_uid != os.getuid() and not shared:
+        return f"owned by uid {st.st_uid}, not {os.getuid()}"
+    if st.st_mode & 0o002 or (st.st_mode & 0o020 and not (shared and st.st_gid == cache_st.st_gid)):
+        return f"writable by group or others (mode {_mode(st)})"
+    try:
+        mst = os.lstat(os.path.join(path, MARKER))
+    except FileNotFoundError:
+        return MISSING
+    except OSError as e:
+        return f"cannot stat its marker ({e.strerror})"
+    if not stat.S_ISREG(mst.st_mode):
+        return "its marker is not a regular file"
+    if not os.access(path, os.R_OK | os.X_OK):
+        return "not readable"
+    return None
+
+
+def find_entry(cands: list[Candidate], name: str, say=None) -> str | None:
+    """The first trusted published entry `name` among the trusted candidates; what is skipped for
+    not being trusted goes to `say` (--carryon-verbose)."""
+    for c in cands:
+        st, why = check_candidate(c)
+        if st is None:
+            if say and why != MISSING:
+                say(f"cache dir {c.path} not used: {why}")
+            continue
+        p = os.path.join(c.path, name)
+        why = entry_problem(p, c.explicit, st)
+        if why is None:
+            return p
+        if say and why != MISSING:
+            say(f"cache entry {p} not used: {why}")
+    return None
+
+
+def candidate_of(path: str, explicit: str | None = None) -> Candidate:
+    """The candidate a cache dir path stands for: a default one (strict rules) when it is one of the
+    default locations, else an explicit one."""
+    path = os.path.normpath(path)
+    for c in candidates(explicit):
+        if c.path == path:
+            return c
+    return Candidate(path, explicit=True)
 
 
 # ---------------------------------------------------------------- choosing a place to extract
 
-def _is_private_default(c: Candidate) -> bool:
-    return not c.explicit and os.path.basename(c.path).startswith("carryon-")
+def _make_private(c: Candidate) -> None:
+    """A default cache dir of ours that others could write (an older carryon, a loose umask): made
+    private again, through a descriptor of the real directory (never a symlink's target). Its
+    entries are still checked one by one."""
+    try:
+        fd = os.open(c.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == os.getuid() and st.st_mode & 0o022:
+            os.fchmod(fd, 0o700)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def unusable_reason(c: Candidate, need_bytes: int, need_inodes: int = 0) -> str | None:
     """Why `c` cannot take a new extraction of `need_bytes` (None: it can). Creates the dir."""
     try:
         os.makedirs(c.path, mode=0o700, exist_ok=True)
-        st = os.stat(c.path)
     except OSError as e:
         return f"cannot create ({e.strerror})"
-    if not stat.S_ISDIR(st.st_mode):
-        return "not a directory"
-    if not c.explicit:
-        if st.st_uid != os.getuid():
-            return f"owned by uid {st.st_uid}, not {os.getuid()}"
-        if _is_private_default(c) and st.st_mode & 0o077:
-            try:
-                os.chmod(c.path, 0o700)
-            except OSError:
-                return "not private (mode %o)" % (st.st_mode & 0o7777)
+    st, why = check_candidate(c)
+    if st is None and not c.explicit and why and why.startswith("writable by group"):
+        _make_private(c)
+        st, why = check_candidate(c)
+    if st is None:
+        return why
     try:
         vfs = os.statvfs(c.path)
     except OSError as e:
@@ -215,12 +331,15 @@ def choose(cands: list[Candidate], need_bytes: int, need_inodes: int = 0, what: 
 
 # ---------------------------------------------------------------- temp dirs and publication
 
-def new_temp(cache_dir: str, key: str, kind: str = "tmp") -> str:
-    """A private dir `.KIND-KEY-HOST-PID-RAND` in `cache_dir` (0700)."""
+def new_temp(cache_dir: str, key: str, kind: str = "tmp", shared: bool = False) -> str:
+    """A new dir `.KIND-KEY-HOST-PID-RAND` in `cache_dir`: 0700, or 0755 for an entry of an explicit
+    cache (`shared`: its other users read it). `mkdir` never follows a planted symlink."""
     for _ in range(100):
         p = os.path.join(cache_dir, f".{kind}-{key}-{hostname()}-{os.getpid()}-{_rand()}")
         try:
             os.mkdir(p, 0o700)
+            if shared:
+                os.chmod(p, 0o755)
             return p
         except FileExistsError:
             continue
@@ -228,13 +347,18 @@ def new_temp(cache_dir: str, key: str, kind: str = "tmp") -> str:
 
 
 def write_marker(d: str, text: str = "") -> None:
-    with open(os.path.join(d, MARKER), "w") as f:
+    fd = os.open(os.path.join(d, MARKER), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    with open(fd, "w") as f:
         f.write(text)
         f.flush()
 
 
-def publish(tmp: str, dest: str) -> str:
-    """Rename finished `tmp` (marker inside) to `dest`; if another run won, drop `tmp`, use theirs."""
+def publish(tmp: str, dest: str, cand: Candidate | None = None) -> str:
+    """Rename finished `tmp` (marker inside) to `dest`. When a trusted entry is already there (another
+    run won), drop `tmp` and use it; an untrusted or unpublished one of ours is replaced; one of
+    another user is refused (never deleted)."""
+    cand = cand or candidate_of(os.path.dirname(dest))
     for _ in range(5):
         try:
             os.rename(tmp, dest)
@@ -242,10 +366,21 @@ def publish(tmp: str, dest: str) -> str:
         except OSError as e:
             if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
                 raise
-        if os.path.exists(os.path.join(dest, MARKER)):
+        cst, why = check_candidate(cand)
+        if cst is None:
+            raise CarryonError(f"cannot publish {dest}: the cache dir {cand.path} {why}")
+        why = entry_problem(dest, cand.explicit, cst)
+        if why is None:
             remove(tmp)
             return dest
-        # `dest` exists but was never published (only possible by hand): move it aside and retry
+        try:
+            owner = os.lstat(dest).st_uid
+        except FileNotFoundError:
+            continue
+        if owner != os.getuid():
+            remove(tmp)
+            raise CarryonError(f"{dest} is in the way and not trusted ({why}; owned by uid {owner}): "
+                               "remove it or set CARRYON_CACHE to another directory")
         aside = dest + f".trash-{hostname()}-{os.getpid()}-{_rand()}"
         try:
             os.rename(dest, aside)
@@ -255,42 +390,78 @@ def publish(tmp: str, dest: str) -> str:
     raise CarryonError(f"cannot publish the cache entry {dest}")
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def remove(path: str) -> None:
-    """rm -rf, also for trees with unwritable dirs (images have mode-000 and 0500 dirs)."""
+    """rm -rf that never follows a symlink (each directory is opened with O_NOFOLLOW and emptied
+    through its descriptor, so a link swapped in meanwhile leads nowhere) and also empties our own
+    unwritable dirs (images have mode-000 and 0500 dirs)."""
+    parent, name = os.path.split(os.path.abspath(path))
     try:
-        _rmtree(path)
+        pfd = os.open(parent or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        _remove_at(pfd, name)
     except FileNotFoundError:
         pass
-    except OSError:
-        from runtime.extract import remove_tree     # slower, fixes permissions on the way
-        try:
-            remove_tree(path)
-        except FileNotFoundError:
-            pass
+    finally:
+        os.close(pfd)
 
 
-def _rmtree(path: str) -> None:
-    if not stat.S_ISDIR(os.lstat(path).st_mode):
-        os.unlink(path)
+def _open_dir_at(pfd: int, name: str) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=pfd)
+    except PermissionError:
+        pass
+    # our own dir without read/search permission: open it with O_PATH, chmod it through /proc
+    opath = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    try:
+        if os.fstat(opath).st_uid != os.getuid():
+            raise PermissionError(errno.EACCES, "not ours", name)
+        os.chmod(f"/proc/self/fd/{opath}", 0o700)
+        return os.open(f"/proc/self/fd/{opath}", _DIR_FLAGS & ~os.O_NOFOLLOW)
+    finally:
+        os.close(opath)
+
+
+def _remove_at(pfd: int, name: str) -> None:
+    st = os.lstat(name, dir_fd=pfd)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=pfd)
         return
-    with os.scandir(path) as it:
-        for e in it:
-            if e.is_dir(follow_symlinks=False):
-                _rmtree(e.path)
-            else:
-                os.unlink(e.path)
-    os.rmdir(path)
+    fd = _open_dir_at(pfd, name)
+    try:
+        if st.st_uid == os.getuid() and st.st_mode & 0o300 != 0o300:
+            os.fchmod(fd, 0o700)                 # to delete its entries
+        for e in os.scandir(fd):
+            try:
+                _remove_at(fd, e.name)
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=pfd)
 
 
-def remove_entry(entry: str) -> None:
-    """Unpublish first (rename aside: the entry stops being trusted at once), then delete."""
+def remove_entry(entry: str) -> bool:
+    """Unpublish our entry (rename aside: it stops being trusted at once), then delete it. Someone
+    else's, or anything but a real directory, is left alone (False)."""
+    try:
+        st = os.lstat(entry)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        return False
     aside = os.path.join(os.path.dirname(entry),
                          f".tmp-{os.path.basename(entry)}-{hostname()}-{os.getpid()}-{_rand()}")
     try:
         os.rename(entry, aside)
     except FileNotFoundError:
-        return
+        return False
     remove(aside)
+    return True
 
 
 def _pid_alive(pid: int) -> bool:
@@ -304,7 +475,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale(cache_dir: str, only_key: str | None = None) -> list[str]:
-    """Remove temp dirs left by dead runs: this host's whose process is gone, other hosts' older than a day."""
+    """Remove our temp dirs left by dead runs: this host's whose process is gone, other hosts' older
+    than a day. Only real directories we own: a symlink or another user's file named like one stays."""
     import re
     temp_re = re.compile(_TEMP_PATTERN)
     removed = []
@@ -320,13 +492,15 @@ def clean_stale(cache_dir: str, only_key: str | None = None) -> list[str]:
             continue
         p = os.path.join(cache_dir, name)
         try:
-            age = now - os.lstat(p).st_mtime
+            st = os.lstat(p)
         except OSError:
+            continue
+        if st.st_uid != os.getuid() or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             continue
         if m.group("host") == me:
             if int(m.group("pid")) == os.getpid() or _pid_alive(int(m.group("pid"))):
                 continue
-        elif age < STALE_FOREIGN_SECONDS:
+        elif now - st.st_mtime < STALE_FOREIGN_SECONDS:
             continue
         try:
             remove(p)

@@ -396,7 +396,7 @@ def publish_runtime(rt_tmp: str, dest: str, arch: Archive, argv: list[str]) -> N
 def ensure_entry(arch: Archive, opts: Options, rep: Reporter, verified: bool) -> str:
     """The published cache entry of this archive, extracting it first when no candidate has it."""
     cands = cache.candidates(opts.cache)
-    entry = cache.find_entry(cands, arch.key)
+    entry = cache.find_entry(cands, arch.key, say=rep.say if rep.verbose else None)
     if entry:
         rep.say(f"cache entry {entry}", 2)
         return entry
@@ -405,9 +405,11 @@ def ensure_entry(arch: Archive, opts: Options, rep: Reporter, verified: bool) ->
         fmt.verify(arch.layout)
     need, inodes = rootfs_needs(arch.manifest)
     where = cache.choose(cands, need, inodes, what=f"{os.path.basename(arch.path)}'s image")
-    for d in {c.path for c in cands if os.path.isdir(c.path)} | {where}:
-        cache.clean_stale(d)
-    tmp = cache.new_temp(where, arch.key)
+    cand = next(c for c in cands if c.path == where)
+    for c in cands:
+        if cache.check_candidate(c)[0] is not None:
+            cache.clean_stale(c.path)
+    tmp = cache.new_temp(where, arch.key, shared=cand.explicit)
     bar = ProgressBar(f"extracting {os.path.basename(arch.path)}") if rep.tty else None
     import time
     t0 = time.monotonic()
@@ -422,7 +424,7 @@ def ensure_entry(arch: Archive, opts: Options, rep: Reporter, verified: bool) ->
                 "image": arch.manifest.get("image", {}).get("manifest_digest"), "extracted": int(time.time())}
         import json
         cache.write_marker(tmp, json.dumps(info, sort_keys=True) + "\n")
-        final = cache.publish(tmp, os.path.join(where, arch.key))
+        final = cache.publish(tmp, os.path.join(where, arch.key), cand)
     except OSError as e:
         cache.remove(tmp)
         raise CarryonError(f"cannot extract the image into {where}: {e.strerror or e}"
@@ -714,13 +716,13 @@ def engine_support() -> str:
         return f"unknown ({e})"
 
 
-def show_info(arch: Archive, opts: Options, rt: str | None) -> int:
+def show_info(arch: Archive, opts: Options, rt: str | None, rep: Reporter) -> int:
     import json
     m = arch.manifest
     img, cfg, rfs = m.get("image", {}), m.get("config", {}), m.get("rootfs", {})
     secs = arch.sections
     cands = cache.candidates(opts.cache)
-    entry = cache.find_entry(cands, arch.key)
+    entry = cache.find_entry(cands, arch.key, say=rep.say)
     lines = [
         f"archive:        {arch.path} ({arch.size} bytes)",
         f"carryon:        {m.get('tool', {}).get('name', 'carryon')} {m.get('tool', {}).get('version', '?')}"
@@ -766,11 +768,19 @@ def do_extract(arch: Archive, dest: str, rep: Reporter) -> int:
 
 
 def do_clean(arch: Archive, opts: Options, rep: Reporter) -> int:
+    """Our entries of this archive and our stale temp dirs, in the trusted cache dirs only: nothing
+    another user owns, nothing behind a symlink."""
     for c in cache.candidates(opts.cache):
+        st, why = cache.check_candidate(c)
+        if st is None:
+            if why != cache.MISSING:
+                rep.say(f"cache dir {c.path} not cleaned: {why}")
+            continue
         entry = os.path.join(c.path, arch.key)
-        if os.path.isdir(entry):
-            cache.remove_entry(entry)
+        if cache.remove_entry(entry):
             rep.say(f"removed {entry}")
+        elif os.path.lexists(entry):
+            rep.say(f"{entry} left alone: not a directory of ours")
         for p in cache.clean_stale(c.path):
             rep.say(f"removed {p}")
     return 0
@@ -823,7 +833,7 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
     already = verified == arch.key
     rep.mark("archive opened")
     if opts.info:
-        return show_info(arch, opts, internal.get("_CARRYON_RT"))
+        return show_info(arch, opts, internal.get("_CARRYON_RT"), rep)
     if opts.clean:
         return do_clean(arch, opts, rep)
     if opts.extract:

@@ -4,7 +4,7 @@
 #   [launcher][runtime tar.gz][manifest][rootfs][trailer]
 # This script only finds or unpacks the frozen runtime (PyInstaller onedir + its own loader and
 # libraries) into the node cache and starts it; the runtime checks the archive, extracts the rootfs and
-# runs the image's command. Tools used: sh builtins, tail, head, gzip, tar, mkdir, mv, rm, chmod (df, id
+# runs the image's command. Tools used: sh builtins, ls, tail, head, gzip, tar, mkdir, mv, rm, chmod (df, id
 # when present). Options: run with --carryon-help.
 rt_kb=@CARRYON_RUNTIME_KB@
 rt_main=carryon-runtime
@@ -73,6 +73,67 @@ else
   add "/var/tmp/carryon-$uid"
 fi
 
+# ---- the trust rule (runtime/cache.py's, the same on every path): a default cache dir is used only
+# when it is a real directory (no symlink), ours, not writable by group or others, in a parent owned by
+# root or us that others cannot write (or that is sticky, like /tmp); a runtime dir inside is a real
+# directory, ours and not writable by group or others, with a regular file as its marker. In an
+# explicit cache (CARRYON_CACHE, --carryon-cache) that is not world-writable, another user's runtime
+# dir is trusted too, and a group-writable one for the cache dir's group only. sh's `test` cannot see
+# others' mode bits: one `ls -ldn` (sorted output; our paths form a prefix chain) answers for all.
+trust_why=
+trusted() {  # trusted DIR [ENTRY]: 0 when DIR (and DIR/ENTRY, published) may be used; else $trust_why
+  _c=$1 _e=${2:-}
+  if [ -n "$explicit" ]; then
+    if [ -n "${2:-}" ]; then set -- "$_c/." "$_c/$2" "$_c/$2/.complete"; else set -- "$_c/."; fi
+    _role=cache
+  else
+    _p=${_c%/*}
+    [ -n "$_p" ] || _p=/
+    if [ -n "${2:-}" ]; then set -- "$_p" "$_c" "$_c/$2" "$_c/$2/.complete"; else set -- "$_p" "$_c"; fi
+    _role=parent
+  fi
+  _out=$(LC_ALL=C ls -ldn "$@" 2>/dev/null) || { trust_why="cannot stat $*"; return 1; }
+  _cg= _cow= _n=0
+  trust_why=
+  while read -r _m _l _u _g _r; do
+    _n=$((_n + 1))
+    _gw= _ow= _st=
+    case $_m in ?????w*) _gw=1 ;; esac
+    case $_m in ????????w*) _ow=1 ;; esac
+    case $_m in ?????????[tT]*) _st=1 ;; esac
+    case $_role in
+      parent)
+        if [ "$_u" != 0 ] && [ "$_u" != "$uid" ]; then trust_why="its parent is owned by uid $_u"
+        elif [ -n "$_gw$_ow" ] && [ -z "$_st" ]; then trust_why="its parent is writable by others and not sticky"
+        fi
+        _role=cache ;;
+      cache)
+        case $_m in d*) ;; l*) trust_why="is a symbolic link" ;; *) trust_why="not a directory" ;; esac
+        if [ -z "$explicit" ] && [ -z "$trust_why" ]; then
+          if [ "$_u" != "$uid" ]; then trust_why="owned by uid $_u, not $uid"
+          elif [ -n "$_gw$_ow" ]; then trust_why="writable by group or others"
+          fi
+        fi
+        _cg=$_g _cow=$_ow _role=entry ;;
+      entry)
+        case $_m in d*) ;; *) trust_why="$_e is not a directory" ;; esac
+        _shared=
+        [ -n "$explicit" ] && [ -z "$_cow" ] && _shared=1
+        if [ "$_u" != "$uid" ] && [ -z "$_shared" ]; then trust_why="$_e is owned by uid $_u"
+        elif [ -n "$_ow" ]; then trust_why="$_e is writable by others"
+        elif [ -n "$_gw" ] && { [ -z "$_shared" ] || [ "$_g" != "$_cg" ]; }; then trust_why="$_e is writable by group"
+        fi
+        _role=marker ;;
+      marker)
+        case $_m in -*) ;; *) trust_why="$_e's marker is not a regular file" ;; esac ;;
+    esac
+  done <<CARRYON_LS_EOF
+$_out
+CARRYON_LS_EOF
+  [ "$_n" = $# ] || trust_why="cannot stat $*"
+  [ -z "$trust_why" ]
+}
+
 start() {  # start the runtime in dir $1; $2: published (1) or pending publication (0)
   _CARRYON_ARCHIVE=$self
   _CARRYON_RT=$1
@@ -87,15 +148,20 @@ start() {  # start the runtime in dir $1; $2: published (1) or pending publicati
   exec "$_CARRYON_RT/$rt_ld" --inhibit-cache --library-path "$_CARRYON_RT/_internal" "$_CARRYON_RT/$rt_main" "$@"
 }
 
-# ---- warm: a published runtime (marker written last, directory published by rename)
+# ---- warm: a published runtime (marker written last, directory published by rename) in a trusted
+# place; `test -f` first, so that candidates without it cost no `ls`
 IFS_SAVE=$IFS
 IFS='
 '
 for c in $cands; do
   if [ -f "$c/$rt_key/.complete" ]; then
     IFS=$IFS_SAVE
-    rt=$c/$rt_key
-    start "$rt" 1 "$rt" "$@"
+    if trusted "$c" "$rt_key"; then
+      rt=$c/$rt_key
+      start "$rt" 1 "$rt" "$@"
+    fi
+    IFS='
+'
   fi
 done
 IFS=$IFS_SAVE
@@ -145,17 +211,24 @@ IFS='
 '
 for c in $cands; do
   IFS=$IFS_SAVE
-  if ! mkdir -p "$c" 2>/dev/null || [ ! -d "$c" ]; then why="$why; $c: cannot create"; continue; fi
-  if [ -z "$explicit" ] && [ ! -O "$c" ]; then why="$why; $c: not owned by uid $uid"; continue; fi
-  if [ -z "$explicit" ]; then
-    case $c in */carryon-$uid) chmod 700 "$c" 2>/dev/null ;; esac   # our private per-user dir
+  if [ -n "$explicit" ]; then mkdir -p "$c" 2>/dev/null; else mkdir -p -m 700 "$c" 2>/dev/null; fi
+  if ! trusted "$c"; then
+    # a default dir of ours that others could write (older carryon, loose umask): made private again
+    # (its entries are still checked one by one); anything else is skipped, never changed
+    if [ -z "$explicit" ] && [ -d "$c" ] && [ ! -L "$c" ] && [ -O "$c" ] && chmod 700 "$c" 2>/dev/null &&
+       trusted "$c"; then :
+    else
+      why="$why; $c: ${trust_why:-cannot create}"; continue
+    fi
   fi
   if [ ! -w "$c" ]; then why="$why; $c: not writable"; continue; fi
+  mode=700
+  [ -n "$explicit" ] && mode=755        # an explicit cache may be shared: its users read our entries
   tmp=
   n=0
   while [ $n -lt 20 ]; do
     t=$c/.tmp-$rt_key-$host-$$-$n
-    if mkdir "$t" 2>/dev/null; then tmp=$t; break; fi
+    if mkdir -m $mode "$t" 2>/dev/null; then tmp=$t; break; fi
     n=$((n + 1))
   done
   if [ -z "$tmp" ]; then why="$why; $c: not writable"; continue; fi
@@ -173,17 +246,20 @@ for c in $cands; do
        fi ;;
   esac
   sha_pid=
-  if [ -n "$check_sha" ]; then   # the digest goes beside the temp dir, never inside what tar writes
-    { section | sha256sum >"${tmp}_sha" 2>/dev/null; } &
+  # the digest goes beside the temp dir, never inside what tar writes, in a dir made for it (`mkdir`
+  # never follows a planted symlink)
+  if [ -n "$check_sha" ] && mkdir -m 700 "${tmp}_sha" 2>/dev/null; then
+    { section | sha256sum >"${tmp}_sha/sum" 2>/dev/null; } &
     sha_pid=$!
   fi
   ok=1
-  section | { gzip -dc 2>/dev/null; echo $? >"$tmp/.gzip-status"; } | (cd "$tmp" && tar -xf - 2>/dev/null) || ok=
+  # umask 022: what tar writes is never writable by others, whatever the caller's umask
+  section | { gzip -dc 2>/dev/null; echo $? >"$tmp/.gzip-status"; } | (umask 022 && cd "$tmp" && tar -xf - 2>/dev/null) || ok=
   if [ -n "$sha_pid" ]; then
     wait "$sha_pid"
     got=
-    [ -f "${tmp}_sha" ] && read -r got _ <"${tmp}_sha"
-    rm -f "${tmp}_sha"
+    [ -f "${tmp}_sha/sum" ] && read -r got _ <"${tmp}_sha/sum"
+    rm -rf "${tmp}_sha"
     if [ -n "$got" ] && [ "$got" != "$rt_sha" ]; then
       rm -rf "$tmp"
       die "$self: corrupted carryon archive (section runtime fails its sha256 check)"

@@ -221,14 +221,31 @@ def _cached_build() -> str | None:
     first = cache.candidates(None)[0]
     if first.explicit or os.path.basename(first.path) != "carryon":
         return None             # no XDG/home cache: a shared temp dir is no place to load code from
-    path = os.path.join(first.path, "native", f"fastloop-{tag}.so")
-    if os.path.exists(path):
-        return path
+    # the library is code we load: only from dirs that pass runtime.cache's trust rule (real, ours,
+    # not writable by others), and only a regular file of ours that others cannot write
+    ndir = cache.Candidate(os.path.join(first.path, "native"))
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        return build(path)
+        os.makedirs(first.path, mode=0o700, exist_ok=True)
+        if not os.path.lexists(ndir.path):
+            os.mkdir(ndir.path, 0o700)
     except OSError:
         return None
+    if cache.check_candidate(first)[0] is None or cache.check_candidate(ndir)[0] is None:
+        return None
+    path = os.path.join(ndir.path, f"fastloop-{tag}.so")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        try:
+            return build(path)
+        except OSError:
+            return None
+    except OSError:
+        return None
+    import stat
+    if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022:
+        return path
+    return None
 
 
 def load(regs) -> Native | None:
@@ -246,7 +263,7 @@ def build(dest: str = LIBRARY, cc: list[str] | None = None) -> str:
     compiler's message on failure."""
     import subprocess               # not at the top: start-up time (the runtime only loads)
     cc = cc or [os.environ.get("CC") or "cc"]
-    tmp = f"{dest}.{os.getpid()}.tmp"
+    tmp = f"{dest}.{os.getpid()}.{os.urandom(4).hex()}.tmp"     # the compiler writes it: a fresh name
     cmd = [*cc, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", tmp,
            *SOURCES, "-lrt"]                # timer_create: librt before glibc 2.34
     try:
