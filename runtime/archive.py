@@ -20,12 +20,10 @@ import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from runtime import trailer
 from runtime.errors import InputError
+from runtime.trailer import END, MAGIC, SECTIONS, TRAILER_SIZE  # noqa: F401 -- the format's names, here too
 
-TRAILER_SIZE = 512
-SECTIONS = ("launcher", "runtime", "manifest", "rootfs")
-MAGIC = "CARRYON-ARCHIVE 1"
-END = "CARRYON-END"
 FORMAT_VERSION = 1
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _CHUNK = 1 << 20
@@ -46,73 +44,26 @@ class Layout:
     sections: dict[str, Section]
 
 
-# ---------------------------------------------------------------- trailer
+# ---------------------------------------------------------------- trailer (runtime/trailer.py)
 
-def format_trailer(sections: dict[str, tuple[int, str]]) -> bytes:
-    """The 512-byte trailer for `{name: (length, sha256hex)}` (every name of SECTIONS)."""
-    head = MAGIC + "\n" + "".join(f"{n} {sections[n][0]} {sections[n][1]}\n" for n in SECTIONS)
-    tail = END + "\n"
-    pad = TRAILER_SIZE - len(head) - len(tail) - 1
-    if pad < 0:
-        raise ValueError("carryon trailer does not fit in 512 bytes")
-    data = (head + " " * pad + "\n" + tail).encode("ascii")
-    assert len(data) == TRAILER_SIZE
-    return data
+format_trailer = trailer.render
 
 
 def parse_trailer(data: bytes, what: str = "file") -> dict[str, tuple[int, str]]:
     """Parse a trailer; raise InputError naming `what` when it is not one."""
-    bad = InputError(f"{what}: not a carryon archive (no valid carryon trailer at its end)")
-    if len(data) != TRAILER_SIZE:
-        raise bad
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        raise bad from None
-    lines = [ln.strip() for ln in text.split("\n")]
-    lines = [ln for ln in lines if ln]
-    if len(lines) != len(SECTIONS) + 2 or lines[0] != MAGIC or lines[-1] != END:
-        raise bad
-    out: dict[str, tuple[int, str]] = {}
-    for ln, name in zip(lines[1:-1], SECTIONS):
-        parts = ln.split()
-        if len(parts) != 3 or parts[0] != name or not parts[1].isdigit():
-            raise bad
-        digest = parts[2].lower()
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise bad
-        out[name] = (int(parts[1]), digest)
-    return out
+    return trailer.parse(data, what)
 
 
 def read_layout(path: str) -> Layout:
     """Locate the sections of the carryon archive at `path` (InputError if it is not one)."""
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < TRAILER_SIZE:
-                raise InputError(f"{path}: not a carryon archive (too small)")
-            f.seek(size - TRAILER_SIZE)
-            data = f.read(TRAILER_SIZE)
+            size, _, located = trailer.read(f, path)
     except IsADirectoryError:
         raise InputError(f"{path}: not a carryon archive (is a directory)") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
-    entries = parse_trailer(data, path)
-    end = size - TRAILER_SIZE
-    sections: dict[str, Section] = {}
-    for name in reversed(SECTIONS[1:]):
-        length, digest = entries[name]
-        start = end - length
-        if start < 0:
-            raise InputError(f"{path}: corrupted carryon archive (section {name} runs past the start)")
-        sections[name] = Section(name, start, length, digest)
-        end = start
-    length, digest = entries["launcher"]
-    if length != end:
-        raise InputError(f"{path}: corrupted carryon archive (launcher is {end} bytes, trailer says {length})")
-    sections["launcher"] = Section("launcher", 0, length, digest)
-    return Layout(path, size, {n: sections[n] for n in SECTIONS})
+    return Layout(path, size, {n: Section(n, *located[n]) for n in SECTIONS})
 
 
 def _layout(path_or_layout: str | os.PathLike | Layout) -> Layout:
