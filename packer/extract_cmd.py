@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from packer.cli import EXIT_HELP
 from packer.progress import Bar
 from runtime.archive import read_layout, read_manifest, verify
 from runtime.errors import CarryonError
@@ -21,7 +22,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str]) -> int:
-    p = _Parser(prog="carryon extract", description="Extract a carryon archive's rootfs (rootless).")
+    p = _Parser(prog="carryon extract", description="Extract a carryon archive's rootfs (rootless).",
+                epilog=EXIT_HELP)
     p.add_argument("archive", metavar="ARCHIVE")
     p.add_argument("dir", metavar="DIR")
     args = p.parse_args(argv)

@@ -13,6 +13,7 @@ import os
 import tarfile
 import tempfile
 
+from packer.cli import EXIT_HELP
 from packer.layers import LayerReader
 from packer.manifest import LayerResult, build_manifest
 from packer.progress import Bar
@@ -34,7 +35,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="carryon pack", description="Turn a container image into a carryon archive.")
+    p = _Parser(prog="carryon pack", description="Turn a container image into a carryon archive.",
+                epilog=EXIT_HELP)
     p.add_argument("source", metavar="SOURCE",
                    help="OCI layout dir, OCI archive, docker-archive (optionally gzip'd), or - for stdin; "
                         "SOURCE:TAG picks a tag")

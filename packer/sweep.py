@@ -47,12 +47,16 @@ options:
   --collect DIR          write DIR's results table from what its rows left (after a --slurm sweep)
 
 Results: DIR/results.csv (row, variables, status, exit code, wall time, collected outputs, stdout and
-stderr files, last stderr lines of failed rows). Exit status 0 iff every row exited 0.
+stderr files, last stderr lines of failed rows).
+
+Exit status: 0 every row succeeded; 1 some row failed or did not run (a result: see results.csv);
+125 the sweep itself could not run (bad usage, table or archive, I/O error, sbatch refused the job);
+128+N stopped by signal N (Ctrl-C: 130; --resume runs the rest).
 """
 
 
 class UsageError(InputError):
-    exit_code = 2
+    """Bad usage of `carryon sweep` (exit 125, like every failure of carryon's own)."""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Bad input to `carryon pack`: one-line error, exit code != 0, no OUT file (and no temp file) left."""
+"""Bad input to `carryon pack`: one-line error, exit status 125, no OUT file (and no temp file) left."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def assert_fails(tmp_path, source, *extra, match: str, stdin: bytes | None = Non
     out.parent.mkdir(exist_ok=True)
     p = run_carryon("pack", "--bare", str(source), "-o", str(out), *extra,
                     input=stdin)
-    assert p.returncode != 0
+    assert p.returncode == 125, p.stderr
     assert "Traceback" not in p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1, p.stderr
@@ -212,6 +212,6 @@ def test_inspect_and_extract_refuse_non_archives(tmp_path):
     junk.write_bytes(b"x" * 1000)
     for args in (["inspect", str(junk)], ["extract", str(junk), str(tmp_path / "d")]):
         p = run_carryon(*args)
-        assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1
+        assert p.returncode == 125 and len(p.stderr.strip().splitlines()) == 1
         assert "not a carryon archive" in p.stderr
     assert not (tmp_path / "d").exists()
