@@ -4,14 +4,20 @@ Reads the image (packer.sources), squashes its layers in one streaming pass each
 writes the rootfs (packer.rootfs) and the archive (runtime.archive.write_archive: temp file + rename,
 so an error or Ctrl-C never leaves a half-written OUT). Without the hidden `--bare` flag the launcher
 and the frozen runtime come from `packer.embed.runtime_parts()` -- the single integration point.
+
+OUT `-` is stdout: the archive is built in the work directory as for a file, then streamed out (refused
+before any work when stdout is a terminal); nothing named `-` is created.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sys
 import tarfile
 import tempfile
+from typing import BinaryIO
 
 from packer.cli import EXIT_HELP
 from packer.layers import LayerReader
@@ -40,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="SOURCE",
                    help="OCI layout dir, OCI archive, docker-archive (optionally gzip'd), or - for stdin; "
                         "SOURCE:TAG picks a tag")
-    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: NAME.run in the current dir)")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="output file (default: NAME.run in the current dir); - writes the archive to stdout")
     p.add_argument("--tag", help="image tag/name to pick when the source holds several")
     p.add_argument("--platform", help="OS/ARCH[/VARIANT] from a multi-platform index (default linux/amd64)")
     p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level 1-22 (default {DEFAULT_LEVEL})")
@@ -102,12 +109,28 @@ def _read_layer(sq: Squasher, ref, bar: Bar, done: list[int]) -> LayerResult:
                        media_type, reader.compression)
 
 
+def _stream_out(path: str, dest: BinaryIO) -> None:
+    """Copy the finished archive at `path` to `dest` (stdout); a closed pipe is one error line."""
+    try:
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, dest, 1 << 20)
+        dest.flush()
+    except OSError as e:
+        if isinstance(e, BrokenPipeError):  # the reader went away: nothing more can reach it
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, dest.fileno())
+        raise CarryonError(f"cannot write the archive to stdout: {e.strerror or e}") from None
+
+
 def pack(source: str, out: str, *, tag: str | None = None, platform: str | None = None,
          level: int = DEFAULT_LEVEL, bare: bool = False) -> dict:
-    """Pack SOURCE into OUT; returns the manifest."""
+    """Pack SOURCE into OUT (`-`: stdout); returns the manifest."""
     if not 1 <= level <= 22:
         raise CarryonError(f"--level {level}: must be between 1 and 22")
-    if os.path.isdir(out):
+    to_stdout = out == "-"
+    if to_stdout and os.isatty(sys.stdout.fileno()):
+        raise CarryonError("-o -: stdout is a terminal; redirect it to a file or a pipe")
+    if not to_stdout and os.path.isdir(out):
         raise InputError(f"{out}: is a directory")
     launcher, runtime_tgz = (b"", None) if bare else _runtime_parts()
     with tempfile.TemporaryDirectory(prefix="carryon-pack-") as work:
@@ -125,7 +148,11 @@ def pack(source: str, out: str, *, tag: str | None = None, platform: str | None 
                     bar2.update(written[0])
                 stats = write_rootfs(sq, rootfs, level, progress)
         manifest = build_manifest(image, layers, stats, level)
-        write_archive(out, manifest=manifest, rootfs_path=rootfs, launcher=launcher, runtime_path=runtime_tgz)
+        target = os.path.join(work, "archive.run") if to_stdout else out
+        write_archive(target, manifest=manifest, rootfs_path=rootfs, launcher=launcher, runtime_path=runtime_tgz)
+        if to_stdout:
+            sys.stdout.flush()
+            _stream_out(target, sys.stdout.buffer)
     return manifest
 
 

@@ -77,3 +77,36 @@ def test_inspect_text(tmp_path):
     assert "rootfs      4 entries: 1 files, 2 dirs, 0 symlinks, 0 hardlinks, 1 other" in text
     assert "-rw-r--r-- 0:0        60 /etc/hello" in text
     assert "crw-rw-rw- 0:0       1,3 /dev-null" in text
+
+
+def _pack_proc(*args: str, cwd, stdout) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "packer.cli", "pack", *args], stdout=stdout,
+                          stderr=subprocess.PIPE, env=env, cwd=cwd)
+
+
+def test_pack_output_dash_writes_the_archive_to_stdout(tmp_path):
+    src = write_oci(tmp_path / "img", [LAYER])
+    run_carryon("pack", "--bare", str(src), "-o", str(tmp_path / "a.run"), check=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    with open(tmp_path / "b.run", "wb") as f:
+        p = _pack_proc("--bare", str(src), "-o", "-", cwd=work, stdout=f)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "b.run").read_bytes() == (tmp_path / "a.run").read_bytes()
+    p = _pack_proc("--bare", str(src), "-o", "-", cwd=work, stdout=subprocess.PIPE)  # through a pipe
+    assert p.returncode == 0 and p.stdout == (tmp_path / "a.run").read_bytes()
+    assert os.listdir(work) == []  # no file named "-", no temporary file left
+
+
+def test_pack_output_dash_refuses_a_terminal(tmp_path):
+    src = write_oci(tmp_path / "img", [LAYER])
+    master, slave = pty.openpty()
+    try:
+        p = _pack_proc("--bare", str(src), "-o", "-", cwd=tmp_path, stdout=slave)
+    finally:
+        os.close(slave)
+        os.close(master)
+    err = p.stderr.decode()
+    assert p.returncode == 125 and len(err.splitlines()) == 1 and "terminal" in err, err
+    assert not (tmp_path / "-").exists()
