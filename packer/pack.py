@@ -124,7 +124,8 @@ def _stream_out(path: str, dest: BinaryIO) -> None:
 
 def pack(source: str, out: str, *, tag: str | None = None, platform: str | None = None,
          level: int = DEFAULT_LEVEL, bare: bool = False) -> dict:
-    """Pack SOURCE into OUT (`-`: stdout); returns the manifest."""
+    """Pack SOURCE into OUT (`-`: stdout); returns the manifest. Errors name what the user gave (OUT,
+    SOURCE) or the temporary space, never a temporary file."""
     if not 1 <= level <= 22:
         raise CarryonError(f"--level {level}: must be between 1 and 22")
     to_stdout = out == "-"
@@ -133,27 +134,47 @@ def pack(source: str, out: str, *, tag: str | None = None, platform: str | None 
     if not to_stdout and os.path.isdir(out):
         raise InputError(f"{out}: is a directory")
     launcher, runtime_tgz = (b"", None) if bare else _runtime_parts()
-    with tempfile.TemporaryDirectory(prefix="carryon-pack-") as work:
-        image = open_image(source, tag, platform, work)
-        with open(os.path.join(work, "spool"), "w+b") as spool:
-            sq = Squasher(spool)
-            done = [0]
-            with Bar("reading", sum(l.size for l in image.layers)) as bar:
-                layers = [_read_layer(sq, ref, bar, done) for ref in image.layers]
-            rootfs = os.path.join(work, "rootfs.tar.zst")
-            written = [0]
-            with Bar("compressing", content_size(sq.root)) as bar2:
-                def progress(n: int) -> None:
-                    written[0] += n
-                    bar2.update(written[0])
-                stats = write_rootfs(sq, rootfs, level, progress)
-        manifest = build_manifest(image, layers, stats, level)
-        target = os.path.join(work, "archive.run") if to_stdout else out
-        write_archive(target, manifest=manifest, rootfs_path=rootfs, launcher=launcher, runtime_path=runtime_tgz)
-        if to_stdout:
-            sys.stdout.flush()
-            _stream_out(target, sys.stdout.buffer)
+    tmp_top = tempfile.gettempdir()
+    try:
+        with tempfile.TemporaryDirectory(prefix="carryon-pack-") as work:
+            rootfs, manifest = _build_rootfs(work, source, tag, platform, level)
+            if to_stdout:
+                target = os.path.join(work, "archive.run")
+                write_archive(target, manifest=manifest, rootfs_path=rootfs, launcher=launcher,
+                              runtime_path=runtime_tgz)
+                sys.stdout.flush()
+                _stream_out(target, sys.stdout.buffer)
+                return manifest
+            try:  # write_archive's temp file sits beside OUT: its errors are about OUT
+                write_archive(out, manifest=manifest, rootfs_path=rootfs, launcher=launcher,
+                              runtime_path=runtime_tgz)
+            except OSError as e:
+                raise CarryonError(f"cannot write {out}: {e.strerror or e}") from None
+    except OSError as e:
+        name = os.fspath(e.filename) if e.filename else ""
+        if name.startswith(os.path.join(tmp_top, "carryon-pack-")):
+            raise CarryonError(f"cannot write temporary files in {tmp_top}: {e.strerror or e}") from None
+        raise
     return manifest
+
+
+def _build_rootfs(work: str, source: str, tag: str | None, platform: str | None,
+                  level: int) -> tuple[str, dict]:
+    """Read and squash the image, write WORK/rootfs.tar.zst; returns (its path, the manifest)."""
+    image = open_image(source, tag, platform, work)
+    with open(os.path.join(work, "spool"), "w+b") as spool:
+        sq = Squasher(spool)
+        done = [0]
+        with Bar("reading", sum(l.size for l in image.layers)) as bar:
+            layers = [_read_layer(sq, ref, bar, done) for ref in image.layers]
+        rootfs = os.path.join(work, "rootfs.tar.zst")
+        written = [0]
+        with Bar("compressing", content_size(sq.root)) as bar2:
+            def progress(n: int) -> None:
+                written[0] += n
+                bar2.update(written[0])
+            stats = write_rootfs(sq, rootfs, level, progress)
+    return rootfs, build_manifest(image, layers, stats, level)
 
 
 def main(argv: list[str]) -> int:

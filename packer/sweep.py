@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from packer.sources import sha256_path
 from packer.sweep_local import run_pool
 from packer.sweep_plan import (DEFAULT_GUEST_DIR, SweepSpec, meta_dir, plan_rows, render_script,
-                               script_plan_id)
+                               script_plan_id, write_atomic)
 from packer.sweep_progress import Progress
 from packer.sweep_results import RowResult, row_done_ok, row_result, summary, write_results
 from packer.sweep_slurm import find_sbatch, job_active, submit, task_log, wait_jobs
@@ -148,16 +148,16 @@ def _install_archive(src: str, dest: str, digest: str) -> None:
         return
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = dest + ".tmp"
-    shutil.copyfile(src, tmp)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, dest)
-
-
-def _write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(path + ".tmp", mode)
-    os.replace(path + ".tmp", path)
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, dest)
+    except OSError as e:  # name the copy, not its temporary file
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise CarryonError(f"cannot copy the archive to {dest}: {e.strerror or e}") from None
 
 
 def _load_state(out_dir: str) -> dict | None:
@@ -171,7 +171,7 @@ def _load_state(out_dir: str) -> dict | None:
 
 
 def _save_state(out_dir: str, state: dict) -> None:
-    _write_atomic(os.path.join(out_dir, "sweep.json"), json.dumps(state, indent=1) + "\n")
+    write_atomic(os.path.join(out_dir, "sweep.json"), json.dumps(state, indent=1) + "\n")
 
 
 def _results(out_dir: str, state: dict) -> list[RowResult]:
@@ -264,7 +264,7 @@ def _main(argv: list[str]) -> int:
         text = render_script(spec, p)
         os.makedirs(p.meta_dir, exist_ok=True)
         path = os.path.join(p.meta_dir, "run.sh")
-        _write_atomic(path, text, 0o755)
+        write_atomic(path, text, 0o755)
         scripts[p.row] = path
         rows_state.append({"row": p.row, "vars": p.vars, "plan": script_plan_id(text)})
     new_state = {"version": 1, "table": os.path.abspath(o.params), "columns": table.columns,

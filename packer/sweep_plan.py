@@ -21,7 +21,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from packer.sweep_table import Table, check_template, substitute
-from runtime.errors import InputError
+from runtime.errors import CarryonError, InputError
 
 DEFAULT_GUEST_DIR = "/carryon-run"
 PLAN_PLACEHOLDER = "@@PLAN@@"
@@ -68,6 +68,22 @@ class RowPlan:
     stages: list[Stage] = field(default_factory=list)
     scratch: list[str] = field(default_factory=list)
     collects: list[Collect] = field(default_factory=list)
+
+
+def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
+    """Write `text` to `path` through `path.tmp` and a rename; an error names `path`, never the temp file."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise CarryonError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def row_dir(out_dir: str, row: str) -> str:

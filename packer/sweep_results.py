@@ -4,11 +4,12 @@ and write the results table DIR/results.csv (and DIR/results.json)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass, field
 
-from packer.sweep_plan import meta_dir
+from packer.sweep_plan import meta_dir, write_atomic
 
 STDERR_TAIL_LINES = 5
 FIXED = ["row", "status", "exit_code", "wall_time_s", "outputs", "stdout", "stderr", "stderr_tail"]
@@ -84,22 +85,18 @@ def row_result(out_dir: str, row: str, values: dict[str, str], plan_id: str,
 def write_results(out_dir: str, columns: list[str], results: list[RowResult], json_too: bool) -> str:
     names = {c: (f"var.{c}" if c in FIXED else c) for c in columns}
     path = os.path.join(out_dir, "results.csv")
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(FIXED[:1] + [names[c] for c in columns] + FIXED[1:])
-        for r in results:
-            w.writerow([r.row] + [r.vars.get(c, "") for c in columns] + [
-                r.status, "" if r.exit_code is None else r.exit_code,
-                "" if r.wall_time_s is None else f"{r.wall_time_s:.3f}",
-                ";".join(r.outputs), r.stdout, r.stderr, r.stderr_tail])
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(FIXED[:1] + [names[c] for c in columns] + FIXED[1:])
+    for r in results:
+        w.writerow([r.row] + [r.vars.get(c, "") for c in columns] + [
+            r.status, "" if r.exit_code is None else r.exit_code,
+            "" if r.wall_time_s is None else f"{r.wall_time_s:.3f}",
+            ";".join(r.outputs), r.stdout, r.stderr, r.stderr_tail])
+    write_atomic(path, buf.getvalue())
     if json_too:
-        jpath = os.path.join(out_dir, "results.json")
-        with open(jpath + ".tmp", "w", encoding="utf-8") as f:
-            json.dump([r.__dict__ for r in results], f, indent=1)
-            f.write("\n")
-        os.replace(jpath + ".tmp", jpath)
+        doc = json.dumps([r.__dict__ for r in results], indent=1) + "\n"
+        write_atomic(os.path.join(out_dir, "results.json"), doc)
     return path
 
 

@@ -368,3 +368,14 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     assert proc.wait(60) == 0
     os.close(master)
     assert b"\rsweep [" in seen and b"3/3" in seen
+
+
+def test_write_errors_name_the_results_file_not_a_temp_file(tmp_path):
+    arc = make_standin(tmp_path)
+    write_csv(tmp_path / "t.csv", ["n"], [[1]])
+    assert sweep(arc, "--params", "t.csv", "--", "/app/fib.py", "{n}", cwd=tmp_path).returncode == 0
+    out = tmp_path / "t.sweep"
+    (out / "results.csv.tmp").mkdir()  # in the way of the temporary file
+    p = sweep("--collect", out, cwd=tmp_path)
+    assert p.returncode == 125, p.stderr
+    assert p.stderr == f"carryon sweep: cannot write {out}/results.csv: Is a directory\n"
