@@ -13,11 +13,11 @@ import sys
 USAGE = """usage: carryon COMMAND [ARGS]
 
 commands:
-  pack SOURCE [-o OUT] [--tag T] [--platform P] [--level N]   image -> single-file archive
-  inspect ARCHIVE [--json] [--files]                           show an archive's manifest
-  extract ARCHIVE DIR                                          rootless extraction of the rootfs
-  exec [-r ROOTFS | -R ROOTFS] [-b HOST[:GUEST]]... COMMAND     run a command in a rootfs (PRoot-like)
-  sweep ARCHIVE --params TABLE [...] -- ARG...                 run an archive over a table of variables
+  pack SOURCE [-o OUT] [--tag T] [--platform P] [--level N] [-q]  image -> single-file archive
+  inspect ARCHIVE [--json] [--files]                              show an archive's manifest
+  extract ARCHIVE DIR                                             rootless extraction of the rootfs
+  exec [-r ROOTFS | -R ROOTFS] [-b HOST[:GUEST]]... COMMAND       run a command in a rootfs (PRoot-like)
+  sweep ARCHIVE --params TABLE [...] -- ARG...                    run an archive over a table of variables
 
 `carryon COMMAND --help` describes each command.
 

@@ -1,4 +1,4 @@
-"""`carryon pack SOURCE [-o OUT] [--tag T] [--platform P] [--level N]`: image -> carryon archive.
+"""`carryon pack SOURCE [-o OUT] [--tag T] [--platform P] [--level N] [-q]`: image -> carryon archive.
 
 Reads the image (packer.sources), squashes its layers in one streaming pass each (packer.squash),
 writes the rootfs (packer.rootfs) and the archive (runtime.archive.write_archive: temp file + rename,
@@ -6,7 +6,8 @@ so an error or Ctrl-C never leaves a half-written OUT). Without the hidden `--ba
 and the frozen runtime come from `packer.embed.runtime_parts()` -- the single integration point.
 
 OUT `-` is stdout: the archive is built in the work directory as for a file, then streamed out (refused
-before any work when stdout is a terminal); nothing named `-` is created.
+before any work when stdout is a terminal); nothing named `-` is created. Success prints one line on
+stderr (`carryon pack: wrote OUT: SIZE, image DIGEST, N files`); `-q` prints nothing but errors.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="image tag/name to pick when the source holds several")
     p.add_argument("--platform", help="OS/ARCH[/VARIANT] from a multi-platform index (default linux/amd64)")
     p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level 1-22 (default {DEFAULT_LEVEL})")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing but errors (no progress bars, no summary line)")
     p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -123,7 +126,7 @@ def _stream_out(path: str, dest: BinaryIO) -> None:
 
 
 def pack(source: str, out: str, *, tag: str | None = None, platform: str | None = None,
-         level: int = DEFAULT_LEVEL, bare: bool = False) -> dict:
+         level: int = DEFAULT_LEVEL, bare: bool = False, quiet: bool = False) -> dict:
     """Pack SOURCE into OUT (`-`: stdout); returns the manifest. Errors name what the user gave (OUT,
     SOURCE) or the temporary space, never a temporary file."""
     if not 1 <= level <= 22:
@@ -137,7 +140,7 @@ def pack(source: str, out: str, *, tag: str | None = None, platform: str | None 
     tmp_top = tempfile.gettempdir()
     try:
         with tempfile.TemporaryDirectory(prefix="carryon-pack-") as work:
-            rootfs, manifest = _build_rootfs(work, source, tag, platform, level)
+            rootfs, manifest = _build_rootfs(work, source, tag, platform, level, quiet)
             if to_stdout:
                 target = os.path.join(work, "archive.run")
                 write_archive(target, manifest=manifest, rootfs_path=rootfs, launcher=launcher,
@@ -158,18 +161,18 @@ def pack(source: str, out: str, *, tag: str | None = None, platform: str | None 
     return manifest
 
 
-def _build_rootfs(work: str, source: str, tag: str | None, platform: str | None,
-                  level: int) -> tuple[str, dict]:
+def _build_rootfs(work: str, source: str, tag: str | None, platform: str | None, level: int,
+                  quiet: bool) -> tuple[str, dict]:
     """Read and squash the image, write WORK/rootfs.tar.zst; returns (its path, the manifest)."""
     image = open_image(source, tag, platform, work)
     with open(os.path.join(work, "spool"), "w+b") as spool:
         sq = Squasher(spool)
         done = [0]
-        with Bar("reading", sum(l.size for l in image.layers)) as bar:
+        with Bar("reading", sum(l.size for l in image.layers), enabled=False if quiet else None) as bar:
             layers = [_read_layer(sq, ref, bar, done) for ref in image.layers]
         rootfs = os.path.join(work, "rootfs.tar.zst")
         written = [0]
-        with Bar("compressing", content_size(sq.root)) as bar2:
+        with Bar("compressing", content_size(sq.root), enabled=False if quiet else None) as bar2:
             def progress(n: int) -> None:
                 written[0] += n
                 bar2.update(written[0])
@@ -181,7 +184,18 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     out = args.output or default_output(args.source)
     try:
-        pack(args.source, out, tag=args.tag, platform=args.platform, level=args.level, bare=args.bare)
+        manifest = pack(args.source, out, tag=args.tag, platform=args.platform, level=args.level,
+                        bare=args.bare, quiet=args.quiet)
     except OSError as e:
         raise CarryonError(f"{e.filename or out}: {e.strerror or e}") from None
+    if not args.quiet:
+        sys.stderr.write(f"carryon pack: {summary(out, manifest)}\n")
     return 0
+
+
+def summary(out: str, manifest: dict) -> str:
+    """`wrote app.run: 47.5 MB, image sha256:..., 5758 files` (from OUT's size and the manifest)."""
+    img, rootfs = manifest.get("image", {}), manifest.get("rootfs", {})
+    digest = f"image {img['manifest_digest']}" if img.get("manifest_digest") else f"config {img.get('config_digest')}"
+    where = "the archive to stdout" if out == "-" else f"{out}: {os.path.getsize(out) / 1e6:.1f} MB"
+    return f"wrote {where}, {digest}, {rootfs.get('files', 0)} files"

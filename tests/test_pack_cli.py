@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pty
 import subprocess
@@ -37,10 +38,11 @@ def test_bar_is_silent_unless_tty():
     assert "reading" in s.getvalue() and "100.0%" in s.getvalue()
 
 
-def test_pack_is_quiet_when_piped_and_shows_progress_on_a_tty(tmp_path):
+def test_pack_says_one_line_when_piped_and_shows_progress_on_a_tty(tmp_path):
     src = write_oci(tmp_path / "img", [LAYER])
     p = run_carryon("pack", "--bare", str(src), "-o", str(tmp_path / "a.run"))
-    assert p.returncode == 0 and p.stdout == "" and p.stderr == ""
+    assert p.returncode == 0 and p.stdout == "" and len(p.stderr.splitlines()) == 1, p.stderr
+    assert "\r" not in p.stderr and p.stderr.startswith(f"carryon pack: wrote {tmp_path}/a.run: ")
     # stderr on a pseudo-terminal: the bars appear there
     master, slave = pty.openpty()
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -110,3 +112,30 @@ def test_pack_output_dash_refuses_a_terminal(tmp_path):
     err = p.stderr.decode()
     assert p.returncode == 125 and len(err.splitlines()) == 1 and "terminal" in err, err
     assert not (tmp_path / "-").exists()
+
+
+def test_pack_summary_line_and_quiet(tmp_path):
+    src = write_oci(tmp_path / "img", [LAYER])
+    p = run_carryon("pack", "--bare", str(src), "-o", "a.run", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    manifest = json.loads(run_carryon("inspect", "--json", str(tmp_path / "a.run"), check=True).stdout)
+    size = os.path.getsize(tmp_path / "a.run") / 1e6
+    assert p.stderr == (f"carryon pack: wrote a.run: {size:.1f} MB, image {manifest['image']['manifest_digest']}, "
+                        f"1 files\n")
+    for q in ("-q", "--quiet"):
+        p = run_carryon("pack", q, "--bare", str(src), "-o", "b.run", cwd=tmp_path)
+        assert p.returncode == 0 and p.stdout == "" and p.stderr == "", p.stderr
+    # -q also silences the progress bars on a terminal
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "packer.cli", "pack", "-q", "--bare", str(src), "-o",
+                           str(tmp_path / "c.run")], stderr=slave, stdout=subprocess.PIPE, env=env, cwd=REPO)
+    os.close(slave)
+    seen = b""
+    try:
+        while chunk := os.read(master, 4096):
+            seen += chunk
+    except OSError:
+        pass
+    os.close(master)
+    assert proc.returncode == 0 and seen == b""
