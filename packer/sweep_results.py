@@ -125,7 +125,7 @@ def summary(results: list[RowResult]) -> str:
     if not_run:
         s += f", {not_run} not run"
     if failed:
-        shown = ", ".join(f"{r.row} (exit {r.exit_code})" if r.status == "failed" else f"{r.row} (no {(r.missing or ['output'])[0]})"
-                          for r in failed[:5])
+        shown = ", ".join(f"{r.row} (exit {r.exit_code})" if r.status == "failed"
+                          else f"{r.row} (no {(r.missing or ['output'])[0]})" for r in failed[:5])
         s += f" [{shown}{', ...' if len(failed) > 5 else ''}]"
     return s
