@@ -7,11 +7,13 @@ own mode is the image root's); owners, xattrs and devices go to `DIR.carryon-met
 from __future__ import annotations
 
 import argparse
+import os
 
+from packer.cli import EXIT_HELP
 from packer.progress import Bar
 from runtime.archive import read_layout, read_manifest, verify
 from runtime.errors import CarryonError
-from runtime.extract import extract_rootfs
+from runtime.extract import extract_rootfs, meta_path_for
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,16 +23,24 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str]) -> int:
-    p = _Parser(prog="carryon extract", description="Extract a carryon archive's rootfs (rootless).")
+    p = _Parser(prog="carryon extract", description="Extract a carryon archive's rootfs (rootless).",
+                epilog=EXIT_HELP)
     p.add_argument("archive", metavar="ARCHIVE")
     p.add_argument("dir", metavar="DIR")
     args = p.parse_args(argv)
     layout = read_layout(args.archive)
     verify(layout, ("manifest", "rootfs"))
     total = int(read_manifest(layout).get("rootfs", {}).get("uncompressed_bytes", 0) or 0)
+    parent = os.path.dirname(os.path.abspath(args.dir))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise CarryonError(f"cannot write {args.dir}: {parent} is not a directory")
+    meta = meta_path_for(args.dir)
     try:
         with Bar("extracting", total) as bar:
-            extract_rootfs(layout, args.dir, progress=lambda done, _t: bar.update(done))
-    except OSError as e:
-        raise CarryonError(f"{e.filename or args.dir}: {e.strerror or e}") from None
+            extract_rootfs(layout, args.dir, progress=lambda done, _t: bar.update(done), meta_path=meta)
+    except OSError as e:  # name DIR, a path in it or the metadata file: never a temporary file
+        name = os.fspath(e.filename) if e.filename else args.dir
+        if os.path.basename(name).startswith("." + os.path.basename(meta) + "."):
+            name = meta
+        raise CarryonError(f"cannot write {name}: {e.strerror or e}") from None
     return 0

@@ -15,6 +15,7 @@ import stat
 import sys
 import tarfile
 
+from packer.cli import EXIT_HELP
 from runtime.archive import iter_rootfs, read_layout, read_manifest
 from runtime.errors import CarryonError, InputError
 from runtime.extract import split_path, type_letter, xattrs_of
@@ -104,7 +105,7 @@ def _text(layout, manifest: dict, files: bool, out) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = _Parser(prog="carryon inspect", description="Show a carryon archive's manifest.")
+    p = _Parser(prog="carryon inspect", description="Show a carryon archive's manifest.", epilog=EXIT_HELP)
     p.add_argument("archive", metavar="ARCHIVE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--files", action="store_true", help="also list every file with owner and mode")

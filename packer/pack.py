@@ -1,18 +1,26 @@
-"""`carryon pack SOURCE [-o OUT] [--tag T] [--platform P] [--level N]`: image -> carryon archive.
+"""`carryon pack SOURCE [-o OUT] [--tag T] [--platform P] [--level N] [-q]`: image -> carryon archive.
 
 Reads the image (packer.sources), squashes its layers in one streaming pass each (packer.squash),
 writes the rootfs (packer.rootfs) and the archive (runtime.archive.write_archive: temp file + rename,
 so an error or Ctrl-C never leaves a half-written OUT). Without the hidden `--bare` flag the launcher
 and the frozen runtime come from `packer.embed.runtime_parts()` -- the single integration point.
+
+OUT `-` is stdout: the archive is built in the work directory as for a file, then streamed out (refused
+before any work when stdout is a terminal); nothing named `-` is created. Success prints one line on
+stderr (`carryon pack: wrote OUT: SIZE, image DIGEST, N files`); `-q` prints nothing but errors.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sys
 import tarfile
 import tempfile
+from typing import BinaryIO
 
+from packer.cli import EXIT_HELP
 from packer.layers import LayerReader
 from packer.manifest import LayerResult, build_manifest
 from packer.progress import Bar
@@ -34,14 +42,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="carryon pack", description="Turn a container image into a carryon archive.")
+    p = _Parser(prog="carryon pack", description="Turn a container image into a carryon archive.",
+                epilog=EXIT_HELP)
     p.add_argument("source", metavar="SOURCE",
                    help="OCI layout dir, OCI archive, docker-archive (optionally gzip'd), or - for stdin; "
                         "SOURCE:TAG picks a tag")
-    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: NAME.run in the current dir)")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="output file (default: NAME.run in the current dir); - writes the archive to stdout")
     p.add_argument("--tag", help="image tag/name to pick when the source holds several")
     p.add_argument("--platform", help="OS/ARCH[/VARIANT] from a multi-platform index (default linux/amd64)")
     p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level 1-22 (default {DEFAULT_LEVEL})")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing but errors (no progress bars, no summary line)")
     p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -100,38 +112,90 @@ def _read_layer(sq: Squasher, ref, bar: Bar, done: list[int]) -> LayerResult:
                        media_type, reader.compression)
 
 
+def _stream_out(path: str, dest: BinaryIO) -> None:
+    """Copy the finished archive at `path` to `dest` (stdout); a closed pipe is one error line."""
+    try:
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, dest, 1 << 20)
+        dest.flush()
+    except OSError as e:
+        if isinstance(e, BrokenPipeError):  # the reader went away: nothing more can reach it
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, dest.fileno())
+        raise CarryonError(f"cannot write the archive to stdout: {e.strerror or e}") from None
+
+
 def pack(source: str, out: str, *, tag: str | None = None, platform: str | None = None,
-         level: int = DEFAULT_LEVEL, bare: bool = False) -> dict:
-    """Pack SOURCE into OUT; returns the manifest."""
+         level: int = DEFAULT_LEVEL, bare: bool = False, quiet: bool = False) -> dict:
+    """Pack SOURCE into OUT (`-`: stdout); returns the manifest. Errors name what the user gave (OUT,
+    SOURCE) or the temporary space, never a temporary file."""
     if not 1 <= level <= 22:
         raise CarryonError(f"--level {level}: must be between 1 and 22")
-    if os.path.isdir(out):
+    to_stdout = out == "-"
+    if to_stdout and os.isatty(sys.stdout.fileno()):
+        raise CarryonError("-o -: stdout is a terminal; redirect it to a file or a pipe")
+    if not to_stdout and os.path.isdir(out):
         raise InputError(f"{out}: is a directory")
     launcher, runtime_tgz = (b"", None) if bare else _runtime_parts()
-    with tempfile.TemporaryDirectory(prefix="carryon-pack-") as work:
-        image = open_image(source, tag, platform, work)
-        with open(os.path.join(work, "spool"), "w+b") as spool:
-            sq = Squasher(spool)
-            done = [0]
-            with Bar("reading", sum(l.size for l in image.layers)) as bar:
-                layers = [_read_layer(sq, ref, bar, done) for ref in image.layers]
-            rootfs = os.path.join(work, "rootfs.tar.zst")
-            written = [0]
-            with Bar("compressing", content_size(sq.root)) as bar2:
-                def progress(n: int) -> None:
-                    written[0] += n
-                    bar2.update(written[0])
-                stats = write_rootfs(sq, rootfs, level, progress)
-        manifest = build_manifest(image, layers, stats, level)
-        write_archive(out, manifest=manifest, rootfs_path=rootfs, launcher=launcher, runtime_path=runtime_tgz)
+    tmp_top = tempfile.gettempdir()
+    try:
+        with tempfile.TemporaryDirectory(prefix="carryon-pack-") as work:
+            rootfs, manifest = _build_rootfs(work, source, tag, platform, level, quiet)
+            if to_stdout:
+                target = os.path.join(work, "archive.run")
+                write_archive(target, manifest=manifest, rootfs_path=rootfs, launcher=launcher,
+                              runtime_path=runtime_tgz)
+                sys.stdout.flush()
+                _stream_out(target, sys.stdout.buffer)
+                return manifest
+            try:  # write_archive's temp file sits beside OUT: its errors are about OUT
+                write_archive(out, manifest=manifest, rootfs_path=rootfs, launcher=launcher,
+                              runtime_path=runtime_tgz)
+            except OSError as e:
+                raise CarryonError(f"cannot write {out}: {e.strerror or e}") from None
+    except OSError as e:
+        name = os.fspath(e.filename) if e.filename else ""
+        if name.startswith(os.path.join(tmp_top, "carryon-pack-")):
+            raise CarryonError(f"cannot write temporary files in {tmp_top}: {e.strerror or e}") from None
+        raise
     return manifest
+
+
+def _build_rootfs(work: str, source: str, tag: str | None, platform: str | None, level: int,
+                  quiet: bool) -> tuple[str, dict]:
+    """Read and squash the image, write WORK/rootfs.tar.zst; returns (its path, the manifest)."""
+    image = open_image(source, tag, platform, work)
+    with open(os.path.join(work, "spool"), "w+b") as spool:
+        sq = Squasher(spool)
+        done = [0]
+        with Bar("reading", sum(l.size for l in image.layers), enabled=False if quiet else None) as bar:
+            layers = [_read_layer(sq, ref, bar, done) for ref in image.layers]
+        rootfs = os.path.join(work, "rootfs.tar.zst")
+        written = [0]
+        with Bar("compressing", content_size(sq.root), enabled=False if quiet else None) as bar2:
+            def progress(n: int) -> None:
+                written[0] += n
+                bar2.update(written[0])
+            stats = write_rootfs(sq, rootfs, level, progress)
+    return rootfs, build_manifest(image, layers, stats, level)
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     out = args.output or default_output(args.source)
     try:
-        pack(args.source, out, tag=args.tag, platform=args.platform, level=args.level, bare=args.bare)
+        manifest = pack(args.source, out, tag=args.tag, platform=args.platform, level=args.level,
+                        bare=args.bare, quiet=args.quiet)
     except OSError as e:
         raise CarryonError(f"{e.filename or out}: {e.strerror or e}") from None
+    if not args.quiet:
+        sys.stderr.write(f"carryon pack: {summary(out, manifest)}\n")
     return 0
+
+
+def summary(out: str, manifest: dict) -> str:
+    """`wrote app.run: 47.5 MB, image sha256:..., 5758 files` (from OUT's size and the manifest)."""
+    img, rootfs = manifest.get("image", {}), manifest.get("rootfs", {})
+    digest = f"image {img['manifest_digest']}" if img.get("manifest_digest") else f"config {img.get('config_digest')}"
+    where = "the archive to stdout" if out == "-" else f"{out}: {os.path.getsize(out) / 1e6:.1f} MB"
+    return f"wrote {where}, {digest}, {rootfs.get('files', 0)} files"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from packer.sources import sha256_path
 from packer.sweep_local import run_pool
 from packer.sweep_plan import (DEFAULT_GUEST_DIR, SweepSpec, meta_dir, plan_rows, render_script,
-                               script_plan_id)
+                               script_plan_id, write_atomic)
 from packer.sweep_progress import Progress
 from packer.sweep_results import RowResult, row_done_ok, row_result, summary, write_results
 from packer.sweep_slurm import find_sbatch, job_active, submit, task_log, wait_jobs
@@ -26,7 +26,9 @@ USAGE = f"""usage: carryon sweep ARCHIVE --params TABLE [OPTIONS] [--] ARG...
 Runs ARCHIVE once per row of TABLE (CSV with a header line, or JSON lines). In ARG... and in the values
 of --input/--output, {{column}} is replaced by the row's value ({{{{ and }}}} are literal braces); every
 column is also set in the guest's environment, with CARRYON_ROW (the row id: 0, 1, ...) and
-CARRYON_RUN_DIR. Each row gets a run directory DIR/<row>/, bound into the guest at --guest-dir.
+CARRYON_RUN_DIR. Each row gets a run directory DIR/<row>/, bound into the guest at --guest-dir; it is
+the row's working directory (so relative names, e.g. an --input's, work), unless ARG... starts with a
+--carryon-workdir archive option.
 
 options:
   --params TABLE         the table of variables (one run per row)
@@ -37,7 +39,9 @@ options:
   --output GUEST[:HOST]  collect GUEST (globs allowed) after the run, also when it fails: into DIR/<row>/
                          by default, or to HOST (a directory if it ends with / or GUEST has a glob). A
                          GUEST outside the run dir is written into a per-row empty directory bound over
-                         its directory (e.g. /out for /out/result.txt), so rows never share files
+                         its directory (e.g. /out for /out/result.txt), so rows never share files.
+                         A row whose GUEST matched nothing fails (status missing-output)
+  --allow-missing-output a declared --output that matched nothing does not fail the row
   --guest-dir PATH       guest path of the row's run directory (default: {DEFAULT_GUEST_DIR})
   --json                 also write DIR/results.json
   --resume               keep rows already recorded as successful in DIR, run the others
@@ -46,13 +50,19 @@ options:
   --wait                 with --slurm: wait for the array to end and write the results
   --collect DIR          write DIR's results table from what its rows left (after a --slurm sweep)
 
-Results: DIR/results.csv (row, variables, status, exit code, wall time, collected outputs, stdout and
-stderr files, last stderr lines of failed rows). Exit status 0 iff every row exited 0.
+Results: DIR/results.csv, one line per row (row, variables, status: ok, failed, missing-output or
+not-run, exit code, wall time, collected outputs, missing outputs, stdout and stderr files, last stderr
+lines of failed rows with line breaks written as \\n); --json: DIR/results.json, the same verbatim.
+A refused submission (--slurm) removes the sweep directory it created.
+
+Exit status: 0 every row succeeded; 1 some row failed or did not run (a result: see results.csv);
+125 the sweep itself could not run (bad usage, table or archive, I/O error, sbatch refused the job);
+128+N stopped by signal N (Ctrl-C: 130; --resume runs the rest).
 """
 
 
 class UsageError(InputError):
-    exit_code = 2
+    """Bad usage of `carryon sweep` (exit 125, like every failure of carryon's own)."""
 
 
 @dataclass
@@ -66,6 +76,7 @@ class Options:
     guest_dir: str = DEFAULT_GUEST_DIR
     json: bool = False
     resume: bool = False
+    allow_missing_output: bool = False
     slurm: bool = False
     sbatch: list[str] = field(default_factory=list)
     wait: bool = False
@@ -75,7 +86,7 @@ class Options:
 
 _VALUED = {"--params", "--jobs", "-j", "--out", "-o", "--input", "--output", "--guest-dir", "--sbatch",
            "--collect"}
-_FLAGS = {"--json", "--resume", "--slurm", "--wait"}
+_FLAGS = {"--json", "--resume", "--slurm", "--wait", "--allow-missing-output"}
 
 
 def parse_args(argv: list[str]) -> Options | None:
@@ -97,7 +108,7 @@ def parse_args(argv: list[str]) -> Options | None:
                 value = argv[i]
             _set(o, name, value)
         elif name in _FLAGS and not eq:
-            setattr(o, name[2:], True)
+            setattr(o, name[2:].replace("-", "_"), True)
         elif a.startswith("-") and not o.archive and a != "-":
             raise UsageError(f"unknown option {a} (try: carryon sweep --help)")
         elif not o.archive and not o.collect:
@@ -144,16 +155,16 @@ def _install_archive(src: str, dest: str, digest: str) -> None:
         return
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = dest + ".tmp"
-    shutil.copyfile(src, tmp)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, dest)
-
-
-def _write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(path + ".tmp", mode)
-    os.replace(path + ".tmp", path)
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, dest)
+    except OSError as e:  # name the copy, not its temporary file
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise CarryonError(f"cannot copy the archive to {dest}: {e.strerror or e}") from None
 
 
 def _load_state(out_dir: str) -> dict | None:
@@ -167,7 +178,7 @@ def _load_state(out_dir: str) -> dict | None:
 
 
 def _save_state(out_dir: str, state: dict) -> None:
-    _write_atomic(os.path.join(out_dir, "sweep.json"), json.dumps(state, indent=1) + "\n")
+    write_atomic(os.path.join(out_dir, "sweep.json"), json.dumps(state, indent=1) + "\n")
 
 
 def _results(out_dir: str, state: dict) -> list[RowResult]:
@@ -186,6 +197,32 @@ def _finish(out_dir: str, state: dict, json_too: bool, note: str = "") -> int:
     path = write_results(out_dir, state["columns"], results, json_too)
     sys.stderr.write(f"carryon sweep: {summary(results)}{note}; results: {path}\n")
     return 0 if all(r.status == "ok" for r in results) else 1
+
+
+def _first_missing(path: str) -> str | None:
+    """The outermost directory of `path` (itself included) that does not exist yet, None if it exists."""
+    top = None
+    while not os.path.lexists(path):
+        top, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return top
+
+
+def _remove_new_sweep(out_dir: str, created: str | None) -> str:
+    """Undo a sweep directory this invocation made (`created`: what it created, from _first_missing;
+    None: DIR existed empty, its contents go). Returns what was done, for the error line."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return f"removed {created}"
+    for name in os.listdir(out_dir):
+        p = os.path.join(out_dir, name)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            os.unlink(p)
+    return f"emptied {out_dir} again"
 
 
 def _default_out(params: str) -> str:
@@ -249,34 +286,47 @@ def _main(argv: list[str]) -> int:
 
     digest = sha256_path(archive)
     spec = SweepSpec(os.path.join(out_dir, "archive", os.path.basename(archive)), digest, o.args,
-                     o.inputs, o.outputs, o.guest_dir, out_dir, os.getcwd(), table)
+                     o.inputs, o.outputs, o.guest_dir, out_dir, os.getcwd(), table,
+                     allow_missing_output=o.allow_missing_output)
     plans = plan_rows(spec)
 
-    os.makedirs(out_dir, exist_ok=True)
-    _install_archive(archive, spec.archive, digest)
-    scripts: dict[str, str] = {}
-    rows_state = []
-    for p in plans:
-        text = render_script(spec, p)
-        os.makedirs(p.meta_dir, exist_ok=True)
-        path = os.path.join(p.meta_dir, "run.sh")
-        _write_atomic(path, text, 0o755)
-        scripts[p.row] = path
-        rows_state.append({"row": p.row, "vars": p.vars, "plan": script_plan_id(text)})
-    new_state = {"version": 1, "table": os.path.abspath(o.params), "columns": table.columns,
-                 "archive": spec.archive, "rows": rows_state, "json": o.json,
-                 "slurm_jobs": (state or {}).get("slurm_jobs", []) if o.slurm else []}
-    _save_state(out_dir, new_state)
+    # a sweep this invocation creates is removed again if it fails before any row ran or was submitted
+    created = _first_missing(out_dir) if state is None else None
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        _install_archive(archive, spec.archive, digest)
+        scripts: dict[str, str] = {}
+        rows_state = []
+        for p in plans:
+            text = render_script(spec, p)
+            os.makedirs(p.meta_dir, exist_ok=True)
+            path = os.path.join(p.meta_dir, "run.sh")
+            write_atomic(path, text, 0o755)
+            scripts[p.row] = path
+            rows_state.append({"row": p.row, "vars": p.vars, "plan": script_plan_id(text)})
+        new_state = {"version": 1, "table": os.path.abspath(o.params), "columns": table.columns,
+                     "archive": spec.archive, "rows": rows_state, "json": o.json,
+                     "slurm_jobs": (state or {}).get("slurm_jobs", []) if o.slurm else []}
+        _save_state(out_dir, new_state)
 
-    todo = [r["row"] for r in rows_state
-            if not (o.resume and row_done_ok(out_dir, r["row"], r["plan"]))]
+        todo = [r["row"] for r in rows_state
+                if not (o.resume and row_done_ok(out_dir, r["row"], r["plan"]))]
+        job_id = submit(sbatch, out_dir, [int(r) for r in todo], o.jobs, o.sbatch) if o.slurm and todo else ""
+    except (CarryonError, OSError, KeyboardInterrupt) as e:
+        if state is not None:  # an earlier sweep (--resume): keep it as it is
+            raise
+        undone = _remove_new_sweep(out_dir, created)
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        msg = str(e) if isinstance(e, CarryonError) else \
+            f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"
+        raise CarryonError(f"{msg}; {undone}") from None
     skipped = len(rows_state) - len(todo)
     note = f" ({len(todo)} run now, {skipped} done before)" if o.resume else ""
 
     if o.slurm:
         if not todo:
             return _finish(out_dir, new_state, o.json, note)
-        job_id = submit(sbatch, out_dir, [int(r) for r in todo], o.jobs, o.sbatch)
         new_state["slurm_jobs"] = new_state["slurm_jobs"] + [job_id]
         _save_state(out_dir, new_state)
         if not o.wait:
@@ -289,7 +339,7 @@ def _main(argv: list[str]) -> int:
 
         def poll() -> None:
             states = [row_result(out_dir, r, {}, plan_of[r]).status for r in todo]
-            progress.set_counts(states.count("ok"), states.count("failed"))
+            progress.set_counts(states.count("ok"), len(states) - states.count("ok") - states.count("not-run"))
 
         try:
             wait_jobs([job_id], poll if progress.enabled else (lambda: None))

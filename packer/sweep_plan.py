@@ -1,12 +1,15 @@
 """`carryon sweep` row plans: what each row binds, stages, runs and collects, written out as one POSIX sh
 script per row (`DIR/rows/<id>/run.sh`). The same script runs a row in the local pool, in a Slurm array
-task (compute nodes need no Python) and by hand.
+task (compute nodes need no Python) and by hand, so everything a row does is decided here: it runs with
+its run directory as working directory (`--carryon-workdir` in the user's ARGs wins), and a declared
+output that matched nothing fails it (exit 1 when the command exited 0; `missing=N` in its status file)
+unless SweepSpec.allow_missing_output.
 
 Layout of a sweep directory DIR:
   DIR/sweep.json            what was planned (table, rows, Slurm job ids)
   DIR/archive/NAME          the archive, copied once
   DIR/<id>/                 the row's run directory, bound into the guest (default /carryon-run)
-  DIR/rows/<id>/run.sh      the row's script; stdout, stderr, status, collected: what it left
+  DIR/rows/<id>/run.sh      the row's script; stdout, stderr, status, collected, missing: what it left
   DIR/rows/<id>/in/, out/   staged inputs bound outside the run dir; per-row dirs bound at output dirs
   DIR/results.csv (.json)   the results table
 """
@@ -21,7 +24,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from packer.sweep_table import Table, check_template, substitute
-from runtime.errors import InputError
+from runtime.errors import CarryonError, InputError
 
 DEFAULT_GUEST_DIR = "/carryon-run"
 PLAN_PLACEHOLDER = "@@PLAN@@"
@@ -40,6 +43,7 @@ class SweepSpec:
     out_dir: str                       # absolute
     cwd: str                           # where relative host paths are resolved
     table: Table
+    allow_missing_output: bool = False  # a declared output that matched nothing does not fail the row
 
 
 @dataclass
@@ -68,6 +72,22 @@ class RowPlan:
     stages: list[Stage] = field(default_factory=list)
     scratch: list[str] = field(default_factory=list)
     collects: list[Collect] = field(default_factory=list)
+
+
+def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
+    """Write `text` to `path` through `path.tmp` and a rename; an error names `path`, never the temp file."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise CarryonError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def row_dir(out_dir: str, row: str) -> str:
@@ -213,6 +233,9 @@ def plan_row(spec: SweepSpec, index: int) -> RowPlan:
     argv += [f"--carryon-bind={h}:{g}" for h, g in binds]
     argv += [f"--carryon-env={k}={v}" for k, v in values.items()]
     argv += [f"--carryon-env=CARRYON_ROW={row}", f"--carryon-env=CARRYON_RUN_DIR={gdir}"]
+    # the row runs in its run directory (a job's cwd), where relative --input names land; a
+    # --carryon-workdir among the user's ARGs comes later and wins (the archive keeps the last one)
+    argv += [f"--carryon-workdir={gdir}"]
     argv += [substitute(a, values) for a in spec.args]
     plan.argv = argv
     return plan
@@ -237,12 +260,18 @@ def plan_rows(spec: SweepSpec) -> list[RowPlan]:
 
 _PRELUDE = r"""set -u
 now() { t=$(date +%s.%N 2>/dev/null); case $t in ''|*N*) t=$(date +%s) ;; esac; echo "$t"; }
-finish() {
-    { echo "rc=$1"; echo "start=$2"; echo "end=$3"; echo "plan=$PLAN"; } >"$M/status.tmp" &&
-        mv -f "$M/status.tmp" "$M/status"
+finish() {  # finish RC START END: record the row; exit RC, or 1 if RC is 0 but a required output is missing
+    { echo "rc=$1"; echo "start=$2"; echo "end=$3"; echo "missing=$MISSING"; echo "plan=$PLAN"; } \
+        >"$M/status.tmp" && mv -f "$M/status.tmp" "$M/status"
+    if [ "$1" -eq 0 ] && [ "$MISSING" -gt 0 ]; then exit 1; fi
     exit "$1"
 }
 note() { echo "carryon sweep: row $ROW: $*" >>"$M/stderr"; }
+missing() {  # missing PATTERN: a declared output matched nothing (fails the row unless allowed)
+    note "output $1: nothing matched"
+    echo "$1" >>"$M/missing"
+    [ "$ALLOW_MISSING" = 1 ] || MISSING=$((MISSING + 1))
+}
 grab() {  # grab SRC DEST: copy one collected output to DEST (unless it is already there) and list it
     if [ "$1" != "$2" ]; then
         mkdir -p "${2%/*}" && rm -rf "$2" && cp -RP "$1" "$2" || { note "cannot collect $1 into $2"; return; }
@@ -258,14 +287,17 @@ def render_script(spec: SweepSpec, plan: RowPlan) -> str:
         "#!/bin/sh",
         f"# carryon sweep: row {plan.row} of {spec.table.path}. Generated; run it by hand with",
         f"#   sh {q(os.path.join(plan.meta_dir, 'run.sh'))}",
-        "# It stages the inputs, runs the archive and collects the outputs; its exit status is the row's.",
+        "# It stages the inputs, runs the archive and collects the outputs; its exit status is the row's",
+        "# (the command's, or 1 when the command succeeded but a declared --output matched nothing).",
         f"# archive sha256: {spec.archive_sha256}",
         f"PLAN={PLAN_PLACEHOLDER}",
         f"ROW={q(plan.row)}",
         f"W={q(plan.run_dir)}",
         f"M={q(plan.meta_dir)}",
+        f"ALLOW_MISSING={1 if spec.allow_missing_output else 0}",
+        "MISSING=0",
         _PRELUDE,
-        'rm -f "$M/status" "$M/collected"',
+        'rm -f "$M/status" "$M/collected" "$M/missing"',
         'rm -rf "$W" "$M/in" "$M/out"',
         ': >"$M/stdout"; : >"$M/stderr"',
         't0=$(now)',
@@ -281,7 +313,7 @@ def render_script(spec: SweepSpec, plan: RowPlan) -> str:
     L.append('t1=$(now)')
     for c in plan.collects:
         src = f'{q(c.base)}/{sh_glob(c.rest, c.guest)}'
-        miss = q(f"output {c.guest}: nothing matched")
+        miss = q(c.guest)
         if c.dest is None:
             target = '"$f"'
         elif c.dest_is_dir:
@@ -291,7 +323,7 @@ def render_script(spec: SweepSpec, plan: RowPlan) -> str:
         L.append(f"n=0; for f in {src}; do")
         L.append('    [ -e "$f" ] || [ -L "$f" ] || continue')
         L.append(f'    n=$((n + 1)); grab "$f" {target}')
-        L.append(f"done; [ $n -gt 0 ] || note {miss}")
+        L.append(f"done; [ $n -gt 0 ] || missing {miss}")
     L.append('finish "$rc" "$t0" "$t1"')
     text = "\n".join(L) + "\n"
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 
+from packer.sweep_plan import write_atomic
 from runtime.errors import CarryonError, InputError
 
 
@@ -42,10 +43,7 @@ def write_job_script(out_dir: str) -> str:
         ': "${SLURM_ARRAY_TASK_ID:?this script runs as a Slurm array task}"\n'
         f'exec /bin/sh {shlex.quote(rows)}/"$SLURM_ARRAY_TASK_ID"/run.sh\n'
     )
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.chmod(path + ".tmp", 0o755)
-    os.replace(path + ".tmp", path)
+    write_atomic(path, text, 0o755)
     return path
 
 

@@ -40,6 +40,8 @@ Run COMMAND (default /bin/sh) with ROOTFS as its root directory, without privile
   -k, --kernel-release=R    accepted for PRoot compatibility (ignored)
 COMMAND without '/' is looked up in the guest's PATH. Engine: CARRYON_ENGINE=auto|seccomp|ptrace;
 CARRYON_NATIVE=0: no native stop loop (Python sees every stop); CARRYON_PIN=auto|on|off.
+Exit status: COMMAND's (128+N when signal N killed it); 125 carryon itself failed (bad usage or
+option, missing rootfs, engine failure); 126 COMMAND not executable; 127 COMMAND not found.
 """
 
 _WITH_ARG = {"-r": "rootfs", "--rootfs": "rootfs", "-R": "rootfs_defaults", "-b": "bind", "-m": "bind",

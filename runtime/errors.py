@@ -1,4 +1,9 @@
-"""The small set of carryon errors, mapped to exit codes at the CLI edge (docker run's codes)."""
+"""The small set of carryon errors, mapped to exit codes at the CLI edge (docker run's codes).
+
+The rule, the same for every `carryon` subcommand and for archives: 125 when carryon itself fails
+(bad usage or option, bad input, I/O error, anything carryon refuses); 126/127 only for a guest command
+that cannot be executed / is not found; otherwise the command's own status (`exec`, archives) or the
+subcommand's result (`sweep`: 1 when some row failed)."""
 
 
 class CarryonError(Exception):
@@ -8,9 +13,8 @@ class CarryonError(Exception):
 
 
 class InputError(CarryonError):
-    """Bad input given to the packer or extractor (not an image, missing blob, digest mismatch): exit 1."""
-
-    exit_code = 1
+    """Bad input given to the packer, extractor or sweep (not an image, missing blob, digest mismatch, bad
+    table): carryon refuses it, exit 125 like every other carryon failure."""
 
 
 class CommandNotExecutable(CarryonError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pty
 import subprocess
@@ -37,10 +38,11 @@ def test_bar_is_silent_unless_tty():
     assert "reading" in s.getvalue() and "100.0%" in s.getvalue()
 
 
-def test_pack_is_quiet_when_piped_and_shows_progress_on_a_tty(tmp_path):
+def test_pack_says_one_line_when_piped_and_shows_progress_on_a_tty(tmp_path):
     src = write_oci(tmp_path / "img", [LAYER])
     p = run_carryon("pack", "--bare", str(src), "-o", str(tmp_path / "a.run"))
-    assert p.returncode == 0 and p.stdout == "" and p.stderr == ""
+    assert p.returncode == 0 and p.stdout == "" and len(p.stderr.splitlines()) == 1, p.stderr
+    assert "\r" not in p.stderr and p.stderr.startswith(f"carryon pack: wrote {tmp_path}/a.run: ")
     # stderr on a pseudo-terminal: the bars appear there
     master, slave = pty.openpty()
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -77,3 +79,63 @@ def test_inspect_text(tmp_path):
     assert "rootfs      4 entries: 1 files, 2 dirs, 0 symlinks, 0 hardlinks, 1 other" in text
     assert "-rw-r--r-- 0:0        60 /etc/hello" in text
     assert "crw-rw-rw- 0:0       1,3 /dev-null" in text
+
+
+def _pack_proc(*args: str, cwd, stdout) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "packer.cli", "pack", *args], stdout=stdout,
+                          stderr=subprocess.PIPE, env=env, cwd=cwd)
+
+
+def test_pack_output_dash_writes_the_archive_to_stdout(tmp_path):
+    src = write_oci(tmp_path / "img", [LAYER])
+    run_carryon("pack", "--bare", str(src), "-o", str(tmp_path / "a.run"), check=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    with open(tmp_path / "b.run", "wb") as f:
+        p = _pack_proc("--bare", str(src), "-o", "-", cwd=work, stdout=f)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "b.run").read_bytes() == (tmp_path / "a.run").read_bytes()
+    p = _pack_proc("--bare", str(src), "-o", "-", cwd=work, stdout=subprocess.PIPE)  # through a pipe
+    assert p.returncode == 0 and p.stdout == (tmp_path / "a.run").read_bytes()
+    assert os.listdir(work) == []  # no file named "-", no temporary file left
+
+
+def test_pack_output_dash_refuses_a_terminal(tmp_path):
+    src = write_oci(tmp_path / "img", [LAYER])
+    master, slave = pty.openpty()
+    try:
+        p = _pack_proc("--bare", str(src), "-o", "-", cwd=tmp_path, stdout=slave)
+    finally:
+        os.close(slave)
+        os.close(master)
+    err = p.stderr.decode()
+    assert p.returncode == 125 and len(err.splitlines()) == 1 and "terminal" in err, err
+    assert not (tmp_path / "-").exists()
+
+
+def test_pack_summary_line_and_quiet(tmp_path):
+    src = write_oci(tmp_path / "img", [LAYER])
+    p = run_carryon("pack", "--bare", str(src), "-o", "a.run", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    manifest = json.loads(run_carryon("inspect", "--json", str(tmp_path / "a.run"), check=True).stdout)
+    size = os.path.getsize(tmp_path / "a.run") / 1e6
+    assert p.stderr == (f"carryon pack: wrote a.run: {size:.1f} MB, image {manifest['image']['manifest_digest']}, "
+                        f"1 files\n")
+    for q in ("-q", "--quiet"):
+        p = run_carryon("pack", q, "--bare", str(src), "-o", "b.run", cwd=tmp_path)
+        assert p.returncode == 0 and p.stdout == "" and p.stderr == "", p.stderr
+    # -q also silences the progress bars on a terminal
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "packer.cli", "pack", "-q", "--bare", str(src), "-o",
+                           str(tmp_path / "c.run")], stderr=slave, stdout=subprocess.PIPE, env=env, cwd=REPO)
+    os.close(slave)
+    seen = b""
+    try:
+        while chunk := os.read(master, 4096):
+            seen += chunk
+    except OSError:
+        pass
+    os.close(master)
+    assert proc.returncode == 0 and seen == b""

@@ -1,4 +1,4 @@
-"""Bad input to `carryon pack`: one-line error, exit code != 0, no OUT file (and no temp file) left."""
+"""Bad input to `carryon pack`: one-line error, exit status 125, no OUT file (and no temp file) left."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def assert_fails(tmp_path, source, *extra, match: str, stdin: bytes | None = Non
     out.parent.mkdir(exist_ok=True)
     p = run_carryon("pack", "--bare", str(source), "-o", str(out), *extra,
                     input=stdin)
-    assert p.returncode != 0
+    assert p.returncode == 125, p.stderr
     assert "Traceback" not in p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1, p.stderr
@@ -212,6 +212,30 @@ def test_inspect_and_extract_refuse_non_archives(tmp_path):
     junk.write_bytes(b"x" * 1000)
     for args in (["inspect", str(junk)], ["extract", str(junk), str(tmp_path / "d")]):
         p = run_carryon(*args)
-        assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1
+        assert p.returncode == 125 and len(p.stderr.strip().splitlines()) == 1
         assert "not a carryon archive" in p.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_output_errors_name_what_the_user_gave(tmp_path):
+    """Not the temporary files carryon writes first (`.x.run.6219ko_x.part`, `.D.carryon-meta.json.*`)."""
+    src = write_oci(tmp_path / "img", [LAYER])
+    p = run_carryon("pack", "--bare", str(src), "-o", str(tmp_path / "nonexist" / "x.run"))
+    assert p.returncode == 125
+    assert p.stderr == f"carryon pack: cannot write {tmp_path}/nonexist/x.run: No such file or directory\n"
+    arc = tmp_path / "a.run"
+    run_carryon("pack", "--bare", str(src), "-o", str(arc), check=True)
+    p = run_carryon("extract", str(arc), str(tmp_path / "nonexist" / "d"))
+    assert p.returncode == 125
+    assert p.stderr == f"carryon extract: cannot write {tmp_path}/nonexist/d: No such file or directory\n"
+    (tmp_path / "afile").write_text("")
+    p = run_carryon("extract", str(arc), str(tmp_path / "afile" / "d"))
+    assert p.returncode == 125
+    assert p.stderr == f"carryon extract: cannot write {tmp_path}/afile/d: {tmp_path}/afile is not a directory\n"
+    # the metadata file beside DIR cannot be written (a directory is in its way)
+    (tmp_path / "d.carryon-meta.json").mkdir()
+    (tmp_path / "d.carryon-meta.json" / "x").write_text("")
+    p = run_carryon("extract", str(arc), str(tmp_path / "d"))
+    assert p.returncode == 125 and len(p.stderr.splitlines()) == 1, p.stderr
+    assert p.stderr.startswith(f"carryon extract: cannot write {tmp_path}/d.carryon-meta.json: "), p.stderr
     assert not (tmp_path / "d").exists()

@@ -49,7 +49,7 @@ def test_edge_formats_give_one_rootfs(project_fixtures: Path, tmp_path):
 def test_multi_image_archive_needs_a_tag(project_fixtures: Path, tmp_path):
     out = tmp_path / "m.run"
     p = run_carryon("pack", "--bare", str(project_fixtures / "multi.docker.tar"), "-o", str(out))
-    assert p.returncode == 1 and "several images" in p.stderr
+    assert p.returncode == 125 and "several images" in p.stderr
     assert "carryon-fixtures/demo:latest" in p.stderr and "carryon-fixtures/edge:latest" in p.stderr
     assert not out.exists()
     run_carryon("pack", "--bare", str(project_fixtures / "multi.docker.tar"), "--tag", "carryon-fixtures/demo",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,13 +24,15 @@ FIB = {n: f for n, f in zip(range(40), [0, 1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89,
 # A stand-in for a carryon archive: takes the archive's --carryon-* options at the start of its arguments
 # (`--carryon-X VALUE` or `--carryon-X=VALUE`, the first other argument ends them), gives the command only
 # the --carryon-env variables, and emulates the guest's file system by rewriting guest paths in every
-# argument (binds, longest first; /app -> a fake rootfs). Entrypoint: python3, like debian-python.
+# argument and in --carryon-workdir (binds, longest first; /app -> a fake rootfs; WorkingDir /app).
+# Entrypoint: python3, like debian-python.
 STANDIN = r'''#!/usr/bin/python3
 import os, re, sys
 ROOT = @ROOT@
 LOG = @LOG@
 args = sys.argv[1:]
 binds, env, entry = [("/app", ROOT + "/app")], {"PATH": "/usr/bin:/bin"}, ["/usr/bin/python3"]
+workdir = "/app"  # the image's WorkingDir
 while args and args[0].startswith("--carryon-"):
     opt = args.pop(0)
     name, eq, val = opt.partition("=")
@@ -43,6 +46,8 @@ while args and args[0].startswith("--carryon-"):
         env[k] = v
     elif name == "--carryon-entrypoint":
         entry = [val]
+    elif name == "--carryon-workdir":
+        workdir = val  # the last one wins, as in a real archive
     else:
         sys.exit("stand-in: unexpected option " + opt)
 binds.sort(key=lambda b: -len(b[0]))
@@ -53,6 +58,7 @@ def host(s):
 if LOG:
     with open(LOG, "a") as f:
         f.write(env.get("CARRYON_ROW", "?") + "\n")
+os.chdir(host(workdir))
 os.execve(entry[0], entry + [host(a) for a in args], env)
 '''
 
@@ -225,8 +231,8 @@ def test_inputs_outputs_globs_and_host_destinations(tmp_path):
             "open('/results/one.txt', 'w').write(d); sys.exit(int(d) == 2 and 3)")
     p = sweep(arc, "--params", "t.csv", "--input", "data/in{i}.txt:in.txt", "--input", "shared.cfg:/etc/app/shared.cfg",
               "--output", "/results/sub/*.dat:collected/{i}/", "--output", "local.txt",
-              "--output", "/results/one.txt:one-{i}.txt", "--output", "/results/missing.txt", "--",
-              "-c", code, cwd=tmp_path)
+              "--output", "/results/one.txt:one-{i}.txt", "--output", "/results/missing.txt",
+              "--allow-missing-output", "--", "-c", code, cwd=tmp_path)
     assert p.returncode == 1 and "3 rows: 2 ok, 1 failed" in p.stderr, p.stderr
     res = read_results(tmp_path / "t.sweep")
     for i, r in enumerate(res):
@@ -238,6 +244,7 @@ def test_inputs_outputs_globs_and_host_destinations(tmp_path):
         assert Path(outs[0]).read_text() == f"{i}cfg"
         assert Path(outs[3]).read_text() == f"{i}"
         assert "nothing matched" in Path(r["stderr"]).read_text()
+        assert r["missing"] == "/results/missing.txt"  # allowed, but named
     assert res[2]["exit_code"] == "3"
 
 
@@ -368,3 +375,108 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     assert proc.wait(60) == 0
     os.close(master)
     assert b"\rsweep [" in seen and b"3/3" in seen
+
+
+def test_write_errors_name_the_results_file_not_a_temp_file(tmp_path):
+    arc = make_standin(tmp_path)
+    write_csv(tmp_path / "t.csv", ["n"], [[1]])
+    assert sweep(arc, "--params", "t.csv", "--", "/app/fib.py", "{n}", cwd=tmp_path).returncode == 0
+    out = tmp_path / "t.sweep"
+    (out / "results.csv.tmp").mkdir()  # in the way of the temporary file
+    p = sweep("--collect", out, cwd=tmp_path)
+    assert p.returncode == 125, p.stderr
+    assert p.stderr == f"carryon sweep: cannot write {out}/results.csv: Is a directory\n"
+
+
+def test_results_csv_is_one_line_per_row(tmp_path):
+    """README's `column -s, -t < t.sweep/results.csv` gives one table line per row, even when a row's
+    stderr tail (or a value) spans lines; results.json keeps them verbatim."""
+    arc = make_standin(tmp_path)
+    write_csv(tmp_path / "t.csv", ["n"], [[10], ["bad"], ["two\nlines"], [20]])
+    p = sweep(arc, "--params", "t.csv", "--json", "--", "/app/fib.py", "{n}", cwd=tmp_path)
+    assert p.returncode == 1, p.stderr
+    out = tmp_path / "t.sweep"
+    lines = (out / "results.csv").read_text().splitlines()
+    assert len(lines) == 5 and lines[1].startswith("0,10,ok,0,"), lines
+    res = read_results(out)
+    assert "Traceback" in res[1]["stderr_tail"] and "\\n" in res[1]["stderr_tail"]
+    assert "\n" not in res[1]["stderr_tail"] and res[2]["n"] == "two\\nlines"
+    data = json.loads((out / "results.json").read_text())
+    assert data[1]["stderr_tail"].count("\n") >= 2 and data[2]["vars"]["n"] == "two\nlines"
+    if shutil.which("column"):
+        table = subprocess.run(["column", "-s,", "-t"], stdin=open(out / "results.csv"), capture_output=True,
+                               text=True, check=True).stdout
+        assert len(table.splitlines()) == 5, table
+
+
+def test_row_runs_in_its_run_directory(tmp_path):
+    """Relative names in the command find what --input staged; --carryon-workdir in ARGs overrides."""
+    arc = make_standin(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "seed.txt").write_text("seed\n")
+    write_csv(tmp_path / "t.csv", ["n"], [[1], [2]])
+    code = "import os; print(open('seed.txt').read().strip(), os.environ['n']); open('here.txt', 'w').write('x')"
+    p = sweep(arc, "--params", "t.csv", "--input", "data/seed.txt", "--output", "here.txt", "--", "-c", code,
+              cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    for i, r in enumerate(read_results(tmp_path / "t.sweep")):
+        assert Path(r["stdout"]).read_text() == f"seed {i + 1}\n"
+        assert r["outputs"] == str(tmp_path / "t.sweep" / str(i) / "here.txt")
+    # the same row run by hand with run.sh (plain sh, as on a Slurm node) behaves the same
+    row = tmp_path / "t.sweep" / "rows" / "1"
+    assert subprocess.run(["/bin/sh", str(row / "run.sh")]).returncode == 0
+    assert (row / "stdout").read_text() == "seed 2\n"
+    # an explicit --carryon-workdir wins
+    p = sweep(arc, "--params", "t.csv", "-o", "w2", "--", "--carryon-workdir", "/app", "-c",
+              "import os; print(sorted(os.listdir('.')))", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert all(Path(r["stdout"]).read_text() == "['fib.py']\n" for r in read_results(tmp_path / "w2"))
+
+
+def test_missing_declared_output_fails_the_row(tmp_path):
+    arc = make_standin(tmp_path)
+    write_csv(tmp_path / "t.csv", ["n"], [[0], [1], [2]])
+    code = "import os, sys; n = int(os.environ['n']); n != 1 and open('/out/r.txt', 'w').write('x'); sys.exit(n == 2)"
+    args = ["--params", "t.csv", "--json", "--output", "/out/r.txt", "--", "-c", code]
+    p = sweep(arc, *args, cwd=tmp_path)
+    assert p.returncode == 1, p.stderr
+    assert "3 rows: 1 ok, 1 failed, 1 missing an output [1 (no /out/r.txt), 2 (exit 1)]" in p.stderr, p.stderr
+    res = read_results(tmp_path / "t.sweep")
+    assert [r["status"] for r in res] == ["ok", "missing-output", "failed"]
+    assert res[1]["exit_code"] == "0" and res[1]["missing"] == "/out/r.txt" and res[0]["missing"] == ""
+    assert "output /out/r.txt: nothing matched" in res[1]["stderr_tail"]
+    assert json.loads((tmp_path / "t.sweep" / "results.json").read_text())[1]["missing"] == ["/out/r.txt"]
+    # run.sh by hand says the same: exit 1 although the command exited 0
+    row = tmp_path / "t.sweep" / "rows" / "1"
+    assert subprocess.run(["/bin/sh", str(row / "run.sh")]).returncode == 1
+    # --resume runs the missing-output row again; --allow-missing-output makes it a success
+    p = sweep(arc, *args[:3], "--resume", *args[3:], cwd=tmp_path)
+    assert p.returncode == 1 and "(2 run now, 1 done before)" in p.stderr, p.stderr
+    p = sweep(arc, *args[:3], "-o", "allowed", "--allow-missing-output", *args[3:], cwd=tmp_path)
+    assert p.returncode == 1 and "3 rows: 2 ok, 1 failed [2 (exit 1)]" in p.stderr, p.stderr
+    assert read_results(tmp_path / "allowed")[1]["missing"] == "/out/r.txt"
+
+
+def test_refused_slurm_submission_removes_the_new_sweep(tmp_path):
+    """A fake sbatch that refuses: one line, exit 125, nothing left behind (a sweep copies the archive)."""
+    arc = make_standin(tmp_path)
+    write_csv(tmp_path / "t.csv", ["n"], [[1], [2]])
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: nosuch' >&2\nexit 1\n")
+    (fake / "sbatch").chmod(0o755)
+    path = f"{fake}:/usr/bin:/bin"
+    args = [arc, "--params", "t.csv", "--slurm", "--", "/app/fib.py", "{n}"]
+    p = sweep(*args, cwd=tmp_path, path=path)
+    assert p.returncode == 125
+    assert p.stderr == ("carryon sweep: sbatch refused the job array: sbatch: error: invalid partition specified: "
+                        f"nosuch; removed {tmp_path}/t.sweep\n"), p.stderr
+    assert not (tmp_path / "t.sweep").exists()
+    # parents it created go too; a directory that existed (empty) stays, emptied
+    p = sweep(*args[:3], "-o", "a/b/c.sweep", *args[3:], cwd=tmp_path, path=path)
+    assert p.returncode == 125 and p.stderr.endswith(f"; removed {tmp_path}/a\n"), p.stderr
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "empty").mkdir()
+    p = sweep(*args[:3], "-o", "empty", *args[3:], cwd=tmp_path, path=path)
+    assert p.returncode == 125 and p.stderr.endswith(f"; emptied {tmp_path}/empty again\n"), p.stderr
+    assert list((tmp_path / "empty").iterdir()) == []

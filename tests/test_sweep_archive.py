@@ -117,3 +117,15 @@ def test_interrupt_then_resume(py_run, tmp_path):
     assert {r: os.stat(rows / r / "status").st_mtime_ns for r in done} == stamps
     for n, r in enumerate(read_results(tmp_path / "t.sweep")):
         assert r["status"] == "ok" and Path(r["stdout"]).read_text() == f"fib({n}) = X\n"
+
+
+def test_row_runs_in_its_run_directory(py_run, tmp_path):
+    """`--input seed.txt` lands in /carryon-run, the row's working directory: `open('seed.txt')` works."""
+    arc, env = py_run
+    (tmp_path / "seed.txt").write_text("seed\n")
+    write_csv(tmp_path / "t.csv", ["n"], [[1], [2]])
+    code = "import os; print(os.getcwd(), open('seed.txt').read().strip(), os.environ['n'])"
+    p = sweep(arc, "--params", "t.csv", "--input", "seed.txt", "--", "-c", code, cwd=tmp_path, env=env)
+    assert p.returncode == 0, p.stderr
+    for i, r in enumerate(read_results(tmp_path / "t.sweep")):
+        assert Path(r["stdout"]).read_text() == f"/carryon-run seed {i + 1}\n"
