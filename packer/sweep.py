@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import sys
 from dataclasses import dataclass, field
 
@@ -210,6 +211,24 @@ def _first_missing(path: str) -> str | None:
     return top
 
 
+def _check_sweep_dir(out_dir: str) -> None:
+    """The sweep directory holds what we execute (each row's run.sh, the archive's copy): refuse one
+    that another user owns or that everyone can write (a planted `/tmp/t.sweep`, or a symlink to
+    someone else's directory). Group-writable is the user's choice (a project directory)."""
+    try:
+        st = os.stat(out_dir)
+    except OSError as e:
+        raise InputError(f"{out_dir}: {e.strerror or e}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{out_dir} is not a directory; choose another --out")
+    if st.st_uid != os.getuid():
+        raise InputError(f"{out_dir} is owned by uid {st.st_uid}, not {os.getuid()}: another user's "
+                         "directory is never used for a sweep; choose another --out")
+    if st.st_mode & 0o002:
+        raise InputError(f"{out_dir} is writable by everyone (mode {st.st_mode & 0o7777:04o}): "
+                         "choose another --out or chmod o-w it")
+
+
 def _remove_new_sweep(out_dir: str, created: str | None) -> str:
     """Undo a sweep directory this invocation made (`created`: what it created, from _first_missing;
     None: DIR existed empty, its contents go). Returns what was done, for the error line."""
@@ -274,6 +293,8 @@ def _main(argv: list[str]) -> int:
         raise InputError(f"archive {o.archive}: not readable")
     sbatch = find_sbatch() if o.slurm else ""
     out_dir = os.path.abspath(o.out or _default_out(o.params))
+    if os.path.lexists(out_dir):
+        _check_sweep_dir(out_dir)
     state = _load_state(out_dir) if os.path.isdir(out_dir) else None
     if state is not None and not o.resume:
         raise InputError(f"{out_dir} holds an earlier sweep: add --resume to continue it, or choose another --out")
@@ -294,6 +315,10 @@ def _main(argv: list[str]) -> int:
     created = _first_missing(out_dir) if state is None else None
     try:
         os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create {out_dir}: {e.strerror or e}") from None
+    _check_sweep_dir(out_dir)      # again, now that it exists; refused before the try: never removed
+    try:
         _install_archive(archive, spec.archive, digest)
         scripts: dict[str, str] = {}
         rows_state = []

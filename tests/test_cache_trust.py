@@ -461,3 +461,29 @@ def test_every_default_place_planted_is_a_one_line_refusal():
     vuid = subprocess.run(["id", "-u", VICTIM], capture_output=True, text=True).stdout.strip()
     assert f"/tmp/carryon-{vuid}: owned by uid" in lines[0] and f"/var/tmp/carryon-{vuid}: owned by uid" in lines[0]
     assert "CARRYON_CACHE" in lines[0]
+
+
+def test_sweep_never_uses_a_directory_others_made_or_can_write(tmp_path):
+    from test_sweep import make_standin, sweep, write_csv
+    exe = make_standin(tmp_path)
+    table = write_csv(tmp_path / "t.csv", ["n"], [[5]])
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    open_dir = shared / "open.sweep"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    p = sweep(exe, "--params", table, "--out", open_dir, "--", "/app/fib.py", "{n}", cwd=tmp_path)
+    assert p.returncode == 125 and "writable by everyone" in p.stderr and len(p.stderr.splitlines()) == 1
+    assert os.listdir(open_dir) == []
+    if ROOT:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir()
+        _chown_other(theirs)
+        (shared / "t.sweep").symlink_to(theirs)              # the default DIR for t.csv, planted
+        p = sweep(exe, "--params", table, "--out", shared / "t.sweep", "--", "/app/fib.py", "{n}",
+                  cwd=tmp_path)
+        assert p.returncode == 125 and "owned by uid" in p.stderr, p.stderr
+        assert os.listdir(theirs) == [] and os.path.islink(shared / "t.sweep")
+    p = sweep(exe, "--params", table, "--out", shared / "mine.sweep", "--", "/app/fib.py", "{n}", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
