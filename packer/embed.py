@@ -140,8 +140,10 @@ def launcher_template() -> str:
 def make_launcher(unpacked_bytes: int, runtime_sha256: str) -> bytes:
     if len(runtime_sha256) != 64 or runtime_sha256.strip("0123456789abcdef"):
         raise CarryonError("make_launcher: bad runtime sha256")
+    from runtime.options import sh_flag_pattern
     text = (launcher_template().replace("@CARRYON_RUNTIME_KB@", str(unpacked_bytes // 1024 + 1))
-            .replace("@CARRYON_RUNTIME_SHA256@", runtime_sha256))
+            .replace("@CARRYON_RUNTIME_SHA256@", runtime_sha256)
+            .replace("@CARRYON_FLAG_OPTIONS@", sh_flag_pattern()))
     if "@CARRYON_" in text:
         raise CarryonError("runtime/launcher.sh: unknown placeholder left in the launcher template")
     return text.encode("utf-8")
@@ -298,7 +300,7 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
     os.makedirs(workdir, exist_ok=True)
     entry = os.path.join(workdir, "carryon_runtime_entry.py")
     with open(entry, "w") as f:
-        f.write("import sys\nfrom runtime.launch import main\nsys.exit(main())\n")
+        f.write("import sys\nfrom runtime.launch.start import main\nsys.exit(main())\n")
     opts = ["--onefile" if onefile else "--onedir", "--name", RUNTIME_MAIN, "--strip",
             "--specpath", workdir, "--paths", _REPO, "--collect-submodules", "runtime",
             "--python-option", "X utf8", "--python-option", "W ignore"]

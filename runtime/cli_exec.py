@@ -16,42 +16,21 @@ import sys
 from runtime.errors import CarryonError
 from runtime.spec import Bind, RunSpec, default_binds
 
-USAGE = """usage: carryon exec [-r ROOTFS | -R ROOTFS] [-b HOST[:GUEST][:ro]]... [-w DIR] [-0 | -i UID:GID]
+USAGE_HEAD = """usage: carryon exec [-r ROOTFS | -R ROOTFS] [-b HOST[:GUEST][:ro]]... [-w DIR] [-0 | -i UID:GID]
                     [-p GUEST:HOST]... [-n] [--ports-file FILE]
                     [-v N] [--kill-on-exit] [-k RELEASE] [--] [COMMAND [ARG]...]
 
 Run COMMAND (default /bin/sh) with ROOTFS as its root directory, without privileges (ptrace).
-  -r, --rootfs=ROOTFS       guest root directory
-  -R ROOTFS                 same, plus the default binds: /dev /proc /sys and the host's
-                            /etc/resolv.conf /etc/hosts /etc/hostname
-  -b, -m, --bind=HOST[:GUEST][:ro]
-                            make host path HOST visible at GUEST (default: the same path);
-                            ':ro' makes it read-only (writes fail with EROFS)
-  -w, --cwd=DIR, --pwd=DIR  guest working directory (default /)
-  -0, --root-id             the guest sees itself as root (uid/gid 0)
-  -i, --change-id=UID:GID   the guest sees itself as UID:GID
-  -v, --verbose=N           verbosity
-  --kill-on-exit            end when COMMAND exits, killing the processes it left
-  -p, --port=GUEST[:HOST][/tcp|/udp]
-                            a guest bind to port GUEST really binds HOST (no HOST: a free port),
-                            guest connects to GUEST on a local address reach it (repeatable)
-  -n, --netcoop             every fixed port the guest binds gets a free port of the node
-  --ports-file=FILE         keep the live port mapping there (JSON), removed at exit
-  -k, --kernel-release=R    accepted for PRoot compatibility (ignored)
-COMMAND without '/' is looked up in the guest's PATH. Engine: CARRYON_ENGINE=auto|seccomp|ptrace;
+"""
+USAGE_TAIL = """COMMAND without '/' is looked up in the guest's PATH. Engine: CARRYON_ENGINE=auto|seccomp|ptrace;
 CARRYON_NATIVE=0: no native stop loop (Python sees every stop); CARRYON_PIN=auto|on|off.
-Exit status: COMMAND's (128+N when signal N killed it); 125 carryon itself failed (bad usage or
-option, missing rootfs, engine failure); 126 COMMAND not executable; 127 COMMAND not found.
+Exit status: the command's; 125 for carryon's own errors, 126 command not executable, 127 not found.
 """
 
-_WITH_ARG = {"-r": "rootfs", "--rootfs": "rootfs", "-R": "rootfs_defaults", "-b": "bind", "-m": "bind",
-             "--bind": "bind", "--mount": "bind", "-w": "cwd", "--cwd": "cwd", "--pwd": "cwd",
-             "-i": "change_id", "--change-id": "change_id", "-v": "verbose", "--verbose": "verbose",
-             "-k": "kernel", "--kernel-release": "kernel",
-             "-p": "port", "--port": "port", "--ports-file": "ports_file"}
-_FLAGS = {"-0": "root_id", "--root-id": "root_id", "--kill-on-exit": "kill_on_exit",
-          "-h": "help", "--help": "help", "-V": "version", "--version": "version",
-          "-n": "netcoop", "--netcoop": "netcoop"}
+
+def usage() -> str:
+    from runtime.options import exec_help
+    return USAGE_HEAD + exec_help() + USAGE_TAIL
 
 
 def parse_bind(value: str) -> Bind:
@@ -88,77 +67,45 @@ def parse_id(value: str) -> tuple[int, int]:
 
 
 def parse(argv: list[str]) -> RunSpec | str:
-    """The RunSpec for this command line, or "help"/"version"."""
+    """The RunSpec for this command line, or "help"/"version" (options: runtime/options.py)."""
+    from runtime.options import parse_exec
+    v, command = parse_exec(argv)
+    if v["exec_help"]:
+        return "help"
+    if v["version"]:
+        return "version"
     rootfs: str | None = None
     defaults = False
-    binds: list[Bind] = []
-    cwd = "/"
+    for name in v.get("_order", []):            # -r / -R: the last one wins
+        if name in ("rootfs", "rootfs_defaults"):
+            rootfs = v[name]
+            defaults = defaults or name == "rootfs_defaults"
+    binds = [parse_bind(b) for b in v["exec_bind"]]
+    cwd = v["cwd"] or "/"
+    if not cwd.startswith("/"):
+        cwd = "/" + cwd
     uid: int | None = None
     gid: int | None = None
+    for name in v.get("_order", []):            # -0 / -i: the last one wins
+        if name == "root_id":
+            uid, gid = 0, 0
+        elif name == "change_id":
+            uid, gid = parse_id(v["change_id"])
     verbose = 0
-    wait_all = True
-    ports: list[str] = []
-    netcoop = False
-    ports_file: str | None = None
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--":
-            i += 1
-            break
-        if not a.startswith("-") or a == "-":
-            break
-        name, eq, inline = a.partition("=") if a.startswith("--") else (a, "", "")
-        if name in _FLAGS and not eq:
-            what = _FLAGS[name]
-            if what in ("help", "version"):
-                return what
-            if what == "root_id":
-                uid, gid = 0, 0
-            elif what == "kill_on_exit":
-                wait_all = False
-            elif what == "netcoop":
-                netcoop = True
-            i += 1
-            continue
-        if name not in _WITH_ARG:
-            # -bHOST style (short option glued to its value)
-            if len(a) > 2 and a[:2] in _WITH_ARG and not a.startswith("--"):
-                name, inline, eq = a[:2], a[2:], "="
-            else:
-                raise CarryonError(f"unknown option {a!r} (try: carryon exec --help)")
-        what = _WITH_ARG[name]
-        if eq:
-            value = inline
-            i += 1
-        else:
-            if i + 1 >= len(argv):
-                raise CarryonError(f"option {a} needs a value")
-            value = argv[i + 1]
-            i += 2
-        if what in ("rootfs", "rootfs_defaults"):
-            rootfs = value
-            defaults = defaults or what == "rootfs_defaults"
-        elif what == "bind":
-            binds.append(parse_bind(value))
-        elif what == "cwd":
-            cwd = value if value.startswith("/") else "/" + value
-        elif what == "change_id":
-            uid, gid = parse_id(value)
-        elif what == "port":
-            ports.append(value)
-        elif what == "ports_file":
-            ports_file = os.path.abspath(value)
-        elif what == "verbose":
-            try:
-                verbose = int(value)
-            except ValueError:
-                raise CarryonError(f"bad verbosity {value!r}") from None
+    if v["exec_verbose"] is not None:
+        try:
+            verbose = int(v["exec_verbose"])
+        except ValueError:
+            raise CarryonError(f"bad verbosity {v['exec_verbose']!r}") from None
+    wait_all = not v["kill_on_exit"]
+    ports: list[str] = v["port"]
+    netcoop = v["netcoop"]
+    ports_file = os.path.abspath(v["ports_file"]) if v["ports_file"] else None
     port_map = []
     if ports:
         from runtime.net.publish import parse_exec_ports
         port_map = parse_exec_ports(ports)      # malformed -p: one line, 125, before anything runs
-    command = argv[i:] or ["/bin/sh"]
+    command = command or ["/bin/sh"]
     if rootfs is None:
         raise CarryonError("no rootfs given (-r ROOTFS or -R ROOTFS)")
     if not os.path.isdir(rootfs):
@@ -176,7 +123,7 @@ def main(argv: list[str]) -> int:
     try:
         spec = parse(argv)
         if spec == "help":
-            sys.stdout.write(USAGE)
+            sys.stdout.write(usage())
             return 0
         if spec == "version":
             from runtime import __version__

@@ -35,7 +35,7 @@ for a in "$@"; do
     --carryon-cache=*) explicit=${a#--carryon-cache=} ;;
     --carryon-cache) want=cache ;;
     --carryon-*=*) ;;
-    --carryon-help|--carryon-info|--carryon-clean|--carryon-verbose|--carryon-netcoop) ;;
+    @CARRYON_FLAG_OPTIONS@) ;;   # the options without a value (runtime/options.py), put here at pack time
     --carryon-*) want=value ;;
     *) break ;;
   esac

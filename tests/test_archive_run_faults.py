@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from runtime.errors import CarryonError
+
 from archive_run_support import ROOT, archive, clean_env, entries, expected_run, run
 
 
@@ -185,17 +187,19 @@ def test_full_cache(tmp_path, size_mb, what):
 @pytest.mark.skipif(not ROOT, reason="mounting a small tmpfs needs root")
 def test_disk_full_during_extraction_is_a_clear_error(tmp_path, monkeypatch):
     """The space check passed but the disk fills up mid-way: temp dir removed, nothing published."""
-    from runtime import launch
+    from runtime.launch import install, selfarchive
+    from runtime.launch.options import Options
+    from runtime.launch.report import Reporter
     bb = archive("bb")
     cache = tmp_path / "cache"
     cache.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(cache)], check=True)
     try:
-        monkeypatch.setattr(launch, "rootfs_needs", lambda manifest: (0, 0))
-        arch = launch.open_archive(str(bb), verify_all=True)
-        opts = launch.Options(cache=str(cache))
-        with pytest.raises(launch.CarryonError) as e:
-            launch.ensure_entry(arch, opts, launch.Reporter(0), verified=True)
+        monkeypatch.setattr(selfarchive, "rootfs_needs", lambda manifest: (0, 0))
+        arch = selfarchive.open_archive(str(bb), verify_all=True)
+        opts = Options(cache=str(cache))
+        with pytest.raises(CarryonError) as e:
+            install.ensure_entry(arch, opts, Reporter(0), verified=True)
         assert "disk full" in str(e.value) and "\n" not in str(e.value)
         assert os.listdir(cache) == []
     finally:

@@ -186,17 +186,18 @@ def test_build_key_tracks_sources():
     from packer import embed
     k = embed.build_key()
     assert k == embed.build_key() and len(k) == 32
-    assert os.path.join(REPO, "runtime", "launch.py") in embed._runtime_sources()
+    assert os.path.join(REPO, "runtime", "launch", "start.py") in embed._runtime_sources()
 
 
 def test_fast_trailer_reader_agrees_with_the_format_module():
     from runtime import archive as fmt
-    from runtime import launch
+    from runtime import trailer as trailer_module
+    from runtime.launch import selfarchive
     bb = archive("bb")
-    size, sections, trailer, manifest = launch.read_fast(str(bb))
+    size, sections, trailer, manifest = selfarchive.read_fast(str(bb))
     lay = fmt.read_layout(str(bb))
     assert size == lay.size
     assert sections == {n: (s.offset, s.length, s.sha256) for n, s in lay.sections.items()}
-    assert launch.render_trailer({n: (s.length, s.sha256) for n, s in lay.sections.items()}) == trailer
+    assert trailer_module.render({n: (s.length, s.sha256) for n, s in lay.sections.items()}) == trailer
     assert fmt.format_trailer({n: (s.length, s.sha256) for n, s in lay.sections.items()}) == trailer
-    assert launch.open_archive(str(bb), verify_all=False).manifest == fmt.read_manifest(lay)
+    assert selfarchive.open_archive(str(bb), verify_all=False).manifest == fmt.read_manifest(lay)

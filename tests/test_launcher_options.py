@@ -1,4 +1,4 @@
-"""runtime/launch.py without running anything: option grammar, env options, docker-run semantics."""
+"""runtime/launch/ and runtime/options.py without running anything: option grammar, env options, docker-run semantics."""
 
 from __future__ import annotations
 
@@ -7,26 +7,27 @@ import signal
 
 import pytest
 
-from runtime import launch
+from runtime.launch import options as launch_options
+from runtime.launch import runspec, selfarchive, start
 from runtime.errors import CarryonError
 
 
 def test_options_only_at_the_start_and_rest_untouched():
-    o = launch.parse_options(["--carryon-env", "A=1", "--carryon-verbose", "sh", "-c", "--carryon-env",
+    o = launch_options.parse_options(["--carryon-env", "A=1", "--carryon-verbose", "sh", "-c", "--carryon-env",
                               "--carryon-help"], {})
     assert o.env == ["A=1"] and o.verbose == 1 and not o.help
     assert o.args == ["sh", "-c", "--carryon-env", "--carryon-help"]
 
 
 def test_equals_and_separate_values_and_repeats():
-    o = launch.parse_options(["--carryon-bind=/a:/b", "--carryon-bind", "/c:/d:ro", "--carryon-workdir=/w",
+    o = launch_options.parse_options(["--carryon-bind=/a:/b", "--carryon-bind", "/c:/d:ro", "--carryon-workdir=/w",
                               "--carryon-entrypoint", "/bin/sh", "--carryon-engine=ptrace", "x"], {})
     assert o.bind == ["/a:/b", "/c:/d:ro"] and o.workdir == "/w" and o.entrypoint == "/bin/sh"
     assert o.engine == "ptrace" and o.args == ["x"]
 
 
 def test_double_dash_is_a_command_argument():
-    assert launch.parse_options(["--", "--carryon-help"], {}).args == ["--", "--carryon-help"]
+    assert launch_options.parse_options(["--", "--carryon-help"], {}).args == ["--", "--carryon-help"]
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -37,20 +38,20 @@ def test_double_dash_is_a_command_argument():
 ])
 def test_bad_options_are_one_line_errors(argv, msg):
     with pytest.raises(CarryonError) as e:
-        launch.parse_options(argv, {})
+        launch_options.parse_options(argv, {})
     assert msg in str(e.value) and "\n" not in str(e.value)
 
 
 def test_environment_options_and_command_line_wins():
     env = {"CARRYON_ENGINE": "ptrace", "CARRYON_ENV": "A=1\nB=2\n", "CARRYON_VERBOSE": "2",
            "CARRYON_CACHE": "/c", "CARRYON_BIND": "/x:/y"}
-    o = launch.parse_options(["--carryon-env", "C=3"], env)
+    o = launch_options.parse_options(["--carryon-env", "C=3"], env)
     assert o.engine == "ptrace" and o.verbose == 2 and o.cache == "/c" and o.bind == ["/x:/y"]
     assert o.env == ["C=3"]                       # the command line replaces the env list
-    o = launch.parse_options(["--carryon-engine=seccomp"], {"CARRYON_ENGINE": "ptrace"})
+    o = launch_options.parse_options(["--carryon-engine=seccomp"], {"CARRYON_ENGINE": "ptrace"})
     assert o.engine == "seccomp"
-    assert launch.parse_options([], {"CARRYON_NETCOOP": "yes"}).netcoop is True
-    assert launch.parse_options([], {"CARRYON_NETCOOP": "0"}).netcoop is False
+    assert launch_options.parse_options([], {"CARRYON_NETCOOP": "yes"}).netcoop is True
+    assert launch_options.parse_options([], {"CARRYON_NETCOOP": "0"}).netcoop is False
 
 
 @pytest.mark.parametrize("text,expect", [
@@ -60,7 +61,7 @@ def test_environment_options_and_command_line_wins():
     ("0:7777", (7777, 0, "tcp", None)),
 ])
 def test_publish_parsing(text, expect):
-    p = launch.parse_publish(text)
+    p = runspec.parse_publish(text)
     assert (p.guest, p.host, p.proto, p.address) == expect
 
 
@@ -69,20 +70,20 @@ def test_publish_parsing(text, expect):
                                   "+1:80", "8080:80 "])
 def test_publish_parsing_is_strict(text):
     with pytest.raises(CarryonError) as e:
-        launch.parse_publish(text)
+        runspec.parse_publish(text)
     assert "--carryon-publish" in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("text,num", [("", signal.SIGTERM), ("SIGTERM", 15), ("SIGINT", 2), ("KILL", 9),
                                       ("9", 9), ("SIGRTMIN+3", int(signal.SIGRTMIN) + 3), ("sigusr1", 10)])
 def test_stop_signal(text, num):
-    assert launch.parse_signal(text) == num
+    assert runspec.parse_signal(text) == num
 
 
 @pytest.mark.parametrize("text", ["SIGNOPE", "0", "999", "SIGRTMIN+x"])
 def test_bad_stop_signal(text):
     with pytest.raises(CarryonError):
-        launch.parse_signal(text)
+        runspec.parse_signal(text)
 
 
 @pytest.fixture
@@ -105,13 +106,13 @@ def rootfs(tmp_path):
     ("root:app", (0, 1001, "/root")),
 ])
 def test_user_resolution(rootfs, user, expect):
-    assert launch.resolve_user(user, rootfs) == expect
+    assert runspec.resolve_user(user, rootfs) == expect
 
 
 @pytest.mark.parametrize("user", ["ghost", "app:ghosts"])
 def test_unknown_user_or_group(rootfs, user):
     with pytest.raises(CarryonError, match="unable to find"):
-        launch.resolve_user(user, rootfs)
+        runspec.resolve_user(user, rootfs)
 
 
 def test_passwd_symlink_cannot_escape_the_rootfs(tmp_path):
@@ -119,7 +120,7 @@ def test_passwd_symlink_cannot_escape_the_rootfs(tmp_path):
     (r / "etc").mkdir(parents=True)
     os.symlink("../../../../../../etc/passwd", r / "etc" / "passwd")   # host's: must not be read
     with pytest.raises(CarryonError):
-        launch.resolve_user("root", str(r))
+        runspec.resolve_user("root", str(r))
 
 
 def test_env_like_docker(monkeypatch):
@@ -128,28 +129,28 @@ def test_env_like_docker(monkeypatch):
     monkeypatch.setenv("LEAK", "no")
     monkeypatch.delenv("NOT_THERE", raising=False)
     cfg = {"Env": ["PATH=/x", "A=a=b", "EMPTY=", "HOME=/img"]}
-    o = launch.Options(env=["B=2", "SLURM_JOB_ID", "NOT_THERE", "A=over"])
-    env = launch.build_env(cfg, o, "/home/u")
+    o = launch_options.Options(env=["B=2", "SLURM_JOB_ID", "NOT_THERE", "A=over"])
+    env = runspec.build_env(cfg, o, "/home/u")
     assert env["PATH"] == "/x" and env["A"] == "over" and env["EMPTY"] == "" and env["B"] == "2"
     assert env["HOME"] == "/img"                  # the image's own HOME wins over passwd
     assert env["TERM"] == "xterm-test" and env["SLURM_JOB_ID"] == "42"
     assert "LEAK" not in env and "NOT_THERE" not in env and "HOSTNAME" in env
-    env = launch.build_env({"Env": []}, launch.Options(), None)
-    assert env["HOME"] == "/" and env["PATH"] == launch.DEFAULT_PATH
+    env = runspec.build_env({"Env": []}, launch_options.Options(), None)
+    assert env["HOME"] == "/" and env["PATH"] == runspec.DEFAULT_PATH
 
 
 def test_bind_parsing(tmp_path):
-    b = launch.parse_bind(f"{tmp_path}:/data:ro")
+    b = runspec.parse_bind(f"{tmp_path}:/data:ro")
     assert (b.host, b.guest, b.readonly) == (str(tmp_path), "/data", True)
-    b = launch.parse_bind(str(tmp_path))
+    b = runspec.parse_bind(str(tmp_path))
     assert b.guest == str(tmp_path) and not b.readonly
     for bad in (f"{tmp_path}:data", f"{tmp_path}/missing:/x", ":/x"):
         with pytest.raises(CarryonError):
-            launch.parse_bind(bad)
+            runspec.parse_bind(bad)
 
 
 def test_rootfs_needs_rounds_up():
-    need, inodes = launch.rootfs_needs({"rootfs": {"uncompressed_bytes": 10 << 20, "files": 100, "dirs": 10,
+    need, inodes = selfarchive.rootfs_needs({"rootfs": {"uncompressed_bytes": 10 << 20, "files": 100, "dirs": 10,
                                                    "total_entries": 120}})
     assert need > (10 << 20) + 110 * 4096 and inodes >= 120
 
@@ -159,6 +160,6 @@ def test_scrub_environment_restores_library_path(monkeypatch):
     monkeypatch.setenv("_CARRYON_ARCHIVE", "/a.run")
     monkeypatch.setenv("LD_LIBRARY_PATH", "/c/rt-x/_internal:/opt/lib")
     monkeypatch.delenv("LD_LIBRARY_PATH_ORIG", raising=False)
-    internal = launch._scrub_environment()
+    internal = start._scrub_environment()
     assert internal["_CARRYON_ARCHIVE"] == "/a.run"
     assert "_CARRYON_RT" not in os.environ and os.environ["LD_LIBRARY_PATH"] == "/opt/lib"

@@ -79,7 +79,7 @@ def test_exec_port_is_guest_then_host_for_both_protocols():
 
 
 def _publishes(specs):
-    from runtime.launch import parse_publish
+    from runtime.launch.runspec import parse_publish
     return publish.check([parse_publish(x) for x in specs])
 
 
@@ -347,7 +347,7 @@ def test_extension_getsockname_is_answered_at_entry(selftracee):
 
 def test_extension_bind_publish_address_and_auto(selftracee):
     from runtime.extension import portmap as pm
-    from runtime.launch import parse_publish
+    from runtime.launch.runspec import parse_publish
     from runtime.extension.portmap import PortMap
     ext = PortMap(RunSpec(rootfs="/", argv=["x"], port_map=[parse_publish("127.0.0.1:0:8000")]))
     with socket.socket() as s:

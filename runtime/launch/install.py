@@ -1,0 +1,104 @@
+"""What a run needs in the node cache: the runtime dir published after the archive checks out (and the
+runtime re-executed from there), and the image's cache entry, found or extracted once (runtime/cache.py
+has the rules: trust, publication by rename, no locks); the run's private /tmp."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from runtime import cache
+from runtime.errors import CarryonError
+from runtime.launch import selfarchive
+from runtime.launch.options import Options
+from runtime.launch.report import ProgressBar, Reporter
+from runtime.launch.selfarchive import Archive
+
+ENTRY_ROOTFS = "rootfs"
+
+
+def _runtime_exec_argv(rt: str, argv: list[str]) -> list[str]:
+    ld = os.path.join(rt, "_internal", "ld-linux-x86-64.so.2")
+    return [ld, "--inhibit-cache", "--library-path", os.path.join(rt, "_internal"),
+            os.path.join(rt, "carryon-runtime")] + argv
+
+
+def publish_runtime(rt_tmp: str, dest: str, arch: Archive, argv: list[str]) -> None:
+    """The runtime dir was unpacked unverified by the sh launcher; the archive is now verified: publish
+    it (rename) and re-exec from its final place (the running one's paths die with the rename)."""
+    cache.write_marker(rt_tmp, arch.sections["runtime"][2] + "\n")
+    final = cache.publish(rt_tmp, dest)
+    env = dict(os.environ)
+    env.update({"_CARRYON_ARCHIVE": arch.path, "_CARRYON_RT": final, "_CARRYON_RT_PUBLISHED": "1", "_CARRYON_RT_DEST": final,
+                "_CARRYON_VERIFIED": arch.key, "_PYI_ARCHIVE_FILE": os.path.join(final, "carryon-runtime"),
+                "_PYI_PARENT_PROCESS_LEVEL": "-1"})
+    for k in ("_PYI_APPLICATION_HOME_DIR", "_PYI_LINUX_PROCESS_NAME", "_PYI_SPLASH_IPC"):
+        env.pop(k, None)
+    args = _runtime_exec_argv(final, argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(args[0], args, env)
+
+
+# ---------------------------------------------------------------- rootfs entry
+
+def ensure_entry(arch: Archive, opts: Options, rep: Reporter, verified: bool) -> str:
+    """The published cache entry of this archive, extracting it first when no candidate has it."""
+    cands = cache.candidates(opts.cache)
+    entry = cache.find_entry(cands, arch.key, say=rep.say if rep.verbose else None)
+    if entry:
+        rep.say(f"cache entry {entry}", 2)
+        return entry
+    from runtime import archive as fmt
+    if not verified:
+        fmt.verify(arch.layout)
+    need, inodes = selfarchive.rootfs_needs(arch.manifest)
+    where = cache.choose(cands, need, inodes, what=f"{os.path.basename(arch.path)}'s image")
+    cand = next(c for c in cands if c.path == where)
+    for c in cands:
+        if cache.check_candidate(c)[0] is not None:
+            cache.clean_stale(c.path)
+    tmp = cache.new_temp(where, arch.key, shared=cand.explicit)
+    bar = ProgressBar(f"extracting {os.path.basename(arch.path)}") if rep.tty else None
+    import time
+    t0 = time.monotonic()
+    try:
+        from runtime.extract import extract_rootfs
+        try:
+            extract_rootfs(arch.layout, os.path.join(tmp, ENTRY_ROOTFS), progress=bar)
+        finally:
+            if bar:
+                bar.done()
+        info = {"archive": os.path.basename(arch.path), "key": arch.key,
+                "image": arch.manifest.get("image", {}).get("manifest_digest"), "extracted": int(time.time())}
+        import json
+        cache.write_marker(tmp, json.dumps(info, sort_keys=True) + "\n")
+        final = cache.publish(tmp, os.path.join(where, arch.key), cand)
+    except OSError as e:
+        cache.remove(tmp)
+        raise CarryonError(f"cannot extract the image into {where}: {e.strerror or e}"
+                           + (" (disk full: free some space or set CARRYON_CACHE)" if e.errno in (28, 122) else "")
+                           ) from None
+    except BaseException:
+        cache.remove(tmp)
+        raise
+    rep.say(f"extracted into {final} in {time.monotonic() - t0:.1f} s")
+    return final
+
+
+
+def make_run_tmp(entry: str, key: str) -> tuple[str, str]:
+    """(wrapper dir to remove at exit, the guest's /tmp inside it). In the entry's cache dir (known
+    exec-capable); falls back to $TMPDIR or /tmp when that is read-only."""
+    last: OSError | None = None
+    for d in (os.path.dirname(entry), os.environ.get("TMPDIR") or "/tmp", "/tmp"):
+        try:
+            wrapper = cache.new_temp(d, key, kind="run")
+            tmp = os.path.join(wrapper, "tmp")
+            os.mkdir(tmp)
+            os.chmod(tmp, 0o1777)
+            return wrapper, tmp
+        except (OSError, CarryonError) as e:
+            last = e if isinstance(e, OSError) else last
+    raise CarryonError(f"cannot create a private /tmp for the run: {last.strerror if last else 'no place'}")
+

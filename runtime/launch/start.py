@@ -1,0 +1,143 @@
+"""The archive's entry point (`./app.run ARGS`), once the sh launcher has found or unpacked the runtime.
+
+The sh launcher (runtime/launcher.sh) starts the runtime with, in the environment, `_CARRYON_ARCHIVE`
+(the archive's path), `_CARRYON_RT` (the runtime dir in use) and, when that dir still waits for
+publication, `_CARRYON_RT_PUBLISHED=0` + `_CARRYON_RT_DEST`. `run` then checks the archive (every
+section on a cold start; sizes and the manifest on a warm one), extracts the rootfs once into the node
+cache, and runs the image's command like `docker run` would. Errors become one line and an exit code
+in `main` only.
+"""
+
+from __future__ import annotations
+
+import _signal as signal    # the C module: `signal` imports `enum` (slow start-up)
+import os
+import sys
+
+from runtime import cache
+from runtime.errors import CarryonError
+from runtime.launch import info, install, runspec
+from runtime.launch.options import help_text, parse_options
+from runtime.launch.report import Reporter
+from runtime.launch.selfarchive import open_archive
+
+INTERNAL_ENV = ("_CARRYON_ARCHIVE", "_CARRYON_RT", "_CARRYON_RT_PUBLISHED", "_CARRYON_RT_DEST",
+                "_CARRYON_VERIFIED", "_PYI_ARCHIVE_FILE", "_PYI_PARENT_PROCESS_LEVEL",
+                "_PYI_APPLICATION_HOME_DIR", "_PYI_LINUX_PROCESS_NAME", "_PYI_SPLASH_IPC")
+
+# ---------------------------------------------------------------- signals
+
+# Python's own SIG_IGN (the engine's child resets these two for the guest)
+_KEEP_IGNORED = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def reset_signal_dispositions() -> None:
+    """Whatever we inherited (a `cmd &` from a script leaves SIGINT/SIGQUIT ignored, nohup SIGHUP),
+    start from the defaults, so the guest (forked by the engine) starts with them too, like Docker."""
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP) or sig in _KEEP_IGNORED:
+            continue
+        try:
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    except (OSError, ValueError):
+        pass
+
+
+def _scrub_environment() -> dict[str, str]:
+    """Take our private variables out of os.environ and undo any library path set for the runtime."""
+    internal = {k: os.environ.pop(k) for k in INTERNAL_ENV if k in os.environ}
+    rt = internal.get("_CARRYON_RT")
+    if "LD_LIBRARY_PATH_ORIG" in os.environ:
+        os.environ["LD_LIBRARY_PATH"] = os.environ.pop("LD_LIBRARY_PATH_ORIG")
+    elif rt and "LD_LIBRARY_PATH" in os.environ:
+        keep = [p for p in os.environ["LD_LIBRARY_PATH"].split(":") if p and not p.startswith(rt)]
+        if keep:
+            os.environ["LD_LIBRARY_PATH"] = ":".join(keep)
+        else:
+            del os.environ["LD_LIBRARY_PATH"]
+    return internal
+
+
+def run(argv: list[str], internal: dict[str, str]) -> int:
+    archive_path = internal.get("_CARRYON_ARCHIVE")
+    if not archive_path:
+        raise CarryonError("this is the runtime of a carryon archive: start the archive, not the runtime")
+    archive_path = os.path.normpath(archive_path)
+    pending = internal.get("_CARRYON_RT_PUBLISHED") == "0"
+    if pending:
+        # cold runtime: nothing from this archive is trusted before every section checks out
+        try:
+            arch = open_archive(archive_path, verify_all=True)
+        except BaseException:
+            cache.remove(internal["_CARRYON_RT"])
+            raise
+        install.publish_runtime(internal["_CARRYON_RT"], internal["_CARRYON_RT_DEST"], arch, argv)
+    opts = parse_options(argv)
+    if opts.publish:
+        from runtime.net.publish import check as check_ports
+        check_ports([runspec.parse_publish(p) for p in opts.publish])  # bad/conflicting ports: 125 before extracting
+    prog = os.path.basename(archive_path)
+    if opts.help:
+        sys.stdout.write(help_text(prog))
+        return 0
+    rep = Reporter(opts.verbose)
+    os.environ["CARRYON_ENGINE"] = opts.engine      # the engine reads it first: the command line must win
+    verified = internal.get("_CARRYON_VERIFIED")
+    rep.mark("options parsed")
+    arch = open_archive(archive_path, verify_all=False)
+    already = verified == arch.key
+    rep.mark("archive opened")
+    if opts.info:
+        return info.show_info(arch, opts, internal.get("_CARRYON_RT"), rep)
+    if opts.clean:
+        return info.do_clean(arch, opts, rep)
+    if opts.extract:
+        if not already:
+            from runtime import archive as fmt
+            fmt.verify(arch.layout)
+        return info.do_extract(arch, opts.extract, rep)
+    entry = install.ensure_entry(arch, opts, rep, verified=already)
+    rep.mark("cache entry found")
+    wrapper, run_tmp = install.make_run_tmp(entry, arch.key)
+    try:
+        spec = runspec.build_spec(arch, entry, opts, run_tmp)
+        rep.mark("spec built")
+        rep.say(f"running {spec.argv} as {spec.uid}:{spec.gid} in {spec.cwd}", 2)
+        from runtime import engine
+        rep.mark("engine imported")
+        reset_signal_dispositions()
+        return int(engine.run(spec))
+    finally:
+        cache.remove(wrapper)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    internal = _scrub_environment()
+    verbose = os.environ.get("CARRYON_VERBOSE", "") not in ("", "0") or any(
+        a.startswith("--carryon-verbose") for a in argv[:20])
+    try:
+        rc = run(argv, internal)
+    except CarryonError as e:
+        sys.stderr.write(f"carryon: {e}\n")
+        return e.exit_code if e.exit_code in (126, 127) else 125
+    except KeyboardInterrupt:
+        sys.stderr.write("carryon: interrupted\n")
+        return 130
+    except Exception as e:       # noqa: BLE001 -- never a traceback on a user's node unless asked
+        if verbose:
+            import traceback
+            traceback.print_exc()
+        sys.stderr.write(f"carryon: internal error: {type(e).__name__}: {e}\n")
+        return 125
+    try:
+        sys.stdout.flush()
+    except OSError:
+        pass
+    return rc
+
