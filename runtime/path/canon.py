@@ -37,6 +37,12 @@ is made of components that `lstat` showed not to be symlinks (bind host paths ar
 so the kernel follows no host symlink while walking it except one the last component names when the
 caller asked not to follow it: the guest stays inside its root and binds. This is containment, not
 a security boundary: the tree can change between our `lstat` and the real syscall.
+
+This walker is kept apart from `runtime.path.confine.join`, the confined join every other caller
+(packer, extraction, launcher) uses, as PRoot keeps its `canonicalize` apart: the symlink, `..` and
+hop-limit rules are the same (`MAXSYMLINKS` is confine's `MAX_SYMLINKS`), but here binds overlay
+the tree, /proc links are answered per process, the first component the host refuses ends the walk
+with a lexical rest, and the walk is written for the tracer's hot path (no call per component).
 """
 
 from __future__ import annotations
@@ -44,12 +50,13 @@ from __future__ import annotations
 import errno
 import os
 from runtime.path import proc
+from runtime.path.confine import MAX_SYMLINKS
 
 TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
 if TYPE_CHECKING:
     from runtime.path.binding import Mapper
 
-MAXSYMLINKS = 40
+MAXSYMLINKS = MAX_SYMLINKS
 DIRCACHE_MAX = 65536                    # entries; the cache starts over when full
 _S_IFMT = 0o170000
 _S_IFLNK = 0o120000
