@@ -3,9 +3,10 @@
 The tree lives in memory (`Node`s: metadata + where a regular file's content is), file contents are
 spooled to one temp file as they stream by. Rules (OCI image spec "changesets", as umoci/docker apply
 them):
-- every entry path is joined inside the root securejoin-style (leading `/` dropped, `..` clamped, a
-  symlink met on the way followed with its target re-rooted); the last component is never followed;
-  missing parent directories are created with mode 0755;
+- every entry path and hardlink target (untrusted: they come from the image) is joined inside the
+  root by `runtime.path.confine.join`, umoci's SecureJoin semantics (leading `/` dropped, `..`
+  clamped, a symlink met on the way followed with its target re-rooted); the last component is never
+  followed; missing parent directories are created with mode 0755;
 - `.wh.NAME` removes NAME from lower layers; `.wh..wh..opq` hides everything lower in its directory
   (processed at the end of the layer, so it may come before or after the directory's entry); entries of
   the same layer are never hidden by that layer's whiteouts; a whiteout whose parent is not a directory
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from runtime.errors import InputError
-from runtime.extract import MAX_SYMLINKS, escapes_root, split_path, type_letter
+from runtime.extract import type_letter
+from runtime.path.confine import SymlinkLoop, escapes_root, join, split_path
 
 _CHUNK = 1 << 20
 WH = ".wh."
@@ -52,6 +54,16 @@ def _new_dir(mode: int = 0o755, uid: int = 0, gid: int = 0, mtime: int = 0) -> N
     return Node("d", mode, uid, gid, mtime, children={}, stamps={})
 
 
+def _lookup(cur: Node, name: str) -> tuple[Node | None, str | None]:
+    """confine.join's lookup for reading the tree: a missing or non-directory component ends the walk."""
+    child = cur.children.get(name)  # type: ignore[union-attr]
+    if child is None:
+        return None, None
+    if child.kind == "l":
+        return None, child.linkname
+    return (child, None) if child.kind == "d" else (None, None)
+
+
 class Squasher:
     """Apply layers in order (`apply_layer`), then walk the result (`root`, `read_content`)."""
 
@@ -62,52 +74,61 @@ class Squasher:
         self.layer = -1
         self._opaque: list[Node] = []
         self.what = ""
+        # (components of the parent, its node) of the last entry applied; see `_resolve`
+        self._last_parent: tuple[list[str], Node] | None = None
+        self._linked = False
 
     # -------------------------------------------------------- path resolution in the tree
     def _resolve(self, comps: list[str], create: bool) -> tuple[Node, str] | tuple[None, None]:
-        """(parent dir node, final name) for a path; ("", ...) name means the root itself.
+        """(parent dir node, final name) of the untrusted path `comps` (split_path of a tar name or a
+        hardlink target), joined inside the tree by `runtime.path.confine.join`; the last component
+        is never followed; ("", ...) name means the root itself.
 
-        With create, missing (or non-directory) intermediate components become 0755 directories;
-        without, (None, None) is returned when the parent is not a directory.
+        With create, missing (or non-directory) intermediate components become 0755 directories and
+        every directory walked through is stamped with this layer; without, (None, None) is returned
+        when the parent is not a directory.
+
+        With create, an entry in the same directory as the entry before it (the usual tar order)
+        reuses that entry's parent node when its walk met no symlink and no `..`: the join could only
+        give the same node (an entry changes nothing but its own name in its parent) and the stamps it
+        would set are this layer's already; a new layer and whiteouts drop the remembered parent.
         """
-        L = self.layer
-        stack: list[Node] = [self.root]
-        names: list[str] = []
-        todo = list(reversed(comps))
-        links = 0
-        while todo:
-            c = todo.pop()
-            if c in ("", "."):
-                continue
-            if c == "..":
-                if names:
-                    names.pop()
-                    stack.pop()
-                continue
-            cur = stack[-1]
-            if not todo:
-                return cur, c
-            child = cur.children.get(c)
-            if child is not None and child.kind == "l":
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise InputError(f"{self.what}: too many levels of symlinks resolving {'/'.join(comps)}")
-                if child.linkname.startswith("/"):
-                    stack, names = [self.root], []
-                todo.extend(reversed(child.linkname.split("/")))
-                continue
-            if child is None or child.kind != "d":
-                if not create:
-                    return None, None
-                child = _new_dir(mtime=0)
-                cur.children[c] = child
-            if create:
-                cur.stamps[c] = L
-            stack.append(child)
-            names.append(c)
+        if create:
+            last = self._last_parent
+            if last is not None and len(comps) > 1 and comps[-1] != ".." and comps[:-1] == last[0]:
+                return last[1], comps[-1]
+            self._linked = False
+            lookup = self._lookup_create
+        else:
+            lookup = _lookup
+        try:
+            walked = join(self.root, comps, lookup)
+        except SymlinkLoop:
+            raise InputError(f"{self.what}: too many levels of symlinks resolving {'/'.join(comps)}") from None
+        if walked is None:
+            return None, None
+        nodes, names = walked
+        if create:
+            self._last_parent = None if self._linked or not names or ".." in comps else \
+                (comps[:-1], nodes[len(names) - 1])
         if not names:
             return self.root, ""
-        return stack[-2], names[-1]
+        return nodes[len(names) - 1], names[-1]
+
+    def _lookup_create(self, cur: Node, name: str) -> tuple[Node | None, str | None]:
+        """confine.join's lookup that makes the directories a path needs (stamped with this layer)."""
+        child = cur.children.get(name)  # type: ignore[union-attr]
+        if child is not None:
+            if child.kind == "l":
+                self._linked = True
+                return None, child.linkname
+            if child.kind == "d":
+                cur.stamps[name] = self.layer  # type: ignore[index]
+                return child, None
+        child = _new_dir()
+        cur.children[name] = child  # type: ignore[index]
+        cur.stamps[name] = self.layer  # type: ignore[index]
+        return child, None
 
     # -------------------------------------------------------- applying entries
     def _spool(self, src: BinaryIO | None, size: int) -> int:
@@ -128,6 +149,9 @@ class Squasher:
         return parent
 
     def _whiteout(self, comps: list[str], base: str) -> None:
+        # Whiteouts never remove a directory this layer walked through (stamps), which every directory
+        # on the remembered parent's path is; forget it anyway, so the reuse never rests on that rule.
+        self._last_parent = None
         parent = self._dir_at(comps[:-1])
         if parent is None:
             return  # parent is not a directory (or missing): ignored
@@ -198,6 +222,7 @@ class Squasher:
         self.layer = index
         self.what = what
         self._opaque = []
+        self._last_parent = None
 
     def end_layer(self) -> None:
         """Apply the layer's opaque directories: keep only what this layer put (or went through) there."""

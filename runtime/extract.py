@@ -1,8 +1,9 @@
 """Safe rootless extraction of a carryon rootfs (umoci-style) plus the metadata it cannot apply.
 
-One function applies one tar entry. Every entry path is joined inside the root with securejoin
-semantics (`secure_resolve`): a leading `/` is dropped, `..` is clamped at the root, and a symlink met
-on the way is followed with its target re-rooted at the root, so nothing lands outside the root.
+One function applies one tar entry. Every entry path and hardlink target (untrusted: they come from
+the image) is joined inside the root by `runtime.path.confine.join` (through `secure_resolve`,
+umoci's SecureJoin semantics): a leading `/` is dropped, `..` is clamped at the root, and a symlink
+met on the way is followed with its target re-rooted at the root, so nothing lands outside the root.
 Device nodes become empty regular files with the node's mode (as `umoci unpack --rootless` makes
 them). Owners, xattrs and device types that a non-root user cannot apply are recorded in
 `DEST.carryon-meta.json`, written beside DEST (never inside it), with an entry for every path.
@@ -10,7 +11,8 @@ them). Owners, xattrs and device types that a non-root user cannot apply are rec
 Speed (a cold start extracts the whole image): the tar stream is read by a small ustar/PAX/GNU reader
 over large decompressed chunks (zstd runs ahead in a thread), file data is written straight from those
 chunks, and an entry whose parent is a directory this extraction itself made (the packer writes
-parents first) skips the component-by-component walk; any other entry takes the full securejoin walk.
+parents first) and whose name has no `..` skips the component-by-component walk (the join could only
+give the same answer: no symlink and no `..` on the way); any other entry takes the full walk.
 """
 
 from __future__ import annotations
@@ -27,72 +29,35 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from runtime.errors import InputError
+from runtime.path.confine import MAX_SYMLINKS, SymlinkLoop, escapes_root, join, split_path
 
-MAX_SYMLINKS = 40
 META_SUFFIX = ".carryon-meta.json"
 _CHUNK = 1 << 20
 
 Progress = Callable[[int, int], None]
 
 
-class SymlinkLoop(Exception):
-    """More than MAX_SYMLINKS symlinks met while resolving one path."""
-
-
-# ---------------------------------------------------------------- path resolution (shared with the packer)
-
-def split_path(path: str) -> list[str]:
-    """Components of a tar/guest path, with empty and `.` parts dropped (`..` kept)."""
-    return [c for c in path.split("/") if c and c != "."]
-
+# ---------------------------------------------------------------- path resolution (runtime.path.confine)
 
 def secure_resolve(components: Iterable[str], kind: Callable[[tuple[str, ...]], tuple[str | None, str]],
                    follow_last: bool = False) -> tuple[str, ...]:
-    """Resolve a path inside a root, securejoin style; returns the root-relative components.
+    """Resolve untrusted path components inside a root with `runtime.path.confine.join`; returns the
+    root-relative components.
 
     `kind(parts)` tells what is at `parts` (already resolved components): ("link", target) for a
-    symlink, anything else otherwise. `..` pops a component (never above the root); a symlink in the
-    middle (or at the end when `follow_last`) is replaced by its target, restarting from the root when
-    the target is absolute. The result may name missing paths; it never leaves the root.
+    symlink, anything else otherwise (a missing or non-directory component in the middle is joined
+    lexically: the caller creates or replaces it). The last component is followed only when
+    `follow_last`. The result may name missing paths; it never leaves the root. Raises SymlinkLoop.
     """
-    stack: list[str] = []
-    todo = list(reversed(list(components)))
-    links = 0
-    while todo:
-        c = todo.pop()
-        if c in ("", "."):
-            continue
-        if c == "..":
-            if stack:
-                stack.pop()
-            continue
-        if not todo and not follow_last:
-            stack.append(c)
-            break
-        k, target = kind(tuple(stack) + (c,))
+    def lookup(parts: tuple[str, ...], name: str) -> tuple[tuple[str, ...] | None, str | None]:
+        child = parts + (name,)
+        k, target = kind(child)
         if k == "link":
-            links += 1
-            if links > MAX_SYMLINKS:
-                raise SymlinkLoop("/".join(stack + [c]))
-            if target.startswith("/"):
-                stack = []
-            todo.extend(reversed(target.split("/")))
-        else:
-            stack.append(c)
-    return tuple(stack)
+            return None, target
+        return child, None
 
-
-def escapes_root(path: str) -> bool:
-    """True when a root-relative path (e.g. a hardlink target) climbs above the root lexically."""
-    depth = 0
-    for c in split_path(path.lstrip("/")):
-        if c == "..":
-            depth -= 1
-            if depth < 0:
-                return True
-        else:
-            depth += 1
-    return False
+    handles, names = join((), list(components), lookup, follow_last)  # type: ignore[misc]
+    return tuple(names)
 
 
 # ---------------------------------------------------------------- helpers
@@ -741,4 +706,4 @@ def load_meta(dest_dir: str) -> dict:
 
 
 __all__ = ["extract_rootfs", "secure_resolve", "split_path", "escapes_root", "remove_tree", "load_meta",
-           "meta_path_for", "write_meta", "SymlinkLoop", "apply_entry"]
+           "meta_path_for", "write_meta", "SymlinkLoop", "MAX_SYMLINKS", "apply_entry"]

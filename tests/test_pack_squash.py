@@ -233,3 +233,53 @@ def test_deterministic_and_ordered(tmp_path):
     m = archive.read_manifest(lay)
     assert m["rootfs"]["sha256"] == lay.sections["rootfs"].sha256
     assert m["rootfs"]["total_entries"] == 7 and m["rootfs"]["uncompressed_bytes"] == 3
+
+
+def _squash(layers) -> list[str]:
+    """packer.squash alone on in-memory layers: 'KIND path[ -> target]' for every node, sorted."""
+    import io
+    import tempfile
+    from packer.squash import Squasher
+    with tempfile.TemporaryFile() as spool:
+        sq = Squasher(spool)
+        for i, members in enumerate(layers):
+            sq.begin_layer(i, f"layer {i}")
+            with tarfile.open(fileobj=io.BytesIO(tar_bytes(members))) as tf:
+                sq.apply_tar(tf)
+            sq.end_layer()
+        out: list[str] = []
+        todo = [("", sq.root)]
+        while todo:
+            path, node = todo.pop()
+            for name, child in node.children.items():
+                p = path + "/" + name
+                out.append(f"{child.kind} {p}" + (f" -> {child.linkname}" if child.kind == "l" else ""))
+                if child.kind == "d":
+                    todo.append((p, child))
+        return sorted(out)
+
+
+def test_consecutive_entries_of_one_directory(tmp_path):
+    """Entries in the parent of the entry before them (the squasher remembers that parent): the
+    parent replaced, reached through a symlink or through `..`, a whiteout in between."""
+    layer0 = [M("d", D), M("d/sub", D), M("d/sub/f1", data=b"1"),
+              M("d/sub", data=b"now a file"),             # replaces the directory f1 was in
+              M("d/sub/f2", data=b"2"),                   # a new directory again, without f1
+              M("t", D), M("t/in", D), M("l", L, linkname="/t"),
+              M("l/in/x", data=b"x"),                     # through the symlink: lands in t/in
+              M("l", D), M("l/in/y", data=b"y"),          # l is now a directory: y lands in l/in
+              M("w", D), M("w/a", D), M("w/a/keep", data=b"k"),
+              M("b", D), M("a", D), M("a/l", L, linkname="../b/x/.."),
+              M("a/l/x", data=b"x"),                      # a/l resolves to b through b/x ...
+              M("a/l/y", data=b"y")]                      # ... which this walk makes a directory again
+    layer1 = [M("w/a/one", data=b"1"), M("w/.wh.a"),       # w/a was walked through by this layer: kept
+              M("w/a/two", data=b"2"),
+              M("e", D), M("e/f", data=b"f"), M("e/..", D, mode=0o711), M("e/../g", data=b"g"),
+              M("e/h", data=b"h")]
+    assert _squash([layer0, layer1]) == sorted([
+        "d /d", "d /d/sub", "f /d/sub/f2",
+        "d /t", "d /t/in", "f /t/in/x",
+        "d /l", "d /l/in", "f /l/in/y",
+        "d /w", "d /w/a", "f /w/a/keep", "f /w/a/one", "f /w/a/two",
+        "d /b", "d /a", "l /a/l -> ../b/x/..", "d /b/x", "f /b/y",
+        "d /e", "f /e/f", "f /g", "f /e/h"])

@@ -19,30 +19,20 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 def _guest_file(rootfs: str, guest_path: str) -> str | None:
     """Host path of a guest file, symlinks resolved inside the rootfs (an absolute target restarts at
     the guest root, `..` stops at it): never a path outside the rootfs. None on a symlink loop."""
-    todo = [c for c in reversed(guest_path.split("/")) if c]
-    stack: list[str] = []
-    links = 0
-    while todo:
-        c = todo.pop()
-        if c == ".":
-            continue
-        if c == "..":
-            if stack:
-                stack.pop()
-            continue
-        host = os.path.join(rootfs, *stack, c)
+    from runtime.path.confine import SymlinkLoop, join, split_path
+
+    def lookup(host: str, name: str) -> tuple[str | None, str | None]:
+        p = os.path.join(host, name)
         try:
-            target = os.readlink(host)
+            return None, os.readlink(p)
         except OSError:                  # not a symlink (or missing): a plain component
-            stack.append(c)
-            continue
-        links += 1
-        if links > 40:
-            return None
-        if target.startswith("/"):
-            stack = []
-        todo.extend(c2 for c2 in reversed(target.split("/")) if c2)
-    return os.path.join(rootfs, *stack)
+            return p, None
+
+    try:
+        walked = join(rootfs, split_path(guest_path), lookup, follow_last=True)
+    except SymlinkLoop:
+        return None
+    return walked[0][-1] if walked is not None else None
 
 
 def _read_db(rootfs: str, guest_path: str) -> list[list[str]]:

@@ -110,19 +110,53 @@ class Translator:
         return self._outside(t, dirfd)
 
     # ---- generic path rewrite -------------------------------------------------------------
-    def _path_handler(self, call: T.Call):
+    def _path_specs(self, call: T.Call) -> list[tuple]:
+        """(path reg, dirfd reg, follow rule, flags reg, parent_op) for each path of `call`, in
+        register terms; a call with one plain path is also offered to the native loop (`simple`)."""
         specs = []
         for p in call.paths:
             specs.append((ARG[p.arg], None if p.dirfd is None else ARG[p.dirfd], p.follow,
                           None if p.flags is None else ARG[p.flags], p.parent_op))
+        if len(specs) == 1 and not call.forget and call.paths[0].follow != T.OPENAT2:
+            reg, dreg, rule, freg, parent_op = specs[0]
+            self.simple[call.nr] = (reg, -1 if dreg is None else dreg, rule,
+                                    -1 if freg is None else freg, parent_op, bool(call.write))
+        return specs
+
+    def _forget_caches(self, t) -> None:
+        """A call that may remove, replace or create (as a symlink) a directory entry: empty the path
+        caches of every mapper in use, and keep them from growing until the process's next stop."""
+        ms = (self.mapper, *self.jails) if self.jails else (self.mapper,)
+        for m in ms:
+            m.forget()
+        if t.settle is None:            # the caches stay as they are until its next stop
+            t.settle = ms
+            for m in ms:
+                m.settling += 1
+
+    def _proc_status_opened(self) -> None:
+        """The guest opened an absolute `/proc/.../status` path: the one-shot hook (CPU placement)."""
+        hook = self.on_proc_status
+        self.on_proc_status = None
+        if hook is not None:
+            hook()
+
+    def _path_handler(self, call: T.Call):
+        """The handler of a call whose path arguments are rewritten from guest to host.
+
+        Phases per stop: (1) a forget-call empties the path caches (`_forget_caches`); then for each
+        path argument: (2) read the path, (3) whether its last component is followed (from the
+        call's rule and flags), (4) for a relative path, the guest base directory (with shortcuts
+        for one plain name the kernel's own lookup answers right), (5) `Mapper.to_host`, the
+        read-only check, the native loop's cache, and the rewritten argument. Steps 2-5 stay inline
+        in the closure: they run on every stop (the common path), where a Python call per step
+        would be pure overhead; only what is built once per call kind (`_path_specs`) or happens on
+        rare stops (1, and the one-shot /proc status hook) is apart."""
+        specs = self._path_specs(call)
         write = call.write
         wflags = None if call.write_flags is None else ARG[call.write_flags]
         forget = call.forget
         opens = call.name in ("open", "openat")
-        if len(specs) == 1 and not forget and call.paths[0].follow != T.OPENAT2:
-            reg, dreg, rule, freg, parent_op = specs[0]
-            self.simple[call.nr] = (reg, -1 if dreg is None else dreg, rule,
-                                    -1 if freg is None else freg, parent_op, bool(write))
         tr = self
         read_cstring = mem.read_cstring
         push = mem.push
@@ -132,18 +166,13 @@ class Translator:
         INOTIFY, FANOTIFY, FOLLOW = T.INOTIFY, T.FANOTIFY, T.FOLLOW
         AT_FDCWD = T.AT_FDCWD
         outside = self._outside
+        forget_caches = self._forget_caches
         top = self.mapper
 
         def handler(t, regs) -> int:
             mapper = t.mapper
             if forget:
-                ms = (top, *tr.jails) if tr.jails else (top,)
-                for m in ms:
-                    m.forget()
-                if t.settle is None:        # the caches stay as they are until its next stop
-                    t.settle = ms
-                    for m in ms:
-                        m.settling += 1
+                forget_caches(t)
             changed = 0
             for reg, dreg, rule, freg, parent_op in specs:
                 addr = regs[reg]
@@ -154,9 +183,7 @@ class Translator:
                     continue                # "": AT_EMPTY_PATH (the fd itself) or ENOENT by the kernel
                 if opens and tr.on_proc_status is not None and raw.endswith(b"/status") \
                         and raw.startswith(b"/proc/"):
-                    hook = tr.on_proc_status
-                    tr.on_proc_status = None
-                    hook()
+                    tr._proc_status_opened()
                 if rule == FOLLOW:
                     follow = True
                 elif rule == OPEN_FLAGS:
