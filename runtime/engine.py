@@ -153,7 +153,7 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
                     native_out: list | None = None) -> list:
     """The handlers by syscall number. `native_out` (a list) gets a `native_setup` function for
     the loop: it gives the native stop loop the calls it may answer (runtime.tracee.native)."""
-    from runtime.extension import EXIT, SKIP
+    from runtime.tracee.actions import EXIT, SKIP
     from runtime.syscall import table
     from runtime.syscall.enter import Translator
     from runtime.syscall.sysnums import MAX_KNOWN, NUMBERS

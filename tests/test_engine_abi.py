@@ -176,3 +176,22 @@ def test_path_cache_keys_of_the_path_handler():
     src = Path(enter.__file__).read_text()
     assert (f'b"\\0\\{native.KEY_FOLLOWED}" if follow else b"\\0\\{native.KEY_NOT_FOLLOWED}"'
             in src)
+
+
+def test_action_bits_come_from_a_leaf_module():
+    """The loop and the handlers take CHANGED/EXIT/SKIP from runtime.tracee.actions, which imports
+    nothing: importing the loop does not import the extensions."""
+    import ast
+    import subprocess
+    from runtime.tracee import actions
+    tree = ast.parse(Path(actions.__file__).read_text())
+    assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert {actions.CHANGED, actions.EXIT, actions.SKIP} == {1, 2, 4}
+    from runtime import extension
+    assert (extension.CHANGED, extension.EXIT, extension.SKIP) == (actions.CHANGED, actions.EXIT,
+                                                                   actions.SKIP)
+    code = ("import sys; import runtime.tracee.loop, runtime.syscall.enter; "
+            "print(sorted(m for m in sys.modules if m.startswith('runtime.extension')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

@@ -30,8 +30,8 @@ import os
 import _signal as signal    # the C module: `signal` itself imports `enum` (slow start-up)
 import sys
 
-from runtime.extension import CHANGED, EXIT, SKIP
 from runtime.tracee import ffi, mem
+from runtime.tracee.actions import CHANGED, EXIT, SKIP
 from runtime.tracee.mem import AREA_SIZE, NeedScratch
 from runtime.tracee.state import Tracee
 
