@@ -705,11 +705,8 @@ def engine_support() -> str:
         from runtime import engine
     except ImportError:
         return "unknown (no engine in this runtime)"
-    probe = getattr(engine, "probe", None) or getattr(engine, "supported", None)
-    if probe is None:
-        return "auto"
     try:
-        return str(probe())
+        return engine.describe()
     except Exception as e:   # a probe failure is information, not a crash
         return f"unknown ({e})"
 
@@ -816,7 +813,6 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
         sys.stdout.write(HELP.format(prog=prog))
         return 0
     rep = Reporter(opts.verbose)
-    os.environ["CARRYON_ENGINE"] = opts.engine      # the engine reads it first: the command line must win
     verified = internal.get("_CARRYON_VERIFIED")
     rep.mark("options parsed")
     arch = open_archive(archive_path, verify_all=False)
