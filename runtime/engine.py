@@ -362,7 +362,9 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
     """One run of the guest under one engine, in phases: the tracer's tables (`_tracer_parts`),
     the fork (the child: `_child`), the attach (`_attach`), the trace (`_trace`), the outcome.
     Raises Refused when the kernel refused the seccomp engine before the guest ran."""
-    from runtime.tracee import ffi
+    # everything the tracer imports is loaded before the fork: after it, the tracer shares its
+    # CPU with the guest (placement) and every import would delay the guest's start
+    from runtime.tracee import ffi, loop, state  # noqa: F401
 
     exts, placement, dispatch, native_setup, program = _tracer_parts(spec, mapper, use_seccomp)
     argv = list(spec.argv)
