@@ -3,7 +3,8 @@
     carryon exec [-r ROOTFS | -R ROOTFS] [-b HOST[:GUEST][:ro]]... [-w DIR] [-0 | -i UID:GID]
                  [-v N] [--kill-on-exit] [-k RELEASE] [--] [COMMAND [ARG]...]
 
-`-R` adds the default binds (/dev, /proc, /sys, and the host's /etc/resolv.conf, /etc/hosts,
+The engine is `CARRYON_ENGINE` (auto, seccomp, ptrace; default auto), read here and put into the
+RunSpec: the engine itself never reads the environment. `-R` adds the default binds (/dev, /proc, /sys, and the host's /etc/resolv.conf, /etc/hosts,
 /etc/hostname; each skipped when the host lacks it). The environment is the caller's. Exit status:
 the command's; 125 for carryon's own errors, 126 command not executable, 127 command not found.
 """
@@ -114,7 +115,8 @@ def parse(argv: list[str]) -> RunSpec | str:
     all_binds = (default_binds() if defaults else []) + binds
     meta = rootfs.rstrip("/") + ".carryon-meta.json"
     return RunSpec(rootfs=rootfs, argv=command, env=dict(os.environ), cwd=cwd, binds=all_binds,
-                   uid=uid, gid=gid, engine="auto", wait_all=wait_all,
+                   uid=uid, gid=gid, engine=os.environ.get("CARRYON_ENGINE") or "auto",
+                   wait_all=wait_all,
                    meta_path=meta if os.path.isfile(meta) else None, verbose=verbose,
                    port_map=port_map, netcoop=netcoop, ports_file=ports_file)
 

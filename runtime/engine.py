@@ -5,9 +5,15 @@ options (seccomp engine, Linux 3.8+; no stop needed, and no exec events: see run
 else the classic way (the child stops itself with PTRACE_TRACEME + SIGSTOP so the tracer can set
 its options). The child then installs the seccomp filter (seccomp engine, with
 SECCOMP_FILTER_FLAG_SPEC_ALLOW where known) and execs the command by its GUEST path: that first
-execve is translated like every later one. The engine is `CARRYON_ENGINE` if set, else
-`spec.engine`; "auto" uses seccomp and falls back to plain PTRACE_SYSCALL stepping when the kernel
-refuses PTRACE_O_TRACESECCOMP or the filter.
+execve is translated like every later one.
+
+Engines: each is an `Engine` record (`eligible() -> None | reason`, `run(spec) -> exit status`,
+`describe() -> str`) in `LADDER`, best first: `seccomp` (ptrace stops only on the translated calls),
+then `ptrace` (plain PTRACE_SYSCALL stepping). `select(spec.engine)` is the one place the choice is
+made: a named engine, or for "auto" the eligible ones in ladder order, the next one tried only when
+the kernel refused the previous one before the guest ran (`Refused`: PTRACE_O_TRACESECCOMP or the
+filter refused). `spec.engine` is all the engine reads: `CARRYON_ENGINE` belongs to the command
+lines (runtime.cli_exec, runtime.launch), which put it into the RunSpec.
 
 Exit status: the main process's (128+N when killed by signal N). SIGINT/SIGHUP/SIGQUIT sent to the
 tracer are forwarded to the main guest process, SIGTERM as `spec.stop_signal` (keyboard signals
@@ -42,15 +48,98 @@ from runtime.errors import CarryonError, CommandNotExecutable, CommandNotFound
 from runtime.spec import RunSpec
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-ENGINES = ("auto", "seccomp", "ptrace")
 _SECCOMP_REFUSED = 200   # child exit code: the seccomp filter could not be installed
 
 
-def choose_engine(spec: RunSpec) -> str:
-    name = os.environ.get("CARRYON_ENGINE") or spec.engine or "auto"
-    if name not in ENGINES:
-        raise CarryonError(f"unknown engine {name!r} (CARRYON_ENGINE or spec.engine: auto, seccomp, ptrace)")
-    return name
+class Refused(CarryonError):
+    """The kernel refused this engine before the guest ran anything: "auto" tries the next one."""
+
+
+class Engine:
+    """One way to run a RunSpec. A plain record (`__slots__`, no dataclasses: this module is on
+    every run's start-up path)."""
+
+    __slots__ = ("name", "eligible", "run", "describe")
+
+    def __init__(self, name: str, eligible, run, describe) -> None:
+        self.name = name
+        # () -> None when it can run here, else why not; cheap (no fork: it runs before every run)
+        self.eligible = eligible
+        # (spec) -> the exit status (128+N for signal N); raises Refused when the kernel refuses it
+        self.run = run
+        # () -> "NAME: usable" or "NAME: not usable (why)", for --carryon-info (may fork: ms)
+        self.describe = describe
+
+    def __repr__(self) -> str:
+        return f"Engine({self.name!r})"
+
+
+def _release() -> tuple[int, int]:
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return (99, 0)
+    return (major, minor)
+
+
+def _kernel_before_4_8() -> bool:
+    return _release() < (4, 8)
+
+
+def _seccomp_eligible() -> str | None:
+    if _release() < (3, 5):
+        return f"seccomp filters need Linux 3.5 or later (this is {os.uname().release})"
+    return None
+
+
+def _ptrace_eligible() -> str | None:
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope", "rb") as f:
+            if f.read().strip() == b"3":
+                return "ptrace is disabled on this node (kernel.yama.ptrace_scope = 3)"
+    except OSError:
+        pass
+    return None
+
+
+def _describe(name: str, eligible) -> str:
+    why = eligible() or _probed_refusal(name)
+    return f"{name}: not usable ({why})" if why else f"{name}: usable"
+
+
+SECCOMP = Engine("seccomp", _seccomp_eligible, lambda spec: _traced(spec, True),
+                 lambda: _describe("seccomp", _seccomp_eligible))
+PTRACE = Engine("ptrace", _ptrace_eligible, lambda spec: _traced(spec, False),
+                lambda: _describe("ptrace", _ptrace_eligible))
+LADDER: tuple[Engine, ...] = (SECCOMP, PTRACE)      # best first: what "auto" tries, in order
+NAMES = ("auto",) + tuple(e.name for e in LADDER)   # what RunSpec.engine may say
+
+
+def select(name: str):
+    """The engines to try for RunSpec.engine `name`, in order: the named one (CarryonError when it
+    is unknown or not eligible here), or for "auto" the eligible ones of the ladder (an iterator:
+    a later one is looked at only when the earlier ones were refused)."""
+    if name == "auto":
+        return (e for e in LADDER if e.eligible() is None)
+    for e in LADDER:
+        if e.name == name:
+            why = e.eligible()
+            if why:
+                raise CarryonError(f"the {name} engine cannot run here: {why}")
+            return iter((e,))
+    raise CarryonError(f"unknown engine {name!r} (one of: {', '.join(NAMES)})")
+
+
+def describe(choice: str = "auto") -> str:
+    """For --carryon-info: the engine `choice` gets on this node, then each engine's state, e.g.
+    "seccomp (auto; seccomp: usable; ptrace: usable)". Forks a probe child: a few milliseconds."""
+    states = [e.describe() for e in LADDER]
+    try:
+        wanted = [e.name for e in select(choice)]
+    except CarryonError as e:
+        return f"none ({e})"
+    usable = [n for n in wanted if f"{n}: usable" in states]
+    return f"{usable[0] if usable else 'none usable'} ({choice}; {'; '.join(states)})"
 
 
 def find_command(mapper, argv0: str, path_env: str | None, cwd: str) -> str:
@@ -84,17 +173,41 @@ def find_command(mapper, argv0: str, path_env: str | None, cwd: str) -> str:
     raise CommandNotFound(f"{argv0}: executable file not found in the guest's $PATH")
 
 
-def _kernel_before_4_8() -> bool:
-    try:
-        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
-    except ValueError:
-        return False
-    return (major, minor) < (4, 8)
-
-
 def run(spec: RunSpec) -> int:
-    """Run `spec.argv` in `spec.rootfs`; returns the exit status (128+N for signal N)."""
-    engine = choose_engine(spec)
+    """Run `spec.argv` in `spec.rootfs` with the engine `spec.engine` selects; returns the exit
+    status (128+N for signal N)."""
+    name = spec.engine or "auto"
+    refused: Refused | None = None
+    try:
+        for engine in select(name):
+            if refused is not None and spec.verbose >= 1:
+                sys.stderr.write(f"carryon: {refused}; using the {engine.name} engine\n")
+            try:
+                return engine.run(spec)
+            except Refused as e:
+                if name != "auto":
+                    raise
+                refused = e
+    finally:
+        _prepared.clear()
+    if refused is not None:
+        raise refused
+    raise CarryonError("no engine can run here: " + "; ".join(
+        f"{e.name}: {e.eligible()}" for e in LADDER))
+
+
+# the ptrace engines' preparation of the spec being run: [spec, (mapper, ...)] (see _prepare)
+_prepared: list = []
+
+
+def _prepare(spec: RunSpec) -> tuple:
+    """(mapper, guest command, guest cwd, host cwd, environment, loop_ref) of the ptrace engines: made once
+    per run, so that a fallback from seccomp to ptrace reuses it (caches forgotten) and says its
+    warnings once."""
+    if _prepared and _prepared[0] is spec:
+        prepared = _prepared[1]
+        prepared[0].forget()
+        return prepared
     # imported here so that `carryon exec --help` and errors before this point stay cheap
     from runtime.path.binding import Mapper
     from runtime.path.proc import ProcState
@@ -135,25 +248,25 @@ def run(spec: RunSpec) -> int:
         host_cwd = mapper.to_host("/", "/", True)
     env = dict(spec.env)
     prog = find_command(mapper, spec.argv[0] if spec.argv else "", env.get("PATH"), cwd)
+    prepared = (mapper, prog, cwd, host_cwd, env, loop_ref)
+    _prepared[:] = [spec, prepared]
+    return prepared
 
+
+def _traced(spec: RunSpec, use_seccomp: bool) -> int:
+    """The seccomp engine (`use_seccomp`) or the plain ptrace engine."""
+    mapper, prog, cwd, host_cwd, env, loop_ref = _prepare(spec)
     if spec.verbose >= 1:
-        sys.stderr.write(f"carryon: engine {engine}, rootfs {mapper.rootfs}, command {prog} "
-                         f"(cwd {cwd}, {len(mapper.binds)} binds)\n")
-    if engine in ("auto", "seccomp"):
-        status = _run_once(spec, mapper, prog, host_cwd, env, True, engine == "auto", loop_ref)
-        if status is not None:
-            return status
-        if spec.verbose >= 1:
-            sys.stderr.write("carryon: seccomp filtering refused by the kernel, using the ptrace engine\n")
-        mapper.forget()
-    return _run_once(spec, mapper, prog, host_cwd, env, False, False, loop_ref)  # type: ignore[return-value]
+        sys.stderr.write(f"carryon: engine {'seccomp' if use_seccomp else 'ptrace'}, rootfs "
+                         f"{mapper.rootfs}, command {prog} (cwd {cwd}, {len(mapper.binds)} binds)\n")
+    return _run_once(spec, mapper, prog, host_cwd, env, use_seccomp, loop_ref)
 
 
 def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
                     native_out: list | None = None) -> list:
     """The handlers by syscall number. `native_out` (a list) gets a `native_setup` function for
     the loop: it gives the native stop loop the calls it may answer (runtime.tracee.native)."""
-    from runtime.extension import EXIT, SKIP
+    from runtime.tracee.actions import EXIT, SKIP
     from runtime.syscall import table
     from runtime.syscall.enter import Translator
     from runtime.syscall.sysnums import MAX_KNOWN, NUMBERS
@@ -245,25 +358,15 @@ def filter_program(exts: list, affinity: bool = False) -> list[tuple[int, int, i
 
 
 def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, str],
-              use_seccomp: bool, may_fall_back: bool, loop_ref: list) -> int | None:
-    """One attempt; None when seccomp was refused and the caller may fall back to ptrace."""
-    from runtime import extension
-    from runtime.tracee import ffi
-    from runtime.tracee.loop import Loop
-    from runtime.tracee.placement import Placement
-    from runtime.tracee.state import Tracee
+              use_seccomp: bool, loop_ref: list) -> int:
+    """One run of the guest under one engine, in phases: the tracer's tables (`_tracer_parts`),
+    the fork (the child: `_child`), the attach (`_attach`), the trace (`_trace`), the outcome.
+    Raises Refused when the kernel refused the seccomp engine before the guest ran."""
+    # everything the tracer imports is loaded before the fork: after it, the tracer shares its
+    # CPU with the guest (placement) and every import would delay the guest's start
+    from runtime.tracee import ffi, loop, state  # noqa: F401
 
-    exts = extension.build(spec)
-    fake_root = spec.uid == 0
-    lookup = mapper.proc_lookup
-    placement = Placement()
-    native_out: list = []
-    dispatch = _build_dispatch(mapper, lookup, exts, fake_root or os.geteuid() == 0, placement,
-                               native_out if use_seccomp else None)
-    program = None
-    if use_seccomp:
-        program = ffi.seccomp_program(
-            filter_program(exts, placement.mode == "auto" and placement.cpu is not None))
+    exts, placement, dispatch, native_setup, program = _tracer_parts(spec, mapper, use_seccomp)
     argv = list(spec.argv)
     env_b = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
 
@@ -278,123 +381,23 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
     except BaseException:
         placement.stop()
         raise
-    if pid == 0:                                        # ---- child
-        code = 125
-        try:
-            os.close(mode_w)
-            os.close(err_r)
-            for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
-                      signal.SIGQUIT):
-                signal.signal(s, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
-            os.chdir(host_cwd)
-            ffi.prctl(ffi.PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent:
-                os._exit(125)
-            mode = os.read(mode_r, 1)       # the tracer seizes us meanwhile (no stop), or asks
-            if mode == b"T":                # for the classic attach (kernels before 3.8)
-                ffi.traceme()
-                os.kill(os.getpid(), signal.SIGSTOP)
-                mode = os.read(mode_r, 1)
-            os.close(mode_r)
-            if mode == b"s":
-                try:
-                    if os.environ.get("CARRYON_TEST_NO_SECCOMP"):   # tests: a kernel without it
-                        raise OSError(errno.EINVAL, "seccomp filters refused (CARRYON_TEST_NO_SECCOMP)")
-                    ffi.install_seccomp(program)  # type: ignore[arg-type]
-                except OSError as e:
-                    os.write(err_w, f"seccomp {e.errno}".encode())
-                    os._exit(_SECCOMP_REFUSED)
-            elif mode != b"p":
-                os._exit(125)
-            code = 127
-            os.execve(prog, argv, env_b)
-        except OSError as e:
-            try:
-                os.write(err_w, f"exec {e.errno or 0}".encode())
-            except OSError:
-                pass
-            code = 127 if e.errno == errno.ENOENT else 126
-        except BaseException:
-            pass
-        os._exit(code)
+    if pid == 0:
+        _child(parent, mode_r, mode_w, err_r, err_w, host_cwd, program, prog, argv, env_b)
     # ---- tracer
     os.close(mode_r)
     os.close(err_w)
     try:
-        opts = (ffi.PTRACE_O_TRACESYSGOOD | ffi.PTRACE_O_TRACEFORK | ffi.PTRACE_O_TRACEVFORK
-                | ffi.PTRACE_O_TRACECLONE | ffi.PTRACE_O_TRACEEXEC | ffi.PTRACE_O_EXITKILL)
-        # Seccomp engine: PTRACE_SEIZE, without exec events (one stop less per execve, see
-        # runtime.tracee.loop); the classic PTRACE_TRACEME + SIGSTOP attach where it is refused.
-        seized = False
-        if use_seccomp and not os.environ.get("CARRYON_TEST_NO_SEIZE"):    # tests: old kernels
-            try:
-                ffi.seize(pid, (opts & ~ffi.PTRACE_O_TRACEEXEC) | ffi.PTRACE_O_TRACESECCOMP)
-                seized = True
-            except OSError:
-                pass
-        if not seized:
-            try:
-                os.write(mode_w, b"T")
-            except OSError:
-                pass
-            _, status = os.waitpid(pid, ffi.WALL)
-            if not (os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGSTOP):
-                os.close(mode_w)
-                raise CarryonError("engine failure: the guest did not start under ptrace")
-            if use_seccomp:
-                try:
-                    ffi.setoptions(pid, opts | ffi.PTRACE_O_TRACESECCOMP)
-                except OSError:
-                    _abort(pid, mode_w)
-                    if not may_fall_back:
-                        raise CarryonError("engine failure: the kernel refused "
-                                           "PTRACE_O_TRACESECCOMP") from None
-                    return None
-            else:
-                try:
-                    ffi.setoptions(pid, opts)
-                except OSError:
-                    ffi.setoptions(pid, opts & ~ffi.PTRACE_O_EXITKILL)   # kernels before 3.8
+        opts, seized = _attach(pid, mode_w, use_seccomp)
         os.write(mode_w, b"s" if use_seccomp else b"p")
         os.close(mode_w)
-        loop = Loop(dispatch, exts, use_seccomp, spec.wait_all, legacy_order=_kernel_before_4_8(),
-                    placement=placement,
-                    exec_options=(opts | ffi.PTRACE_O_TRACESECCOMP) if seized else 0,
-                    native_setup=native_out[0] if native_out else None)
-        loop_ref[:] = [loop]
-        main = Tracee(pid, mapper, "")
-        main.started = True
-        forward = _Forwarder(pid, spec.stop_signal, spec.forward_all_signals)
-        forward.install()
-        try:
-            if not seized:              # a seized guest runs already: it execs once it has its mode
-                ffi.resume(ffi.PTRACE_CONT if use_seccomp else ffi.PTRACE_SYSCALL, pid, 0)
-            status = loop.run(main)
-        finally:
-            placement.stop()
-            forward.restore()
-            loop.kill_all()
-            loop.stop_native()
-            mapper.native_clear = mapper.native_dir = None
-            if spec.verbose >= 2:
-                import resource
-                ru = resource.getrusage(resource.RUSAGE_SELF)
-                sys.stderr.write(f"carryon: tracer cpu {ru.ru_utime * 1000:.1f} ms user, "
-                                 f"{ru.ru_stime * 1000:.1f} ms sys\n")
-                if loop.native_stats is not None:
-                    sys.stderr.write("carryon: native stop loop: " + ", ".join(
-                        f"{k} {v}" for k, v in loop.native_stats.items()) + "\n")
-            for ext in exts:
-                ext.close()
+        status = _trace(spec, pid, mapper, exts, placement, dispatch, native_setup, use_seccomp,
+                        (opts | ffi.PTRACE_O_TRACESECCOMP) if seized else 0, loop_ref)
         report = os.read(err_r, 256)
     finally:
         placement.stop()
         os.close(err_r)
     if report.startswith(b"seccomp"):
-        if may_fall_back:
-            return None
-        raise CarryonError(f"engine failure: the kernel refused the seccomp filter ({report.decode()})")
+        raise Refused(f"engine failure: the kernel refused the seccomp filter ({report.decode()})")
     if report.startswith(b"exec "):
         e = int(report.split()[1] or 0)
         msg = f"{spec.argv[0]}: {os.strerror(e)}"
@@ -403,6 +406,145 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
         raise CommandNotExecutable(msg)
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
+
+
+def _tracer_parts(spec: RunSpec, mapper, use_seccomp: bool) -> tuple:
+    """(extensions, CPU placement, dispatch table, native loop setup or None, seccomp program or
+    None): what the tracer needs, made before the fork."""
+    from runtime import extension
+    from runtime.tracee import ffi
+    from runtime.tracee.placement import Placement
+
+    exts = extension.build(spec)
+    fake_root = spec.uid == 0
+    placement = Placement()
+    native_out: list = []
+    dispatch = _build_dispatch(mapper, mapper.proc_lookup, exts, fake_root or os.geteuid() == 0,
+                               placement, native_out if use_seccomp else None)
+    program = None
+    if use_seccomp:
+        program = ffi.seccomp_program(
+            filter_program(exts, placement.mode == "auto" and placement.cpu is not None))
+    return exts, placement, dispatch, native_out[0] if native_out else None, program
+
+
+def _child(parent: int, mode_r: int, mode_w: int, err_r: int, err_w: int, host_cwd: str, program,
+           prog: str, argv: list[str], env_b: dict[bytes, bytes]):
+    """The forked child: wait for the tracer's mode on `mode_r` ("s": install the seccomp filter,
+    "p": plain ptrace; "T" first: attach the classic way), then exec the guest command. Never
+    returns; what went wrong goes to the tracer on `err_w` ("seccomp ERRNO", "exec ERRNO")."""
+    from runtime.tracee import ffi
+    code = 125
+    try:
+        os.close(mode_w)
+        os.close(err_r)
+        for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                  signal.SIGQUIT):
+            signal.signal(s, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.chdir(host_cwd)
+        ffi.prctl(ffi.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(125)
+        mode = os.read(mode_r, 1)       # the tracer seizes us meanwhile (no stop), or asks
+        if mode == b"T":                # for the classic attach (kernels before 3.8)
+            ffi.traceme()
+            os.kill(os.getpid(), signal.SIGSTOP)
+            mode = os.read(mode_r, 1)
+        os.close(mode_r)
+        if mode == b"s":
+            try:
+                if os.environ.get("CARRYON_TEST_NO_SECCOMP"):   # tests: a kernel without it
+                    raise OSError(errno.EINVAL, "seccomp filters refused (CARRYON_TEST_NO_SECCOMP)")
+                ffi.install_seccomp(program)  # type: ignore[arg-type]
+            except OSError as e:
+                os.write(err_w, f"seccomp {e.errno}".encode())
+                os._exit(_SECCOMP_REFUSED)
+        elif mode != b"p":
+            os._exit(125)
+        code = 127
+        os.execve(prog, argv, env_b)
+    except OSError as e:
+        try:
+            os.write(err_w, f"exec {e.errno or 0}".encode())
+        except OSError:
+            pass
+        code = 127 if e.errno == errno.ENOENT else 126
+    except BaseException:
+        pass
+    os._exit(code)
+
+
+def _attach(pid: int, mode_w: int, use_seccomp: bool) -> tuple[int, bool]:
+    """Trace the child: (the ptrace options, whether it was seized). Seccomp engine: PTRACE_SEIZE
+    without exec events (one stop less per execve, see runtime.tracee.loop); the classic
+    PTRACE_TRACEME + SIGSTOP attach where that is refused. Refused when the kernel refuses
+    PTRACE_O_TRACESECCOMP (the child is killed)."""
+    from runtime.tracee import ffi
+    opts = (ffi.PTRACE_O_TRACESYSGOOD | ffi.PTRACE_O_TRACEFORK | ffi.PTRACE_O_TRACEVFORK
+            | ffi.PTRACE_O_TRACECLONE | ffi.PTRACE_O_TRACEEXEC | ffi.PTRACE_O_EXITKILL)
+    if use_seccomp and not os.environ.get("CARRYON_TEST_NO_SEIZE"):    # tests: old kernels
+        try:
+            ffi.seize(pid, (opts & ~ffi.PTRACE_O_TRACEEXEC) | ffi.PTRACE_O_TRACESECCOMP)
+            return opts, True
+        except OSError:
+            pass
+    try:
+        os.write(mode_w, b"T")
+    except OSError:
+        pass
+    _, status = os.waitpid(pid, ffi.WALL)
+    if not (os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGSTOP):
+        os.close(mode_w)
+        raise CarryonError("engine failure: the guest did not start under ptrace")
+    if use_seccomp:
+        try:
+            ffi.setoptions(pid, opts | ffi.PTRACE_O_TRACESECCOMP)
+        except OSError:
+            _abort(pid, mode_w)
+            raise Refused("engine failure: the kernel refused PTRACE_O_TRACESECCOMP") from None
+    else:
+        try:
+            ffi.setoptions(pid, opts)
+        except OSError:
+            ffi.setoptions(pid, opts & ~ffi.PTRACE_O_EXITKILL)   # kernels before 3.8
+    return opts, False
+
+
+def _trace(spec: RunSpec, pid: int, mapper, exts: list, placement, dispatch: list, native_setup,
+           use_seccomp: bool, exec_options: int, loop_ref: list) -> int:
+    """Run the event loop over the attached guest until the end, signals forwarded; the main
+    process's wait status. Everything of the run is undone after it (even on an error)."""
+    from runtime.tracee import ffi
+    from runtime.tracee.loop import Loop
+    from runtime.tracee.state import Tracee
+    loop = Loop(dispatch, exts, use_seccomp, spec.wait_all, legacy_order=_kernel_before_4_8(),
+                placement=placement, exec_options=exec_options, native_setup=native_setup)
+    loop_ref[:] = [loop]
+    main = Tracee(pid, mapper, "")
+    main.started = True
+    forward = _Forwarder(pid, spec.stop_signal, spec.forward_all_signals)
+    forward.install()
+    try:
+        if not exec_options:            # a seized guest runs already: it execs once it has its mode
+            ffi.resume(ffi.PTRACE_CONT if use_seccomp else ffi.PTRACE_SYSCALL, pid, 0)
+        return loop.run(main)
+    finally:
+        placement.stop()
+        forward.restore()
+        loop.kill_all()
+        loop.stop_native()
+        mapper.native_clear = mapper.native_dir = None
+        if spec.verbose >= 2:
+            import resource
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            sys.stderr.write(f"carryon: tracer cpu {ru.ru_utime * 1000:.1f} ms user, "
+                             f"{ru.ru_stime * 1000:.1f} ms sys\n")
+            if loop.native_stats is not None:
+                sys.stderr.write("carryon: native stop loop: " + ", ".join(
+                    f"{k} {v}" for k, v in loop.native_stats.items()) + "\n")
+        for ext in exts:
+            ext.close()
 
 
 def _abort(pid: int, fd: int) -> None:
@@ -471,16 +613,27 @@ class _Forwarder:
                 pass
 
 
-def probe() -> str:
-    """Which engine `auto` gets on this kernel: "seccomp", "ptrace", or "unavailable (why)".
+_probe_result: list[str] = []
 
-    Forks a child that asks to be traced and installs an allow-everything seccomp filter; used by
-    `--carryon-info` and the tests. Costs a few milliseconds."""
+
+def _probed_refusal(name: str) -> str | None:
+    """Why the kernel refuses engine `name` (a probe child asks it, once per process), or None."""
+    if not _probe_result:
+        _probe_result.append(_probe_kernel())
+    kind = _probe_result[0]
+    if kind in (name, "seccomp"):
+        return None
+    if kind == "ptrace":
+        return "the kernel refuses seccomp filters under ptrace"
+    return kind
+
+
+def _probe_kernel() -> str:
+    """What this kernel allows: "seccomp", "ptrace" (no seccomp filters under ptrace), or
+    "ptrace refused: ..." / the error. Forks a child that asks to be traced and installs an
+    allow-everything seccomp filter; costs a few milliseconds."""
     from runtime.syscall import seccomp
     from runtime.tracee import ffi
-    forced = os.environ.get("CARRYON_ENGINE")
-    if forced in ("seccomp", "ptrace"):
-        return f"{forced} (forced by CARRYON_ENGINE)"
     pid = os.fork()
     if pid == 0:
         try:
@@ -493,7 +646,7 @@ def probe() -> str:
     try:
         _, status = os.waitpid(pid, ffi.WALL)
         if not os.WIFSTOPPED(status):
-            return "unavailable (ptrace refused: PTRACE_TRACEME failed)"
+            return "ptrace refused: PTRACE_TRACEME failed"
         kind = "seccomp"
         try:
             ffi.setoptions(pid, ffi.PTRACE_O_TRACESECCOMP | ffi.PTRACE_O_EXITKILL)
@@ -511,7 +664,7 @@ def probe() -> str:
             kind = "ptrace"
         return kind
     except OSError as e:
-        return f"unavailable ({e.strerror})"
+        return str(e.strerror)
     finally:
         try:
             os.kill(pid, signal.SIGKILL)

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from runtime.errors import CarryonError
+from runtime.spec import RunSpec
 from runtime.execve import elf, shebang
 from runtime.syscall import seccomp, table
 from runtime.syscall.sysnums import MAX_KNOWN, NUMBERS
@@ -218,24 +219,64 @@ def test_cli_parse_errors(argv):
         parse(argv)
 
 
-def test_probe_finds_the_seccomp_engine(monkeypatch):
+def test_describe_finds_the_seccomp_engine(monkeypatch):
     from runtime import engine
-    monkeypatch.delenv("CARRYON_ENGINE", raising=False)
-    assert engine.probe() == "seccomp"          # Linux >= 3.5 with seccomp filters (this machine)
-    monkeypatch.setenv("CARRYON_ENGINE", "ptrace")
-    assert engine.probe().startswith("ptrace")
+    monkeypatch.setenv("CARRYON_ENGINE", "ptrace")      # the engine never reads it
+    assert engine.describe() == "seccomp (auto; seccomp: usable; ptrace: usable)"  # Linux >= 3.5
+    assert engine.describe("ptrace").startswith("ptrace (ptrace; ")
+    assert engine.describe("bogus").startswith("none (unknown engine")
+    assert [e.describe() for e in engine.LADDER] == ["seccomp: usable", "ptrace: usable"]
 
 
 def test_engine_choice(monkeypatch):
+    """One place decides: a named engine, or for auto the eligible ones in ladder order."""
     from runtime import engine
-    from runtime.spec import RunSpec
-    monkeypatch.delenv("CARRYON_ENGINE", raising=False)
-    assert engine.choose_engine(RunSpec(rootfs="/", argv=["x"], engine="ptrace")) == "ptrace"
-    monkeypatch.setenv("CARRYON_ENGINE", "seccomp")
-    assert engine.choose_engine(RunSpec(rootfs="/", argv=["x"], engine="ptrace")) == "seccomp"
-    monkeypatch.setenv("CARRYON_ENGINE", "bogus")
-    with pytest.raises(CarryonError):
-        engine.choose_engine(RunSpec(rootfs="/", argv=["x"]))
+    monkeypatch.setenv("CARRYON_ENGINE", "seccomp")     # the engine never reads it
+    assert engine.NAMES == ("auto", "seccomp", "ptrace")
+    assert list(engine.select("ptrace")) == [engine.PTRACE]
+    assert list(engine.select("seccomp")) == [engine.SECCOMP]
+    assert list(engine.select("auto")) == [engine.SECCOMP, engine.PTRACE]
+    with pytest.raises(CarryonError, match="unknown engine"):
+        engine.select("bogus")
+    with pytest.raises(CarryonError, match="unknown engine"):
+        engine.run(RunSpec(rootfs="/", argv=["x"], engine="bogus"))
+    # an engine that is not eligible here is skipped by auto and refused by name
+    monkeypatch.setattr(engine, "_release", lambda: (3, 2))
+    assert list(engine.select("auto")) == [engine.PTRACE]
+    with pytest.raises(CarryonError, match="seccomp engine cannot run here: seccomp filters need"):
+        engine.select("seccomp")
+
+
+def test_auto_tries_the_next_engine_when_one_is_refused(monkeypatch):
+    from runtime import engine
+    calls = []
+
+    def refused(spec):
+        calls.append("first")
+        raise engine.Refused("engine failure: refused")
+
+    def second(spec):
+        calls.append("second")
+        return 7
+
+    monkeypatch.setattr(engine, "LADDER", (engine.Engine("a", lambda: None, refused, str),
+                                           engine.Engine("b", lambda: None, second, str)))
+    assert engine.run(RunSpec(rootfs="/", argv=["x"], engine="auto")) == 7
+    assert calls == ["first", "second"]
+    with pytest.raises(engine.Refused):                 # named: no fallback
+        engine.run(RunSpec(rootfs="/", argv=["x"], engine="a"))
+    monkeypatch.setattr(engine, "LADDER", (engine.Engine("a", lambda: "no", second, str),))
+    with pytest.raises(CarryonError, match="no engine can run here: a: no"):
+        engine.run(RunSpec(rootfs="/", argv=["x"], engine="auto"))
+    assert calls == ["first", "second", "first"]
+
+
+def test_cli_exec_reads_carryon_engine(monkeypatch, tmp_path):
+    from runtime.cli_exec import parse
+    monkeypatch.setenv("CARRYON_ENGINE", "ptrace")
+    assert parse(["-r", str(tmp_path), "true"]).engine == "ptrace"
+    monkeypatch.delenv("CARRYON_ENGINE")
+    assert parse(["-r", str(tmp_path), "true"]).engine == "auto"
 
 
 class _Self:

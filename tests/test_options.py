@@ -86,3 +86,8 @@ def test_every_archive_option_has_an_attribute_and_a_unique_spelling():
     for o in table.archive_options():
         assert hasattr(defaults, o.name)
     assert set(launch_options.Options.__annotations__) - {"args"} == {o.name for o in table.archive_options()}
+
+
+def test_engine_names_agree():
+    from runtime import engine
+    assert launch_options.ENGINES == engine.NAMES

@@ -229,7 +229,7 @@ def test_sockinfo_from_a_thread_id():
 
 import ctypes  # noqa: E402
 
-from runtime.extension import CHANGED, EXIT, SKIP  # noqa: E402
+from runtime.tracee.actions import CHANGED, EXIT, SKIP  # noqa: E402
 from runtime.spec import RunSpec  # noqa: E402
 from runtime.tracee import ffi  # noqa: E402
 

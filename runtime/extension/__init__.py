@@ -12,7 +12,8 @@ An extension is an object with:
   Tracee` (pid, memory access through `runtime.tracee.mem`, `t.ext` a dict for per-process state
   the extension keeps under its own key, `t.mapper` the path mapper of that process), `regs` the
   raw register array (`runtime.tracee.ffi`: `regs[ffi.ARG[i]]` is argument i, `regs[ffi.R_ORIG_RAX]`
-  the number). It returns a combination of the action bits below:
+  the number). It returns a combination of the action bits below (`runtime.tracee.actions`, a
+  leaf module the event loop takes them from too; re-exported here):
     * `CHANGED`: it modified `regs` (the engine writes them back once);
     * `EXIT`: call its `exit(t, regs)` at the exit stop of this call;
     * `SKIP`: do not run the call; the guest gets `t.ret` as its result (a value, or -errno).
@@ -31,10 +32,7 @@ Extensions are created by `build(spec)` below from the `RunSpec`; the engine cal
 from __future__ import annotations
 
 from runtime.spec import RunSpec
-
-CHANGED = 1
-EXIT = 2
-SKIP = 4
+from runtime.tracee.actions import CHANGED, EXIT, SKIP  # noqa: F401 (part of the hook interface)
 
 
 class Base:

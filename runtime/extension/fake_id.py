@@ -18,10 +18,11 @@ from __future__ import annotations
 import os
 
 from runtime.cache import json_loads   # json without `re` (start-up)
-from runtime.extension import CHANGED, EXIT, SKIP, Base
+from runtime.extension import Base
 from runtime.spec import RunSpec
 from runtime.syscall.sysnums import NUMBERS as N
 from runtime.tracee import mem
+from runtime.tracee.actions import CHANGED, EXIT, SKIP
 from runtime.tracee.ffi import ARG, R_ORIG_RAX, R_RAX
 
 KEY = "fake_id"

@@ -39,13 +39,14 @@ from __future__ import annotations
 import sys
 
 from runtime.errors import CarryonError
-from runtime.extension import CHANGED, EXIT, SKIP, Base
+from runtime.extension import Base
 from runtime.net import portsfile, sockaddr, sockinfo
 from runtime.net.localaddr import LocalAddresses
 from runtime.net.portmap import AUTO, PortEntry, PortTable
 from runtime.spec import RunSpec
 from runtime.syscall.sysnums import NUMBERS
 from runtime.tracee import mem
+from runtime.tracee.actions import CHANGED, EXIT, SKIP
 from runtime.tracee.ffi import ARG, R_ORIG_RAX, R_RAX
 
 A0, A1, A2, A3, A4, A5 = ARG

@@ -14,16 +14,13 @@ from runtime.launch.selfarchive import Archive
 from runtime.trailer import SECTIONS
 
 
-def engine_support() -> str:
+def engine_support(choice: str = "auto") -> str:
     try:
         from runtime import engine
     except ImportError:
         return "unknown (no engine in this runtime)"
-    probe = getattr(engine, "probe", None) or getattr(engine, "supported", None)
-    if probe is None:
-        return "auto"
     try:
-        return str(probe())
+        return engine.describe(choice)
     except Exception as e:   # a probe failure is information, not a crash
         return f"unknown ({e})"
 
@@ -55,7 +52,7 @@ def show_info(arch: Archive, opts: Options, rt: str | None, rep: Reporter) -> in
         f"rootfs:         {rfs.get('compression', '?')} level {rfs.get('level', '?')}, "
         f"{rfs.get('uncompressed_bytes', '?')} bytes in {rfs.get('total_entries', '?')} entries "
         f"({rfs.get('files', '?')} files, {rfs.get('dirs', '?')} dirs, {rfs.get('symlinks', '?')} symlinks)",
-        f"engine:         {engine_support()}",
+        f"engine:         {engine_support(opts.engine)}",
         f"cache key:      {arch.key}",
         f"cache entry:    {entry + ' (extracted)' if entry else 'not extracted yet'}",
         "cache dirs:     " + ", ".join(c.path for c in cands),

@@ -8,7 +8,7 @@ import os
 from runtime import options as table
 from runtime.errors import CarryonError
 
-ENGINES = ("auto", "seccomp", "ptrace")
+ENGINES = ("auto", "seccomp", "ptrace")     # runtime.engine.NAMES (a test keeps them equal)
 
 HELP_HEAD = """usage: {prog} [--carryon-OPTION[=VALUE]]... [ARGS...]
 

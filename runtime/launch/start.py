@@ -86,7 +86,6 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
         sys.stdout.write(help_text(prog))
         return 0
     rep = Reporter(opts.verbose)
-    os.environ["CARRYON_ENGINE"] = opts.engine      # the engine reads it first: the command line must win
     verified = internal.get("_CARRYON_VERIFIED")
     rep.mark("options parsed")
     arch = open_archive(archive_path, verify_all=False)

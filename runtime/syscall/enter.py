@@ -1,7 +1,7 @@
 """Enter-stop handlers: rewrite the path arguments of a system call from guest to host.
 
 `Translator.dispatch()` gives a list indexed by syscall number: None (let it run) or a handler
-`h(t, regs) -> action bits` (`runtime.extension.CHANGED/EXIT/SKIP`). A handler raises OSError(errno)
+`h(t, regs) -> action bits` (`runtime.tracee.actions.CHANGED/EXIT/SKIP`). A handler raises OSError(errno)
 to make the call fail with that errno without running it. The guest base directory of a relative
 path is read from the kernel (`/proc/PID/cwd`, `/proc/PID/fd/N`) and turned back into a guest path,
 so chdir/fchdir/CLONE_FS need no bookkeeping.
@@ -15,13 +15,13 @@ import stat as stat_mod
 import sys
 
 from runtime.execve import plan as exec_plan
-from runtime.extension import CHANGED, SKIP
 from runtime.path import proc as proc_links
 from runtime.path.binding import Mapper
 from runtime.spec import Bind
 from runtime.syscall import table as T
 from runtime.syscall.sysnums import NUMBERS
 from runtime.tracee import mem
+from runtime.tracee.actions import CHANGED, SKIP
 from runtime.tracee.ffi import ARG, R_ORIG_RAX, R_R10, R_RDX, R_RSI, R_RDI
 
 NR_EXECVE = NUMBERS["execve"]

@@ -33,8 +33,17 @@
  * socket stops. Plain C, libc only; built by runtime/tracee/native.py (`build`) into _fastloop.so.
  */
 #include "fastloop.h"
+#include <stddef.h>
 #include <sys/syscall.h>
+#include <sys/user.h>
 #include <time.h>
+
+/* fastloop.h's register indices are the kernel's layout (Python's side: tests/test_engine_abi.py) */
+#define AT_WORD(field, index) (offsetof(struct user_regs_struct, field) == (index) * sizeof(long))
+_Static_assert(sizeof(struct user_regs_struct) == NREGS * sizeof(long), "NREGS");
+_Static_assert(AT_WORD(r9, R_R9) && AT_WORD(r8, R_R8) && AT_WORD(rax, R_RAX) && AT_WORD(rdx, R_RDX)
+               && AT_WORD(rsi, R_RSI) && AT_WORD(rdi, R_RDI) && AT_WORD(orig_rax, R_ORIG_RAX)
+               && AT_WORD(rsp, R_RSP), "register indices");
 
 #ifndef sigev_notify_thread_id                  /* glibc before 2.35 */
 #define sigev_notify_thread_id _sigev_un._tid

@@ -21,7 +21,9 @@
 
 #define HIDDEN __attribute__((visibility("hidden")))   /* shared between the files, not exported */
 
-/* x86_64 struct user_regs_struct, as words */
+/* x86_64 struct user_regs_struct, as words (checked against <sys/user.h> in fastloop.c; the
+ * Python side, runtime/tracee/ffi.py and native.py, by tests/test_engine_abi.py) */
+#define NREGS 27
 #define R_R9 8
 #define R_R8 9
 #define R_RAX 10
@@ -45,7 +47,7 @@
 /* what cf_stats counts */
 enum { C_CACHED, C_NAMES, C_SIGNALS, C_FORKS, C_EXITS, C_EXECS, C_SOCKETS, C_PYTHON, C_COUNT };
 
-extern HIDDEN unsigned long *regs;      /* Python's register buffer (27 words) */
+extern HIDDEN unsigned long *regs;      /* Python's register buffer (NREGS words) */
 extern HIDDEN unsigned long counts[C_COUNT];
 extern HIDDEN unsigned queued;
 

@@ -12,9 +12,22 @@
 #define FIRST_CHUNK 256
 #define AT_FDCWD_ (-100)
 
-/* follow rules (runtime/syscall/table.py) */
+/* follow rules and the flag bits they read (runtime/syscall/table.py) */
 enum { FOLLOW = 0, NOFOLLOW = 1, OPEN_FLAGS = 2, AT_NOFOLLOW = 3, AT_FOLLOW = 4, INOTIFY = 5,
        FANOTIFY = 6 };
+#define O_WRONLY_ 01
+#define O_CREAT_ 0100
+#define O_EXCL_ 0200
+#define O_NOFOLLOW_ 0400000
+#define AT_SYMLINK_NOFOLLOW_ 0x100
+#define AT_SYMLINK_FOLLOW_ 0x400
+#define IN_DONT_FOLLOW_ 0x02000000
+#define FAN_MARK_DONT_FOLLOW_ 0x4
+
+/* the byte after a cache key's NUL (runtime/tracee/native.py KEY_*) */
+#define KEY_FOLLOWED 1          /* the last component followed */
+#define KEY_NOT_FOLLOWED 2      /* not followed */
+#define KEY_DIR 3               /* a directory of the image's tree (cf_put by Native.put_dir) */
 
 struct spec {
     int8_t path_reg;        /* register index of the path; -1: not handled here */
@@ -159,12 +172,12 @@ static int wants_follow(const struct spec *s)
     case FOLLOW: return 1;
     case OPEN_FLAGS:
         if (s->flag_reg < 0)
-            f = 0100 | 01;                      /* creat(): O_CREAT | O_WRONLY */
-        return !((f & 0400000) || (f & 0300) == 0300);
-    case AT_NOFOLLOW: return !(f & 0x100);
-    case AT_FOLLOW: return (f & 0x400) != 0;
-    case INOTIFY: return !(f & 0x02000000);
-    case FANOTIFY: return !(f & 0x4);
+            f = O_CREAT_ | O_WRONLY_;           /* creat() */
+        return !((f & O_NOFOLLOW_) || (f & (O_CREAT_ | O_EXCL_)) == (O_CREAT_ | O_EXCL_));
+    case AT_NOFOLLOW: return !(f & AT_SYMLINK_NOFOLLOW_);
+    case AT_FOLLOW: return (f & AT_SYMLINK_FOLLOW_) != 0;
+    case INOTIFY: return !(f & IN_DONT_FOLLOW_);
+    case FANOTIFY: return !(f & FAN_MARK_DONT_FOLLOW_);
     default: return 0;
     }
 }
@@ -195,7 +208,7 @@ static const char *in_known_dir(char *path, size_t len, int follow)
         return NULL;                            /* a bind point's name, or an ancestor's */
     char save[2] = { path[plen], path[plen + 1] };
     path[plen] = 0;
-    path[plen + 1] = 3;
+    path[plen + 1] = KEY_DIR;
     struct entry *d = find(path, plen + 2, hash_of(path, plen + 2));
     path[plen] = save[0];
     path[plen + 1] = save[1];
@@ -231,9 +244,9 @@ HIDDEN int path_stop(int pid, unsigned long nr)
     if (path[0] == '/') {
         if (!s->cached || !cache_count)
             return 0;
-        /* the key: the path, NUL, 1 when the last component is followed, 2 when not */
+        /* the key: the path, NUL, KEY_FOLLOWED or KEY_NOT_FOLLOWED */
         int follow = wants_follow(s);
-        path[len + 1] = follow ? 1 : 2;
+        path[len + 1] = follow ? KEY_FOLLOWED : KEY_NOT_FOLLOWED;
         size_t klen = (size_t)len + 2;
         uint64_t h = hash_of(path, klen);
         struct entry *e = find(path, klen, h);
@@ -247,7 +260,7 @@ HIDDEN int path_stop(int pid, unsigned long nr)
             if (!host)
                 return 0;
             size = strlen(host) + 1;
-            path[len + 1] = follow ? 1 : 2;     /* (in_known_dir used the buffer's tail) */
+            path[len + 1] = follow ? KEY_FOLLOWED : KEY_NOT_FOLLOWED;     /* (in_known_dir used the buffer's tail) */
             cf_put(path, (unsigned)klen, host, (unsigned)size - 1);
         }
         unsigned long at = push(pid, host, size);

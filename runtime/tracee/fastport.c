@@ -14,7 +14,9 @@ enum { PM_BIND = 1, PM_CONNECT = 2, PM_SENDTO = 3, PM_ACCEPT = 4, PM_GETSOCKNAME
 #define PMF_REDIRECTED 2        /* a connect/sendto was redirected already */
 #define PMF_READBACK 4          /* pidfd_getfd works */
 #define PMF_AUTO 8              /* automatic mode: every fixed-port bind is translated */
-#define PM_MAX 256
+#define PM_MAX 256              /* entries of each table Python gives (more: cf_port_table refuses) */
+#define PUB_SIZE 32             /* a published entry as cf_port_table reads it ... */
+#define PUB_KEY 24              /* ... and its key's room */
 #define PF_TCP 1
 #define PF_UDP 2
 #define AF_UNIX_ 1
@@ -24,7 +26,7 @@ enum { PM_BIND = 1, PM_CONNECT = 2, PM_SENDTO = 3, PM_ACCEPT = 4, PM_GETSOCKNAME
 #define SYS_PIDFD_GETFD_ 438
 
 struct pm { int proto, from, to; };
-struct pub { int proto, guest, host, keylen; unsigned char key[24]; };
+struct pub { int proto, guest, host, keylen; unsigned char key[PUB_KEY]; };
 
 static int8_t port_kind[MAXNR];
 static int pm_flags;
@@ -68,12 +70,12 @@ int cf_port_table(const int *f, int nf, const int *r, int nr, const unsigned cha
     for (int i = 0; i < nr; i++)
         rev[i] = (struct pm){ r[3 * i], r[3 * i + 1], r[3 * i + 2] };
     for (int i = 0; i < np; i++) {
-        const unsigned char *e = p + 32 * i;    /* proto, keylen, guest (2), host (2), pad, key */
+        const unsigned char *e = p + PUB_SIZE * i;  /* proto, keylen, guest (2), host (2), pad, key */
         pubs[i].proto = e[0];
-        pubs[i].keylen = e[1] <= 24 ? e[1] : 24;
+        pubs[i].keylen = e[1] <= PUB_KEY ? e[1] : PUB_KEY;
         pubs[i].guest = e[2] | e[3] << 8;
         pubs[i].host = e[4] | e[5] << 8;
-        memcpy(pubs[i].key, e + 8, 24);
+        memcpy(pubs[i].key, e + 8, PUB_KEY);
     }
     for (int i = 0; i < nrs; i++)
         restricted[i] = (struct pm){ rs[2 * i], rs[2 * i + 1], 0 };
@@ -355,7 +357,7 @@ HIDDEN int port_stop(int pid, unsigned long nr)
         for (int i = 0; i < nrestricted; i++)
             if (restricted[i].proto == proto && restricted[i].from == gport)
                 return 0;
-        unsigned char key[24];
+        unsigned char key[PUB_KEY];
         int klen = addr_key(b, size, key), published = 0;
         for (int i = 0; i < npubs && !published; i++)
             published = pubs[i].proto == proto && pubs[i].guest == gport && pubs[i].host == host

@@ -30,8 +30,8 @@ import os
 import _signal as signal    # the C module: `signal` itself imports `enum` (slow start-up)
 import sys
 
-from runtime.extension import CHANGED, EXIT, SKIP
 from runtime.tracee import ffi, mem
+from runtime.tracee.actions import CHANGED, EXIT, SKIP
 from runtime.tracee.mem import AREA_SIZE, NeedScratch
 from runtime.tracee.state import Tracee
 
@@ -218,7 +218,15 @@ class Loop:
 
     # ---- main loop --------------------------------------------------------------------------
     def run(self, main: Tracee) -> int:
-        """Trace until the end; returns the main process's wait status."""
+        """Trace until the end; returns the main process's wait status.
+
+        Phases: the native loop's start (`_start_native`), the stop loop, the end (`_finish`).
+        The stop loop stays one piece on purpose: it is the tracer's hottest code (every stop
+        Python sees passes through it, tens of thousands per second), and a Python function call
+        per stop costs about as much as the work it would move out. So the per-stop paths (the
+        native loop's settle bits, seccomp stops, the ptrace engine's enter/exit stops, signal
+        deliveries) are written inline with locals bound once; only the rare stops (fork, clone
+        and exec events: `_event_stop`) and the once-per-run phases are functions."""
         self.main_pid = main.pid
         self.tracees[main.pid] = main
         placement = self.placement
@@ -242,24 +250,9 @@ class Loop:
         main_pid = main.pid
         exec_options = self.exec_options
         EVENT_STOP = ffi.PTRACE_EVENT_STOP
-        nat = top = None
-        if seccomp and self.native_setup is not None:
-            from runtime.tracee import native
-            nat = native.load(regs)
-            # A signal for the tracer (SIGTERM to forward) that comes while the native loop is
-            # busy has its Python handler run only when cf_wait returns: the tick bounds that wait.
-            if nat is not None and nat.tick(TICK_SIGNAL, TICK_INTERVAL):
-                try:
-                    top = self.native_setup(nat)    # names and specs first, Python's hooks last
-                    self.native = nat
-                except OSError:                     # too many bind point names: Python alone
-                    nat.tick(0, 0)
-                    nat = None
-            else:
-                nat = None
+        nat, top = self._start_native(main, regs) if seccomp else (None, None)
         if nat is not None:
             nat_wait, nat_set, out, out_addr = nat._wait, nat.set, nat.out, nat.out_addr
-            nat.main(main.pid)
             from runtime.tracee.native import FORKS, HELD, PROBING, SETTLED
             nat_probe = nat.probe
             drain = self._drain
@@ -415,26 +408,8 @@ class Loop:
                     continue
                 event = s8 >> 8
                 if event and event != EVENT_STOP:
-                    if t is None:
-                        resume(resume_req, pid, 0)
-                        continue
-                    if t.exec_probe:
-                        self._exec_check(t)
-                    if event in (ffi.PTRACE_EVENT_FORK, ffi.PTRACE_EVENT_VFORK,
-                                 ffi.PTRACE_EVENT_CLONE):
-                        thread = event == ffi.PTRACE_EVENT_CLONE
-                        if thread and placement is not None and placement.pinned:
-                            placement.release()     # a thread: the guest may run in parallel
-                        vfork = event == ffi.PTRACE_EVENT_VFORK
-                        shared = exec_options and not t.exec_events and (
-                            vfork or self._shares_vm(t, pid, regs))
-                        try:
-                            self._new_child(t, ffi.geteventmsg(pid), thread, shared, vfork)
-                        except OSError:
-                            pass
-                    elif event == ffi.PTRACE_EVENT_EXEC:
-                        t.exec_probe = 0
-                        self._exec_event(t, pid)
+                    if t is not None:
+                        self._event_stop(t, pid, event, regs)
                     resume(resume_req, pid, 0)
                     continue
                 # signal-delivery stop, group-stop, or (seized tracees) PTRACE_EVENT_STOP: the
@@ -474,9 +449,54 @@ class Loop:
                 self.main_status = status
                 if not self.wait_all:
                     self.kill_all()
-        for t in tracees.values():
+        return self._finish(nat)
+
+    def _start_native(self, main: Tracee, regs) -> tuple:
+        """(the native stop loop, the top-level mapper) when it loads and takes this run's setup
+        (runtime.tracee.native), else (None, None): Python sees every stop."""
+        if self.native_setup is None:
+            return None, None
+        from runtime.tracee import native
+        nat = native.load(regs)
+        # A signal for the tracer (SIGTERM to forward) that comes while the native loop is
+        # busy has its Python handler run only when cf_wait returns: the tick bounds that wait.
+        if nat is None or not nat.tick(TICK_SIGNAL, TICK_INTERVAL):
+            return None, None
+        try:
+            top = self.native_setup(nat)    # names and specs first, Python's hooks last
+        except OSError:                     # too many bind point names: Python alone
+            nat.tick(0, 0)
+            return None, None
+        self.native = nat
+        nat.main(main.pid)
+        return nat, top
+
+    def _event_stop(self, t: Tracee, pid: int, event: int, regs) -> None:
+        """A fork, vfork, clone or exec event of a known thread (the caller resumes it)."""
+        if t.exec_probe:
+            self._exec_check(t)
+        if event in (ffi.PTRACE_EVENT_FORK, ffi.PTRACE_EVENT_VFORK, ffi.PTRACE_EVENT_CLONE):
+            thread = event == ffi.PTRACE_EVENT_CLONE
+            placement = self.placement
+            if thread and placement is not None and placement.pinned:
+                placement.release()     # a thread: the guest may run in parallel
+            vfork = event == ffi.PTRACE_EVENT_VFORK
+            shared = self.exec_options and not t.exec_events and (
+                vfork or self._shares_vm(t, pid, regs))
+            try:
+                self._new_child(t, ffi.geteventmsg(pid), thread, shared, vfork)
+            except OSError:
+                pass
+        elif event == ffi.PTRACE_EVENT_EXEC:
+            t.exec_probe = 0
+            self._exec_event(t, pid)
+
+    def _finish(self, nat) -> int:
+        """The end of the run: every tracee's state closed, the native loop's counts kept; the
+        main process's wait status."""
+        for t in self.tracees.values():
             t.close()
-        tracees.clear()
+        self.tracees.clear()
         if nat is not None:
             self.native_stats = nat.stats()     # (the next run's cf_init resets it)
             self.stop_native()

@@ -20,6 +20,13 @@ What Python must keep true (runtime/tracee/loop.py, runtime/syscall/enter.py, ru
 - only one-path calls whose handler is the plain path rewrite (no extension hooked on them, no
   forget, not a write when a read-only bind exists) get a spec.
 
+The values both sides must agree on (thread state bits, queued event kinds, QUEUE_MAX, the socket
+call kinds PM_* and flags PMF_*, protocol bits, table limits, cache key markers, the register
+indices of runtime/tracee/ffi.py, the follow rules and flag bits of runtime/syscall/table.py) are
+written twice, here and in the C sources; tests/test_engine_abi.py parses the C sources and fails
+on any difference (and on a C constant it does not know), so a drift fails the tests, not a run.
+`ABI` (`cf_abi()`) still guards a prebuilt library against sources of another version.
+
 `load()` gives None (the pure Python loop) when `CARRYON_NATIVE=0`, when the library is stale (the
 source beside it is newer: rebuild with `python -m runtime.tracee.native`), or when it cannot be had.
 The frozen runtime ships it prebuilt; a source checkout gets it from scripts/setup-env.sh; an
@@ -49,8 +56,16 @@ PMF_BOUND_CLIENTS, PMF_REDIRECTED, PMF_READBACK, PMF_AUTO = 1, 2, 4, 8
 # socket calls the native loop may answer (fastport.c's PM_* kinds, given with `port_call`)
 PM_BIND, PM_CONNECT, PM_SENDTO, PM_ACCEPT, PM_GETSOCKNAME, PM_GETPEERNAME = 1, 2, 3, 4, 5, 6
 PM_UNIX, PM_UNIX_SENDTO = 7, 8  # bind/connect, sendto without port translation: AF_UNIX only
+PORT_TABLE_MAX = 256    # entries per table of `port_table`, addresses per family of `port_local`
+PUB_SIZE, PUB_KEY = 32, 24  # a published entry of `port_table`, and the room for its key
 PROBING = -1        # Tracee.fast of a thread whose execve the native loop checks
 QUEUE_MAX = 1024
+MAXNR = 512         # system call numbers the loop keeps a spec or socket kind for: 0 .. MAXNR-1
+# the byte after the NUL that ends a guest path in a path cache key (`put`, `put_dir`)
+KEY_FOLLOWED, KEY_NOT_FOLLOWED, KEY_DIR = 1, 2, 3
+_DIR_MARK = bytes((0, KEY_DIR))
+# what `stats` counts, in the C loop's order (its C_* counters)
+STATS = ("cached", "names", "signals", "forks", "exits", "execs", "sockets", "python")
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the loop, its path stops, its socket stops, and what they share
 SOURCES = tuple(os.path.join(HERE, f) for f in ("fastloop.c", "fastpath.c", "fastport.c"))
@@ -99,8 +114,9 @@ class Native:
     def port_table(self, fwd, rev, pubs, restricted, bind_ports) -> None:
         """fwd/rev: (proto bit, from port, to port); pubs: (proto bit, guest, host, key bytes);
         restricted: (proto bit, guest port); bind_ports: guest ports."""
-        p = b"".join(bytes((proto, len(key))) + guest.to_bytes(2, "little") + host.to_bytes(2, "little")
-                     + b"\0\0" + key.ljust(24, b"\0")[:24] for proto, guest, host, key in pubs)
+        p = b"".join((bytes((proto, len(key))) + guest.to_bytes(2, "little") + host.to_bytes(2, "little")
+                      + bytes(PUB_SIZE - 6 - PUB_KEY) + key.ljust(PUB_KEY, b"\0")[:PUB_KEY])
+                     for proto, guest, host, key in pubs)
         if self.lib.cf_port_table(_ints(fwd), len(fwd), _ints(rev), len(rev), p or b"\0", len(pubs),
                                   _ints(restricted), len(restricted), _ints([(b,) for b in bind_ports]),
                                   len(bind_ports)) != 0:
@@ -108,7 +124,7 @@ class Native:
 
     def port_off(self) -> None:
         """A table too big for the native loop: Python answers every socket call."""
-        for nr in range(512):
+        for nr in range(MAXNR):
             self.lib.cf_port_call(nr, 0)
 
     def port_flags(self, bound_clients: bool, redirected: bool, readback: bool, auto: bool) -> None:
@@ -120,8 +136,8 @@ class Native:
         self.lib.cf_port_bound(tid, fd)
 
     def port_local(self, v4: set[bytes], v6: set[bytes]) -> None:
-        v4l, v6l = sorted(v4)[:256], sorted(v6)[:256]
-        if len(v4) > 256 or len(v6) > 256:
+        v4l, v6l = sorted(v4), sorted(v6)
+        if len(v4) > PORT_TABLE_MAX or len(v6) > PORT_TABLE_MAX:
             self.port_off()
             return
         self.lib.cf_port_local(b"".join(v4l) or b"\0", len(v4l), b"".join(v6l) or b"\0", len(v6l))
@@ -141,7 +157,7 @@ class Native:
     def put_dir(self, guest: str, host: str) -> None:
         """A directory of the image's tree (guest path, "" for the root; host path), reached
         through nothing but the image's tree: names in it are answered natively (fastpath.c)."""
-        g = os.fsencode(guest.rstrip("/")) + b"\0\3"
+        g = os.fsencode(guest.rstrip("/")) + _DIR_MARK
         h = os.fsencode(host)
         self._put(g, len(g), h, len(h))
 
@@ -156,10 +172,9 @@ class Native:
             raise OSError("native loop: too many special names")
 
     def stats(self) -> dict[str, int]:
-        out = (ctypes.c_ulong * 8)()
+        out = (ctypes.c_ulong * len(STATS))()
         self.lib.cf_stats(out)
-        return dict(zip(("cached", "names", "signals", "forks", "exits", "execs", "sockets",
-                         "python"), out))
+        return dict(zip(STATS, out))
 
 
 
