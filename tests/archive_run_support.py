@@ -105,3 +105,15 @@ def guest_pids(marker: str) -> list[int]:
 
 def user_exists(name: str) -> bool:
     return subprocess.run(["id", name], capture_output=True).returncode == 0
+
+
+def without_shared_caches(cmd: list[str]) -> list[str]:
+    """`cmd` run where the default cache dirs under /tmp and /var/tmp hold nothing earlier runs left
+    (tests must not depend on them): as root, in a private mount namespace with an empty tmpfs on
+    /tmp/carryon-0 and /var/tmp/carryon-0; otherwise in a user namespace as its root (uid 0), where
+    those dirs, like /tmp itself, belong to an unmapped owner and so are never trusted."""
+    if os.geteuid() == 0:
+        script = ('for d in /tmp/carryon-0 /var/tmp/carryon-0; do mkdir -p -m 700 "$d" && '
+                  'mount -t tmpfs -o mode=700 tmpfs "$d" || exit 125; done; exec "$@"')
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *cmd]
+    return ["unshare", "-Ur", *cmd]
