@@ -114,7 +114,15 @@ def parse(argv: list[str]) -> RunSpec | str:
     rootfs = os.path.abspath(rootfs)
     all_binds = (default_binds() if defaults else []) + binds
     meta = rootfs.rstrip("/") + ".carryon-meta.json"
+    overlay = None
+    if v["overlay"]:
+        overlay = os.path.abspath(v["overlay"])
+        try:
+            os.makedirs(overlay, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise CarryonError(f"--overlay {v['overlay']}: {e.strerror or e}") from None
     return RunSpec(rootfs=rootfs, argv=command, env=dict(os.environ), cwd=cwd, binds=all_binds,
+                   overlay=overlay,
                    uid=uid, gid=gid, engine=os.environ.get("CARRYON_ENGINE") or "auto",
                    wait_all=wait_all,
                    meta_path=meta if os.path.isfile(meta) else None, verbose=verbose,

@@ -235,11 +235,19 @@ def _prepare(spec: RunSpec) -> tuple:
     if not os.path.isdir(spec.rootfs):
         raise CarryonError(f"rootfs not found or not a directory: {spec.rootfs}")
     mapper = Mapper(spec.rootfs, spec.binds, cache_dirs=True, proc_lookup=lookup)
+    if spec.overlay:
+        try:
+            mapper.attach_overlay(spec.overlay, spec.overlay_ident or mapper.rootfs)
+        except OSError as e:
+            raise CarryonError(f"cannot use the state directory {spec.overlay}: {e.strerror or e}") from None
     mapper.ensure_mount_points()
     cwd = spec.cwd or "/"
     try:
         host_cwd = mapper.to_host(cwd, "/", True)
         ok = os.path.isdir(host_cwd)
+        if not ok and mapper.cow is not None:   # like Docker: a missing working directory is made
+            ok = mapper.make_dirs(mapper.canon(cwd, "/", True))
+            host_cwd = mapper.to_host(cwd, "/", True)
     except OSError:
         ok = False
     if not ok:
@@ -311,11 +319,25 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
     if native_out is not None:
         def native_setup(nat):
             for nr, (reg, dreg, rule, freg, parent_op, write) in tr.simple.items():
-                if nr in wanted or nr in tr.extra or nr in table.REFUSED \
-                        or (write and mapper._any_ro):
+                wmask = 0
+                if write and mapper.cow is not None:
+                    if write != table.W_OPEN or freg < 0:
+                        continue        # copy-on-write: Python's
+                    wmask = table.O_WRITE_MASK      # opens for reading stay native
+                if nr in wanted or nr in tr.extra or nr in table.REFUSED or (write and mapper._any_ro):
                     continue            # chained, replaced, refused, or EROFS to check
-                nat.spec(nr, reg, dreg, rule, freg, not parent_op)
+                nat.spec(nr, reg, dreg, rule, freg, not parent_op, wmask)
             nat.names(mapper.leaf_names)
+
+            def names(leaf_names) -> None:
+                try:
+                    nat.names(leaf_names)
+                except OSError:         # too many: the native loop leaves every plain name to Python
+                    pass
+            mapper.native_names = names
+            mapper.native_relative = nat.relative_to_python
+            if mapper.stale_cwds:
+                nat.relative_to_python()
             tr.native_put = nat.put
             mapper.native_clear = nat.clear
             if mapper.root_host == mapper.rootfs_host:     # no bind of "/"

@@ -59,6 +59,8 @@ OPTIONS: tuple[Option, ...] = (
            exec=("-n", "--netcoop")),
     Option("ports_file", VALUE, "write the live port mapping there (JSON), removed at exit", "FILE",
            archive=True, exec=("--ports-file",)),
+    Option("state", VALUE, "keep the run's changes in DIR; a later run with the same DIR starts from them",
+           "DIR", archive=True),
     Option("cache", VALUE, "cache directory (default: ~/.cache/carryon, else $TMPDIR or /tmp)", "DIR",
            archive=True),
     Option("clean", FLAG, "remove this archive's cache entries and exit", archive=True),
@@ -78,6 +80,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", LIST, "a guest bind to port GUEST really binds HOST (no HOST: a free port), guest "
            "connects to GUEST on a local address reach it (repeatable)", "GUEST[:HOST][/tcp|/udp]",
            exec=("-p", "--port")),
+    Option("overlay", VALUE, "carryon's extension: ROOTFS stays as it is, the run's changes go to DIR "
+           "(copy-on-write; a later run with the same DIR starts from them)", "DIR", exec=("--overlay",)),
     Option("kernel", VALUE, "accepted for PRoot compatibility (ignored)", "R", exec=("-k", "--kernel-release")),
     Option("exec_help", FLAG, "this help", exec=("-h", "--help")),
     Option("version", FLAG, "carryon's version", exec=("-V", "--version")),

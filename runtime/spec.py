@@ -52,14 +52,15 @@ class PortMapping(_Record):
 class RunSpec(_Record):
     __slots__ = ("rootfs", "argv", "env", "cwd", "binds", "uid", "gid", "engine", "wait_all",
                  "meta_path", "stop_signal", "forward_all_signals", "port_map", "netcoop", "ports_file",
-                 "verbose")
+                 "verbose", "overlay", "overlay_ident")
 
     def __init__(self, rootfs: str, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/",
                  binds: list[Bind] | None = None, uid: int | None = None, gid: int | None = None,
                  engine: str = "auto", wait_all: bool = True, meta_path: str | None = None,
                  stop_signal: int = SIGTERM, forward_all_signals: bool = False,
                  port_map: list[PortMapping] | None = None,
-                 netcoop: bool = False, ports_file: str | None = None, verbose: int = 0) -> None:
+                 netcoop: bool = False, ports_file: str | None = None, verbose: int = 0,
+                 overlay: str | None = None, overlay_ident: str | None = None) -> None:
         self.rootfs = rootfs            # host path of the guest root
         self.argv = argv                # argv[0] is looked up in the guest PATH when it has no '/'
         self.env: dict[str, str] = {} if env is None else env
@@ -80,6 +81,10 @@ class RunSpec(_Record):
         self.netcoop = netcoop          # automatic per-run ports for every fixed-port bind
         self.ports_file = ports_file    # where the live port mapping is published (JSON)
         self.verbose = verbose
+        # copy-on-write: the rootfs stays as it is, the run's changes go to this state directory
+        # (runtime.path.overlay); a state made for another image (`overlay_ident`) is refused
+        self.overlay = overlay
+        self.overlay_ident = overlay_ident
 
 
 # The default binds for running an image (`carryon exec -R`, the archives): each is skipped when

@@ -103,14 +103,20 @@ def test_stdin_and_exit_codes(warm, tmp_path):
     assert p.returncode == 126 and len(p.stderr.strip().splitlines()) == 1
 
 
-def test_private_tmp_per_run_and_writes_in_the_entry(warm, tmp_path):
+def test_every_run_starts_from_the_image_unless_a_state_is_kept(warm, tmp_path):
     bb = archive("bb")
     env = clean_env(tmp_path, warm)
     p = run(bb, "sh", "-c", "echo one > /tmp/f; ls -A /tmp; echo kept > /home/app/written", env=env)
     assert (p.returncode, p.stdout) == (0, "f\n"), p.stderr
-    p = run(bb, "sh", "-c", "ls -A /tmp; cat /home/app/written", env=env)
-    assert (p.returncode, p.stdout) == (0, "kept\n")            # a fresh /tmp; rootfs writes stay
+    p = run(bb, "sh", "-c", "ls -A /tmp; cat /home/app/written 2>/dev/null || echo gone", env=env)
+    assert (p.returncode, p.stdout) == (0, "gone\n")           # a fresh container each time
     assert not [n for n in os.listdir(warm) if n.startswith(".run-")]   # per-run dirs removed
+    state = tmp_path / "state"
+    for _ in range(2):
+        p = run(bb, "--carryon-state", str(state), "sh", "-c",
+                "cat /home/app/written 2>/dev/null; echo kept > /home/app/written", env=env)
+        assert p.returncode == 0, p.stderr
+    assert p.stdout == "kept\n"                                 # the second run saw the first's
 
 
 def test_bind_option(warm, tmp_path):

@@ -87,18 +87,69 @@ def ensure_entry(arch: Archive, opts: Options, rep: Reporter, verified: bool) ->
 
 
 
-def make_run_tmp(entry: str, key: str) -> tuple[str, str]:
-    """(wrapper dir to remove at exit, the guest's /tmp inside it). In the entry's cache dir (known
-    exec-capable); falls back to $TMPDIR or /tmp when that is read-only."""
+def make_run_dir(entry: str, key: str, state: str | None) -> tuple[str, str]:
+    """(the run's own directory, to remove at exit; its copy-on-write state directory).
+
+    The run directory `.run-KEY-HOST-PID-RAND` lies in the entry's cache dir (known exec-capable,
+    the same file system as the image, so copy-on-write can hard-link image files), else in $TMPDIR
+    or /tmp. It holds the run's copies of the host's /etc/resolv.conf, hosts and hostname, and the
+    state (runtime.path.overlay) unless `state` (`--carryon-state DIR`) keeps it elsewhere. Run
+    directories of runs that died (SIGKILL) are removed first."""
+    cache_dir = os.path.dirname(entry)
+    reap_dead_runs(cache_dir, key)
     last: OSError | None = None
-    for d in (os.path.dirname(entry), os.environ.get("TMPDIR") or "/tmp", "/tmp"):
+    for d in (cache_dir, os.environ.get("TMPDIR") or "/tmp", "/tmp"):
         try:
-            wrapper = cache.new_temp(d, key, kind="run")
-            tmp = os.path.join(wrapper, "tmp")
-            os.mkdir(tmp)
-            os.chmod(tmp, 0o1777)
-            return wrapper, tmp
+            run_dir = cache.new_temp(d, key, kind="run")
+            break
         except (OSError, CarryonError) as e:
             last = e if isinstance(e, OSError) else last
-    raise CarryonError(f"cannot create a private /tmp for the run: {last.strerror if last else 'no place'}")
+    else:
+        raise CarryonError(f"cannot create the run's directory: {last.strerror if last else 'no place'}")
+    if state is None:
+        return run_dir, os.path.join(run_dir, "state")
+    state = os.path.abspath(state)
+    try:
+        os.makedirs(state, mode=0o700, exist_ok=True)
+        st = os.stat(state)
+    except OSError as e:
+        cache.remove(run_dir)
+        raise CarryonError(f"--carryon-state {state}: {e.strerror or e}") from None
+    if st.st_uid != os.getuid() or st.st_mode & 0o002:
+        cache.remove(run_dir)
+        raise CarryonError(f"--carryon-state {state}: not a directory of yours that only you can write")
+    return run_dir, state
 
+
+def reap_dead_runs(cache_dir: str, key: str) -> None:
+    """Remove the run directories of this archive that runs on this host left when they died
+    (their process is gone). Cheap: one listing of the cache dir, no `re` on the warm path."""
+    prefix = f".run-{key}-"
+    me = cache.hostname()
+    try:
+        names = [n for n in os.listdir(cache_dir) if n.startswith(prefix)]
+    except OSError:
+        return
+    for n in names:
+        parts = n[len(prefix):].rsplit("-", 2)     # HOST-PID-RAND (HOST may hold "-")
+        if len(parts) != 3 or parts[0] != me or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        if pid == os.getpid() or _alive(pid):
+            continue
+        p = os.path.join(cache_dir, n)
+        try:
+            if os.lstat(p).st_uid == os.getuid():
+                cache.remove(p)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -13,8 +13,9 @@ ENGINES = ("auto", "seccomp", "ptrace")     # runtime.engine.NAMES (a test keeps
 HELP_HEAD = """usage: {prog} [--carryon-OPTION[=VALUE]]... [ARGS...]
 
 Runs the image's command like `docker run IMAGE ARGS`: Entrypoint + (ARGS or Cmd), the image's Env,
-WorkingDir and User. The first run extracts the image once into a node cache; each run gets a private
-/tmp (removed at exit); other writes land in the cache entry (--carryon-clean resets it).
+WorkingDir and User. The first run extracts the image once into a node cache. Every run starts from
+the image as packed: its changes are its own (copy-on-write) and gone at exit, unless --carryon-state
+DIR keeps them for the next run with that DIR (like a named container).
 
 Options (only at the start; the first other argument ends them). Each also reads CARRYON_<NAME>
 from the environment (e.g. CARRYON_CACHE, CARRYON_ENGINE); lists there are newline-separated.
@@ -42,6 +43,7 @@ class Options:
     publish: list[str]
     netcoop: bool
     ports_file: str | None
+    state: str | None
     cache: str | None
     clean: bool
     verbose: int

@@ -194,16 +194,33 @@ def build_env(config: dict, opts: Options, home: str | None) -> dict[str, str]:
     return env
 
 
-def default_binds(run_tmp: str) -> list:
+HOST_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/hostname")
+
+
+def default_binds(run_dir: str) -> list:
+    """/dev, /proc and /sys of the host, and the run's own copies of the host's /etc/resolv.conf,
+    hosts and hostname (as Docker gives each container its own: the guest may change them, the
+    host's stay as they are). Each is skipped when the host lacks it."""
     from runtime.spec import Bind
     binds = [Bind(host=p, guest=p, optional=True) for p in ("/dev", "/proc", "/sys")]
-    binds += [Bind(host=p, guest=p, readonly=False, optional=True)
-              for p in ("/etc/resolv.conf", "/etc/hosts", "/etc/hostname")]
-    binds.append(Bind(host=run_tmp, guest="/tmp"))
+    etc = os.path.join(run_dir, "etc")
+    for p in HOST_FILES:
+        try:
+            with open(p, "rb") as f:
+                data = f.read(1 << 20)
+        except OSError:
+            continue
+        if not os.path.isdir(etc):
+            os.mkdir(etc, 0o755)
+        copy = os.path.join(etc, os.path.basename(p))
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        with open(fd, "wb") as f:
+            f.write(data)
+        binds.append(Bind(host=copy, guest=p))
     return binds
 
 
-def build_spec(arch: Archive, entry: str, opts: Options, run_tmp: str):
+def build_spec(arch: Archive, entry: str, opts: Options, run_dir: str, state: str):
     from runtime.spec import RunSpec
     config = arch.manifest.get("config") or {}
     rootfs = os.path.join(entry, ENTRY_ROOTFS)
@@ -217,13 +234,13 @@ def build_spec(arch: Archive, entry: str, opts: Options, run_tmp: str):
     cwd = opts.workdir or config.get("WorkingDir") or "/"
     if not cwd.startswith("/"):
         raise CarryonError(f"--carryon-workdir {cwd}: must be an absolute guest path")
-    binds = default_binds(run_tmp) + [parse_bind(b) for b in opts.bind]
+    binds = default_binds(run_dir) + [parse_bind(b) for b in opts.bind]
     spec = RunSpec(rootfs=rootfs, argv=argv, env=build_env(config, opts, home), cwd=cwd, binds=binds,
                    uid=uid, gid=gid, engine=opts.engine, wait_all=False,
                    meta_path=os.path.join(entry, ENTRY_ROOTFS) + ".carryon-meta.json",
                    stop_signal=parse_signal(config.get("StopSignal") or ""), forward_all_signals=True,
                    port_map=[parse_publish(p) for p in opts.publish], netcoop=opts.netcoop,
                    ports_file=os.path.abspath(opts.ports_file) if opts.ports_file else None,
-                   verbose=opts.verbose)
+                   verbose=opts.verbose, overlay=state, overlay_ident=arch.key)
     return spec
 

@@ -102,9 +102,9 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
         return info.do_extract(arch, opts.extract, rep)
     entry = install.ensure_entry(arch, opts, rep, verified=already)
     rep.mark("cache entry found")
-    wrapper, run_tmp = install.make_run_tmp(entry, arch.key)
+    run_dir, state = install.make_run_dir(entry, arch.key, opts.state)
     try:
-        spec = runspec.build_spec(arch, entry, opts, run_tmp)
+        spec = runspec.build_spec(arch, entry, opts, run_dir, state)
         rep.mark("spec built")
         rep.say(f"running {spec.argv} as {spec.uid}:{spec.gid} in {spec.cwd}", 2)
         from runtime import engine
@@ -112,7 +112,7 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
         reset_signal_dispositions()
         return int(engine.run(spec))
     finally:
-        cache.remove(wrapper)
+        cache.remove(run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

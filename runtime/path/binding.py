@@ -106,9 +106,20 @@ class Mapper:
         # `..` needs search permission on the directory it leaves; root always has it
         self.search_check = os.geteuid() != 0
         self._cwd_cache: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        # copy-on-write (runtime.path.overlay): the Overlay of the run, and the guest paths of its
+        # entries in `bind_hosts` (the stubs bound to the image, and "" once `/` is the run's own):
+        # binds that rmdir/rename/unlink may act on, unlike the user's
+        self.cow = None
+        self.ovl: set[str] = set()
+        self.native_names = None        # tells the native loop the plain names Python must see
+        # tells the native loop that relative paths are Python's from now on: once copy-on-write
+        # has replaced an image directory, a process's working directory may be the old one
+        self.native_relative = None
+        self.stale_cwds = False
         self.binds: list[Bind] = []           # the binds in effect, canonical guest and host paths
         for b in binds:
             self._add_bind(b)
+        self.user_binds = frozenset(self.bind_hosts)
         self._finish()
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -140,6 +151,8 @@ class Mapper:
         self._cwd_cache.clear()
         # host prefix -> (guest prefix, readonly), longest host prefix first
         owners = [(self.rootfs_host, "", False)]
+        if self.cow is not None:
+            owners.append((self.cow.upper, "", False))
         owners += [(_strip(b.host), _strip(b.guest), b.readonly) for b in self.binds]
         owners.sort(key=lambda o: len(o[0]), reverse=True)
         self._owners = owners
@@ -252,7 +265,49 @@ class Mapper:
     # ---- bind points --------------------------------------------------------------------
     def is_bind_root(self, guest_path: str) -> bool:
         """True when the canonical guest path is a bind point (rmdir/rename/unlink on it: EBUSY)."""
-        return _strip(guest_path) in self.bind_hosts
+        g = _strip(guest_path)
+        return g in self.bind_hosts and g not in self.ovl
+
+    # ---- copy-on-write ------------------------------------------------------------------
+    def attach_overlay(self, state_dir: str, ident: str) -> None:
+        """From now on the rootfs is read-only: the run's changes go to `state_dir` (see
+        runtime.path.overlay), which a state of an earlier run (same `ident`) may already hold."""
+        from runtime.path.overlay import Overlay
+        self.cow = Overlay(self, state_dir, ident)
+        self._finish()
+
+    def overlay_changed(self) -> None:
+        """The overlay bound or unbound directories: the caches and the names the fast paths must
+        not answer change with them."""
+        self._cwd_cache.clear()
+        self.forget()
+        if self.cow is not None and self.cow.started and not self.stale_cwds:
+            self.stale_cwds = True
+            if self.native_relative is not None:
+                self.native_relative()
+        self.leaf_names = frozenset({b".", b".."} | {os.fsencode(g.rpartition("/")[2])
+                                                     for g in (*self.bind_hosts, *self.virtual) if g})
+        if self.native_names is not None:
+            self.native_names(self.leaf_names)
+
+    def make_dirs(self, guest_dir: str) -> bool:
+        """Create the canonical guest directory `guest_dir` and its missing parents in the run's
+        state (Docker creates a missing WorkingDir). Only with copy-on-write. True when it exists."""
+        if self.cow is None:
+            return False
+        g = ""
+        for name in _strip(guest_dir).split("/")[1:]:
+            g = g + "/" + name
+            host = self.to_host(g, "/", True)
+            if os.path.isdir(host):
+                continue
+            self.cow.entry(g)
+            try:
+                os.mkdir(self.to_host(g, "/", False, parent_op=True), 0o755)
+            except OSError:
+                return False
+            self.forget()
+        return True
 
     def _unbound_host(self, g: str) -> str:
         """Where guest `g` (internal form, a bind point or virtual dir) would be without its own
@@ -283,6 +338,8 @@ class Mapper:
         Points it cannot create (read-only rootfs, parent inside another bind or a host dir) stay
         virtual; see `synthetic_entries`."""
         created: list[str] = []
+        if self.cow is not None:
+            return created             # the image stays as it is: the points stay virtual
         for g in sorted(self.bind_hosts, key=len):
             if not g:
                 continue

@@ -104,7 +104,9 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
                 m.last_pure = nh.startswith(m.leaf_prefix)
             else:
                 m.last_pure = False     # a bind point
-            if parent_op and full in m.bind_hosts:
+                if parent_op and full in m.ovl:
+                    nh = ph + "/" + full[i + 1:]    # an overlay stub: the entry in its directory
+            if parent_op and full in m.bind_hosts and full not in m.ovl:
                 pass                    # a bind point: the long way gives HOST/.
             elif not follow_last or parent_op:
                 return (full, nh)
@@ -191,6 +193,8 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
             nh = h + "/" + name
         else:
             pure = False
+            if parent_op and not pending and ng in m.ovl:
+                nh = h + "/" + name     # an overlay stub: the entry in its directory
         if not pending and not follow_final:
             gs.append(ng)
             hs.append(nh)
@@ -247,7 +251,7 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
         elif pending:                   # a non-directory in the middle: the kernel says ENOTDIR
             return _lexical(ng, nh, pending, trailing)
     m.last_pure = pure
-    if parent_op and (dotlast or len(gs) == 1 or g in binds):
+    if parent_op and (dotlast or len(gs) == 1 or (g in binds and g not in m.ovl)):
         return (g or "/", h + "/.")
     if trailing and h:
         return (g or "/", h + "/")

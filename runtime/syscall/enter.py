@@ -69,6 +69,51 @@ def guest_cwd(t) -> str:
     return g if g is not None else "/"
 
 
+# copy-on-write kinds of the calls that change the tree (see runtime.path.overlay)
+_COW_RMDIR, _COW_RENAME, _COW_UNLINKAT, _COW_ENTRY, _COW_MODIFY, _COW_OPEN = 1, 2, 3, 4, 5, 6
+
+
+def _cow_kind(call: T.Call) -> int:
+    if not call.write:
+        return 0
+    if call.name == "rmdir":
+        return _COW_RMDIR
+    if call.name.startswith("rename"):
+        return _COW_RENAME
+    if call.name == "unlinkat":
+        return _COW_UNLINKAT
+    if call.write == T.W_OPEN:
+        return _COW_OPEN
+    return _COW_ENTRY if any(p.parent_op for p in call.paths) else _COW_MODIFY
+
+
+def _cow_prepare(m, kind: int, idx: int, regs, guest: str, base: str, follow: bool, parent_op: bool,
+                 pid: int, flags: int) -> str:
+    """The host path a tree-changing call acts on when the image is read-only (runtime.path.overlay):
+    the directory of a created/removed/renamed entry is made the run's own first, a changed object is
+    copied up. Raises OSError for the guest (ENOSPC, EACCES...)."""
+    cow = m.cow
+    g, host = m.resolve(guest, base, follow, parent_op=parent_op, pid=pid, tid=pid)
+    gi = "" if g == "/" else g.rstrip("/")
+    if parent_op:
+        if kind == _COW_RMDIR or (kind == _COW_UNLINKAT and regs[ARG[2]] & T.AT_REMOVEDIR):
+            cow.remove_dir(gi)
+        elif kind == _COW_RENAME:
+            if idx == 0:
+                cow.move(gi)
+            else:
+                cow.remove_dir(gi)
+        else:
+            cow.entry(gi)
+        return m.to_host(guest, base, follow, parent_op=True, pid=pid, tid=pid)
+    # opened for writing with O_TRUNC: the copy needs no data
+    trunc = kind == _COW_OPEN and bool(flags & T.O_TRUNC) and bool(flags & 3)
+    new = cow.modify(gi, host, trunc)
+    if new != host and host.endswith("/") and not new.endswith("/"):
+        new += "/"
+    return new
+
+
 class Translator:
     """Builds the per-syscall handlers of one run."""
 
@@ -120,7 +165,7 @@ class Translator:
         if len(specs) == 1 and not call.forget and call.paths[0].follow != T.OPENAT2:
             reg, dreg, rule, freg, parent_op = specs[0]
             self.simple[call.nr] = (reg, -1 if dreg is None else dreg, rule,
-                                    -1 if freg is None else freg, parent_op, bool(call.write))
+                                    -1 if freg is None else freg, parent_op, call.write)
         return specs
 
     def _forget_caches(self, t) -> None:
@@ -155,6 +200,7 @@ class Translator:
         specs = self._path_specs(call)
         write = call.write
         wflags = None if call.write_flags is None else ARG[call.write_flags]
+        cow_kind = _cow_kind(call)
         forget = call.forget
         opens = call.name in ("open", "openat")
         tr = self
@@ -174,7 +220,11 @@ class Translator:
             if forget:
                 forget_caches(t)
             changed = 0
+            # copy-on-write: a call that changes the tree, in a run whose image is read-only
+            cw = mapper.cow is not None and write and (write == 1 or regs[wflags] & 0o1103)
+            idx = -1
             for reg, dreg, rule, freg, parent_op in specs:
+                idx += 1
                 addr = regs[reg]
                 if not addr:
                     continue                # NULL: the fd itself (utimensat) or EFAULT by the kernel
@@ -205,7 +255,7 @@ class Translator:
                 else:
                     dirfd = AT_FDCWD if dreg is None else _int32(regs[dreg])
                     if m is top and 47 not in raw and raw not in m.leaf_names \
-                            and not (write and m._any_ro):
+                            and not (write and m._any_ro) and not cw and not m.stale_cwds:
                         # One plain name that is no bind point (nor an ancestor of one): whatever
                         # the directory, the kernel's own lookup is the guest's unless the name is
                         # a symlink to follow. No need to know the directory: the kernel finds it
@@ -234,7 +284,8 @@ class Translator:
                         # the guest's, unless the name is a bind point or a symlink to follow.
                         name = _fsdecode(raw)
                         key = (base if base != "/" else "") + "/" + name
-                        if key not in m.bind_hosts and key not in m.virtual and not (
+                        if key not in m.bind_hosts and key not in m.virtual and not cw and not (
+                                m.stale_cwds and m.cow.in_lower(hdir)) and not (
                                 write and m._any_ro and (write == 1 or regs[wflags] & 0o1103)
                                 and m.readonly(hdir)):
                             if not follow:
@@ -245,7 +296,11 @@ class Translator:
                             except OSError:
                                 continue    # missing: ENOENT / creation, both right natively
                 guest = _fsdecode(raw)
-                host = m.to_host(guest, base, follow, parent_op=parent_op, pid=t.pid, tid=t.pid)
+                if cw and m.cow is not None:
+                    host = _cow_prepare(m, cow_kind, idx, regs, guest, base, follow, parent_op, t.pid,
+                                        0 if wflags is None else regs[wflags])
+                else:
+                    host = m.to_host(guest, base, follow, parent_op=parent_op, pid=t.pid, tid=t.pid)
                 if write and m._any_ro and (write == 1 or regs[wflags] & 0o1103) \
                         and m.readonly(host):
                     raise OSError(errno.EROFS, "read-only bind")

@@ -49,7 +49,7 @@ _Static_assert(AT_WORD(r9, R_R9) && AT_WORD(r8, R_R8) && AT_WORD(rax, R_RAX) && 
 #define sigev_notify_thread_id _sigev_un._tid
 #endif
 
-#define CF_ABI 3
+#define CF_ABI 4
 #define PID_LIMIT (1u << 22)            /* the kernel's PID_MAX_LIMIT on 64-bit */
 #define SECCOMP_STOP (SIGTRAP | (7 << 8))   /* PTRACE_EVENT_SECCOMP */
 #define SYSCALL_STOP (SIGTRAP | 0x80)

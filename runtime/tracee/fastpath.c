@@ -35,6 +35,7 @@ struct spec {
     int8_t rule;
     int8_t flag_reg;        /* register the rule reads; -1: none */
     int8_t cached;          /* absolute paths may be answered from the cache */
+    uint16_t wmask;         /* open flags that make the call Python's (copy-on-write); 0: none */
 };
 
 struct entry {
@@ -52,6 +53,8 @@ static uint32_t *used;                  /* slots in use, to empty the cache in O
 static unsigned cache_count;
 static char names[2048];                /* NUL-separated plain names Python must see */
 static unsigned names_len;
+static int names_all;                   /* too many of them: every plain name is Python's */
+static int relative_python;             /* every relative path is Python's (cf_relative) */
 
 HIDDEN int path_init(void)
 {
@@ -64,10 +67,11 @@ HIDDEN int path_init(void)
     return cache && used ? 0 : -ENOMEM;
 }
 
-void cf_spec(int nr, int path_reg, int dirfd_reg, int rule, int flag_reg, int cached)
+void cf_spec(int nr, int path_reg, int dirfd_reg, int rule, int flag_reg, int cached, int wmask)
 {
     if (nr < 0 || nr >= MAXNR)
         return;
+    specs[nr].wmask = (uint16_t)wmask;
     specs[nr].path_reg = (int8_t)path_reg;
     specs[nr].dirfd_reg = (int8_t)dirfd_reg;
     specs[nr].rule = (int8_t)rule;
@@ -77,11 +81,22 @@ void cf_spec(int nr, int path_reg, int dirfd_reg, int rule, int flag_reg, int ca
 
 int cf_names(const char *buf, unsigned len)
 {
-    if (len > sizeof names)
+    if (len > sizeof names) {
+        names_len = 0;
+        names_all = 1;
         return -E2BIG;
+    }
     memcpy(names, buf, len);
     names_len = len;
+    names_all = 0;
     return 0;
+}
+
+/* Relative paths all go to Python from now on (1): a process's working directory may be a
+ * directory copy-on-write has since replaced (runtime/path/overlay.py). */
+void cf_relative(int python)
+{
+    relative_python = python;
 }
 
 static uint64_t hash_of(const char *s, size_t n)
@@ -184,6 +199,8 @@ static int wants_follow(const struct spec *s)
 
 static int is_special_name(const char *name, size_t n)
 {
+    if (names_all)
+        return 1;
     for (unsigned i = 0; i < names_len;) {
         size_t m = strlen(names + i);
         if (m == n && !memcmp(names + i, name, n))
@@ -233,6 +250,8 @@ HIDDEN int path_stop(int pid, unsigned long nr)
     if (nr >= MAXNR || specs[nr].path_reg < 0)
         return -1;
     const struct spec *s = &specs[nr];
+    if (s->wmask && s->flag_reg >= 0 && (regs[s->flag_reg] & s->wmask))
+        return 0;                               /* a write to copy on: Python's */
     unsigned long addr = regs[s->path_reg];
     if (!addr)
         return resume(pid, C_NAMES);
@@ -270,7 +289,7 @@ HIDDEN int path_stop(int pid, unsigned long nr)
             return 0;
         return resume(pid, C_CACHED);
     }
-    if (memchr(path, '/', (size_t)len) || is_special_name(path, (size_t)len))
+    if (relative_python || memchr(path, '/', (size_t)len) || is_special_name(path, (size_t)len))
         return 0;
     if (wants_follow(s)) {
         /* followed: only a symlink needs translating (the kernel would follow it on the host) */
@@ -296,4 +315,6 @@ HIDDEN void path_reset(void)
     for (int i = 0; i < MAXNR; i++)
         specs[i].path_reg = -1;
     names_len = 0;
+    names_all = 0;
+    relative_python = 0;
 }

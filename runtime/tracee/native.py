@@ -40,7 +40,7 @@ import ctypes
 import os
 import sys
 
-ABI = 3
+ABI = 4
 # a thread's state bits Python gives (`set`)
 SETTLED = 1         # its stops may be handled natively
 FORKS = 2           # its fork/vfork events too
@@ -162,14 +162,21 @@ class Native:
         self._put(g, len(g), h, len(h))
 
     def spec(self, nr: int, path_reg: int, dirfd_reg: int, rule: int, flag_reg: int,
-             cached: bool) -> None:
-        self.lib.cf_spec(nr, path_reg, dirfd_reg, rule, flag_reg, int(cached))
+             cached: bool, wmask: int = 0) -> None:
+        """Path stops of call `nr` answered here; with `wmask`, not those whose flags (in
+        `flag_reg`) have one of its bits (opens for writing under copy-on-write: Python's)."""
+        self.lib.cf_spec(nr, path_reg, dirfd_reg, rule, flag_reg, int(cached), wmask)
 
     def names(self, names) -> None:
-        """The plain names Python must see (bind points and their missing ancestors, . and ..)."""
+        """The plain names Python must see (bind points and their missing ancestors, . and ..).
+        Too many: OSError, and from then on every plain name is Python's."""
         buf = b"".join(n + b"\0" for n in names)
         if self.lib.cf_names(buf, len(buf)) != 0:
             raise OSError("native loop: too many special names")
+
+    def relative_to_python(self) -> None:
+        """From now on every relative path is Python's (a working directory may be stale)."""
+        self.lib.cf_relative(1)
 
     def stats(self) -> dict[str, int]:
         out = (ctypes.c_ulong * len(STATS))()
