@@ -200,28 +200,32 @@ def engine(request):
 
 # ---------------------------------------------------------------- 1. changes are private to the run
 
-PROBE_1 = ("test -f /etc/motd && echo motd=yes || echo motd=gone; stat -c %a /etc/hostname; "
+# /etc/issue, not /etc/hostname: the run binds the host's /etc/hostname (and /etc/hosts, /etc/resolv.conf)
+# into the guest, so a chmod of it would change the host's file
+PROBE_1 = ("test -f /etc/motd && echo motd=yes || echo motd=gone; stat -c %a /etc/issue; "
            "test -e /etc/leak && echo leak=yes || echo leak=no; "
-           "test -e /var/newdir && echo newdir=yes || echo newdir=no")
+           "test -e /var/newdir && echo newdir=yes || echo newdir=no; "
+           "test -e /etc/debian_version && echo dv=yes || echo dv=gone; cat /var/dv.moved 2>/dev/null || echo moved=no")
 
 
 def test_a_runs_changes_are_its_own(caches, user, engine):
     cache = caches.get(user, "py")
     image = ok(run_archive("py", user, cache, *py_sh(PROBE_1), engine=engine)).split("\n")
-    assert image[0] == "motd=yes" and image[2:4] == ["leak=no", "newdir=no"], \
+    assert image[0] == "motd=yes" and image[2:6] == ["leak=no", "newdir=no", "dv=yes", "moved=no"], \
         f"the run does not start from the image (a previous run's changes are visible): {image}"
-    hostname_mode = image[1]                      # 755 in debian-python
-    assert hostname_mode != "600"
+    assert image[1] == "644", f"/etc/issue is 644 in the image: {image}"
 
     out = ok(run_archive("py", user, cache, *py_sh(
-        "set -e; echo leaked > /etc/leak; rm /etc/motd; mkdir /var/newdir; chmod 600 /etc/hostname; "
+        "set -e; cat /etc/debian_version; echo leaked > /etc/leak; rm /etc/motd; mkdir /var/newdir; "
+        "chmod 600 /etc/issue; mv /etc/debian_version /var/dv.moved; "
         "ls -l /etc/leak; cat /etc/leak; " + PROBE_1 + "; stat -c '%a %F' /var/newdir"), engine=engine))
-    lines = out.splitlines()
+    version, *lines = out.splitlines()
     assert lines[0].startswith("-rw") and lines[0].endswith(" /etc/leak"), out
-    assert lines[1:] == ["leaked", "motd=gone", "600", "leak=yes", "newdir=yes", "755 directory"], out
+    assert lines[1:] == ["leaked", "motd=gone", "600", "leak=yes", "newdir=yes", "dv=gone", version,
+                         "755 directory"], out
 
     again = ok(run_archive("py", user, cache, *py_sh(PROBE_1), engine=engine)).split("\n")
-    assert again == image, "the next run still sees the previous run's changes"
+    assert again == image, "the next run still sees the previous run's changes (/etc/motd, /etc/issue's mode...)"
     caches.assert_untouched(user, "py")
 
 
@@ -275,8 +279,9 @@ def test_directory_listings_deletes_and_renames(caches, user, engine):
     assert got_doc == "", "rm -rf + mkdir of an image dir must give an empty dir"
     assert got_mv.splitlines() == [n_cl, gpl3, gpl_link, gpl3, "old=gone", "0"]
 
-    again = ok(run_archive("py", user, cache, *py_sh(PROBE_4), engine=engine))
-    assert again == image, "the next run still sees the previous run's changes"
+    p = run_archive("py", user, cache, *py_sh(PROBE_4), engine=engine)
+    assert (p.returncode, p.stdout) == (0, image), \
+        f"the next run still sees the previous run's changes (/etc, /usr/share/doc, common-licenses):\n{p.stderr}"
     caches.assert_untouched(user, "py")
 
 
@@ -347,9 +352,9 @@ def test_state_dir_keeps_changes_for_the_next_run_with_it(caches, user, udir):
     out = ok(run_archive("py", user, cache, "--carryon-state", str(state), *py_sh(
         "set -e; cat /etc/kept; test -e /etc/motd && echo motd=yes || echo motd=gone; echo two >> /etc/kept")))
     assert out == "one\nmotd=gone\n"
-    out = ok(run_archive("py", user, cache, *py_sh("cat /etc/kept; test -e /etc/motd && echo motd=yes"),
-                         CARRYON_STATE=str(state)))
-    assert out == "one\ntwo\n", "CARRYON_STATE=DIR does not start from DIR's changes"
+    out = ok(run_archive("py", user, cache, *py_sh(
+        "cat /etc/kept; test -e /etc/motd && echo motd=yes || echo motd=gone"), CARRYON_STATE=str(state)))
+    assert out == "one\ntwo\nmotd=gone\n", "CARRYON_STATE=DIR does not start from DIR's changes"
     p = run_archive("py", user, cache, *py_sh(
         "test -e /etc/kept && echo kept=yes || echo kept=no; test -e /etc/motd && echo motd=yes"))
     assert ok(p) == "kept=no\nmotd=yes\n", "a run without --carryon-state sees the state dir's changes"
@@ -366,32 +371,20 @@ def test_state_dir_keeps_changes_for_the_next_run_with_it(caches, user, udir):
 
 # ---------------------------------------------------------------- 7. SIGKILL
 
-def sleepers(marker: str, runtime_pid: int) -> list[int]:
-    """Guest `sleep MARKER` processes (not the runtime, whose command line may carry the argument)."""
-    found = []
-    for pid in guest_pids(marker):
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() == "sleep" and pid != runtime_pid:
-                    found.append(pid)
-        except OSError:
-            pass
-    return found
-
-
 def test_sigkilled_run_is_reaped_by_the_next_start(user, udir):
     home = udir(user)
     cache = owned_dir(home, "cache", user)
-    marker = f"30.{os.getpid() % 1000:03d}{ENGINE_USERS.index(user)}"
-    env = clean_env(home, cache)
-    p = subprocess.Popen([str(archive("py")), "--carryon-entrypoint", "/bin/sleep", marker], env=env, cwd="/",
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **user_popen_kwargs(user))
+    marker = f"30.{os.getpid() % 1000:03d}{ENGINE_USERS.index(user)}"      # `sleep 30.NNNN`: ours only
+    p = subprocess.Popen([str(archive("py")), *py_sh('echo ready; exec sleep "$0"', marker)],
+                         env=clean_env(home, cache), cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, **user_popen_kwargs(user))
+
+    def guests() -> list[int]:     # the runtime (p.pid: the launcher exec'd it) carries the marker too
+        return [pid for pid in guest_pids(marker) if pid != p.pid]
     try:
-        deadline = time.monotonic() + 120
-        while not sleepers(marker, p.pid):
-            assert p.poll() is None, f"the run ended early: rc={p.returncode}\n{p.stderr.read()}"
-            assert time.monotonic() < deadline, "the guest never started"
-            time.sleep(0.05)
+        line = p.stdout.readline()
+        assert line == "ready\n", f"the guest did not start: {line!r} {p.stderr.read() if p.poll() else ''}"
+        assert guests()
         os.kill(p.pid, signal.SIGKILL)
         p.communicate(timeout=30)
     finally:
@@ -399,9 +392,9 @@ def test_sigkilled_run_is_reaped_by_the_next_start(user, udir):
             p.kill()
             p.wait()
     deadline = time.monotonic() + 10
-    while sleepers(marker, p.pid) and time.monotonic() < deadline:
+    while guests() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert sleepers(marker, p.pid) == [], "the guest survived the SIGKILLed runtime"
+    assert guests() == [], "the guest survived the SIGKILLed runtime"
     ok(run_archive("py", user, cache, *py_sh("true")))
     assert run_leftovers(cache) == [], "the next start did not reap the killed run's directory"
 
@@ -461,7 +454,10 @@ def test_missing_carryon_workdir_is_created(caches, user):
 # ---------------------------------------------------------------- 9. carryon exec --overlay
 
 def test_exec_overlay_writes_go_to_upper(debian_rootfs, user, engine, udir):
-    upper = udir(user) / "upper"
+    upper = udir(user) / "upper"                 # an empty dir of the user, like a fresh -r ROOTFS would be
+    upper.mkdir()
+    if user not in ("root", "self"):
+        shutil.chown(upper, user, user)
     before = tree_digest(debian_rootfs)
     opts = ["-0", "--overlay", str(upper)]
     p = carryon_exec(debian_rootfs, "sh", "-c", "set -e; echo x > /etc/new; rm /etc/motd; cat /etc/new",
