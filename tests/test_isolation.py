@@ -465,7 +465,8 @@ def test_exec_overlay_writes_go_to_upper(debian_rootfs, user, engine, udir):
     assert (p.returncode, p.stdout) == (0, "x\n"), p.stderr
     assert_same_tree(before, tree_digest(debian_rootfs), f"ROOTFS {debian_rootfs}")
     assert upper.is_dir() and os.listdir(upper), "UPPER holds nothing after a run that wrote"
-    probe = "cat /etc/new 2>/dev/null || echo new=absent; test -e /etc/motd && echo motd=yes || echo motd=gone"
+    # no redirection to /dev/null: the run without --overlay (no -R, no /dev bind) would create it
+    probe = "test -e /etc/new && cat /etc/new || echo new=absent; test -e /etc/motd && echo motd=yes || echo motd=gone"
     p = carryon_exec(debian_rootfs, "sh", "-c", probe, engine=engine, user=user, opts=opts, defaults=False)
     assert (p.returncode, p.stdout) == (0, "x\nmotd=gone\n"), p.stderr
     p = carryon_exec(debian_rootfs, "sh", "-c", probe, engine=engine, user=user, opts=["-0"], defaults=False)

@@ -162,7 +162,10 @@ class Overlay:
             for n in names:
                 sub = g + "/" + n
                 if self.is_stub(sub):
-                    self.materialize(sub, deep=True)
+                    if self._stub_is_dir(sub):
+                        self.materialize(sub, deep=True)
+                    else:
+                        self._own_file(sub)
                 elif os.path.isdir(d + "/" + n) and not os.path.islink(d + "/" + n):
                     self.materialize(sub, deep=True)
 
@@ -201,7 +204,15 @@ class Overlay:
                     except OSError as e:
                         if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES):
                             raise
-                        _copy_file(s, d, st)
+                        try:
+                            _copy_file(s, d, st)
+                        except PermissionError:
+                            # a file we may neither link nor read (another user's, e.g. /etc/shadow
+                            # of an image extracted by root): an empty placeholder for the listing,
+                            # and the name stays bound to the image's file, as unreadable as before
+                            fd = os.open(d, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
+                            os.close(fd)
+                            stubs.append(g + "/" + name)
                 elif stat.S_ISLNK(mode):
                     os.symlink(os.readlink(s), d)
                     _copy_meta(d, st, follow=False)
@@ -229,15 +240,50 @@ class Overlay:
         if self._needs(parent):
             self.materialize(parent)
 
+    def remove(self, g: str) -> None:
+        """`unlink g`: its directory becomes the run's own, and a name still bound to the image's
+        file (see `_populate`) stops being so with it."""
+        self.entry(g)
+        if self.is_stub(g) and not self._stub_is_dir(g):
+            self._unbind(g)
+
     def remove_dir(self, g: str) -> None:
-        """`rmdir g` (or the directory a rename replaces): its content must be real for ENOTEMPTY."""
+        """`rmdir g` (or what a rename replaces): a directory's content must be real for ENOTEMPTY."""
         self.entry(g)
         if self.is_stub(g):
-            self.materialize(g)
+            if self._stub_is_dir(g):
+                self.materialize(g)
+            else:
+                self._unbind(g)
+
+    def _stub_is_dir(self, g: str) -> bool:
+        try:
+            return stat.S_ISDIR(os.lstat(self.m.bind_hosts[g]).st_mode)
+        except OSError:
+            return False
+
+    def _unbind(self, g: str) -> None:
+        del self.m.bind_hosts[g]
+        self.m.ovl.discard(g)
+        self._log("- " + g)
+        self.m.overlay_changed()
+
+    def _own_file(self, g: str) -> None:
+        """A name bound to an image file we could not copy: copy it now (EACCES as before if we
+        still cannot read it), so that the run has a file of its own to change."""
+        src = self.m.bind_hosts[g]
+        dst = self.upper + g
+        st = os.lstat(src)
+        tmp = f"{dst.rpartition('/')[0]}/.carryon-copy-up-{os.getpid()}-{os.urandom(4).hex()}"
+        _copy_file(src, tmp, st)
+        os.rename(tmp, dst)
+        self._unbind(g)
 
     def move(self, g: str) -> None:
         """`rename g ...`: a directory keeps its whole content under its new name."""
         self.entry(g)
+        if self.is_stub(g) and not self._stub_is_dir(g):
+            self._own_file(g)
         h = self.upper + g
         try:
             st = os.lstat(h)
@@ -259,6 +305,8 @@ class Overlay:
                 self.materialize(g if g != "/" else "")
             else:
                 self.entry(g)
+                if self.is_stub(g):
+                    self._own_file(g)
             host = self.upper + (g if g != "/" else "")
         try:
             st = os.lstat(host)

@@ -70,7 +70,7 @@ def guest_cwd(t) -> str:
 
 
 # copy-on-write kinds of the calls that change the tree (see runtime.path.overlay)
-_COW_RMDIR, _COW_RENAME, _COW_UNLINKAT, _COW_ENTRY, _COW_MODIFY, _COW_OPEN = 1, 2, 3, 4, 5, 6
+_COW_RMDIR, _COW_RENAME, _COW_UNLINKAT, _COW_ENTRY, _COW_MODIFY, _COW_OPEN, _COW_UNLINK = 1, 2, 3, 4, 5, 6, 7
 
 
 def _cow_kind(call: T.Call) -> int:
@@ -82,6 +82,8 @@ def _cow_kind(call: T.Call) -> int:
         return _COW_RENAME
     if call.name == "unlinkat":
         return _COW_UNLINKAT
+    if call.name == "unlink":
+        return _COW_UNLINK
     if call.write == T.W_OPEN:
         return _COW_OPEN
     return _COW_ENTRY if any(p.parent_op for p in call.paths) else _COW_MODIFY
@@ -98,6 +100,8 @@ def _cow_prepare(m, kind: int, idx: int, regs, guest: str, base: str, follow: bo
     if parent_op:
         if kind == _COW_RMDIR or (kind == _COW_UNLINKAT and regs[ARG[2]] & T.AT_REMOVEDIR):
             cow.remove_dir(gi)
+        elif kind == _COW_UNLINK or kind == _COW_UNLINKAT:
+            cow.remove(gi)
         elif kind == _COW_RENAME:
             if idx == 0:
                 cow.move(gi)
