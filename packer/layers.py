@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import zlib
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 import zstandard
 

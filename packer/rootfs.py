@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import zstandard
 

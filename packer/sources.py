@@ -15,8 +15,9 @@ import re
 import shutil
 import sys
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from runtime.archive import SectionReader
 from runtime.errors import InputError

@@ -46,7 +46,7 @@ class Node:
     devminor: int = 0
     size: int = 0
     offset: int = 0               # of the content in the spool
-    children: dict[str, "Node"] | None = None
+    children: dict[str, Node] | None = None
     stamps: dict[str, int] | None = None   # child name -> layer index that last set/traversed it
 
 

@@ -90,6 +90,7 @@ def make_carryon(tmp_path):
     """make_carryon(members, name='a.carryon') -> path of a bare archive whose rootfs holds members."""
     def make(members, name: str = "a.carryon") -> Path:
         import zstandard
+
         from runtime.archive import write_archive
 
         raw = tar_bytes(members)

@@ -192,7 +192,7 @@ def test_started_in_background_the_guest_still_has_default_dispositions(warm, tm
     code = ("import signal; print(signal.getsignal(signal.SIGINT).__name__, "
             "signal.getsignal(signal.SIGQUIT) == signal.SIG_DFL)")
     # a non-interactive shell starts `&` jobs with SIGINT and SIGQUIT ignored
-    p = subprocess.run(["sh", "-c", f'"$0" -c "$1" & wait', str(py), code], env=clean_env(tmp_path, warm),
+    p = subprocess.run(["sh", "-c", '"$0" -c "$1" & wait', str(py), code], env=clean_env(tmp_path, warm),
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["default_int_handler", "True"]

@@ -192,8 +192,7 @@ def test_build_key_tracks_sources():
 
 
 def test_fast_trailer_reader_agrees_with_the_format_module():
-    from runtime import archive as fmt
-    from runtime import trailer as trailer_module
+    from runtime import archive as fmt, trailer as trailer_module
     from runtime.launch import selfarchive
     bb = archive("bb")
     size, sections, trailer, manifest = selfarchive.read_fast(str(bb))

@@ -7,9 +7,8 @@ import signal
 
 import pytest
 
-from runtime.launch import options as launch_options
-from runtime.launch import runspec, selfarchive, start
 from runtime.errors import CarryonError
+from runtime.launch import options as launch_options, runspec, selfarchive, start
 
 
 def test_options_only_at_the_start_and_rest_untouched():

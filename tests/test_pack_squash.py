@@ -239,6 +239,7 @@ def _squash(layers) -> list[str]:
     """packer.squash alone on in-memory layers: 'KIND path[ -> target]' for every node, sorted."""
     import io
     import tempfile
+
     from packer.squash import Squasher
     with tempfile.TemporaryFile() as spool:
         sq = Squasher(spool)

@@ -291,8 +291,8 @@ def test_two_http_servers_on_one_guest_port(debian_rootfs, probe, shared_dir, us
             os.chmod(d, 0o777)
             (d / "marker.txt").write_text(f"server {name}\n")
             ports_file = shared_dir / f"{name}.json"
-            script = (f"python3 /probe.py fetch http://127.0.0.1:8000/marker.txt /srv/guest-fetch.txt "
-                      f">/dev/null 2>&1 & exec python3 -m http.server 8000")
+            script = ("python3 /probe.py fetch http://127.0.0.1:8000/marker.txt /srv/guest-fetch.txt "
+                      ">/dev/null 2>&1 & exec python3 -m http.server 8000")
             cmd = exec_cmd(debian_rootfs, "-n", "--ports-file", str(ports_file), "-b", f"{probe}:/probe.py",
                            "-b", f"{d}:/srv", "-w", "/srv", "/bin/sh", "-c", script)
             runs.append((name, d, ports_file, start(cmd, user)))

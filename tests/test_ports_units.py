@@ -229,9 +229,9 @@ def test_sockinfo_from_a_thread_id():
 
 import ctypes  # noqa: E402
 
-from runtime.tracee.actions import CHANGED, EXIT, SKIP  # noqa: E402
 from runtime.spec import RunSpec  # noqa: E402
 from runtime.tracee import ffi  # noqa: E402
+from runtime.tracee.actions import CHANGED, EXIT, SKIP  # noqa: E402
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -347,8 +347,8 @@ def test_extension_getsockname_is_answered_at_entry(selftracee):
 
 def test_extension_bind_publish_address_and_auto(selftracee):
     from runtime.extension import portmap as pm
-    from runtime.launch.runspec import parse_publish
     from runtime.extension.portmap import PortMap
+    from runtime.launch.runspec import parse_publish
     ext = PortMap(RunSpec(rootfs="/", argv=["x"], port_map=[parse_publish("127.0.0.1:0:8000")]))
     with socket.socket() as s:
         name, name_addr = _buf(_raw(socket.AF_INET, "0.0.0.0", 8000))

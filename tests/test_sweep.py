@@ -123,7 +123,7 @@ def check_fib_results(out: Path, ns: list[object], bad: set[int] = frozenset()) 
 # ---- units: table, substitution, plans ---------------------------------------------------------------
 
 def test_table_csv_jsonl_and_substitution(tmp_path):
-    from packer.sweep_table import read_table, substitute, check_template
+    from packer.sweep_table import check_template, read_table, substitute
     from runtime.errors import InputError
 
     t = read_table(str(write_csv(tmp_path / "t.csv", ["n", "name"], [[1, "a b"], [2, "c,d"]])))

@@ -14,7 +14,7 @@ from runtime.spec import PortMapping
 
 TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Callable
 
 
 class PortEntry:

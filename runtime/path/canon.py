@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import errno
 import os
+
 from runtime.path import proc
 from runtime.path.confine import MAX_SYMLINKS
 

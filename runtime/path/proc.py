@@ -39,7 +39,7 @@ import os
 
 TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Callable
 
     from runtime.path.binding import Mapper
 

@@ -22,7 +22,7 @@ from runtime.syscall import table as T
 from runtime.syscall.sysnums import NUMBERS
 from runtime.tracee import mem
 from runtime.tracee.actions import CHANGED, SKIP
-from runtime.tracee.ffi import ARG, R_ORIG_RAX, R_R10, R_RDX, R_RSI, R_RDI
+from runtime.tracee.ffi import ARG, R_ORIG_RAX, R_R10, R_RDI, R_RDX, R_RSI
 
 NR_EXECVE = NUMBERS["execve"]
 NR_EXECVEAT = NUMBERS["execveat"]

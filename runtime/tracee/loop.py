@@ -25,9 +25,9 @@ exits, successful execs, binds) is read back, in order, before the next stop is 
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: `signal` itself imports `enum` (slow start-up)
 import errno
 import os
-import _signal as signal    # the C module: `signal` itself imports `enum` (slow start-up)
 import sys
 
 from runtime.tracee import ffi, mem
