@@ -253,7 +253,8 @@ def _oci_image(store: Store, fmt: str, desc: str, tag: str | None, platform: str
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     layers_desc = manifest["layers"] or []
     if len(diff_ids) != len(layers_desc):
-        raise InputError(f"{desc}: manifest has {len(layers_desc)} layers but the config lists {len(diff_ids)} diff_ids")
+        raise InputError(f"{desc}: manifest has {len(layers_desc)} layers but the config lists "
+                         f"{len(diff_ids)} diff_ids")
     layers = []
     for i, (ld, diff_id) in enumerate(zip(layers_desc, diff_ids)):
         digest = ld.get("digest", "")
@@ -290,7 +291,8 @@ def _pick_manifest(store: Store, desc: str, entries: list[dict], platform: str |
         e, data = expanded[0]
         p = e.get("platform")
         if platform and p and (p.get("os"), p.get("architecture")) != want[:2]:
-            raise InputError(f"{desc}: no image for platform {platform} (found {_platform_str(p.get('os', '?'), p.get('architecture', '?'))})")
+            found = _platform_str(p.get('os', '?'), p.get('architecture', '?'))
+            raise InputError(f"{desc}: no image for platform {platform} (found {found})")
         return e, data, e["digest"]
     if not any(e.get("platform") for e, _ in expanded):
         raise InputError(f"{desc}: several untagged images without platforms: "

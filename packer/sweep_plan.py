@@ -209,7 +209,7 @@ def plan_row(spec: SweepSpec, index: int) -> RowPlan:
         scratch.append((base, host))
         plan.scratch.append(host)
         binds.append((host, base))
-    for guest_t, host_t, guest, base, rest in parsed:
+    for _guest_t, host_t, guest, base, rest in parsed:
         rel = _under(base, gdir)
         if rel is not None:
             host_base, in_run = os.path.join(run, rel) if rel else run, True
@@ -227,7 +227,7 @@ def plan_row(spec: SweepSpec, index: int) -> RowPlan:
             dest, dest_is_dir = run, True
         plan.collects.append(Collect(guest, host_base, rest, dest, dest_is_dir))
 
-    for host, guest in binds:
+    for host, _guest in binds:
         _check_bind_path(host, "sweep directory")
     argv = [spec.archive]
     argv += [f"--carryon-bind={h}:{g}" for h, g in binds]

@@ -165,7 +165,7 @@ def listing(root: Path) -> list[str]:
 def sha256_listing(root: Path) -> list[str]:
     """`find . -type f | sort | xargs sha256sum` of a tree."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         for f in filenames:
             p = Path(dirpath) / f
             if p.is_symlink() or not p.is_file():

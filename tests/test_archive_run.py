@@ -217,7 +217,8 @@ def test_as_the_non_root_user(tmp_path):
     home = workdir() / "nonroot-home"
     home.mkdir(exist_ok=True)
     subprocess.run(["chown", "carryon-test:", str(home)], check=True)
-    cmd = f'export HOME="{home}"; cd / && "{bb}" && "{bb}" sh -c "id -u; touch /tmp/x" && "{py}" /app/fib.py 10 && ls -A "{home}/.cache/carryon"'
+    cmd = (f'export HOME="{home}"; cd / && "{bb}" && "{bb}" sh -c "id -u; touch /tmp/x" && "{py}" /app/fib.py 10'
+           f' && ls -A "{home}/.cache/carryon"')
     p = subprocess.run(["su", "carryon-test", "-s", "/bin/sh", "-c", cmd], capture_output=True, text=True,
                        env={"PATH": "/usr/bin:/bin", "HOME": str(home)}, timeout=600)
     assert p.returncode == 0, p.stderr

@@ -411,7 +411,8 @@ for i in $(seq {runs}); do
   echo "=== run $i rc=$(cat /var/tmp/rc.$i)"; cat /var/tmp/out.$i; echo "=== stderr"; cat /var/tmp/err.$i
 done
 echo "=== pwned"; cat /var/tmp/pwned 2>/dev/null
-echo "=== caches"; ls -la /tmp /var/tmp /tmp/carryon-{vuid}/ /var/tmp/carryon-{vuid}/ /var/tmp/home-victim/.cache/carryon 2>&1
+echo "=== caches"; ls -la /tmp /var/tmp /tmp/carryon-{vuid}/ /var/tmp/carryon-{vuid}/ \
+    /var/tmp/home-victim/.cache/carryon 2>&1
 true
 """
     p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],

@@ -1,4 +1,5 @@
-"""runtime/launch/ and runtime/options.py without running anything: option grammar, env options, docker-run semantics."""
+"""runtime/launch/ and runtime/options.py without running anything: option grammar, env options, docker-run
+semantics."""
 
 from __future__ import annotations
 

@@ -37,8 +37,12 @@ def test_sockaddr_matches_the_kernel_layout():
 
 
 def test_sockaddr_classifies_addresses():
-    v4 = lambda s: socket.inet_pton(socket.AF_INET, s)
-    v6 = lambda s: socket.inet_pton(socket.AF_INET6, s)
+    def v4(s):
+        return socket.inet_pton(socket.AF_INET, s)
+
+    def v6(s):
+        return socket.inet_pton(socket.AF_INET6, s)
+
     assert sockaddr.is_loopback(v4("127.3.2.1")) and sockaddr.is_loopback(v6("::1"))
     assert sockaddr.is_loopback(v6("::ffff:127.0.0.1"))
     assert not sockaddr.is_loopback(v4("10.0.0.1")) and not sockaddr.is_loopback(v6("::2"))

@@ -211,7 +211,7 @@ def test_outputs_twenty_rows_four_at_a_time(tmp_path):
     res = read_results(tmp_path / "t.sweep")
     outs = [r["outputs"] for r in res]
     assert len(set(outs)) == 20
-    for i, r in enumerate(res):
+    for i in range(len(res)):
         assert outs[i] == str(tmp_path / "t.sweep" / str(i) / "result.txt")
         assert Path(outs[i]).read_text() == f"{i * 11}\n"
 
