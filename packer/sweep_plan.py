@@ -152,6 +152,8 @@ def _check_bind_path(p: str, what: str) -> None:
 
 def check_templates(spec: SweepSpec) -> None:
     cols = spec.table.columns
+    host: str | None            # the inputs' hosts are always given, the outputs' may not be
+    guest: str | None
     for a in spec.args:
         check_template(a, cols, "argument")
     for host, guest in spec.inputs:
@@ -170,6 +172,8 @@ def plan_row(spec: SweepSpec, index: int) -> RowPlan:
     gdir = spec.guest_dir
     plan = RowPlan(row, dict(values), run, meta, [])
     binds: list[tuple[str, str]] = [(run, gdir)]
+    host_t: str | None          # the inputs' hosts are always given, the outputs' may not be
+    dest: str | None
 
     for k, (host_t, guest_t) in enumerate(spec.inputs):
         what = f"row {row}: --input {host_t}"

@@ -22,6 +22,11 @@ class PortEntry:
     Immutable value (equality and hash on all fields)."""
 
     __slots__ = ("proto", "guest", "host", "address", "ipv4")
+    proto: str
+    guest: int
+    host: int
+    address: str
+    ipv4: bool
 
     def __init__(self, proto: str, guest: int, host: int, address: str, ipv4: bool) -> None:
         set_ = object.__setattr__

@@ -297,6 +297,6 @@ def build(dest: str = LIBRARY, cc: list[str] | None = None) -> str:
 
 if __name__ == "__main__":          # python -m runtime.tracee.native [DEST]: build the library
     try:
-        print(build(*sys.argv[1:2]))
+        print(build(sys.argv[1] if sys.argv[1:] else LIBRARY))
     except OSError as e:
         sys.exit(f"carryon: {e}")
