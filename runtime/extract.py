@@ -56,8 +56,10 @@ def secure_resolve(components: Iterable[str], kind: Callable[[tuple[str, ...]], 
             return None, target
         return child, None
 
-    handles, names = join((), list(components), lookup, follow_last)  # type: ignore[misc]
-    return tuple(names)
+    root: tuple[str, ...] = ()
+    walked = join(root, list(components), lookup, follow_last)
+    assert walked is not None           # join returns None only when lookup ends the walk; this one never does
+    return tuple(walked[1])
 
 
 # ---------------------------------------------------------------- helpers

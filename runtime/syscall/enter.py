@@ -24,6 +24,10 @@ from runtime.tracee import mem
 from runtime.tracee.actions import CHANGED, SKIP
 from runtime.tracee.ffi import ARG, R_ORIG_RAX, R_R10, R_RDI, R_RDX, R_RSI
 
+TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
+if TYPE_CHECKING:
+    from weakref import WeakSet
+
 NR_EXECVE = NUMBERS["execve"]
 NR_EXECVEAT = NUMBERS["execveat"]
 AF_UNIX = 1
@@ -81,7 +85,7 @@ class Translator:
         self.extra: dict[int, object] = {}  # number -> handler for calls outside the path table
         # the mappers of emulated chroots still in use (a WeakSet once there is one): a forget-call
         # anywhere must reach their caches too
-        self.jails: object = ()
+        self.jails: tuple[Mapper, ...] | WeakSet[Mapper] = ()
         # one-path plain rewrites the native loop may answer (runtime.tracee.native):
         # number -> (path reg, dirfd reg or -1, follow rule, flags reg or -1, parent_op, write)
         self.simple: dict[int, tuple] = {}
@@ -347,7 +351,7 @@ class Translator:
             if not self.jails:
                 import weakref
                 self.jails = weakref.WeakSet()
-            self.jails.add(new)             # type: ignore[attr-defined]
+            self.jails.add(new)             # type: ignore[union-attr]  # a WeakSet since just above
             t.mapper = new
             t.guest_root = os.path.join(t.guest_root, guest.lstrip("/"))
         t.ret = 0
