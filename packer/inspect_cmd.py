@@ -58,7 +58,7 @@ def iter_files(layout):
         raise InputError(f"{layout.path}: corrupted rootfs ({ex})") from None
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"

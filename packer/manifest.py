@@ -9,8 +9,8 @@ from packer.sources import Image
 from runtime import __version__
 
 CONFIG_KEYS = ("Entrypoint", "Cmd", "Env", "WorkingDir", "User", "ExposedPorts", "Volumes", "StopSignal", "Labels")
-_DEFAULTS = {"Entrypoint": None, "Cmd": None, "Env": [], "WorkingDir": "", "User": "", "ExposedPorts": {},
-             "Volumes": {}, "StopSignal": "", "Labels": {}}
+_DEFAULTS: dict[str, object] = {"Entrypoint": None, "Cmd": None, "Env": [], "WorkingDir": "", "User": "",
+                               "ExposedPorts": {}, "Volumes": {}, "StopSignal": "", "Labels": {}}
 
 
 @dataclass

@@ -328,7 +328,7 @@ def _main(argv: list[str]) -> int:
     try:
         _install_archive(archive, spec.archive, digest)
         scripts: dict[str, str] = {}
-        rows_state = []
+        rows_state: list[dict] = []
         for p in plans:
             text = render_script(spec, p)
             os.makedirs(p.meta_dir, exist_ok=True)
