@@ -297,7 +297,7 @@ def test_two_http_servers_on_one_guest_port(debian_rootfs, probe, shared_dir, us
                            "-b", f"{d}:/srv", "-w", "/srv", "/bin/sh", "-c", script)
             runs.append((name, d, ports_file, start(cmd, user)))
         hosts = []
-        for _name, _d, ports_file, proc in runs:
+        for name, _d, ports_file, proc in runs:
             ports = wait_ports(ports_file, 1, proc)
             assert [(e["proto"], e["guest"], e["address"]) for e in ports] == [("tcp", 8000, "0.0.0.0")]
             hosts.append(ports[0]["host"])
