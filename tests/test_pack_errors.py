@@ -273,3 +273,17 @@ def test_nested_index_that_is_not_an_object(tmp_path):
                                 "digest": "sha256:" + d, "size": len(data)})
     (src / "index.json").write_text(json.dumps(idx))
     assert_fails(tmp_path, src, match="is not an image index")
+
+
+def test_docker_config_that_is_not_an_object(tmp_path):
+    cfg = b"[]"
+    cd = hashlib.sha256(cfg).hexdigest()
+    src = tmp_path / "d.tar"
+    with tarfile.open(src, mode="w") as tf:
+        for name, data in ((f"{cd}.json", cfg), ("abc123/layer.tar", tar_bytes(LAYER)),
+                           ("manifest.json", json.dumps([{"Config": f"{cd}.json",
+                                                          "Layers": ["abc123/layer.tar"]}]).encode())):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    assert_fails(tmp_path, src, match="is not an image config")
