@@ -25,8 +25,8 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from packer.sources import sha256_path
 from runtime import cache

@@ -58,7 +58,7 @@ def iter_files(layout):
         raise InputError(f"{layout.path}: corrupted rootfs ({ex})") from None
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
@@ -77,8 +77,8 @@ def _text(layout, manifest: dict, files: bool, out) -> None:
     w(f"manifest    {img.get('manifest_digest')}\n")
     w(f"config      {img.get('config_digest')}\n")
     w(f"layers      {len(img.get('layers', []))}\n")
-    for i, l in enumerate(img.get("layers", [])):
-        w(f"  [{i}] {l.get('digest')}  {_size(l.get('size', 0)):>9}  {l.get('media_type')}\n")
+    for i, layer in enumerate(img.get("layers", [])):
+        w(f"  [{i}] {layer.get('digest')}  {_size(layer.get('size', 0)):>9}  {layer.get('media_type')}\n")
     for k in ("Entrypoint", "Cmd"):
         w(f"{k.lower():<11} {json.dumps(cfg.get(k), ensure_ascii=False)}\n")
     for e in cfg.get("Env") or []:

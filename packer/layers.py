@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import zlib
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 import zstandard
 
@@ -48,7 +49,8 @@ class LayerReader(io.RawIOBase):
         self.diff_hash = hashlib.sha256()
         self.blob_bytes = 0
         self.tar_bytes = 0
-        self._dec = None          # current gzip member / zstd frame decompressor
+        # current gzip member / zstd frame decompressor
+        self._dec: zlib._Decompress | zstandard.ZstdDecompressionObj | None = None
         self._started = False     # a member/frame has begun and not ended
         self._pending = b""
         self._pos = 0
@@ -58,7 +60,7 @@ class LayerReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def _new_decoder(self):
+    def _new_decoder(self) -> zlib._Decompress | zstandard.ZstdDecompressionObj:
         if self.compression == "gzip":
             return zlib.decompressobj(wbits=31)
         return zstandard.ZstdDecompressor().decompressobj()

@@ -9,8 +9,8 @@ from packer.sources import Image
 from runtime import __version__
 
 CONFIG_KEYS = ("Entrypoint", "Cmd", "Env", "WorkingDir", "User", "ExposedPorts", "Volumes", "StopSignal", "Labels")
-_DEFAULTS = {"Entrypoint": None, "Cmd": None, "Env": [], "WorkingDir": "", "User": "", "ExposedPorts": {},
-             "Volumes": {}, "StopSignal": "", "Labels": {}}
+_DEFAULTS: dict[str, object] = {"Entrypoint": None, "Cmd": None, "Env": [], "WorkingDir": "", "User": "",
+                               "ExposedPorts": {}, "Volumes": {}, "StopSignal": "", "Labels": {}}
 
 
 @dataclass
@@ -41,8 +41,8 @@ def build_manifest(image: Image, layers: list[LayerResult], stats: RootfsStats, 
             "format": image.format,
             "manifest_digest": image.manifest_digest,
             "config_digest": image.config_digest,
-            "layers": [{"digest": l.digest, "diff_id": l.diff_id, "size": l.size, "media_type": l.media_type,
-                        "compression": l.compression} for l in layers],
+            "layers": [{"digest": ly.digest, "diff_id": ly.diff_id, "size": ly.size, "media_type": ly.media_type,
+                        "compression": ly.compression} for ly in layers],
             "platform": image.platform,
             "tag": image.tag,
         },

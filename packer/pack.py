@@ -168,7 +168,7 @@ def _build_rootfs(work: str, source: str, tag: str | None, platform: str | None,
     with open(os.path.join(work, "spool"), "w+b") as spool:
         sq = Squasher(spool)
         done = [0]
-        with Bar("reading", sum(l.size for l in image.layers), enabled=False if quiet else None) as bar:
+        with Bar("reading", sum(ly.size for ly in image.layers), enabled=False if quiet else None) as bar:
             layers = [_read_layer(sq, ref, bar, done) for ref in image.layers]
         rootfs = os.path.join(work, "rootfs.tar.zst")
         written = [0]

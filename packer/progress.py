@@ -56,7 +56,7 @@ class Bar:
             self.stream.write("\n")
             self.stream.flush()
 
-    def __enter__(self) -> "Bar":
+    def __enter__(self) -> Bar:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import zstandard
 
@@ -46,6 +47,7 @@ def _sort_key(name: str) -> bytes:
 def walk(root: Node) -> Iterator[tuple[str, Node]]:
     """("./path", node) in archive order: the root first (as "."), then depth-first, sorted."""
     yield ".", root
+    assert root.children is not None    # the root is a directory
     names = sorted(root.children, key=_sort_key)
     yield from _emit_depth_first([("./" + n, root.children[n]) for n in names])
 
@@ -108,7 +110,7 @@ def _tarinfo(path: str, node: Node) -> tarfile.TarInfo:
     elif node.kind == "f":
         ti.size = node.size
     for k, v in node.xattrs.items():
-        ti.pax_headers["SCHILY.xattr." + k] = v
+        ti.pax_headers["SCHILY.xattr." + k] = v  # type: ignore[index]  # a dict (typeshed: Mapping)
     return ti
 
 
@@ -120,7 +122,8 @@ def write_rootfs(sq: Squasher, out_path: str, level: int = DEFAULT_LEVEL,
     first_name: dict[int, str] = {}
     with open(out_path, "wb") as raw:
         hw = _HashingWriter(raw)
-        zw = compressor(level).stream_writer(hw, write_size=1 << 20, closefd=False)
+        # zstandard calls write() and flush() only (its stubs ask for a whole IO[bytes])
+        zw = compressor(level).stream_writer(hw, write_size=1 << 20, closefd=False)  # type: ignore[arg-type]
         pos = 0
         buf = bytearray()
 

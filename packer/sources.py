@@ -15,8 +15,10 @@ import re
 import shutil
 import sys
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from functools import partial
+from typing import BinaryIO
 
 from runtime.archive import SectionReader
 from runtime.errors import InputError
@@ -167,7 +169,7 @@ def sha256_path(path: str) -> str:
         return sha256_file(f)[0].split(":", 1)[1]
 
 
-def _json(data: bytes, what: str) -> dict | list:
+def _json(data: bytes, what: str) -> object:
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -249,10 +251,13 @@ def _oci_image(store: Store, fmt: str, desc: str, tag: str | None, platform: str
         raise InputError(f"{desc}: manifest {mdigest} is not an image manifest")
     cdigest = manifest["config"].get("digest", "")
     config = _json(_verified_blob(store, cdigest, "config"), f"{desc}: config {cdigest}")
+    if not isinstance(config, dict):
+        raise InputError(f"{desc}: config {cdigest} is not an image config")
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     layers_desc = manifest["layers"] or []
     if len(diff_ids) != len(layers_desc):
-        raise InputError(f"{desc}: manifest has {len(layers_desc)} layers but the config lists {len(diff_ids)} diff_ids")
+        raise InputError(f"{desc}: manifest has {len(layers_desc)} layers but the config lists "
+                         f"{len(diff_ids)} diff_ids")
     layers = []
     for i, (ld, diff_id) in enumerate(zip(layers_desc, diff_ids)):
         digest = ld.get("digest", "")
@@ -260,7 +265,7 @@ def _oci_image(store: Store, fmt: str, desc: str, tag: str | None, platform: str
         if not store.exists(name):
             raise InputError(f"{desc}: layer {i} {digest}: blob missing from the image")
         layers.append(LayerRef(i, digest, diff_id, store.size(name), ld.get("mediaType", ""), name,
-                               (lambda n=name: store.open(n))))
+                               partial(store.open, name)))
     return Image(desc, fmt, chosen_tag, _config_platform(config), mdigest, cdigest, config, layers)
 
 
@@ -280,6 +285,8 @@ def _pick_manifest(store: Store, desc: str, entries: list[dict], platform: str |
         data = _verified_blob(store, e.get("digest", ""), "manifest")
         doc = _json(data, f"{desc}: manifest {e.get('digest')}")
         if e.get("mediaType") in (MT_OCI_INDEX, MT_DOCKER_LIST) or (isinstance(doc, dict) and "manifests" in doc):
+            if not isinstance(doc, dict):
+                raise InputError(f"{desc}: manifest {e.get('digest')} is not an image index")
             sub = doc.get("manifests") or []
             picked = _pick_manifest(store, desc, sub, platform, depth + 1)
             expanded.append((dict(picked[0], digest=picked[2]), picked[1]))
@@ -289,7 +296,8 @@ def _pick_manifest(store: Store, desc: str, entries: list[dict], platform: str |
         e, data = expanded[0]
         p = e.get("platform")
         if platform and p and (p.get("os"), p.get("architecture")) != want[:2]:
-            raise InputError(f"{desc}: no image for platform {platform} (found {_platform_str(p.get('os', '?'), p.get('architecture', '?'))})")
+            found = _platform_str(p.get('os', '?'), p.get('architecture', '?'))
+            raise InputError(f"{desc}: no image for platform {platform} (found {found})")
         return e, data, e["digest"]
     if not any(e.get("platform") for e, _ in expanded):
         raise InputError(f"{desc}: several untagged images without platforms: "
@@ -339,6 +347,8 @@ def _docker_image(store: Store, desc: str, tag: str | None, platform: str | None
     if expect and expect != cdigest:
         raise InputError(f"{desc}: config {cname}: digest mismatch (content is {cdigest})")
     config = _json(cdata, f"{desc}: config {cname}")
+    if not isinstance(config, dict):
+        raise InputError(f"{desc}: config {cname} is not an image config")
     plat = _config_platform(config)
     if platform and parse_platform(platform)[:2] != parse_platform(plat)[:2]:
         raise InputError(f"{desc}: no image for platform {platform} (the image is {plat})")
@@ -352,7 +362,7 @@ def _docker_image(store: Store, desc: str, tag: str | None, platform: str | None
             raise InputError(f"{desc}: layer {i} {name}: missing from the image")
         layers.append(LayerRef(i, _digest_from_name(name), diff_id, store.size(name),
                                "application/vnd.docker.image.rootfs.diff.tar", name,
-                               (lambda n=name: store.open(n))))
+                               partial(store.open, name)))
     return Image(desc, "docker-archive", chosen_tag, plat, None, cdigest, config, layers)
 
 

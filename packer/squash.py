@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import tarfile
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from runtime.errors import InputError
 from runtime.extract import type_letter
@@ -46,7 +46,7 @@ class Node:
     devminor: int = 0
     size: int = 0
     offset: int = 0               # of the content in the spool
-    children: dict[str, "Node"] | None = None
+    children: dict[str, Node] | None = None
     stamps: dict[str, int] | None = None   # child name -> layer index that last set/traversed it
 
 
@@ -131,7 +131,7 @@ class Squasher:
         return child, None
 
     # -------------------------------------------------------- applying entries
-    def _spool(self, src: BinaryIO | None, size: int) -> int:
+    def _spool(self, src: IO[bytes] | None, size: int) -> int:
         off = self._spool_end
         left = size
         while left > 0:
@@ -155,6 +155,7 @@ class Squasher:
         parent = self._dir_at(comps[:-1])
         if parent is None:
             return  # parent is not a directory (or missing): ignored
+        assert parent.children is not None and parent.stamps is not None  # a directory
         if base == OPAQUE:
             self._opaque.append(parent)
             return
@@ -175,6 +176,7 @@ class Squasher:
             return
         parent, name = self._resolve(comps, create=True)
         assert parent is not None and name is not None
+        assert parent.children is not None and parent.stamps is not None  # a directory
         mtime = max(int(m.mtime), 0)
         xattrs = {k[len("SCHILY.xattr."):]: v for k, v in sorted(m.pax_headers.items())
                   if k.startswith("SCHILY.xattr.")}
@@ -211,7 +213,8 @@ class Squasher:
         if escapes_root(m.linkname):
             raise InputError(f"{self.what}: hardlink {m.name} -> {m.linkname}: target is outside the image root")
         tparent, tname = self._resolve(split_path(m.linkname), create=False)
-        target = tparent.children.get(tname) if tparent is not None and tname else None
+        # _resolve's parent is a directory (children set)
+        target = tparent.children.get(tname) if tparent is not None and tname else None  # type: ignore[union-attr]
         if target is None:
             raise InputError(f"{self.what}: hardlink {m.name} -> {m.linkname}: target does not exist")
         if target.kind == "d":
@@ -239,6 +242,7 @@ class Squasher:
             if id(n) in seen:
                 continue
             seen.add(id(n))
+            assert n.children is not None and n.stamps is not None  # a directory
             for name in [k for k, v in n.stamps.items() if v != L] + [k for k in n.children if k not in n.stamps]:
                 n.children.pop(name, None)
                 n.stamps.pop(name, None)

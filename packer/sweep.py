@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 
 from packer.sources import sha256_path
 from packer.sweep_local import run_pool
-from packer.sweep_plan import (DEFAULT_GUEST_DIR, SweepSpec, meta_dir, plan_rows, render_script,
-                               script_plan_id, write_atomic)
+from packer.sweep_plan import (
+    DEFAULT_GUEST_DIR,
+    SweepSpec,
+    meta_dir,
+    plan_rows,
+    render_script,
+    script_plan_id,
+    write_atomic,
+)
 from packer.sweep_progress import Progress
 from packer.sweep_results import RowResult, row_done_ok, row_result, summary, write_results
 from packer.sweep_slurm import find_sbatch, job_active, submit, task_log, wait_jobs
@@ -321,7 +328,7 @@ def _main(argv: list[str]) -> int:
     try:
         _install_archive(archive, spec.archive, digest)
         scripts: dict[str, str] = {}
-        rows_state = []
+        rows_state: list[dict] = []
         for p in plans:
             text = render_script(spec, p)
             os.makedirs(p.meta_dir, exist_ok=True)

@@ -152,6 +152,8 @@ def _check_bind_path(p: str, what: str) -> None:
 
 def check_templates(spec: SweepSpec) -> None:
     cols = spec.table.columns
+    host: str | None            # the inputs' hosts are always given, the outputs' may not be
+    guest: str | None
     for a in spec.args:
         check_template(a, cols, "argument")
     for host, guest in spec.inputs:
@@ -170,6 +172,8 @@ def plan_row(spec: SweepSpec, index: int) -> RowPlan:
     gdir = spec.guest_dir
     plan = RowPlan(row, dict(values), run, meta, [])
     binds: list[tuple[str, str]] = [(run, gdir)]
+    host_t: str | None          # the inputs' hosts are always given, the outputs' may not be
+    dest: str | None
 
     for k, (host_t, guest_t) in enumerate(spec.inputs):
         what = f"row {row}: --input {host_t}"
@@ -209,7 +213,7 @@ def plan_row(spec: SweepSpec, index: int) -> RowPlan:
         scratch.append((base, host))
         plan.scratch.append(host)
         binds.append((host, base))
-    for guest_t, host_t, guest, base, rest in parsed:
+    for _guest_t, host_t, guest, base, rest in parsed:
         rel = _under(base, gdir)
         if rel is not None:
             host_base, in_run = os.path.join(run, rel) if rel else run, True
@@ -227,7 +231,7 @@ def plan_row(spec: SweepSpec, index: int) -> RowPlan:
             dest, dest_is_dir = run, True
         plan.collects.append(Collect(guest, host_base, rest, dest, dest_is_dir))
 
-    for host, guest in binds:
+    for host, _guest in binds:
         _check_bind_path(host, "sweep directory")
     argv = [spec.archive]
     argv += [f"--carryon-bind={h}:{g}" for h, g in binds]

@@ -75,7 +75,7 @@ def json_loads(text: str):
         return json.loads(text)
     begin = len(text) - len(text.lstrip(_JSON_WS))
     try:
-        value, end = make_scanner(_JsonContext)(text, begin)
+        value, end = make_scanner(_JsonContext)(text, begin)  # type: ignore[arg-type]  # duck-typed context
     except StopIteration as e:
         raise ValueError(f"invalid JSON at offset {e.value}") from None
     if text[end:].strip(_JSON_WS):
@@ -479,7 +479,7 @@ def clean_stale(cache_dir: str, only_key: str | None = None) -> list[str]:
     than a day. Only real directories we own: a symlink or another user's file named like one stays."""
     import re
     temp_re = re.compile(_TEMP_PATTERN)
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(cache_dir)
     except OSError:

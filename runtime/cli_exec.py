@@ -4,9 +4,10 @@
                  [-v N] [--kill-on-exit] [-k RELEASE] [--] [COMMAND [ARG]...]
 
 The engine is `CARRYON_ENGINE` (auto, seccomp, ptrace; default auto), read here and put into the
-RunSpec: the engine itself never reads the environment. `-R` adds the default binds (/dev, /proc, /sys, and the host's /etc/resolv.conf, /etc/hosts,
-/etc/hostname; each skipped when the host lacks it). The environment is the caller's. Exit status:
-the command's; 125 for carryon's own errors, 126 command not executable, 127 command not found.
+RunSpec: the engine itself never reads the environment. `-R` adds the default binds (/dev, /proc,
+/sys, and the host's /etc/resolv.conf, /etc/hosts, /etc/hostname; each skipped when the host lacks
+it). The environment is the caller's. Exit status: the command's; 125 for carryon's own errors,
+126 command not executable, 127 command not found.
 """
 
 from __future__ import annotations

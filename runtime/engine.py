@@ -38,9 +38,9 @@ that stack overwritten (as under PRoot).
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: `signal` itself imports `enum` (slow start-up)
 import errno
 import os
-import _signal as signal    # the C module: `signal` itself imports `enum` (slow start-up)
 import stat
 import sys
 
@@ -274,10 +274,10 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
                     native_out: list | None = None) -> list:
     """The handlers by syscall number. `native_out` (a list) gets a `native_setup` function for
     the loop: it gives the native stop loop the calls it may answer (runtime.tracee.native)."""
-    from runtime.tracee.actions import EXIT, SKIP
     from runtime.syscall import table
     from runtime.syscall.enter import Translator
     from runtime.syscall.sysnums import MAX_KNOWN, NUMBERS
+    from runtime.tracee.actions import EXIT, SKIP
 
     tr = Translator(mapper, lookup, chroot_allowed)
     if placement is not None and placement.mode == "auto" and placement.cpu is not None:

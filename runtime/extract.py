@@ -25,8 +25,8 @@ import stat
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from runtime.errors import InputError
 from runtime.path.confine import MAX_SYMLINKS, SymlinkLoop, escapes_root, join, split_path
@@ -56,8 +56,10 @@ def secure_resolve(components: Iterable[str], kind: Callable[[tuple[str, ...]], 
             return None, target
         return child, None
 
-    handles, names = join((), list(components), lookup, follow_last)  # type: ignore[misc]
-    return tuple(names)
+    root: tuple[str, ...] = ()
+    walked = join(root, list(components), lookup, follow_last)
+    assert walked is not None           # join returns None only when lookup ends the walk; this one never does
+    return tuple(walked[1])
 
 
 # ---------------------------------------------------------------- helpers
@@ -193,7 +195,7 @@ class _Prefetch:
 
         self._reader = reader
         self._chunk = chunk
-        self._q: "queue.Queue" = queue.Queue(depth)
+        self._q: queue.Queue = queue.Queue(depth)
         self._empty = queue.Empty
         self._stop = False
         self._eof = False
@@ -278,7 +280,7 @@ class _Blocks:
             self.pos += k
             n -= k
 
-    def write_to(self, fd: int, n: int, st: "_State") -> None:
+    def write_to(self, fd: int, n: int, st: _State) -> None:
         """Write the next n bytes to fd (then skip the block padding)."""
         pad = -n % 512
         while n > 0:

@@ -15,7 +15,7 @@ SIGTERM = 15        # signal.SIGTERM on Linux (not imported: `signal` pulls in `
 class _Record:
     """Field-wise equality and repr for the classes below (their `__slots__` are the fields)."""
 
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:

@@ -163,8 +163,8 @@ def prefix_for(engine: str, rootfs: str, carryon: list[str], proot: str) -> tupl
 def run_once(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str, str]:
     t0 = time.perf_counter()
     try:
-        p = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, timeout=TIMEOUT)
+        p = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         return (time.perf_counter() - t0, -1, "", "timeout")
     dt = time.perf_counter() - t0
@@ -196,7 +196,7 @@ def bench_to_host(rootfs: str) -> list[tuple[str, float, float]]:
         for m in (plain, cached):
             m.to_host(path, cwd, follow)
             n = 20000
-            t = min(timeit.repeat(lambda: m.to_host(path, cwd, follow), number=n, repeat=3))
+            t = min(timeit.repeat(lambda: m.to_host(path, cwd, follow), number=n, repeat=3))  # noqa: B023 -- run here
             row.append(t / n * 1e6)
         out.append((f"{path} (cwd {cwd}{', nofollow' if not follow else ''})", row[0], row[1]))
     return out

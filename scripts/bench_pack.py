@@ -86,7 +86,7 @@ def main() -> int:
         pipe_t = statistics.median([a + b for a, b in zip(unpacks, tarzs)])
         gz_size = image.stat().st_size
         rows = [
-            ("carryon pack (default level %d), median of %d" % (DEFAULT_LEVEL, args.rounds), pack_t, size_default),
+            (f"carryon pack (default level {DEFAULT_LEVEL}), median of {args.rounds}", pack_t, size_default),
             ("umoci unpack --rootless", statistics.median(unpacks), None),
             ("tar \\| zstd -3 of that rootfs", statistics.median(tarzs), size_umoci),
             ("umoci pipeline total (unpack + tar \\| zstd)", pipe_t, size_umoci),

@@ -25,8 +25,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = REPO.parent / "shared" / "images" / "debian-python" / "debian-python.oci.tar"

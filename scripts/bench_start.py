@@ -93,7 +93,7 @@ def main() -> int:
                                         log=os.path.join(one_dir, "build.log"), onefile=True)
             cmds["runtime only (onefile)"] = ([built.tgz, "--carryon-help"],
                                              dict(base_env, _CARRYON_ARCHIVE=archive))
-        for name, (cmd, env) in cmds.items():                  # warm-up
+        for cmd, env in cmds.values():                          # warm-up
             timed(cmd, env)
         for _ in range(args.rounds):                            # interleaved rounds
             for name, (cmd, env) in cmds.items():
@@ -120,7 +120,8 @@ def main() -> int:
             print(f"| {k:24} | {v:8.1f} | {ratio:>8} | {v - exe:+13.1f}  | {cpu.get(k, 0):7.1f} |")
         over = med["archive warm"] - exe
         print(f"\nwarm overhead over carryon exec: {over:.1f} ms wall, "
-              f"{cpu['archive warm'] - cpu['carryon exec']:.1f} ms cpu (goal <= 30 ms: {'ok' if over <= 30 else 'MISSED'})")
+              f"{cpu['archive warm'] - cpu['carryon exec']:.1f} ms cpu "
+              f"(goal <= 30 ms: {'ok' if over <= 30 else 'MISSED'})")
         cold = med["archive cold"]
         print(f"cold start: {cold / 1000:.2f} s (goal <= 2 s: {'ok' if cold <= 2000 else 'MISSED'})")
     finally:

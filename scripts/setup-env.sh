@@ -21,7 +21,8 @@ carryon_setup() {
     fi
     # editable "compat" mode: a plain path in a .pth file; the default mode's import finder costs
     # ~17 ms at every Python start (it imports pathlib, urllib, ...), which `carryon exec` would pay
-    .venv/bin/pip install -q --disable-pip-version-check -e . --config-settings editable_mode=compat \
+    # `[test]`: ruff and mypy, which scripts/test runs before pytest
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat \
         2>&1 | grep -v '^WARNING: Location' || true
     # byte-code up front: with PYTHONDONTWRITEBYTECODE set, every start would compile the sources
     .venv/bin/python -m compileall -q packer runtime >/dev/null || true

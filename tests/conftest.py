@@ -90,6 +90,7 @@ def make_carryon(tmp_path):
     """make_carryon(members, name='a.carryon') -> path of a bare archive whose rootfs holds members."""
     def make(members, name: str = "a.carryon") -> Path:
         import zstandard
+
         from runtime.archive import write_archive
 
         raw = tar_bytes(members)
@@ -164,7 +165,7 @@ def listing(root: Path) -> list[str]:
 def sha256_listing(root: Path) -> list[str]:
     """`find . -type f | sort | xargs sha256sum` of a tree."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         for f in filenames:
             p = Path(dirpath) / f
             if p.is_symlink() or not p.is_file():

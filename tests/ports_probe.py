@@ -251,7 +251,7 @@ def parallel(port: int) -> None:
             os._exit(0)
         os.close(w)
         children.append((pid, r))
-    for pid, r in children:
+    for _pid, r in children:
         check("child ready", os.read(r, 1), b"!")
     workers = [threading.Thread(target=_serve_once, args=(servers[p],)) for p in ports[:4]]
     for t in workers:

@@ -9,9 +9,9 @@ import tarfile
 
 import pytest
 
+from conftest import tar_member
 from runtime import archive
 from runtime.errors import InputError
-from conftest import tar_member
 
 
 def _write(tmp_path, launcher=b"", runtime=None, rootfs=b"ROOTFS", manifest=None):

@@ -198,7 +198,7 @@ def test_started_in_background_the_guest_still_has_default_dispositions(warm, tm
     code = ("import signal; print(signal.getsignal(signal.SIGINT).__name__, "
             "signal.getsignal(signal.SIGQUIT) == signal.SIG_DFL)")
     # a non-interactive shell starts `&` jobs with SIGINT and SIGQUIT ignored
-    p = subprocess.run(["sh", "-c", f'"$0" -c "$1" & wait', str(py), code], env=clean_env(tmp_path, warm),
+    p = subprocess.run(["sh", "-c", '"$0" -c "$1" & wait', str(py), code], env=clean_env(tmp_path, warm),
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["default_int_handler", "True"]
@@ -223,7 +223,8 @@ def test_as_the_non_root_user(tmp_path):
     home = workdir() / "nonroot-home"
     home.mkdir(exist_ok=True)
     subprocess.run(["chown", "carryon-test:", str(home)], check=True)
-    cmd = f'export HOME="{home}"; cd / && "{bb}" && "{bb}" sh -c "id -u; touch /tmp/x" && "{py}" /app/fib.py 10 && ls -A "{home}/.cache/carryon"'
+    cmd = (f'export HOME="{home}"; cd / && "{bb}" && "{bb}" sh -c "id -u; touch /tmp/x" && "{py}" /app/fib.py 10'
+           f' && ls -A "{home}/.cache/carryon"')
     p = subprocess.run(["su", "carryon-test", "-s", "/bin/sh", "-c", cmd], capture_output=True, text=True,
                        env={"PATH": "/usr/bin:/bin", "HOME": str(home)}, timeout=600)
     assert p.returncode == 0, p.stderr

@@ -11,9 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from runtime.errors import CarryonError
-
 from archive_run_support import ROOT, archive, clean_env, entries, expected_run, run
+from runtime.errors import CarryonError
 
 
 def _one_line_error(p: subprocess.CompletedProcess) -> None:
@@ -151,7 +150,7 @@ def test_read_only_cache_by_mount(tmp_path):
     bb = archive("bb")
     cache = tmp_path / "cache"
     cache.mkdir()
-    p = _ns(f'mount --bind "$C" "$C" && mount -o remount,bind,ro "$C" && exec env HOME="$H" CARRYON_CACHE="$C" "$A"',
+    p = _ns('mount --bind "$C" "$C" && mount -o remount,bind,ro "$C" && exec env HOME="$H" CARRYON_CACHE="$C" "$A"',
             C=str(cache), H=str(tmp_path), A=str(bb))
     _one_line_error(p)
     assert str(cache) in p.stderr and ("read-only" in p.stderr or "not writable" in p.stderr)
@@ -179,7 +178,7 @@ def test_full_cache(tmp_path, size_mb, what):
     if what == "image":
         assert [n for n in names if n.startswith("rt-")]   # the runtime fit; only the image did not
     # with room, the same (fresh) cache works
-    p = _ns(f'mount -t tmpfs -o size=400m tmpfs "$C" && env HOME="$H" CARRYON_CACHE="$C" "$A"',
+    p = _ns('mount -t tmpfs -o size=400m tmpfs "$C" && env HOME="$H" CARRYON_CACHE="$C" "$A"',
             C=str(cache), H=str(tmp_path), A=str(py))
     assert (p.returncode, p.stdout, p.stderr) == (0, expected_run("debian-python"), "")
 

@@ -312,8 +312,9 @@ def test_runtime_build_cache_in_a_shared_temp_dir_is_trusted_only_when_ours(tmp_
 
 
 def test_failed_runtime_build_log_goes_to_a_fresh_file(tmp_path, monkeypatch):
-    from packer import embed
     import tempfile
+
+    from packer import embed
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     victim = tmp_path / "victims-file"
     victim.write_text("precious")
@@ -390,8 +391,8 @@ def _attack(plant: str, home_usable: bool, runs: int = 1) -> tuple[list[subproce
     vuid = int(subprocess.run(["id", "-u", VICTIM], capture_output=True, text=True, check=True).stdout)
     plant = plant.format(rt=rt, image=image, vuid=vuid)
     home = "/var/tmp/home-victim" if home_usable else "/nonexistent"
-    victim_run = ("runuser -u {v} -- env -i PATH=/usr/bin:/bin LANG=C.UTF-8 HOME={h} /var/tmp/app/bb.run"
-                  .format(v=VICTIM, h=home))
+    victim_run = (f"runuser -u {VICTIM} -- env -i PATH=/usr/bin:/bin LANG=C.UTF-8 HOME={home} /var/tmp/app/bb.run"
+                  )
     script = f"""
 set -e
 mount -t tmpfs -o mode=1777 tmpfs /var/tmp
@@ -410,7 +411,8 @@ for i in $(seq {runs}); do
   echo "=== run $i rc=$(cat /var/tmp/rc.$i)"; cat /var/tmp/out.$i; echo "=== stderr"; cat /var/tmp/err.$i
 done
 echo "=== pwned"; cat /var/tmp/pwned 2>/dev/null
-echo "=== caches"; ls -la /tmp /var/tmp /tmp/carryon-{vuid}/ /var/tmp/carryon-{vuid}/ /var/tmp/home-victim/.cache/carryon 2>&1
+echo "=== caches"; ls -la /tmp /var/tmp /tmp/carryon-{vuid}/ /var/tmp/carryon-{vuid}/ \
+    /var/tmp/home-victim/.cache/carryon 2>&1
 true
 """
     p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],

@@ -183,6 +183,7 @@ def test_action_bits_come_from_a_leaf_module():
     nothing: importing the loop does not import the extensions."""
     import ast
     import subprocess
+
     from runtime.tracee import actions
     tree = ast.parse(Path(actions.__file__).read_text())
     assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]

@@ -173,6 +173,7 @@ def test_sigterm_during_native_work_reaches_the_guest(debian_rootfs, engine):
     import signal
     import subprocess
     import time
+
     from engine_util import popen_exec
     for _ in range(3):
         p = popen_exec(debian_rootfs, "python3", "-c", BURST, engine=engine, user=ENGINE_USERS[0],

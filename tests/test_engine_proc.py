@@ -218,6 +218,7 @@ def test_su_style_entrypoint(debian_rootfs, engine, user):
 def test_interactive_shell_on_a_terminal(debian_rootfs, engine, user):
     # `script` gives carryon a real pty: the guest shell runs interactively on the caller's terminal
     import shlex
+
     from engine_util import exec_cmd, exec_env
     cmd = shlex.join(exec_cmd(debian_rootfs, ["/bin/bash", "--norc", "-i"]))
     steps = "tty\nsleep 30\n"

@@ -9,8 +9,8 @@ import os
 import pytest
 
 from runtime.errors import CarryonError
-from runtime.spec import RunSpec
 from runtime.execve import elf, shebang
+from runtime.spec import RunSpec
 from runtime.syscall import seccomp, table
 from runtime.syscall.sysnums import MAX_KNOWN, NUMBERS
 from runtime.tracee import ffi
@@ -293,6 +293,7 @@ def test_read_words_and_strings(use_memfd, count):
     """argv-style arrays (short, exactly the first read, crossing pages) and C strings come back
     the same through /proc/PID/mem and process_vm_readv."""
     import ctypes
+
     from runtime.tracee import mem
     page = 4096
     raw = ctypes.create_string_buffer(4 * page)     # room for 601 pointers after any alignment

@@ -10,11 +10,10 @@ import tarfile
 
 import pytest
 
+from conftest import tar_member
 from runtime import archive
 from runtime.errors import InputError
-from runtime.extract import (escapes_root, extract_rootfs, meta_path_for, remove_tree, secure_resolve,
-                             split_path)
-from conftest import tar_member
+from runtime.extract import escapes_root, extract_rootfs, meta_path_for, remove_tree, secure_resolve, split_path
 
 D, F, L, H = tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
 

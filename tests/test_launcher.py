@@ -153,9 +153,10 @@ def test_no_usable_cache_is_one_clear_line(tmp_path):
 
 def test_launcher_is_generated_from_the_template():
     from packer import embed
+    from runtime.errors import CarryonError
     text = embed.make_launcher(123 * 1024, "ab" * 32).decode()
     assert "rt_kb=124" in text and "@CARRYON_" not in text and "rt_sha=" + "ab" * 32 in text
-    with pytest.raises(Exception):
+    with pytest.raises(CarryonError):
         embed.make_launcher(1, "not-a-hash")
     assert text.startswith("#!/bin/sh\n")
     p = subprocess.run(["sh", "-n"], input=text, text=True, capture_output=True)
@@ -192,8 +193,7 @@ def test_build_key_tracks_sources():
 
 
 def test_fast_trailer_reader_agrees_with_the_format_module():
-    from runtime import archive as fmt
-    from runtime import trailer as trailer_module
+    from runtime import archive as fmt, trailer as trailer_module
     from runtime.launch import selfarchive
     bb = archive("bb")
     size, sections, trailer, manifest = selfarchive.read_fast(str(bb))

@@ -1,4 +1,5 @@
-"""runtime/launch/ and runtime/options.py without running anything: option grammar, env options, docker-run semantics."""
+"""runtime/launch/ and runtime/options.py without running anything: option grammar, env options, docker-run
+semantics."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import signal
 
 import pytest
 
-from runtime.launch import options as launch_options
-from runtime.launch import runspec, selfarchive, start
 from runtime.errors import CarryonError
+from runtime.launch import options as launch_options, runspec, selfarchive, start
 
 
 def test_options_only_at_the_start_and_rest_untouched():

@@ -124,6 +124,7 @@ def test_full_self_extracting_file_conforms(shared_images, packed, tmp_path):
             encoding="utf-8").splitlines()
         doc = json.loads(run_carryon("inspect", "--json", str(out), check=True).stdout)
         assert doc["sections"]["launcher"]["length"] > 0
-        assert doc["rootfs"]["sha256"] == packed("busybox-multilayer", "busybox-multilayer.oci.tar")[2]["rootfs"]["sha256"]
+        reference = packed("busybox-multilayer", "busybox-multilayer.oci.tar")[2]
+        assert doc["rootfs"]["sha256"] == reference["rootfs"]["sha256"]
     finally:
         remove_tree(str(tmp_path / "rootfs"))

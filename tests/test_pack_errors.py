@@ -239,3 +239,51 @@ def test_output_errors_name_what_the_user_gave(tmp_path):
     assert p.returncode == 125 and len(p.stderr.splitlines()) == 1, p.stderr
     assert p.stderr.startswith(f"carryon extract: cannot write {tmp_path}/d.carryon-meta.json: "), p.stderr
     assert not (tmp_path / "d").exists()
+
+
+def _rewrite_config(src, data: bytes) -> None:
+    """Put `data` as the image's config (the manifest and index digests updated to match)."""
+    idx = json.loads((src / "index.json").read_text())
+    m = json.loads((src / "blobs/sha256" / idx["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    cd = hashlib.sha256(data).hexdigest()
+    (src / "blobs/sha256" / cd).write_bytes(data)
+    m["config"].update({"digest": "sha256:" + cd, "size": len(data)})
+    mdata = json.dumps(m).encode()
+    md = hashlib.sha256(mdata).hexdigest()
+    (src / "blobs/sha256" / md).write_bytes(mdata)
+    idx["manifests"][0].update({"digest": "sha256:" + md, "size": len(mdata)})
+    (src / "index.json").write_text(json.dumps(idx))
+
+
+@pytest.mark.parametrize("config", [b"[]", b'"text"', b"3"])
+def test_config_that_is_not_an_object(tmp_path, config):
+    # valid JSON but no object: a one-line error, not a Python traceback (found by mypy)
+    src = write_oci(tmp_path / "img", [LAYER])
+    _rewrite_config(src, config)
+    assert_fails(tmp_path, src, match="is not an image config")
+
+
+def test_nested_index_that_is_not_an_object(tmp_path):
+    src = write_oci(tmp_path / "img", [LAYER])
+    data = b"[]"
+    d = hashlib.sha256(data).hexdigest()
+    (src / "blobs/sha256" / d).write_bytes(data)
+    idx = json.loads((src / "index.json").read_text())
+    idx["manifests"][0].update({"mediaType": "application/vnd.oci.image.index.v1+json",
+                                "digest": "sha256:" + d, "size": len(data)})
+    (src / "index.json").write_text(json.dumps(idx))
+    assert_fails(tmp_path, src, match="is not an image index")
+
+
+def test_docker_config_that_is_not_an_object(tmp_path):
+    cfg = b"[]"
+    cd = hashlib.sha256(cfg).hexdigest()
+    src = tmp_path / "d.tar"
+    with tarfile.open(src, mode="w") as tf:
+        for name, data in ((f"{cd}.json", cfg), ("abc123/layer.tar", tar_bytes(LAYER)),
+                           ("manifest.json", json.dumps([{"Config": f"{cd}.json",
+                                                          "Layers": ["abc123/layer.tar"]}]).encode())):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    assert_fails(tmp_path, src, match="is not an image config")

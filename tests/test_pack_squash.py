@@ -172,7 +172,7 @@ def test_tar_without_end_blocks_and_mislabelled_media_types(tmp_path):
     (src / "index.json").write_text(json.dumps(idx))
     out = tmp_path / "x.run"
     manifest = pack(str(src), str(out), bare=True)
-    assert [l["compression"] for l in manifest["image"]["layers"]] == ["none", "gzip"]
+    assert [ly["compression"] for ly in manifest["image"]["layers"]] == ["none", "gzip"]
     root = tmp_path / "root"
     extract_rootfs(archive.read_layout(str(out)), str(root))
     assert (root / "a").read_bytes() == b"a" * 700 and (root / "b").read_bytes() == b"bbb"
@@ -190,7 +190,8 @@ def test_multi_member_gzip_and_zstd_layers(tmp_path):
     root, _, _ = _pack_extract(tmp_path, src, "a")
     assert (root / "a").read_bytes() == b"x" * 5000
     cz = zstandard.ZstdCompressor()
-    _swap_layer(src, 0, cz.compress(raw[:half]) + cz.compress(raw[half:]), "application/vnd.oci.image.layer.v1.tar+zstd")
+    _swap_layer(src, 0, cz.compress(raw[:half]) + cz.compress(raw[half:]),
+                "application/vnd.oci.image.layer.v1.tar+zstd")
     root, _, _ = _pack_extract(tmp_path, src, "b")
     assert (root / "a").read_bytes() == b"x" * 5000
 
@@ -239,6 +240,7 @@ def _squash(layers) -> list[str]:
     """packer.squash alone on in-memory layers: 'KIND path[ -> target]' for every node, sorted."""
     import io
     import tempfile
+
     from packer.squash import Squasher
     with tempfile.TemporaryFile() as spool:
         sq = Squasher(spool)

@@ -291,28 +291,28 @@ def test_two_http_servers_on_one_guest_port(debian_rootfs, probe, shared_dir, us
             os.chmod(d, 0o777)
             (d / "marker.txt").write_text(f"server {name}\n")
             ports_file = shared_dir / f"{name}.json"
-            script = (f"python3 /probe.py fetch http://127.0.0.1:8000/marker.txt /srv/guest-fetch.txt "
-                      f">/dev/null 2>&1 & exec python3 -m http.server 8000")
+            script = ("python3 /probe.py fetch http://127.0.0.1:8000/marker.txt /srv/guest-fetch.txt "
+                      ">/dev/null 2>&1 & exec python3 -m http.server 8000")
             cmd = exec_cmd(debian_rootfs, "-n", "--ports-file", str(ports_file), "-b", f"{probe}:/probe.py",
                            "-b", f"{d}:/srv", "-w", "/srv", "/bin/sh", "-c", script)
             runs.append((name, d, ports_file, start(cmd, user)))
         hosts = []
-        for name, d, ports_file, proc in runs:
+        for name, _d, ports_file, proc in runs:
             ports = wait_ports(ports_file, 1, proc)
             assert [(e["proto"], e["guest"], e["address"]) for e in ports] == [("tcp", 8000, "0.0.0.0")]
             hosts.append(ports[0]["host"])
             assert http_get(f"http://127.0.0.1:{ports[0]['host']}/marker.txt") == f"server {name}\n".encode()
         assert hosts[0] != hosts[1] and 8000 not in hosts
-        for name, d, ports_file, proc in runs:       # the client inside each run got its own server
+        for name, d, _ports_file, proc in runs:      # the client inside each run got its own server
             deadline = time.monotonic() + 60
             while not (d / "guest-fetch.txt").exists() or not (d / "guest-fetch.txt").read_text():
                 assert time.monotonic() < deadline and proc.poll() is None, stop(proc)
                 time.sleep(0.05)
             assert (d / "guest-fetch.txt").read_text() == f"server {name}\n"
     finally:
-        for name, d, ports_file, proc in runs:
+        for *_, proc in runs:
             stop(proc)
-    for name, d, ports_file, proc in runs:
+    for _name, _d, ports_file, _proc in runs:
         assert not ports_file.exists()                  # removed at exit
 
 
@@ -370,9 +370,9 @@ def test_archive_netcoop(shared_images, engine_tmp, probe, shared_dir):
             assert b"hello from debian-python fixture" in http_get(f"http://127.0.0.1:{ports[0]['host']}/")
         assert hosts[0] != hosts[1]
     finally:
-        for pf, proc in procs:
+        for _pf, proc in procs:
             stop(proc)
-    for pf, proc in procs:
+    for pf, _proc in procs:
         assert not pf.exists()
 
 

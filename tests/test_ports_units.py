@@ -37,8 +37,12 @@ def test_sockaddr_matches_the_kernel_layout():
 
 
 def test_sockaddr_classifies_addresses():
-    v4 = lambda s: socket.inet_pton(socket.AF_INET, s)
-    v6 = lambda s: socket.inet_pton(socket.AF_INET6, s)
+    def v4(s):
+        return socket.inet_pton(socket.AF_INET, s)
+
+    def v6(s):
+        return socket.inet_pton(socket.AF_INET6, s)
+
     assert sockaddr.is_loopback(v4("127.3.2.1")) and sockaddr.is_loopback(v6("::1"))
     assert sockaddr.is_loopback(v6("::ffff:127.0.0.1"))
     assert not sockaddr.is_loopback(v4("10.0.0.1")) and not sockaddr.is_loopback(v6("::2"))
@@ -229,9 +233,9 @@ def test_sockinfo_from_a_thread_id():
 
 import ctypes  # noqa: E402
 
-from runtime.tracee.actions import CHANGED, EXIT, SKIP  # noqa: E402
 from runtime.spec import RunSpec  # noqa: E402
 from runtime.tracee import ffi  # noqa: E402
+from runtime.tracee.actions import CHANGED, EXIT, SKIP  # noqa: E402
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -347,8 +351,8 @@ def test_extension_getsockname_is_answered_at_entry(selftracee):
 
 def test_extension_bind_publish_address_and_auto(selftracee):
     from runtime.extension import portmap as pm
-    from runtime.launch.runspec import parse_publish
     from runtime.extension.portmap import PortMap
+    from runtime.launch.runspec import parse_publish
     ext = PortMap(RunSpec(rootfs="/", argv=["x"], port_map=[parse_publish("127.0.0.1:0:8000")]))
     with socket.socket() as s:
         name, name_addr = _buf(_raw(socket.AF_INET, "0.0.0.0", 8000))

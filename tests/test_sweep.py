@@ -123,7 +123,7 @@ def check_fib_results(out: Path, ns: list[object], bad: set[int] = frozenset()) 
 # ---- units: table, substitution, plans ---------------------------------------------------------------
 
 def test_table_csv_jsonl_and_substitution(tmp_path):
-    from packer.sweep_table import read_table, substitute, check_template
+    from packer.sweep_table import check_template, read_table, substitute
     from runtime.errors import InputError
 
     t = read_table(str(write_csv(tmp_path / "t.csv", ["n", "name"], [[1, "a b"], [2, "c,d"]])))
@@ -211,7 +211,7 @@ def test_outputs_twenty_rows_four_at_a_time(tmp_path):
     res = read_results(tmp_path / "t.sweep")
     outs = [r["outputs"] for r in res]
     assert len(set(outs)) == 20
-    for i, r in enumerate(res):
+    for i in range(len(res)):
         assert outs[i] == str(tmp_path / "t.sweep" / str(i) / "result.txt")
         assert Path(outs[i]).read_text() == f"{i * 11}\n"
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+
 from runtime.execve import elf, shebang
 
 TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up

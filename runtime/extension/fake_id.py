@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from runtime.cache import json_loads   # json without `re` (start-up)
+from runtime.cache import json_loads  # json without `re` (start-up)
 from runtime.extension import Base
 from runtime.spec import RunSpec
 from runtime.syscall.sysnums import NUMBERS as N

@@ -294,7 +294,9 @@ class PortMap(Base):
         if gport == 0 or not (table.auto or gport in table.bind_ports):
             return 0
         proto = sockinfo.socket_proto_fast(t.pid, fd)
-        target = table.bind_target(proto, gport) if proto else None
+        if not proto:
+            return 0
+        target = table.bind_target(proto, gport)
         if target is None:
             return 0
         new = raw

@@ -29,9 +29,9 @@ def publish_runtime(rt_tmp: str, dest: str, arch: Archive, argv: list[str]) -> N
     cache.write_marker(rt_tmp, arch.sections["runtime"][2] + "\n")
     final = cache.publish(rt_tmp, dest)
     env = dict(os.environ)
-    env.update({"_CARRYON_ARCHIVE": arch.path, "_CARRYON_RT": final, "_CARRYON_RT_PUBLISHED": "1", "_CARRYON_RT_DEST": final,
-                "_CARRYON_VERIFIED": arch.key, "_PYI_ARCHIVE_FILE": os.path.join(final, "carryon-runtime"),
-                "_PYI_PARENT_PROCESS_LEVEL": "-1"})
+    env.update({"_CARRYON_ARCHIVE": arch.path, "_CARRYON_RT": final, "_CARRYON_RT_PUBLISHED": "1",
+                "_CARRYON_RT_DEST": final, "_CARRYON_VERIFIED": arch.key,
+                "_PYI_ARCHIVE_FILE": os.path.join(final, "carryon-runtime"), "_PYI_PARENT_PROCESS_LEVEL": "-1"})
     for k in ("_PYI_APPLICATION_HOME_DIR", "_PYI_LINUX_PROCESS_NAME", "_PYI_SPLASH_IPC"):
         env.pop(k, None)
     args = _runtime_exec_argv(final, argv)

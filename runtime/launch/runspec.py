@@ -4,7 +4,7 @@ StopSignal, binds and published ports."""
 
 from __future__ import annotations
 
-import _signal as signal    # the C module: `signal` imports `enum` (slow start-up); `Signals` is lazy
+import _signal as signal  # the C module: `signal` imports `enum` (slow start-up); `Signals` is lazy
 import os
 
 from runtime import cache
@@ -96,7 +96,7 @@ def parse_signal(text: str) -> int:
                 raise CarryonError(f"invalid StopSignal {text!r} in the image config")
             n = int(base) + off * int(digits)
         else:
-            import signal as signal_module       # (imports enum: only for a named StopSignal)
+            import signal as signal_module  # (imports enum: only for a named StopSignal)
             try:
                 n = int(getattr(signal_module.Signals, t))
             except AttributeError:
@@ -135,6 +135,7 @@ def _port(text: str, what: str, spec_text: str, lo: int) -> int:
 def parse_publish(text: str):
     """`[IP:]HOST:GUEST[/tcp|/udp]`, strictly (IPv6 addresses in brackets)."""
     import ipaddress
+
     from runtime.spec import PortMapping
     usage = f"--carryon-publish {text}: expected [IP:]HOST:GUEST[/tcp|/udp]"
     body, slash, proto = text.partition("/")

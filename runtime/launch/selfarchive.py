@@ -4,8 +4,6 @@ manifest's hash checked (two reads, no heavy imports); on a cold start every sec
 
 from __future__ import annotations
 
-import os
-
 from runtime import cache, trailer
 from runtime.errors import CarryonError
 
@@ -33,7 +31,7 @@ class Archive:
 
 def _sha256_hex(data: bytes) -> str:
     try:
-        import _sha256          # builtin: no OpenSSL start-up on the warm path
+        import _sha256  # builtin: no OpenSSL start-up on the warm path
         return _sha256.sha256(data).hexdigest()
     except ImportError:
         import hashlib

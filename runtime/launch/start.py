@@ -10,7 +10,7 @@ in `main` only.
 
 from __future__ import annotations
 
-import _signal as signal    # the C module: `signal` imports `enum` (slow start-up)
+import _signal as signal  # the C module: `signal` imports `enum` (slow start-up)
 import os
 import sys
 

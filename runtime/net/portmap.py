@@ -14,7 +14,7 @@ from runtime.spec import PortMapping
 
 TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Callable
 
 
 class PortEntry:
@@ -22,6 +22,11 @@ class PortEntry:
     Immutable value (equality and hash on all fields)."""
 
     __slots__ = ("proto", "guest", "host", "address", "ipv4")
+    proto: str
+    guest: int
+    host: int
+    address: str
+    ipv4: bool
 
     def __init__(self, proto: str, guest: int, host: int, address: str, ipv4: bool) -> None:
         set_ = object.__setattr__

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import errno
 import os
+
 from runtime.path import proc
 from runtime.path.confine import MAX_SYMLINKS
 
@@ -264,7 +265,8 @@ def _link_target(m: Mapper, g: str, h: str, last: bool, proc_prefix: str | None,
     `proc.follow` below the guest's /proc (`proc_prefix`, None when no pid was given). None when
     the kernel must follow it itself (its /proc magic) or it changed under us."""
     if proc_prefix is not None and g.startswith(proc_prefix):
-        target = proc.follow(g[len(proc_prefix):].split("/"), h, last, pid, tid, m.proc_lookup, m)
+        # pid is not None here: the caller sets proc_prefix only with a pid
+        target = proc.follow(g[len(proc_prefix):].split("/"), h, last, pid, tid, m.proc_lookup, m)  # type: ignore[arg-type]
         if target is not _ORDINARY:
             return target               # type: ignore[return-value]
     try:

@@ -44,7 +44,8 @@ from __future__ import annotations
 
 TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
 if TYPE_CHECKING:
-    from typing import Callable, TypeVar
+    from collections.abc import Callable
+    from typing import TypeVar
     H = TypeVar("H")
 
 MAX_SYMLINKS = 40

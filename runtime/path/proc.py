@@ -31,7 +31,7 @@ Two uses:
 2. `readlink` results: `readlink_target` gives the string the guest must read for a magic link
    (exe, cwd, root, fd/N, map_files/X); None means "not a magic link we rewrite, let the kernel
    answer" (the kernel answers `/proc/self` right by itself since the tracee makes the call).
-"""
+"""  # noqa: E501 -- the table's rows above cannot wrap
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ import os
 
 TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Callable
 
     from runtime.path.binding import Mapper
 

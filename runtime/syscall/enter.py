@@ -22,7 +22,11 @@ from runtime.syscall import table as T
 from runtime.syscall.sysnums import NUMBERS
 from runtime.tracee import mem
 from runtime.tracee.actions import CHANGED, SKIP
-from runtime.tracee.ffi import ARG, R_ORIG_RAX, R_R10, R_RDX, R_RSI, R_RDI
+from runtime.tracee.ffi import ARG, R_ORIG_RAX, R_R10, R_RDI, R_RDX, R_RSI
+
+TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
+if TYPE_CHECKING:
+    from weakref import WeakSet
 
 NR_EXECVE = NUMBERS["execve"]
 NR_EXECVEAT = NUMBERS["execveat"]
@@ -130,7 +134,7 @@ class Translator:
         self.extra: dict[int, object] = {}  # number -> handler for calls outside the path table
         # the mappers of emulated chroots still in use (a WeakSet once there is one): a forget-call
         # anywhere must reach their caches too
-        self.jails: object = ()
+        self.jails: tuple[Mapper, ...] | WeakSet[Mapper] = ()
         # one-path plain rewrites the native loop may answer (runtime.tracee.native):
         # number -> (path reg, dirfd reg or -1, follow rule, flags reg or -1, parent_op, write)
         self.simple: dict[int, tuple] = {}
@@ -406,7 +410,7 @@ class Translator:
             if not self.jails:
                 import weakref
                 self.jails = weakref.WeakSet()
-            self.jails.add(new)             # type: ignore[attr-defined]
+            self.jails.add(new)             # type: ignore[union-attr]  # a WeakSet since just above
             t.mapper = new
             t.guest_root = os.path.join(t.guest_root, guest.lstrip("/"))
         t.ret = 0

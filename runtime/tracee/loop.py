@@ -25,15 +25,21 @@ exits, successful execs, binds) is read back, in order, before the next stop is 
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: `signal` itself imports `enum` (slow start-up)
 import errno
 import os
-import _signal as signal    # the C module: `signal` itself imports `enum` (slow start-up)
 import sys
 
 from runtime.tracee import ffi, mem
 from runtime.tracee.actions import CHANGED, EXIT, SKIP
 from runtime.tracee.mem import AREA_SIZE, NeedScratch
 from runtime.tracee.state import Tracee
+
+TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
+if TYPE_CHECKING:
+    from ctypes import Array, c_ulong
+
+    from runtime.tracee.native import Native
 
 M64 = (1 << 64) - 1
 SIG_SECCOMP_STOP = signal.SIGTRAP | (ffi.PTRACE_EVENT_SECCOMP << 8)
@@ -67,7 +73,7 @@ class Loop:
         # seccomp engine: `native_setup(native) -> top mapper` configures the native stop loop
         # (runtime.tracee.native) when it loads; None: Python sees every stop
         self.native_setup = native_setup
-        self.native = None
+        self.native: Native | None = None
         self.native_stats: dict[str, int] | None = None    # stops handled natively, once done
 
     # ---- process tree ---------------------------------------------------------------------
@@ -481,7 +487,7 @@ class Loop:
             if thread and placement is not None and placement.pinned:
                 placement.release()     # a thread: the guest may run in parallel
             vfork = event == ffi.PTRACE_EVENT_VFORK
-            shared = self.exec_options and not t.exec_events and (
+            shared = self.exec_options != 0 and not t.exec_events and (
                 vfork or self._shares_vm(t, pid, regs))
             try:
                 self._new_child(t, ffi.geteventmsg(pid), thread, shared, vfork)
@@ -541,7 +547,7 @@ class Loop:
 
     def _injected(self, t: Tracee, pid: int, regs) -> None:
         """Exit stop of the injected mmap: keep the area, restart the original call."""
-        saved = t.inject
+        saved: Array[c_ulong] = t.inject  # type: ignore[assignment]  # not None: the callers checked
         t.inject = None
         if ffi.getregs(pid, regs) == -1:
             return

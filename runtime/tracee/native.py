@@ -283,7 +283,7 @@ def load(regs) -> Native | None:
 def build(dest: str = LIBRARY, cc: list[str] | None = None) -> str:
     """Compile the sources into `dest` (atomically); returns dest. Raises OSError with the
     compiler's message on failure."""
-    import subprocess               # not at the top: start-up time (the runtime only loads)
+    import subprocess  # not at the top: start-up time (the runtime only loads)
     cc = cc or [os.environ.get("CC") or "cc"]
     tmp = f"{dest}.{os.getpid()}.{os.urandom(4).hex()}.tmp"     # the compiler writes it: a fresh name
     cmd = [*cc, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", tmp,
@@ -304,6 +304,6 @@ def build(dest: str = LIBRARY, cc: list[str] | None = None) -> str:
 
 if __name__ == "__main__":          # python -m runtime.tracee.native [DEST]: build the library
     try:
-        print(build(*sys.argv[1:2]))
+        print(build(sys.argv[1] if sys.argv[1:] else LIBRARY))
     except OSError as e:
         sys.exit(f"carryon: {e}")

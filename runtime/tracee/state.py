@@ -6,6 +6,10 @@ import os
 
 from runtime.tracee import mem
 
+TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
+if TYPE_CHECKING:
+    from ctypes import Array, c_ulong
+
 
 class Tracee:
     """One traced thread. Threads of a process each have one (ptrace works per thread)."""
@@ -32,7 +36,7 @@ class Tracee:
         self.started = False        # its initial SIGSTOP was seen
         self.guest_root = "/"       # guest path of its root (chroot emulation)
         self.area = 0               # fallback scratch mapping in the tracee (0: none, -1: failed)
-        self.inject = None          # saved registers while an injected mmap runs
+        self.inject: Array[c_ulong] | None = None  # saved registers while an injected mmap runs
         # (address, bytes) the engine's own handler read from the tracee at this stop, for the
         # extensions hooked on the same call (engine.py's `chained` resets it at each stop)
         self.peek: tuple[int, bytes] | None = None
