@@ -43,7 +43,7 @@ from pathlib import Path
 import pytest
 
 from archive_run_support import archive, clean_env, guest_pids, workdir
-from conftest import ENGINE_USERS, run_carryon, user_popen_kwargs, tar_member, write_oci
+from conftest import ENGINE_USERS, run_carryon, tar_member, user_popen_kwargs, write_oci
 from engine_util import carryon_exec
 
 ENGINES = ["seccomp", "ptrace"]

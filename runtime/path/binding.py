@@ -48,6 +48,7 @@ from runtime.spec import Bind
 
 TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
 if TYPE_CHECKING:
+    from runtime.path.overlay import Overlay
     from runtime.path.proc import Lookup
 
 
@@ -109,7 +110,7 @@ class Mapper:
         # copy-on-write (runtime.path.overlay): the Overlay of the run, and the guest paths of its
         # entries in `bind_hosts` (the stubs bound to the image, and "" once `/` is the run's own):
         # binds that rmdir/rename/unlink may act on, unlike the user's
-        self.cow = None
+        self.cow: Overlay | None = None
         self.ovl: set[str] = set()
         self.native_names = None        # tells the native loop the plain names Python must see
         # tells the native loop that relative paths are Python's from now on: once copy-on-write
