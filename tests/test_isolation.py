@@ -474,6 +474,52 @@ def test_exec_overlay_writes_go_to_upper(debian_rootfs, user, engine, udir):
     assert_same_tree(before, tree_digest(debian_rootfs), f"ROOTFS {debian_rootfs}")
 
 
+FD_CHANGES = """
+import os
+fd = os.open("/etc/debian_version", os.O_RDONLY)     # an image file, opened for reading
+os.fchmod(fd, 0o600)
+os.utime(fd, (1, 1))
+print(oct(os.stat("/etc/debian_version").st_mode & 0o777), int(os.stat("/etc/debian_version").st_mtime))
+"""
+
+
+def test_changes_through_a_read_only_descriptor_are_copied_up(debian_rootfs, user, engine, udir):
+    upper = owned_dir(udir(user), "upper", user)
+    before = tree_digest(debian_rootfs)
+    opts = ["-0", "--overlay", str(upper)]
+    p = carryon_exec(debian_rootfs, "/usr/bin/python3", "-c", FD_CHANGES, engine=engine, user=user,
+                     opts=opts, defaults=False)
+    assert (p.returncode, p.stdout) == (0, "0o600 1\n"), p.stderr
+    assert_same_tree(before, tree_digest(debian_rootfs), f"ROOTFS {debian_rootfs}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs")
+def test_full_disk_while_copying_up_is_enospc_for_the_call(tmp_path):
+    """A copy-up that does not fit: the guest's call fails with ENOSPC, the run goes on, nothing
+    half-copied stays, the image is unchanged."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(small)], check=True)
+    try:
+        rootfs = small / "rootfs"
+        (rootfs / "bin").mkdir(parents=True)
+        shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+        os.symlink("busybox", rootfs / "bin" / "sh")
+        with open(rootfs / "big", "wb") as f:
+            f.write(os.urandom(1 << 20) * 14)        # 14 MB: a second copy does not fit in 24 MB
+        before = tree_digest(rootfs)
+        upper = small / "upper"
+        upper.mkdir()
+        p = carryon_exec(rootfs, "/bin/sh", "-c", "echo more >> /big; echo rc=$?; echo ok > /small && echo wrote",
+                         engine="seccomp", user="root", opts=["--overlay", str(upper)], defaults=False)
+        assert (p.returncode, p.stdout) == (0, "rc=1\nwrote\n"), p.stderr
+        assert "No space left" in p.stderr
+        assert_same_tree(before, tree_digest(rootfs), "ROOTFS")
+        assert not [n for n in os.listdir(upper / "upper") if n.startswith(".carryon-copy-up")]
+    finally:
+        subprocess.run(["umount", str(small)])
+
+
 def test_exec_without_overlay_writes_into_rootfs(busybox_rootfs, user, engine):
     name = f"isolation-probe-{user}-{engine}-{os.getpid()}"
     host = busybox_rootfs / "tmp" / name             # /tmp is 1777 in the image: every user may write

@@ -62,6 +62,9 @@ def build(spec: RunSpec) -> list[Base]:
     if spec.uid is not None or spec.gid is not None:
         from runtime.extension.fake_id import FakeId
         exts.append(FakeId(spec))
+    if spec.overlay:
+        from runtime.extension.cow_fd import CowFd
+        exts.append(CowFd())            # after fake_id: an fchown it answers is no change
     if spec.port_map or spec.netcoop:
         try:
             from runtime.extension.portmap import PortMap  # type: ignore[import-not-found]
