@@ -51,6 +51,8 @@ options:
                          A row whose GUEST matched nothing fails (status missing-output)
   --allow-missing-output a declared --output that matched nothing does not fail the row
   --guest-dir PATH       guest path of the row's run directory (default: {DEFAULT_GUEST_DIR})
+  --state-per-row        keep each row's changes to the image in DIR/rows/<row>/state (every row
+                         starts from the image as packed either way; --resume reruns keep them)
   --json                 also write DIR/results.json
   --resume               keep rows already recorded as successful in DIR, run the others
   --slurm                submit one Slurm job array instead (task N runs DIR/rows/N/run.sh)
@@ -85,6 +87,7 @@ class Options:
     json: bool = False
     resume: bool = False
     allow_missing_output: bool = False
+    state_per_row: bool = False
     slurm: bool = False
     sbatch: list[str] = field(default_factory=list)
     wait: bool = False
@@ -94,7 +97,7 @@ class Options:
 
 _VALUED = {"--params", "--jobs", "-j", "--out", "-o", "--input", "--output", "--guest-dir", "--sbatch",
            "--collect"}
-_FLAGS = {"--json", "--resume", "--slurm", "--wait", "--allow-missing-output"}
+_FLAGS = {"--json", "--resume", "--slurm", "--wait", "--allow-missing-output", "--state-per-row"}
 
 
 def parse_args(argv: list[str]) -> Options | None:
@@ -315,7 +318,7 @@ def _main(argv: list[str]) -> int:
     digest = sha256_path(archive)
     spec = SweepSpec(os.path.join(out_dir, "archive", os.path.basename(archive)), digest, o.args,
                      o.inputs, o.outputs, o.guest_dir, out_dir, os.getcwd(), table,
-                     allow_missing_output=o.allow_missing_output)
+                     allow_missing_output=o.allow_missing_output, state_per_row=o.state_per_row)
     plans = plan_rows(spec)
 
     # a sweep this invocation creates is removed again if it fails before any row ran or was submitted

@@ -44,6 +44,7 @@ class SweepSpec:
     cwd: str                           # where relative host paths are resolved
     table: Table
     allow_missing_output: bool = False  # a declared output that matched nothing does not fail the row
+    state_per_row: bool = False        # keep each row's changes to the image in DIR/rows/N/state
 
 
 @dataclass
@@ -240,6 +241,8 @@ def plan_row(spec: SweepSpec, index: int) -> RowPlan:
     # the row runs in its run directory (a job's cwd), where relative --input names land; a
     # --carryon-workdir among the user's ARGs comes later and wins (the archive keeps the last one)
     argv += [f"--carryon-workdir={gdir}"]
+    if spec.state_per_row:             # the row's changes to the image, kept beside its logs
+        argv += [f"--carryon-state={os.path.join(meta, 'state')}"]
     argv += [substitute(a, values) for a in spec.args]
     plan.argv = argv
     return plan

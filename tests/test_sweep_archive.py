@@ -129,3 +129,25 @@ def test_row_runs_in_its_run_directory(py_run, tmp_path):
     assert p.returncode == 0, p.stderr
     for i, r in enumerate(read_results(tmp_path / "t.sweep")):
         assert Path(r["stdout"]).read_text() == f"/carryon-run seed {i + 1}\n"
+
+
+def test_rows_start_from_the_image_and_state_per_row_keeps_their_changes(py_run, tmp_path):
+    """Every row starts from the image as packed (a row never sees another row's changes); with
+    --state-per-row each row's changes stay in DIR/rows/<row>/state, and a rerun of the row sees them."""
+    arc, env = py_run
+    write_csv(tmp_path / "t.csv", ["n"], [[1], [2], [3]])
+    script = "import os; print(sorted(os.listdir('/opt'))); open('/opt/row-{n}', 'w').write('{n}')"
+    for extra, name in (([], "plain"), (["--state-per-row"], "kept")):
+        p = sweep(arc, "--params", "t.csv", "-o", name, "--jobs", "1", *extra, "--", "-c", script,
+                  cwd=tmp_path, env=env)
+        assert p.returncode == 0, p.stderr
+        outs = [(tmp_path / name / "rows" / str(r) / "stdout").read_text() for r in range(3)]
+        assert outs == ["[]\n"] * 3, outs                  # no row saw another row's /opt/row-N
+    for r in range(3):
+        assert not (tmp_path / "plain" / "rows" / str(r) / "state").exists()
+        kept = tmp_path / "kept" / "rows" / str(r) / "state" / "upper" / "opt" / f"row-{r + 1}"
+        assert kept.read_text() == str(r + 1)
+    p = subprocess.run(["sh", str(tmp_path / "kept" / "rows" / "1" / "run.sh")], env=dict(os.environ, **env),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "kept" / "rows" / "1" / "stdout").read_text() == "['row-2']\n"

@@ -53,6 +53,8 @@ def show_info(arch: Archive, opts: Options, rt: str | None, rep: Reporter) -> in
         f"{rfs.get('uncompressed_bytes', '?')} bytes in {rfs.get('total_entries', '?')} entries "
         f"({rfs.get('files', '?')} files, {rfs.get('dirs', '?')} dirs, {rfs.get('symlinks', '?')} symlinks)",
         f"engine:         {engine_support(opts.engine)}",
+        "writes:         " + (f"copy-on-write, kept in {opts.state} (--carryon-state)" if opts.state else
+                              "copy-on-write: every run starts from the image, its changes go at exit"),
         f"cache key:      {arch.key}",
         f"cache entry:    {entry + ' (extracted)' if entry else 'not extracted yet'}",
         "cache dirs:     " + ", ".join(c.path for c in cands),
