@@ -4,13 +4,17 @@ and under `carryon exec` (seccomp engine and plain ptrace engine), in ONE run, i
 medians and ratios to native.
 
     scripts/bench_engine.py [--quick] [--rounds N] [--image OCI_TAR | --rootfs DIR] [--cache DIR]
-                            [--engines native,proot,seccomp,ptrace,floor] [--workloads a,b,d,e,start]
+                            [--engines native,proot,seccomp,ptrace,floor,isolated]
+                            [--workloads a,b,d,e,start,w,c]
                             [--carryon CMD] [--proot PATH] [--json FILE] [--no-path-micro]
 
 `floor` (root and a C compiler only): the workload in a chroot under `scripts/floor_tracer.c`, a
 minimal C tracer that stops on exactly the system calls carryon's seccomp filter stops on and does
 nothing there (PTRACE_GETREGS, PTRACE_CONT): what the ptrace stops cost by themselves, so the rest
 of the seccomp column is the tracer's own work (reading paths, lstat, writing the new ones).
+`isolated`: the seccomp engine with the archives' copy-on-write (`carryon exec --overlay`, a state
+emptied before each run): rows a-e must cost what `seccomp` costs; `w` appends to a 100 MB file of
+the image (the copy-up), `c` copies that file (the reference for what the copy costs).
 
 The rootfs is built once with `carryon pack --bare IMAGE` + `carryon extract` into a cache directory
 keyed by the image's sha256 (default image: ../shared/images/debian-python/debian-python.oci.tar).
@@ -43,8 +47,13 @@ WORKLOADS: dict[str, tuple[str, list[str]]] = {
     "d": ("200 x /bin/true", ["sh", "-c", "for i in $(seq 200); do /bin/true; done"]),
     "e": ("find /usr -type f | wc -l", ["sh", "-c", "find /usr -type f | wc -l"]),
     "start": ("/bin/true (start-up)", ["/bin/true"]),
+    # copy-on-write: changing a 100 MB image file copies it up first (`isolated`); `cp` of the same
+    # file (in the guest, natively: `c`) is the reference for what that copy costs
+    "w": ("append to a 100 MB image file", ["sh", "-c", "echo x >> /var/tmp/big100"]),
+    "c": ("cp of that file (reference)", ["sh", "-c", "cp /var/tmp/big100 /tmp/c && rm /tmp/c"]),
 }
-ENGINES = ["native", "proot", "seccomp", "ptrace", "floor"]
+ENGINES = ["native", "proot", "seccomp", "ptrace", "floor", "isolated"]
+BIG = "var/tmp/big100"
 GUEST_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -152,12 +161,26 @@ def prefix_for(engine: str, rootfs: str, carryon: list[str], proot: str) -> tupl
         return (FLOOR + ["chroot", rootfs], env)
     if engine == "proot":
         return ([proot, "-r", rootfs], env)
-    env["CARRYON_ENGINE"] = engine
+    env["CARRYON_ENGINE"] = "seccomp" if engine == "isolated" else engine
     # carryon itself may live in a venv: give it the caller's PATH and PYTHON* variables too
     for k in ("PYTHONPATH", "VIRTUAL_ENV"):
         if k in os.environ:
             env[k] = os.environ[k]
+    if engine == "isolated":            # the archives' copy-on-write (state emptied before each run)
+        return (carryon + ["exec", "--overlay", overlay_dir(rootfs), "-r", rootfs, "--"], env)
     return (carryon + ["exec", "-r", rootfs, "--"], env)
+
+
+def overlay_dir(rootfs: str) -> str:
+    """The `isolated` column's state directory: beside the rootfs (the same file system, so the
+    image's files are hard-linked, as an archive's cache entry and its runs are)."""
+    return rootfs.rstrip("/") + ".bench-state"
+
+
+def reset_overlay(rootfs: str) -> None:
+    d = overlay_dir(rootfs)
+    shutil.rmtree(d, ignore_errors=True)
+    os.mkdir(d, 0o700)
 
 
 def run_once(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str, str]:
@@ -255,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             die(f"rootfs not found: {rootfs}")
     else:
         rootfs = build_rootfs(carryon, os.path.abspath(args.image), args.cache)
+    if ("w" in workloads or "c" in workloads) and not os.path.exists(os.path.join(rootfs, BIG)):
+        with open(os.path.join(rootfs, BIG), "wb") as f:        # the 100 MB "image file" of w and c
+            for _ in range(100):
+                f.write(os.urandom(1 << 20))
 
     # Preflight: each engine must run /bin/true; an engine that cannot is reported, not timed.
     broken: dict[str, str] = {}
@@ -281,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                     sys.stderr.write(f"\rround {r + 1}/{rounds}  {w:5s} {e:8s}   ")
                     sys.stderr.flush()
                 pre, env = prefix_for(e, rootfs, carryon, args.proot)
+                if e == "isolated":
+                    reset_overlay(rootfs)
                 dt, rc, out, err = run_once(pre + WORKLOADS[w][1], env)
                 if rc != 0:
                     failed[(w, e)] = f"exit {rc}: " + (err.strip().splitlines() or [""])[-1][:80]
