@@ -24,7 +24,8 @@ import shlex
 from dataclasses import dataclass, field
 
 from packer.sweep_table import Table, check_template, substitute
-from runtime.errors import CarryonError, InputError
+from runtime import cache
+from runtime.errors import InputError
 
 DEFAULT_GUEST_DIR = "/carryon-run"
 PLAN_PLACEHOLDER = "@@PLAN@@"
@@ -76,19 +77,8 @@ class RowPlan:
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    """Write `text` to `path` through `path.tmp` and a rename; an error names `path`, never the temp file."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise CarryonError(f"cannot write {path}: {e.strerror or e}") from None
+    """Write `text` to `path` atomically; an error names `path`, never the temp file."""
+    cache.write_atomic(path, text, mode)
 
 
 def row_dir(out_dir: str, row: str) -> str:

@@ -354,6 +354,26 @@ def write_marker(d: str, text: str = "") -> None:
         f.flush()
 
 
+def write_atomic(path: str, text: str, mode: int = 0o644, what: str = "") -> None:
+    """Replace `path` with `text` (a reader sees the old file or the new one, never half of one)
+    through a fresh sibling name created exclusively: the directory may be a shared one (/tmp),
+    where a predictable name could be a planted symlink to one of the user's files. An error is a
+    CarryonError naming `path` (after `what`), never the temporary file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{_rand()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        with open(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise CarryonError(f"cannot write {what + ' ' if what else ''}{path}: {e.strerror or e}") from None
+
+
 def publish(tmp: str, dest: str, cand: Candidate | None = None) -> str:
     """Rename finished `tmp` (marker inside) to `dest`. When a trusted entry is already there (another
     run won), drop `tmp` and use it; an untrusted or unpublished one of ours is replaced; one of
@@ -464,7 +484,7 @@ def remove_entry(entry: str) -> bool:
     return True
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -498,7 +518,7 @@ def clean_stale(cache_dir: str, only_key: str | None = None) -> list[str]:
         if st.st_uid != os.getuid() or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             continue
         if m.group("host") == me:
-            if int(m.group("pid")) == os.getpid() or _pid_alive(int(m.group("pid"))):
+            if int(m.group("pid")) == os.getpid() or pid_alive(int(m.group("pid"))):
                 continue
         elif now - st.st_mtime < STALE_FOREIGN_SECONDS:
             continue

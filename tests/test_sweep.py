@@ -382,7 +382,8 @@ def test_write_errors_name_the_results_file_not_a_temp_file(tmp_path):
     write_csv(tmp_path / "t.csv", ["n"], [[1]])
     assert sweep(arc, "--params", "t.csv", "--", "/app/fib.py", "{n}", cwd=tmp_path).returncode == 0
     out = tmp_path / "t.sweep"
-    (out / "results.csv.tmp").mkdir()  # in the way of the temporary file
+    (out / "results.csv").unlink()
+    (out / "results.csv").mkdir()      # in the way of the file the temporary one replaces
     p = sweep("--collect", out, cwd=tmp_path)
     assert p.returncode == 125, p.stderr
     assert p.stderr == f"carryon sweep: cannot write {out}/results.csv: Is a directory\n"

@@ -135,7 +135,7 @@ def reap_dead_runs(cache_dir: str, key: str) -> None:
         if len(parts) != 3 or parts[0] != me or not parts[1].isdigit():
             continue
         pid = int(parts[1])
-        if pid == os.getpid() or _alive(pid):
+        if pid == os.getpid() or cache.pid_alive(pid):
             continue
         p = os.path.join(cache_dir, n)
         try:
@@ -143,13 +143,3 @@ def reap_dead_runs(cache_dir: str, key: str) -> None:
                 cache.remove(p)
         except OSError:
             pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

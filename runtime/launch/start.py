@@ -16,7 +16,7 @@ import sys
 
 from runtime import cache
 from runtime.errors import CarryonError
-from runtime.launch import info, install, runspec
+from runtime.launch import install, runspec
 from runtime.launch.options import help_text, parse_options
 from runtime.launch.report import Reporter
 from runtime.launch.selfarchive import open_archive
@@ -92,13 +92,16 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
     already = verified == arch.key
     rep.mark("archive opened")
     if opts.info:
+        from runtime.launch import info     # (not on a run's path: imported when asked for)
         return info.show_info(arch, opts, internal.get("_CARRYON_RT"), rep)
     if opts.clean:
+        from runtime.launch import info
         return info.do_clean(arch, opts, rep)
     if opts.extract:
         if not already:
             from runtime import archive as fmt
             fmt.verify(arch.layout)
+        from runtime.launch import info
         return info.do_extract(arch, opts.extract, rep)
     entry = install.ensure_entry(arch, opts, rep, verified=already)
     rep.mark("cache entry found")

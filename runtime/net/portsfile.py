@@ -21,22 +21,9 @@ def render(entries: list[PortEntry]) -> str:
 
 
 def write(path: str, entries: list[PortEntry]) -> None:
-    """Atomically replace `path` with the current entries."""
-    directory = os.path.dirname(os.path.abspath(path))
-    # a fresh name, created exclusively: the directory may be a shared one (/tmp), where a
-    # predictable name could be a planted symlink to one of the user's files
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        with open(fd, "w", encoding="utf-8") as f:
-            f.write(render(entries))
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise CarryonError(f"cannot write ports file {path}: {e.strerror or e}") from None
+    """Atomically replace `path` with the current entries (runtime.cache.write_atomic)."""
+    from runtime.cache import write_atomic
+    write_atomic(path, render(entries), what="ports file")
 
 
 def remove(path: str) -> None:

@@ -91,10 +91,7 @@ class Overlay:
                     parts = ln.split()
                     if len(parts) == 3:
                         self.linked.add((int(parts[1]), int(parts[2])))
-        os.makedirs(self.upper, mode=0o755, exist_ok=True)
-        self._log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        if not lines or not lines[0]:
-            self._log("I " + ident)
+        self._ident = ident if not lines or not lines[0] else None     # to write with the first change
         if self.started:
             self._root_to_upper()
             for g in stubs:
@@ -102,6 +99,13 @@ class Overlay:
             self.m.overlay_changed()
 
     def _log(self, line: str) -> None:
+        if self._log_fd < 0:            # the first change: a run that changes nothing writes nothing
+            os.makedirs(self.upper, mode=0o755, exist_ok=True)
+            self._log_fd = os.open(os.path.join(self.state_dir, LOG),
+                                   os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            if self._ident is not None:
+                os.write(self._log_fd, f"I {self._ident}\n".encode("utf-8", "surrogateescape"))
+                self._ident = None
         os.write(self._log_fd, (line + "\n").encode("utf-8", "surrogateescape"))
 
     def close(self) -> None:
@@ -137,6 +141,7 @@ class Overlay:
         `deep`, everything below it too. Raises OSError (EACCES for an unreadable image dir,
         ENOSPC, ...) for the guest's call."""
         if not self.started:           # `/` first: UPPER becomes the guest's root
+            self._log("S")              # (creates UPPER and the log)
             self._populate("", self.lower)
             self._root_to_upper()
             self.started = True
