@@ -92,7 +92,7 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
     already = verified == arch.key
     rep.mark("archive opened")
     if opts.info:
-        from runtime.launch import info     # (not on a run's path: imported when asked for)
+        from runtime.launch import info  # (not on a run's path: imported when asked for)
         return info.show_info(arch, opts, internal.get("_CARRYON_RT"), rep)
     if opts.clean:
         from runtime.launch import info
