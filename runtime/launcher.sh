@@ -93,9 +93,17 @@ trusted() {  # trusted DIR [ENTRY]: 0 when DIR (and DIR/ENTRY, published) may be
     _role=parent
   fi
   _out=$(LC_ALL=C ls -ldn "$@" 2>/dev/null) || { trust_why="cannot stat $*"; return 1; }
-  _cg= _cow= _n=0
+  _cg= _cow= _n=0 _want=$# _ifs=$IFS
   trust_why=
-  while read -r _m _l _u _g _r; do
+  # one line per path: "MODE LINKS UID GID ...", split with the shell's own field splitting (no
+  # `read`: it reads a byte per system call)
+  IFS='
+'
+  for _line in $_out; do
+    IFS=$_ifs
+    # shellcheck disable=SC2086
+    set -- $_line
+    _m=$1 _u=${3:-} _g=${4:-}
     _n=$((_n + 1))
     _gw= _ow= _st=
     case $_m in ?????w*) _gw=1 ;; esac
@@ -127,10 +135,9 @@ trusted() {  # trusted DIR [ENTRY]: 0 when DIR (and DIR/ENTRY, published) may be
       marker)
         case $_m in -*) ;; *) trust_why="$_e's marker is not a regular file" ;; esac ;;
     esac
-  done <<CARRYON_LS_EOF
-$_out
-CARRYON_LS_EOF
-  [ "$_n" = $# ] || trust_why="cannot stat $*"
+  done
+  IFS=$_ifs
+  [ "$_n" = "$_want" ] || trust_why="cannot stat $_c"
   [ -z "$trust_why" ]
 }
 
