@@ -44,19 +44,8 @@ def test_pack_says_one_line_when_piped_and_shows_progress_on_a_tty(tmp_path):
     assert p.returncode == 0 and p.stdout == "" and len(p.stderr.splitlines()) == 1, p.stderr
     assert "\r" not in p.stderr and p.stderr.startswith(f"carryon pack: wrote {tmp_path}/a.run: ")
     # stderr on a pseudo-terminal: the bars appear there
-    master, slave = pty.openpty()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "packer.cli", "pack", "--bare", str(src), "-o",
-                           str(tmp_path / "b.run")], stderr=slave, stdout=subprocess.PIPE, env=env, cwd=REPO)
-    os.close(slave)
-    out = b""
-    try:
-        while chunk := os.read(master, 4096):
-            out += chunk
-    except OSError:
-        pass
-    os.close(master)
-    assert proc.returncode == 0
+    rc, out = _pack_on_a_terminal("--bare", str(src), "-o", str(tmp_path / "b.run"))
+    assert rc == 0
     assert b"reading" in out and b"compressing" in out
     assert (tmp_path / "a.run").read_bytes() == (tmp_path / "b.run").read_bytes()
 
@@ -126,16 +115,22 @@ def test_pack_summary_line_and_quiet(tmp_path):
         p = run_carryon("pack", q, "--bare", str(src), "-o", "b.run", cwd=tmp_path)
         assert p.returncode == 0 and p.stdout == "" and p.stderr == "", p.stderr
     # -q also silences the progress bars on a terminal
+    rc, seen = _pack_on_a_terminal("-q", "--bare", str(src), "-o", str(tmp_path / "c.run"))
+    assert rc == 0 and seen == b""
+
+
+def _pack_on_a_terminal(*args: str) -> tuple[int, bytes]:
+    """`carryon pack ARGS` with its stderr on a pseudo-terminal: (exit status, what it showed there)."""
     master, slave = pty.openpty()
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "packer.cli", "pack", "-q", "--bare", str(src), "-o",
-                           str(tmp_path / "c.run")], stderr=slave, stdout=subprocess.PIPE, env=env, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-m", "packer.cli", "pack", *args], stderr=slave,
+                          stdout=subprocess.PIPE, env=env, cwd=REPO)
     os.close(slave)
-    seen = b""
+    out = b""
     try:
         while chunk := os.read(master, 4096):
-            seen += chunk
+            out += chunk
     except OSError:
         pass
     os.close(master)
-    assert proc.returncode == 0 and seen == b""
+    return proc.returncode, out

@@ -83,15 +83,7 @@ def test_diff_id_mismatch(tmp_path):
     cpath = src / "blobs/sha256" / m["config"]["digest"].split(":")[1]
     cfg = json.loads(cpath.read_bytes())
     cfg["rootfs"]["diff_ids"] = ["sha256:" + "0" * 64]
-    cdata = json.dumps(cfg).encode()
-    cd = hashlib.sha256(cdata).hexdigest()
-    (src / "blobs/sha256" / cd).write_bytes(cdata)
-    m["config"].update({"digest": "sha256:" + cd, "size": len(cdata)})
-    mdata = json.dumps(m).encode()
-    md = hashlib.sha256(mdata).hexdigest()
-    (src / "blobs/sha256" / md).write_bytes(mdata)
-    idx["manifests"][0].update({"digest": "sha256:" + md, "size": len(mdata)})
-    (src / "index.json").write_text(json.dumps(idx))
+    _rewrite_config(src, json.dumps(cfg).encode())
     assert_fails(tmp_path, src, match="diff_id")
 
 
