@@ -3,8 +3,11 @@
     carryon exec [-r ROOTFS | -R ROOTFS] [-b HOST[:GUEST][:ro]]... [-w DIR] [-0 | -i UID:GID]
                  [-v N] [--kill-on-exit] [-k RELEASE] [--] [COMMAND [ARG]...]
 
-The engine is `CARRYON_ENGINE` (auto, seccomp, ptrace; default auto), read here and put into the
-RunSpec: the engine itself never reads the environment. `-R` adds the default binds (/dev, /proc,
+PRoot's defaults: ROOTFS is `/` (the last of -r, -R and `-b HOST:/` is the root); the working
+directory is the caller's when the guest has it (the same path, through the binds), else `/`
+(silently); a relative -w, a bind's relative GUEST and a bind without GUEST are made absolute from
+the caller's directory. The engine is `CARRYON_ENGINE` (auto, seccomp, ptrace; default auto), read
+here and put into the RunSpec: the engine itself never reads the environment. `-R` adds the default binds (/dev, /proc,
 /sys, and the host's /etc/resolv.conf, /etc/hosts, /etc/hostname; each skipped when the host lacks
 it). The environment is the caller's. Exit status: the command's; 125 for carryon's own errors,
 126 command not executable, 127 command not found.
@@ -22,7 +25,8 @@ USAGE_HEAD = """usage: carryon exec [-r ROOTFS | -R ROOTFS] [-b HOST[:GUEST][:ro
                     [-p GUEST:HOST]... [-n] [--ports-file FILE]
                     [-v N] [--kill-on-exit] [-k RELEASE] [--] [COMMAND [ARG]...]
 
-Run COMMAND (default /bin/sh) with ROOTFS as its root directory, without privileges (ptrace).
+Run COMMAND (default /bin/sh) with ROOTFS (default /) as its root directory, without privileges
+(ptrace), in the current directory when ROOTFS has it (else /).
 """
 USAGE_TAIL = """COMMAND without '/' is looked up in the guest's PATH. Engine: CARRYON_ENGINE=auto|seccomp|ptrace;
 CARRYON_NATIVE=0: no native stop loop (Python sees every stop); CARRYON_PIN=auto|on|off.
@@ -35,25 +39,37 @@ def usage() -> str:
     return USAGE_HEAD + exec_help() + USAGE_TAIL
 
 
+def caller_cwd() -> str:
+    """The caller's working directory (PRoot's default guest cwd and the base of relative paths), or
+    '/' when it has none."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return "/"
+
+
+def guest_path(path: str, base: str) -> str:
+    """`path` as an absolute, lexically clean guest path: relative ones are joined to `base`."""
+    path = os.path.join(base, path)
+    return "/" + os.path.normpath(path).lstrip("/")         # normpath keeps a leading '//'
+
+
 def parse_bind(value: str) -> Bind:
-    """HOST[:GUEST][:ro|:rw] -> Bind (HOST made absolute; GUEST must be absolute)."""
+    """HOST[:GUEST][:ro|:rw] -> Bind. HOST is made absolute; GUEST defaults to it and, relative, is
+    joined to the caller's directory (PRoot's)."""
     readonly = False
     if value.endswith(":ro") or value.endswith(":rw"):
         readonly = value.endswith(":ro")
         value = value[:-3]
-    host, sep, guest = value.rpartition(":") if ":" in value else (value, "", value)
+    host, sep, guest = value.rpartition(":")
     if not sep:
-        host, guest = value, value
+        host, guest = value, ""
     if not host:
         raise CarryonError(f"bad bind {value!r}: empty host path")
     host = os.path.abspath(os.path.expanduser(host))
-    if not guest:
-        guest = host
-    if not guest.startswith("/"):
-        raise CarryonError(f"bad bind {value!r}: the guest path must be absolute")
     if not os.path.exists(host):
         raise CarryonError(f"bind source does not exist: {host}")
-    return Bind(host=host, guest=os.path.normpath(guest), readonly=readonly)
+    return Bind(host=host, guest=guest_path(guest or host, caller_cwd()), readonly=readonly)
 
 
 def parse_id(value: str) -> tuple[int, int]:
@@ -76,16 +92,23 @@ def parse(argv: list[str]) -> RunSpec | str:
         return "help"
     if v["version"]:
         return "version"
-    rootfs: str | None = None
+    rootfs = "/"                                # PRoot's default
     defaults = False
-    for name in v.get("_order", []):            # -r / -R: the last one wins
+    binds: list[Bind] = []
+    nbind = 0
+    for name in v.get("_order", []):            # -r / -R / -b X:/ : the last one is the root
         if name in ("rootfs", "rootfs_defaults"):
             rootfs = v[name]
             defaults = defaults or name == "rootfs_defaults"
-    binds = [parse_bind(b) for b in v["exec_bind"]]
-    cwd = v["cwd"] or "/"
-    if not cwd.startswith("/"):
-        cwd = "/" + cwd
+        elif name == "exec_bind":
+            b = parse_bind(v["exec_bind"][nbind])
+            nbind += 1
+            if b.guest == "/":
+                rootfs = b.host
+            else:
+                binds.append(b)
+    here = caller_cwd()
+    cwd = os.path.join(here, v["cwd"]) if v["cwd"] else here    # PRoot's default: the caller's
     uid: int | None = None
     gid: int | None = None
     for name in v.get("_order", []):            # -0 / -i: the last one wins
@@ -108,13 +131,11 @@ def parse(argv: list[str]) -> RunSpec | str:
         from runtime.net.publish import parse_exec_ports
         port_map = parse_exec_ports(ports)      # malformed -p: one line, 125, before anything runs
     command = command or ["/bin/sh"]
-    if rootfs is None:
-        raise CarryonError("no rootfs given (-r ROOTFS or -R ROOTFS)")
     if not os.path.isdir(rootfs):
         raise CarryonError(f"rootfs not found or not a directory: {rootfs}")
     rootfs = os.path.abspath(rootfs)
     all_binds = (default_binds() if defaults else []) + binds
-    meta = rootfs.rstrip("/") + ".carryon-meta.json"
+    meta = rootfs + ".carryon-meta.json" if rootfs != "/" else ""
     overlay = None
     if v["overlay"]:
         overlay = os.path.abspath(v["overlay"])
@@ -126,8 +147,9 @@ def parse(argv: list[str]) -> RunSpec | str:
                    overlay=overlay,
                    uid=uid, gid=gid, engine=os.environ.get("CARRYON_ENGINE") or "auto",
                    wait_all=wait_all,
-                   meta_path=meta if os.path.isfile(meta) else None, verbose=verbose,
-                   port_map=port_map, netcoop=netcoop, ports_file=ports_file)
+                   meta_path=meta if meta and os.path.isfile(meta) else None, verbose=verbose,
+                   port_map=port_map, netcoop=netcoop, ports_file=ports_file,
+                   cwd_optional=not v["cwd"])
 
 
 def main(argv: list[str]) -> int:

@@ -245,13 +245,14 @@ def _prepare(spec: RunSpec) -> tuple:
     try:
         host_cwd = mapper.to_host(cwd, "/", True)
         ok = os.path.isdir(host_cwd)
-        if not ok and mapper.cow is not None:   # like Docker: a missing working directory is made
-            ok = mapper.make_dirs(mapper.canon(cwd, "/", True))
+        if not ok and mapper.cow is not None and not spec.cwd_optional:
+            ok = mapper.make_dirs(mapper.canon(cwd, "/", True))     # like Docker: a missing one is made
             host_cwd = mapper.to_host(cwd, "/", True)
     except OSError:
         ok = False
     if not ok:
-        sys.stderr.write(f"carryon: warning: can't chdir to {cwd!r} in the guest, using '/'\n")
+        if not spec.cwd_optional or spec.verbose >= 1:
+            sys.stderr.write(f"carryon: warning: can't chdir to {cwd!r} in the guest, using '/'\n")
         cwd = "/"
         host_cwd = mapper.to_host("/", "/", True)
     env = dict(spec.env)

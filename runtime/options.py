@@ -66,12 +66,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("clean", FLAG, "remove this archive's cache entries and exit", archive=True),
     Option("verbose", COUNT, "say what happens (twice: more)", archive=True),
     # ---- `carryon exec` (PRoot's command line)
-    Option("rootfs", VALUE, "guest root directory", "ROOTFS", exec=("-r", "--rootfs")),
+    Option("rootfs", VALUE, "guest root directory (default: /; the last of -r, -R, -b HOST:/ wins)", "ROOTFS",
+           exec=("-r", "--rootfs")),
     Option("rootfs_defaults", VALUE, "same, plus the default binds: /dev /proc /sys and the host's "
            "/etc/resolv.conf /etc/hosts /etc/hostname", "ROOTFS", exec=("-R",)),
-    Option("exec_bind", LIST, "make host path HOST visible at GUEST (default: the same path); ':ro' makes "
-           "it read-only (writes fail with EROFS)", "HOST[:GUEST][:ro]", exec=("-b", "-m", "--bind", "--mount")),
-    Option("cwd", VALUE, "guest working directory (default /)", "DIR", exec=("-w", "--cwd", "--pwd")),
+    Option("exec_bind", LIST, "make host path HOST visible at GUEST (default: the same path, made "
+           "absolute; a relative GUEST is joined to the current directory; GUEST / makes HOST the root); "
+           "':ro' makes it read-only (writes fail with EROFS)", "HOST[:GUEST][:ro]",
+           exec=("-b", "-m", "--bind", "--mount")),
+    Option("cwd", VALUE, "guest working directory (default: the current directory when the guest has it, "
+           "else /; a relative DIR is joined to the current directory)", "DIR", exec=("-w", "--cwd", "--pwd")),
     Option("root_id", FLAG, "the guest sees itself as root (uid/gid 0)", exec=("-0", "--root-id")),
     Option("change_id", VALUE, "the guest sees itself as UID:GID", "UID:GID", exec=("-i", "--change-id")),
     Option("exec_verbose", VALUE, "verbosity", "N", exec=("-v", "--verbose")),

@@ -12,8 +12,9 @@ GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def exec_cmd(rootfs, args, opts=(), defaults=True) -> list[str]:
-    return [sys.executable, "-m", "packer.cli", "exec", *opts, "-R" if defaults else "-r", str(rootfs),
-            "--", *args]
+    """`rootfs` None: no -r/-R (PRoot's default root, `/`, or the one `opts` name)."""
+    root = [] if rootfs is None else ["-R" if defaults else "-r", str(rootfs)]
+    return [sys.executable, "-m", "packer.cli", "exec", *opts, *root, "--", *args]
 
 
 def exec_env(engine: str, extra: dict | None = None) -> dict:
@@ -28,9 +29,9 @@ def exec_env(engine: str, extra: dict | None = None) -> dict:
 
 
 def carryon_exec(rootfs, *args, engine: str, user: str, opts=(), defaults=True, env=None,
-                 timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
+                 timeout: float = 120, input: str | None = None, cwd="/tmp") -> subprocess.CompletedProcess:
     return subprocess.run(exec_cmd(rootfs, args, opts, defaults), capture_output=True, text=True,
-                          env=exec_env(engine, env), cwd="/tmp", timeout=timeout, input=input,
+                          env=exec_env(engine, env), cwd=cwd, timeout=timeout, input=input,
                           **user_popen_kwargs(user))
 
 

@@ -108,6 +108,39 @@ def test_cwd_option_and_getcwd(debian_rootfs, engine, user):
     assert p.stdout == "/usr/share\n/usr\n"
 
 
+def test_cwd_defaults_to_the_callers_like_proot(debian_rootfs, engine_tmp, engine, user):
+    """No -w: the caller's directory when the guest has it (through binds too), else / (silently);
+    a relative -w is joined to it; `-b .` binds the caller's directory at its own path."""
+    here = world_dir(engine_tmp, "caller-cwd")
+    (here / "sub").mkdir(exist_ok=True)
+    outside = world_dir(engine_tmp, "not-in-guest")
+    show = ("sh", "-c", "pwd; /bin/pwd")
+    p = run_ok(debian_rootfs, *show, engine=engine, user=user, cwd="/usr/share")
+    assert (p.stdout, p.stderr) == ("/usr/share\n" * 2, "")
+    p = run_ok(debian_rootfs, *show, engine=engine, user=user, cwd=outside)
+    assert (p.stdout, p.stderr) == ("/\n" * 2, "")
+    p = run_ok(debian_rootfs, *show, engine=engine, user=user, cwd=here, opts=("-b", "."))
+    assert (p.stdout, p.stderr) == (f"{here}\n" * 2, "")
+    p = run_ok(debian_rootfs, *show, engine=engine, user=user, cwd=here, opts=("-b", ".", "-w", "sub"))
+    assert p.stdout == f"{here}/sub\n" * 2
+    p = run_ok(debian_rootfs, *show, engine=engine, user=user, cwd="/usr", opts=("-w", "share"))
+    assert p.stdout == "/usr/share\n" * 2
+
+
+def test_root_defaults_to_slash_and_a_bind_on_slash_is_the_root(debian_rootfs, engine_tmp, engine, user):
+    """PRoot's: no -r is `-r /`; `-b X:/` makes X the root (the last of -r/-R/-b X:/ wins)."""
+    here = world_dir(engine_tmp, "caller-cwd")
+    p = run_ok(None, "/bin/sh", "-c", "pwd; test -f /app/fib.py || echo host", engine=engine, user=user,
+               cwd=here)
+    assert p.stdout == f"{here}\nhost\n"
+    p = run_ok(None, "python3", "/app/fib.py", "10", engine=engine, user=user,
+               opts=("-b", f"{debian_rootfs}:/"))
+    assert p.stdout == "fib(10) = 55\n"
+    p = run_ok(None, "sh", "-c", "test -f /app/fib.py || echo host", engine=engine, user=user,
+               opts=("-b", f"{debian_rootfs}:/", "-r", "/"))
+    assert p.stdout == "host\n"
+
+
 def test_proc_self_exe_and_argv0(debian_rootfs, engine, user):
     code = ("import os, sys; print(os.readlink('/proc/self/exe'), sys.orig_argv[0], flush=True);"
             "os.execv('/usr/bin/python3', ['my-name', '-c', 'import sys, os; "

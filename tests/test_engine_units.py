@@ -210,9 +210,36 @@ def test_cli_parse_proot_options(tmp_path):
     assert (spec.uid, spec.gid, spec.binds, spec.argv, spec.wait_all) == (1000, 100, [], ["id"], True)
 
 
-@pytest.mark.parametrize("argv", [["--bogus"], ["-r"], [], ["-r", "/nonexistent-rootfs"],
+def test_cli_parse_proot_defaults(tmp_path, monkeypatch):
+    """PRoot's defaults: root /, the caller's directory as cwd (a relative -w joined to it), `-b PATH`
+    at PATH made absolute (a relative guest path too), the last of -r/-R/-b X:/ is the root."""
+    from runtime.cli_exec import parse
+    here = os.path.realpath(tmp_path)
+    for d in ("a", "b", "sub"):
+        (tmp_path / d).mkdir()
+    monkeypatch.chdir(tmp_path)
+    spec = parse([])
+    assert isinstance(spec, RunSpec)
+    assert (spec.rootfs, spec.argv, spec.cwd, spec.cwd_optional, spec.binds, spec.meta_path) == \
+        ("/", ["/bin/sh"], here, True, [], None)
+    spec = parse(["-w", "sub", "-b", ".", "-b", "sub:mnt/", "-b", "a:/x//y/", "true"])
+    assert (spec.rootfs, spec.cwd, spec.cwd_optional) == ("/", f"{here}/sub", False)
+    assert [(b.host, b.guest) for b in spec.binds] == [
+        (here, here), (f"{here}/sub", f"{here}/mnt"), (f"{here}/a", "/x/y")]
+    roots = {("-r", "a", "-r", "b"): "b", ("-r", "a", "-b", "b:/"): "b", ("-b", "b:/", "-r", "a"): "a",
+             ("-b", "a://", "-R", "b", "-b", "a:/."): "a", ("-b", "a:/", "-b", "b:/", "-b", "sub"): "b"}
+    for argv, root in roots.items():
+        spec = parse(list(argv))
+        assert isinstance(spec, RunSpec)
+        assert spec.rootfs == f"{here}/{root}", argv
+        assert [b.guest for b in spec.binds if not b.optional] == ([f"{here}/sub"] if "sub" in argv else [])
+    spec = parse(["-b", "a://", "-R", "b", "-b", "a:/."])
+    assert isinstance(spec, RunSpec) and "/proc" in [b.guest for b in spec.binds]
+
+
+@pytest.mark.parametrize("argv", [["--bogus"], ["-r"], ["-r", "/nonexistent-rootfs"],
                                   ["-r", "/", "-b", "/nonexistent-src"], ["-r", "/", "-i", "x:y"],
-                                  ["-r", "/", "-b", "/tmp:rel"]])
+                                  ["-b", "/nonexistent-src:/"], ["-b", "/etc/passwd:/"]])
 def test_cli_parse_errors(argv):
     from runtime.cli_exec import parse
     with pytest.raises(CarryonError):
