@@ -219,6 +219,33 @@ def test_command_looked_up_in_guest_path(debian_rootfs, engine, user):
     assert p.returncode == 127
 
 
+ENTRY_OPS = r"""
+import errno, os, sys
+os.makedirs(sys.argv[1], exist_ok=True)
+os.chdir(sys.argv[1])
+os.makedirs("e", exist_ok=True)
+ops = {"rmdir": os.rmdir, "mkdir": os.mkdir, "unlink": os.unlink, "rename": lambda p: os.rename(p, "z")}
+for op, p in (("rmdir", "e/./"), ("rmdir", "e/.//"), ("rmdir", "./e/./"), ("mkdir", "e/./"), ("unlink", "e/./"),
+              ("rename", "e/./"), ("rmdir", "e/.")):
+    try:
+        ops[op](p)
+        print(op, p, "ok")
+    except OSError as e:
+        print(op, p, errno.errorcode[e.errno])
+print(os.path.isdir("e"))
+"""
+
+
+def test_entry_calls_on_dir_dot_slash_answer_like_the_kernel(debian_rootfs, engine_tmp, engine, user):
+    """`rmdir d/./` is rmdir of `d/.` for the kernel: EINVAL, d stays (so are mkdir/unlink/rename)."""
+    host = world_dir(engine_tmp, f"entry-ops-{engine}-{user}")
+    want = native_as(user, ["python3", "-c", ENTRY_OPS, str(host)])
+    assert want.returncode == 0 and "rmdir e/./ EINVAL" in want.stdout, want.stdout + want.stderr
+    p = run_ok(debian_rootfs, "python3", "-c", ENTRY_OPS, f"/tmp/entry-ops-{engine}-{user}", engine=engine,
+               user=user)
+    assert p.stdout == want.stdout
+
+
 def test_binds_readonly_and_missing_guest_path(debian_rootfs, engine_tmp, engine, user):
     src = world_dir(engine_tmp, f"ro-{engine}-{user}")
     (src / "data.txt").write_text("bound\n")

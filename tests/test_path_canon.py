@@ -365,6 +365,8 @@ def test_parent_op_never_follows_and_protects(rootfs):
     assert m.to_host("/bin/", "/", False) == f"{r}/usr/bin/"
     assert m.to_host("/a/b/..", "/", False, parent_op=True) == f"{r}/a/."
     assert m.to_host("/", "/", False, parent_op=True) == f"{r}/."
+    assert m.to_host("/a/./", "/", False, parent_op=True) == f"{r}/a/."     # `d/./` ends in `.` too
+    assert m.to_host("/a/.//", "/", False, parent_op=True) == f"{r}/a/."
     assert m.to_host("/a/newdir/", "/", False, parent_op=True) == f"{r}/a/newdir/"
 
 
@@ -383,7 +385,7 @@ def test_parent_ops_match_kernel(world, rootfs):
            ("unlink", "/file_link/"), ("rmdir", "/empty2/."), ("rmdir", "/a/b/.."),
            ("mkdir", "/bin/"), ("mkdir", "/newd/"), ("mkdir", "/a/."), ("rename", "/a/b/.."),
            ("unlink", "/"), ("rmdir", "/"), ("mkdir", "/missing/x"), ("unlink", "/dangling"),
-           ("rmdir", "/empty1/")]
+           ("rmdir", "/empty1/"), ("rmdir", "/empty2/./"), ("mkdir", "/a/./"), ("unlink", "/a/./")]
 
     def run_ops(translate):
         out = []

@@ -147,7 +147,8 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
         hs = list(stacks[1])
     comps = path.split("/")
     last = comps[-1]
-    dotlast = last == "." or last == ".."
+    # the last name, trailing slashes aside (`d/./` ends in `.` for the kernel, as `d/.` does)
+    dotlast = path.rstrip("/").rpartition("/")[2] in (".", "..")
     trailing = dotlast or last == ""
     pending = [c for c in reversed(comps) if c and c != "."]
     follow_final = follow_last or (trailing and not parent_op)
