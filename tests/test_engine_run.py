@@ -192,6 +192,39 @@ def test_exec_scripts_and_errors(debian_rootfs, engine_tmp, engine, user):
     ]
 
 
+LONG_SHEBANGS = {      # #! lines at the kernel's limits (Linux >= 5.1: 256 bytes, the line <= 255)
+    "l200": b"#!/bin/echo " + b"a" * 188 + b"\n",
+    "l254": b"#!/bin/echo " + b"b" * 242 + b"\n",
+    "cut": b"#!/bin/echo " + b"c" * 300 + b"\n",
+    "pad200": b"#!" + b" " * 190 + b"/bin/echo x\n",
+    "nameend": b"#!" + b" " * 244 + b"/bin/echo x\n",
+    "namecut": b"#!" + b" " * 245 + b"/bin/echo x\n",
+    "nul": b"#!/bin/echo a\0b\n",
+    "nulname": b"#!/bin/echo\0junk\n",
+}
+
+SHEBANG_CHECK = r"""
+import errno, subprocess, sys
+for name in sys.argv[2:]:
+    try:
+        print(name, subprocess.run([sys.argv[1] + "/" + name], capture_output=True).stdout)
+    except OSError as e:
+        print(name, errno.errorcode[e.errno])
+"""
+
+
+def test_long_and_odd_shebang_lines_like_the_kernel(debian_rootfs, engine_tmp, engine, user):
+    work = world_dir(engine_tmp, "long-shebangs")
+    for name, text in LONG_SHEBANGS.items():
+        (work / name).write_bytes(text)
+        os.chmod(work / name, 0o755)
+    want = native_as(user, ["python3", "-c", SHEBANG_CHECK, str(work), *LONG_SHEBANGS])
+    assert want.returncode == 0 and "l200 b'" + "a" * 188 in want.stdout and "namecut ENOEXEC" in want.stdout
+    p = run_ok(debian_rootfs, "python3", "-c", SHEBANG_CHECK, str(work), *LONG_SHEBANGS, engine=engine,
+               user=user, opts=("-b", f"{work}:{work}"))
+    assert p.stdout == want.stdout
+
+
 def test_exit_codes(debian_rootfs, engine, user):
     assert carryon_exec(debian_rootfs, "sh", "-c", "exit 42", engine=engine, user=user).returncode == 42
     assert carryon_exec(debian_rootfs, "sh", "-c", "kill -TERM $$", engine=engine, user=user).returncode == 143

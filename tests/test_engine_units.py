@@ -106,15 +106,29 @@ def test_table_covers_the_path_calls():
     (b"#!/usr/bin/env python3 -u  \n", (b"/usr/bin/env", b"python3 -u")),
     (b"#!\t/bin/bash\t-x\n", (b"/bin/bash", b"-x")),
     (b"#!/bin/sh", (b"/bin/sh", None)),
+    # Linux >= 5.1 (fs/binfmt_script.c): 256 bytes looked at, the line never has the last one
+    (b"#!/bin/echo " + b"a" * 190 + b"\n", (b"/bin/echo", b"a" * 190)),
+    (b"#!/bin/echo " + b"a" * 300, (b"/bin/echo", b"a" * 243)),
+    (b"#!/bin/echo " + b"a" * 242 + b"\n", (b"/bin/echo", b"a" * 242)),
+    (b"#!" + b" " * 244 + b"/bin/echo x", (b"/bin/echo", None)),     # the name ends on the last byte
+    (b"#!" + b" " * 244 + b"/bin/echo\t\n", (b"/bin/echo", None)),
+    (b"#!/bin/echo\0junk\n", (b"/bin/echo", None)),                 # a NUL ends the name: no argument
+    (b"#!/bin/echo a\0b\n", (b"/bin/echo", b"a")),                  # ... and the argument
+    (b"#!/bin/echo \0b\n", (b"/bin/echo", b"")),
 ])
 def test_shebang_parse(head, want):
     assert shebang.parse(head) == want
 
 
-def test_shebang_without_interpreter():
+@pytest.mark.parametrize("head,err", [
+    (b"#!   \n", errno.ENOEXEC), (b"#!", errno.EACCES), (b"#!\0x\n", errno.EACCES),
+    (b"#!" + b" " * 245 + b"/bin/echo x", errno.ENOEXEC),              # the name may be cut: refused
+    (b"#!" + b" " * 300, errno.ENOEXEC),
+])
+def test_shebang_refused(head, err):
     with pytest.raises(OSError) as e:
-        shebang.parse(b"#!   \n")
-    assert e.value.errno == errno.ENOEXEC
+        shebang.parse(head)
+    assert e.value.errno == err
 
 
 def _interp(path: str):
