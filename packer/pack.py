@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT",
                    help="output file (default: NAME.run in the current dir); - writes the archive to stdout")
     p.add_argument("--tag", help="image tag/name to pick when the source holds several")
-    p.add_argument("--platform", help="OS/ARCH[/VARIANT] from a multi-platform index (default linux/amd64)")
+    p.add_argument("--platform", help="OS/ARCH[/VARIANT] to pack (default linux/amd64): picked from a "
+                   "multi-platform index; an image for another platform is refused")
     p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level 1-22 (default {DEFAULT_LEVEL})")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print nothing but errors (no progress bars, no summary line)")

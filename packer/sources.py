@@ -3,6 +3,11 @@
 `open_image(source, tag, platform, workdir)` detects the format from the content, picks the image by
 tag and platform, verifies the manifest and config blobs, and returns an `Image` whose layers can be
 opened as raw blob streams (decompression and diff_id checks are in `packer.layers`).
+
+The platform asked (`platform`, default DEFAULT_PLATFORM, the host's: linux/amd64) is Docker's rule:
+the image packed is one for it, or none. An index entry's platform picks among several; the image
+config's `os`/`architecture` decide in the end (an entry may name no platform). No image for it ->
+InputError naming the platforms the source has.
 """
 
 from __future__ import annotations
@@ -266,12 +271,20 @@ def _oci_image(store: Store, fmt: str, desc: str, tag: str | None, platform: str
             raise InputError(f"{desc}: layer {i} {digest}: blob missing from the image")
         layers.append(LayerRef(i, digest, diff_id, store.size(name), ld.get("mediaType", ""), name,
                                partial(store.open, name)))
-    return Image(desc, fmt, chosen_tag, _config_platform(config), mdigest, cdigest, config, layers)
+    return Image(desc, fmt, chosen_tag, _config_platform(config, desc, platform), mdigest, cdigest, config,
+                 layers)
 
 
-def _config_platform(config: dict) -> str:
-    return _platform_str(config.get("os") or "linux", config.get("architecture") or "amd64",
+def _config_platform(config: dict, desc: str, platform: str | None) -> str:
+    """The platform the image config says (missing fields: linux, amd64), refused (InputError) when
+    its OS/ARCH is not the one asked (`platform`, default DEFAULT_PLATFORM): an index may have no
+    platforms, or lie, but the config is what the layers were built for."""
+    plat = _platform_str(config.get("os") or "linux", config.get("architecture") or "amd64",
                          config.get("variant") or "")
+    want = platform or DEFAULT_PLATFORM
+    if parse_platform(want)[:2] != parse_platform(plat)[:2]:
+        raise InputError(f"{desc}: no image for platform {want} (available: {plat})")
+    return plat
 
 
 def _pick_manifest(store: Store, desc: str, entries: list[dict], platform: str | None,
@@ -295,9 +308,9 @@ def _pick_manifest(store: Store, desc: str, entries: list[dict], platform: str |
     if len(expanded) == 1:
         e, data = expanded[0]
         p = e.get("platform")
-        if platform and p and (p.get("os"), p.get("architecture")) != want[:2]:
-            found = _platform_str(p.get('os', '?'), p.get('architecture', '?'))
-            raise InputError(f"{desc}: no image for platform {platform} (found {found})")
+        if p and (p.get("os"), p.get("architecture")) != want[:2]:
+            found = _platform_str(p.get("os", "?"), p.get("architecture", "?"), p.get("variant", ""))
+            raise InputError(f"{desc}: no image for platform {platform or DEFAULT_PLATFORM} (available: {found})")
         return e, data, e["digest"]
     if not any(e.get("platform") for e, _ in expanded):
         raise InputError(f"{desc}: several untagged images without platforms: "
@@ -349,9 +362,7 @@ def _docker_image(store: Store, desc: str, tag: str | None, platform: str | None
     config = _json(cdata, f"{desc}: config {cname}")
     if not isinstance(config, dict):
         raise InputError(f"{desc}: config {cname} is not an image config")
-    plat = _config_platform(config)
-    if platform and parse_platform(platform)[:2] != parse_platform(plat)[:2]:
-        raise InputError(f"{desc}: no image for platform {platform} (the image is {plat})")
+    plat = _config_platform(config, desc, platform)
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     names = e.get("Layers") or []
     if len(names) != len(diff_ids):

@@ -114,8 +114,10 @@ def _blob(layout: Path, data: bytes) -> str:
 
 
 def write_oci(layout: Path, layers: list[list[tuple[tarfile.TarInfo, bytes]] | bytes],
-              config: dict | None = None, compress: str = "gzip", tag: str = "latest") -> Path:
-    """An OCI image layout dir with one image; a layer is a member list or raw tar bytes."""
+              config: dict | None = None, compress: str = "gzip", tag: str = "latest",
+              platform: str = "linux/amd64") -> Path:
+    """An OCI image layout dir with one image (its config says `platform`, OS/ARCH); a layer is a
+    member list or raw tar bytes."""
     import zstandard
 
     layout.mkdir(parents=True, exist_ok=True)
@@ -131,7 +133,8 @@ def write_oci(layout: Path, layers: list[list[tuple[tarfile.TarInfo, bytes]] | b
         else:
             blob, mt = raw, "application/vnd.oci.image.layer.v1.tar"
         descs.append({"mediaType": mt, "digest": _blob(layout, blob), "size": len(blob)})
-    cfg = {"architecture": "amd64", "os": "linux",
+    os_, arch = platform.split("/")
+    cfg = {"architecture": arch, "os": os_,
            "config": config if config is not None else {"Cmd": ["/bin/sh"]},
            "rootfs": {"type": "layers", "diff_ids": diff_ids}}
     cfg_data = json.dumps(cfg).encode()

@@ -126,7 +126,7 @@ def test_tag_selection(tmp_path):
 
 def test_platform_selection(tmp_path):
     amd = write_oci(tmp_path / "amd", [[M("amd64", data=b"a")]])
-    arm = write_oci(tmp_path / "arm", [[M("arm64", data=b"b")]])
+    arm = write_oci(tmp_path / "arm", [[M("arm64", data=b"b")]], platform="linux/arm64")
     for p in (arm / "blobs/sha256").iterdir():
         shutil.copy(p, amd / "blobs/sha256" / p.name)
     entries = []
@@ -149,8 +149,50 @@ def test_platform_selection(tmp_path):
         doc = json.loads(run_carryon("inspect", "--json", "--files", str(out), check=True).stdout)
         assert [f["path"] for f in doc["files"]][1] == name
         out.unlink()
-    assert_fails(tmp_path, amd, "--platform", "linux/s390x", match="no image for platform linux/s390x")
+    assert_fails(tmp_path, amd, "--platform", "linux/s390x",
+                 match="no image for platform linux/s390x (available: linux/amd64, linux/arm64)")
     assert_fails(tmp_path, amd, "--platform", "bogus", match="--platform")
+
+
+def _docker_archive(path, platform: str):
+    """A docker-archive tar of one image whose config says `platform` (OS/ARCH)."""
+    raw = tar_bytes(LAYER)
+    os_, arch = platform.split("/")
+    cfg = json.dumps({"architecture": arch, "os": os_, "config": {},
+                      "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]}})
+    cd = hashlib.sha256(cfg.encode()).hexdigest()
+    with tarfile.open(path, mode="w") as tf:
+        for name, data in ((f"{cd}.json", cfg.encode()), ("abc123/layer.tar", raw),
+                           ("manifest.json", json.dumps([{"Config": f"{cd}.json",
+                                                          "Layers": ["abc123/layer.tar"]}]).encode())):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return path
+
+
+def test_a_single_image_for_another_platform_is_refused(tmp_path):
+    """Docker's: an image is packed for the platform asked (default linux/amd64) or not at all; what
+    its config says counts (an OCI index entry often has no platform); the error lists the source's."""
+    amd = write_oci(tmp_path / "amd", [LAYER])
+    arm = write_oci(tmp_path / "arm", [LAYER], platform="linux/arm64")
+    damd = _docker_archive(tmp_path / "amd.tar", "linux/amd64")
+    darm = _docker_archive(tmp_path / "arm.tar", "linux/arm64")
+    for src in (amd, damd):
+        assert_fails(tmp_path, src, "--platform", "linux/arm64",
+                     match="no image for platform linux/arm64 (available: linux/amd64)")
+    for src in (arm, darm):
+        assert_fails(tmp_path, src, match="no image for platform linux/amd64 (available: linux/arm64)")
+        assert_fails(tmp_path, src, "--platform", "linux/amd64",
+                     match="no image for platform linux/amd64 (available: linux/arm64)")
+    for src, plat in ((amd, None), (damd, None), (amd, "linux/amd64"), (arm, "linux/arm64"),
+                      (darm, "linux/arm64")):
+        out = tmp_path / "ok.run"
+        p = run_carryon("pack", "--bare", str(src), "-o", str(out), *(["--platform", plat] if plat else []))
+        assert p.returncode == 0, p.stderr
+        doc = json.loads(run_carryon("inspect", "--json", str(out), check=True).stdout)
+        assert doc["image"]["platform"] == (plat or "linux/amd64")
+        out.unlink()
 
 
 def test_docker_archive_variants_and_stdin(tmp_path):
