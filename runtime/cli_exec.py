@@ -22,11 +22,12 @@ from runtime.errors import CarryonError
 from runtime.spec import Bind, RunSpec, default_binds
 
 USAGE_HEAD = """usage: carryon exec [-r ROOTFS | -R ROOTFS] [-b HOST[:GUEST][:ro]]... [-w DIR] [-0 | -i UID:GID]
-                    [-p GUEST:HOST]... [-n] [--ports-file FILE]
+                    [-p GUEST:HOST]... [-n] [--ports-file FILE] [--overlay DIR]
                     [-v N] [--kill-on-exit] [-k RELEASE] [--] [COMMAND [ARG]...]
 
 Run COMMAND (default /bin/sh) with ROOTFS (default /) as its root directory, without privileges
 (ptrace), in the current directory when ROOTFS has it (else /).
+
 """
 USAGE_TAIL = """COMMAND without '/' is looked up in the guest's PATH. Engine: CARRYON_ENGINE=auto|seccomp|ptrace;
 CARRYON_NATIVE=0: no native stop loop (Python sees every stop); CARRYON_PIN=auto|on|off.
