@@ -186,6 +186,8 @@ class Overlay:
         dst = self.upper + g
         with os.scandir(src) as it:
             entries = [(e.name, e.stat(follow_symlinks=False)) for e in it]
+        if not _ROOT and not os.access(dst, os.W_OK | os.X_OK):
+            os.chmod(dst, 0o700)        # ours: writable while it is filled (its mode is set at the end)
         stubs = []
         try:
             for name, st in entries:
