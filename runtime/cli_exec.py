@@ -127,7 +127,8 @@ def parse(argv: list[str]) -> RunSpec | str:
                    uid=uid, gid=gid, engine=os.environ.get("CARRYON_ENGINE") or "auto",
                    wait_all=wait_all,
                    meta_path=meta if os.path.isfile(meta) else None, verbose=verbose,
-                   port_map=port_map, netcoop=netcoop, ports_file=ports_file)
+                   port_map=port_map, netcoop=netcoop, ports_file=ports_file,
+                   kernel_release=v["kernel"])
 
 
 def main(argv: list[str]) -> int:

@@ -52,7 +52,7 @@ class PortMapping(_Record):
 class RunSpec(_Record):
     __slots__ = ("rootfs", "argv", "env", "cwd", "binds", "uid", "gid", "engine", "wait_all",
                  "meta_path", "stop_signal", "forward_all_signals", "port_map", "netcoop", "ports_file",
-                 "verbose", "overlay", "overlay_ident")
+                 "verbose", "overlay", "overlay_ident", "kernel_release")
 
     def __init__(self, rootfs: str, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/",
                  binds: list[Bind] | None = None, uid: int | None = None, gid: int | None = None,
@@ -60,7 +60,8 @@ class RunSpec(_Record):
                  stop_signal: int = SIGTERM, forward_all_signals: bool = False,
                  port_map: list[PortMapping] | None = None,
                  netcoop: bool = False, ports_file: str | None = None, verbose: int = 0,
-                 overlay: str | None = None, overlay_ident: str | None = None) -> None:
+                 overlay: str | None = None, overlay_ident: str | None = None,
+                 kernel_release: str | None = None) -> None:
         self.rootfs = rootfs            # host path of the guest root
         self.argv = argv                # argv[0] is looked up in the guest PATH when it has no '/'
         self.env: dict[str, str] = {} if env is None else env
@@ -85,6 +86,8 @@ class RunSpec(_Record):
         # (runtime.path.overlay); a state made for another image (`overlay_ident`) is refused
         self.overlay = overlay
         self.overlay_ident = overlay_ident
+        # `carryon exec -k`: what the guest's uname reports (runtime.extension.kernel_release)
+        self.kernel_release = kernel_release
 
 
 # The default binds for running an image (`carryon exec -R`, the archives): each is skipped when

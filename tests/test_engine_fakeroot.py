@@ -10,7 +10,7 @@ import pytest
 from conftest import ENGINE_USERS
 from engine_util import carryon_exec
 
-ENGINES = ["seccomp", "ptrace"]
+ENGINES = ["seccomp", "seccomp-python", "ptrace"]
 
 
 @pytest.fixture(params=ENGINES)
@@ -164,3 +164,38 @@ def test_fake_root_chown(debian_rootfs, engine, user):
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["chown 10 20", "lchown 30 40 10", "fchown 50 20",
                                      "fchownat 0 60 70", "rename 60 70 60", "link 60", "new 0 0"], p.stderr
+
+
+def test_kernel_release_parse():
+    from runtime.errors import CarryonError
+    from runtime.extension.kernel_release import parse_release
+    assert parse_release("3.10.0") == {2: b"3.10.0"}
+    assert parse_release("\\a\\\\3.1\\v\\m\\d\\") == {0: b"a", 2: b"3.1", 3: b"v", 4: b"m", 5: b"d"}
+    assert parse_release("\\\\\\4.0\\\\\\\\0x1f\\") == {2: b"4.0"}         # with PRoot's hwcap field
+    assert parse_release("x" * 100) == {2: b"x" * 64}
+    for bad in ("", "\\a\\b\\", "\\a\\b\\c\\d\\e\\f", "\\1\\2\\3\\4\\5\\6\\7\\8\\"):
+        with pytest.raises(CarryonError):
+            parse_release(bad)
+
+
+def test_hooks_only_with_their_options(tmp_path):
+    """No -0/-k: the filter stops on neither uname nor fsetxattr (and only -0 hooks mknod/xattrs)."""
+    from runtime import extension
+    from runtime.engine import filter_program
+    from runtime.spec import RunSpec
+    from runtime.syscall import seccomp
+    from runtime.syscall.sysnums import NUMBERS as N
+
+    def traps(spec, name):
+        prog = filter_program(extension.build(spec))
+        return seccomp.evaluate(prog, N[name], args=(3, 0x1000, 0x2000, 4, 0, 0)) == seccomp.RET_TRACE
+
+    plain = RunSpec(str(tmp_path), ["true"])
+    assert extension.build(plain) == []
+    assert not traps(plain, "uname") and not traps(plain, "fsetxattr")
+    assert traps(RunSpec(str(tmp_path), ["true"], kernel_release="3.10"), "uname")
+    ids = RunSpec(str(tmp_path), ["true"], uid=1000, gid=1000)
+    assert not traps(ids, "fsetxattr") and not traps(ids, "uname")
+    root = RunSpec(str(tmp_path), ["true"], uid=0, gid=0)
+    assert traps(root, "fsetxattr") and traps(root, "flistxattr") and not traps(root, "uname")
+    assert [type(e).__name__ for e in extension.build(root)] == ["FakeRoot"]
