@@ -35,7 +35,7 @@ def parse_release(value: str) -> dict[int, bytes]:
     parts = value.split("\\")
     # "\a\b\c\d\e\f\" splits into ['', a, b, c, d, e, f, '']; a hwcap field makes one more
     if len(parts) not in (NFIELDS + 2, NFIELDS + 3) or parts[-1] != "":
-        raise CarryonError(f"-k {value!r}: expected RELEASE or "
+        raise CarryonError(f"-k {value}: expected RELEASE or "
                            "\\SYSNAME\\NODENAME\\RELEASE\\VERSION\\MACHINE\\DOMAINNAME\\")
     return {i: p.encode()[:FIELD - 1] for i, p in enumerate(parts[1:NFIELDS + 1]) if p}
 
