@@ -150,7 +150,7 @@ def parse(argv: list[str]) -> RunSpec | str:
                    wait_all=wait_all,
                    meta_path=meta if meta and os.path.isfile(meta) else None, verbose=verbose,
                    port_map=port_map, netcoop=netcoop, ports_file=ports_file,
-                   cwd_optional=not v["cwd"])
+                   cwd_optional=not v["cwd"], kernel_release=v["kernel"])
 
 
 def main(argv: list[str]) -> int:

@@ -86,7 +86,8 @@ OPTIONS: tuple[Option, ...] = (
            exec=("-p", "--port")),
     Option("overlay", VALUE, "carryon's extension: ROOTFS stays as it is, the run's changes go to DIR "
            "(copy-on-write; a later run with the same DIR starts from them)", "DIR", exec=("--overlay",)),
-    Option("kernel", VALUE, "accepted for PRoot compatibility (ignored)", "R", exec=("-k", "--kernel-release")),
+    Option("kernel", VALUE, "the guest's uname reports kernel release R (PRoot's \\SYSNAME\\NODENAME\\"
+           "RELEASE\\VERSION\\MACHINE\\DOMAINNAME\\ form too)", "R", exec=("-k", "--kernel-release")),
     Option("exec_help", FLAG, "this help", exec=("-h", "--help")),
     Option("version", FLAG, "carryon's version", exec=("-V", "--version")),
 )

@@ -1,4 +1,6 @@
-"""Optional features that hook system calls (PRoot's extensions), e.g. fake_id (-0/-i), portmap.
+"""Optional features that hook system calls (PRoot's extensions), e.g. fake_id (-0/-i), fake_root
+(-0), kernel_release (-k), portmap. Each exists only when its option is given: a run without them
+stops on nothing more than the path calls.
 
 An extension is an object with:
 
@@ -59,9 +61,15 @@ Extension = Base
 def build(spec: RunSpec) -> list[Base]:
     """The extensions a run needs, in the order their hooks run."""
     exts: list[Base] = []
-    if spec.uid is not None or spec.gid is not None:
+    if spec.uid == 0:                   # -0 (or -i 0:N): PRoot's fake root, privileges faked too
+        from runtime.extension.fake_root import FakeRoot
+        exts.append(FakeRoot(spec))
+    elif spec.uid is not None or spec.gid is not None:
         from runtime.extension.fake_id import FakeId
         exts.append(FakeId(spec))
+    if spec.kernel_release is not None:
+        from runtime.extension.kernel_release import KernelRelease
+        exts.append(KernelRelease(spec.kernel_release))
     if spec.overlay:
         from runtime.extension.cow_fd import CowFd
         exts.append(CowFd())            # after fake_id: an fchown it answers is no change
