@@ -96,11 +96,16 @@ def test_file_bind_and_missing_points_without_creating(world, tree):
     assert m.to_host("/new/deep/point", "/", True) == a
     assert m.to_host("/new/deep/point/../../../etc/passwd", "/", True) == f"{r}/etc/passwd"
     assert m.to_host("/etc/hostfile", "/", True) == f"{world}/resolv.host"
-    # the missing ancestors themselves are not in the image: the kernel says ENOENT
-    assert not os.path.exists(m.to_host("/new/deep", "/", True))
+    # the missing ancestors are directories of the run's glue (PRoot's): entered, listed, stat'ed
+    glued = m.to_host("/new/deep", "/", True)
+    assert not glued.startswith(r) and os.path.isdir(glued)
+    assert os.listdir(glued) == ["point"] and os.listdir(m.to_host("/new", "/", False)) == ["deep"]
+    assert m.to_guest(glued) == "/new/deep" and m.canon("/new/deep/..", "/", True) == "/new"
+    assert m.to_host("/new/deep/point", "/", False) == a
+    assert not os.path.exists(f"{r}/new")          # the image is left alone
+    # listings that lack a name: the image's directories only (the glue holds its names)
     assert m.synthetic_entries("/") == ["new"]
-    assert m.synthetic_entries("/new") == ["deep"]
-    assert m.synthetic_entries("/new/deep") == ["point"]
+    assert m.synthetic_entries("/new") == [] and m.synthetic_entries("/new/deep") == []
     assert m.synthetic_entries("/etc") == ["hostfile"]
     assert m.synthetic_entries("/mnt") == []
     assert m.to_guest(f"{a}/sub") == "/new/deep/point/sub"
