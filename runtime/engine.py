@@ -27,13 +27,13 @@ sched_getaffinity, CPU contention...), then everything is unpinned for the rest 
 
 Limits (containment, not a security boundary): the tree can change between the tracer's checks and
 the real call; file descriptors inherited from the caller lead where they lead. Not translated:
-AF_UNIX paths in `sendmsg` and in the results of getsockname/getpeername/accept/recvfrom; the
-contents of /proc/PID/maps, mountinfo and the like. 32-bit (i386/x32) calls fail with ENOSYS, so
-32-bit programs do not run. Job control (Ctrl-Z) stops are not emulated for the guest itself (the
-tracer stops, which holds the guest at its next traced call). Rewritten paths are written below the
-tracee's stack pointer; a process with nothing writable there gets a private scratch mapping
-(injected mmap), but a signal handler running on a small `sigaltstack` could see the memory below
-that stack overwritten (as under PRoot).
+AF_UNIX paths in `sendmsg` and in the results of recvfrom/recvmsg (getsockname, getpeername and
+accept give the guest's path); the contents of /proc/PID/maps, mountinfo and the like. 32-bit
+(i386/x32) calls fail with ENOSYS, so 32-bit programs do not run. Job control (Ctrl-Z) stops are not
+emulated for the guest itself (the tracer stops, which holds the guest at its next traced call).
+Rewritten paths are written below the tracee's stack pointer; a process with nothing writable there
+gets a private scratch mapping (injected mmap), but a signal handler running on a small
+`sigaltstack` could see the memory below that stack overwritten (as under PRoot).
 """
 
 from __future__ import annotations
