@@ -269,7 +269,15 @@ def _traced(spec: RunSpec, use_seccomp: bool) -> int:
     if spec.verbose >= 1:
         sys.stderr.write(f"carryon: engine {'seccomp' if use_seccomp else 'ptrace'}, rootfs "
                          f"{mapper.rootfs}, command {prog} (cwd {cwd}, {len(mapper.binds)} binds)\n")
-    return _run_once(spec, mapper, prog, host_cwd, env, use_seccomp, loop_ref)
+    try:
+        rc = _run_once(spec, mapper, prog, host_cwd, env, use_seccomp, loop_ref)
+    except Refused:
+        raise                           # the next engine runs with the same mapper (and cwd)
+    except BaseException:
+        mapper.release()
+        raise
+    mapper.release()                    # the glue and socket links of the run (binding.Mapper)
+    return rc
 
 
 def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,

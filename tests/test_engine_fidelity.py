@@ -5,6 +5,7 @@ unprivileged test user."""
 
 from __future__ import annotations
 
+import glob
 import os
 import socket
 
@@ -50,6 +51,7 @@ def test_missing_bind_ancestors_are_directories(debian_rootfs, engine_tmp, engin
     src = world_dir(engine_tmp, f"glue-{engine}-{user}")
     (src / "f").write_text("in bind\n")
     state = world_dir(engine_tmp, f"glue-state-{engine}-{user}") / "s"
+    scratch = set(glob.glob("/tmp/carryon-s-*"))
     p = run_ok(debian_rootfs, "sh", "-c",
                "ls /a; ls /a/b; stat -c '%F %n' /a /a/b; cat /a/b/c/f; cd /a/b && pwd && cd c && "
                "/bin/pwd && ls .. && cd /hostfs/etc && /bin/pwd",
@@ -63,6 +65,7 @@ def test_missing_bind_ancestors_are_directories(debian_rootfs, engine_tmp, engin
     with open("/etc/hostname") as f:
         assert p.stdout == "/hostfs\n/hostfs\n" + f.read(), p.stderr
     assert not (debian_rootfs / "a").exists() and not (debian_rootfs / "hostfs").exists()
+    assert set(glob.glob("/tmp/carryon-s-*")) <= scratch        # the glue is gone with the run
 
 
 def test_symlinks_and_cwd_in_binds(debian_rootfs, engine_tmp, engine, user):

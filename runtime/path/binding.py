@@ -368,14 +368,28 @@ class Mapper:
         """A private directory of this run (created once, removed when the tracer exits)."""
         if self._scratch is None:
             import atexit
-            import shutil
             import tempfile
+            # /tmp first: a short prefix leaves room in sun_path (see `socket_dir`)
             base = "/tmp" if os.access("/tmp", os.W_OK | os.X_OK) else tempfile.gettempdir()
-            d = tempfile.mkdtemp(prefix="carryon-", dir=base)
+            d = tempfile.mkdtemp(prefix="carryon-s-", dir=base)
             os.chmod(d, 0o711)          # guest processes of another uid traverse it too
-            atexit.register(shutil.rmtree, d, True)
+            atexit.register(self.release)   # the engine calls it itself (carryon leaves by _exit)
             self._scratch = d
         return self._scratch
+
+    def release(self) -> None:
+        """Remove the run's scratch directory (glue, socket links), if any; made anew on next use."""
+        d = self._scratch
+        if d is None:
+            return
+        import shutil
+        self._scratch = None
+        self.glue = None
+        self._short.clear()
+        self.short_back.clear()
+        shutil.rmtree(d, ignore_errors=True)    # fd-based: never follows the links inside
+        self._finish()
+        self.forget()
 
     def glue_dir(self, guest: str) -> str:
         """Host path of the missing-in-image ancestor `guest` (internal form, in `virtual`) of
