@@ -312,3 +312,21 @@ def test_last_pure_tells_answers_that_only_the_image_tree_decides(tmp_path):
                                ("/usr/lib/f", False, True), ("/srv/g", True, False)):
         m.resolve(path, "/", follow, pid=os.getpid(), tid=os.getpid())
         assert m.last_pure is pure, (path, follow)
+
+
+def test_proc_of_the_host_without_a_bind_and_ambiguous_names(world, tree):
+    """The guest's /proc is the host's procfs with a rootfs of "/": /proc links are answered for
+    the guest as with a /proc bind. A host directory with two guest names makes the mapper
+    `ambiguous`; `guest_cwd` then answers the name noted for the process (or the run's start)."""
+    r, a, b = tree
+    m = Mapper("/", [])
+    assert m.proc_root == "/proc" and m._proc_prefix == "/proc/"
+    assert Mapper(r, []).proc_root is None and not Mapper(r, []).ambiguous
+    assert not Mapper(r, [Bind(a, "/mnt/a"), Bind(b, "/mnt/b")]).ambiguous
+    m = Mapper(r, [Bind(a, "/mnt/a"), Bind(a, "/srv")])
+    assert m.ambiguous and m.to_guest(f"{a}/sub") == "/mnt/a/sub"
+    m.note_cwd(0, "/srv", a)
+    assert m.guest_cwd(os.getpid(), a) == "/srv" and m.guest_cwd(os.getpid(), f"{a}/sub") == "/mnt/a/sub"
+    m.note_cwd(os.getpid(), "/srv/sub/", f"{a}/sub/")
+    assert m.guest_cwd(os.getpid(), f"{a}/sub") == "/srv/sub"
+    assert Mapper(r, [Bind(f"{r}/etc", "/mnt/etc")]).ambiguous
