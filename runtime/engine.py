@@ -27,13 +27,13 @@ sched_getaffinity, CPU contention...), then everything is unpinned for the rest 
 
 Limits (containment, not a security boundary): the tree can change between the tracer's checks and
 the real call; file descriptors inherited from the caller lead where they lead. Not translated:
-AF_UNIX paths in `sendmsg` and in the results of getsockname/getpeername/accept/recvfrom; the
-contents of /proc/PID/maps, mountinfo and the like. 32-bit (i386/x32) calls fail with ENOSYS, so
-32-bit programs do not run. Job control (Ctrl-Z) stops are not emulated for the guest itself (the
-tracer stops, which holds the guest at its next traced call). Rewritten paths are written below the
-tracee's stack pointer; a process with nothing writable there gets a private scratch mapping
-(injected mmap), but a signal handler running on a small `sigaltstack` could see the memory below
-that stack overwritten (as under PRoot).
+AF_UNIX paths in `sendmsg` and in the results of recvfrom/recvmsg (getsockname, getpeername and
+accept give the guest's path); the contents of /proc/PID/maps, mountinfo and the like. 32-bit
+(i386/x32) calls fail with ENOSYS, so 32-bit programs do not run. Job control (Ctrl-Z) stops are not
+emulated for the guest itself (the tracer stops, which holds the guest at its next traced call).
+Rewritten paths are written below the tracee's stack pointer; a process with nothing writable there
+gets a private scratch mapping (injected mmap), but a signal handler running on a small
+`sigaltstack` could see the memory below that stack overwritten (as under PRoot).
 """
 
 from __future__ import annotations
@@ -255,6 +255,8 @@ def _prepare(spec: RunSpec) -> tuple:
             sys.stderr.write(f"carryon: warning: can't chdir to {cwd!r} in the guest, using '/'\n")
         cwd = "/"
         host_cwd = mapper.to_host("/", "/", True)
+    if mapper.ambiguous:                # the name the run starts in (see Mapper.guest_cwd)
+        mapper.note_cwd(0, mapper.canon(cwd, "/", True), host_cwd)
     env = dict(spec.env)
     prog = find_command(mapper, spec.argv[0] if spec.argv else "", env.get("PATH"), cwd)
     prepared = (mapper, prog, cwd, host_cwd, env, loop_ref)
@@ -268,7 +270,15 @@ def _traced(spec: RunSpec, use_seccomp: bool) -> int:
     if spec.verbose >= 1:
         sys.stderr.write(f"carryon: engine {'seccomp' if use_seccomp else 'ptrace'}, rootfs "
                          f"{mapper.rootfs}, command {prog} (cwd {cwd}, {len(mapper.binds)} binds)\n")
-    return _run_once(spec, mapper, prog, host_cwd, env, use_seccomp, loop_ref)
+    try:
+        rc = _run_once(spec, mapper, prog, host_cwd, env, use_seccomp, loop_ref)
+    except Refused:
+        raise                           # the next engine runs with the same mapper (and cwd)
+    except BaseException:
+        mapper.release()
+        raise
+    mapper.release()                    # the glue and socket links of the run (binding.Mapper)
+    return rc
 
 
 def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
@@ -344,10 +354,23 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
             if mapper.root_host == mapper.rootfs_host:     # no bind of "/"
                 mapper.native_dir = nat.put_dir
                 nat.put_dir("", mapper.rootfs_host)
-            from runtime.tracee.native import PM_UNIX, PM_UNIX_SENDTO
-            for name, kind in (("bind", PM_UNIX), ("connect", PM_UNIX), ("sendto", PM_UNIX_SENDTO)):
+            from runtime.tracee import native as N
+            for name, kind in (("bind", N.PM_UNIX), ("connect", N.PM_UNIX), ("sendto", N.PM_UNIX_SENDTO)):
                 if NUMBERS[name] not in wanted:     # no port translation: only AF_UNIX matters
                     nat.port_call(NUMBERS[name], kind)
+            # calls that give an AF_UNIX name back: nothing to do (the native loop lets them
+            # run) until the first AF_UNIX name is translated, then Python's (Translator._sockname)
+            names_back = [NUMBERS[n] for n in ("getsockname", "getpeername", "accept", "accept4")]
+            if not tr.unix_named:
+                for nr, kind in zip(names_back, (N.PM_GETSOCKNAME, N.PM_GETPEERNAME, N.PM_ACCEPT,
+                                                   N.PM_ACCEPT)):
+                    if nr not in wanted:
+                        nat.port_call(nr, kind)
+
+            def unix_named() -> None:
+                for nr in names_back:
+                    nat.port_call(nr, 0)
+            tr.on_unix_named = unix_named
             for ext in exts:
                 attach = getattr(ext, "attach_native", None)
                 if attach is not None:      # the calls only this extension hooks

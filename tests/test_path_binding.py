@@ -96,11 +96,16 @@ def test_file_bind_and_missing_points_without_creating(world, tree):
     assert m.to_host("/new/deep/point", "/", True) == a
     assert m.to_host("/new/deep/point/../../../etc/passwd", "/", True) == f"{r}/etc/passwd"
     assert m.to_host("/etc/hostfile", "/", True) == f"{world}/resolv.host"
-    # the missing ancestors themselves are not in the image: the kernel says ENOENT
-    assert not os.path.exists(m.to_host("/new/deep", "/", True))
+    # the missing ancestors are directories of the run's glue (PRoot's): entered, listed, stat'ed
+    glued = m.to_host("/new/deep", "/", True)
+    assert not glued.startswith(r) and os.path.isdir(glued)
+    assert os.listdir(glued) == ["point"] and os.listdir(m.to_host("/new", "/", False)) == ["deep"]
+    assert m.to_guest(glued) == "/new/deep" and m.canon("/new/deep/..", "/", True) == "/new"
+    assert m.to_host("/new/deep/point", "/", False) == a
+    assert not os.path.exists(f"{r}/new")          # the image is left alone
+    # listings that lack a name: the image's directories only (the glue holds its names)
     assert m.synthetic_entries("/") == ["new"]
-    assert m.synthetic_entries("/new") == ["deep"]
-    assert m.synthetic_entries("/new/deep") == ["point"]
+    assert m.synthetic_entries("/new") == [] and m.synthetic_entries("/new/deep") == []
     assert m.synthetic_entries("/etc") == ["hostfile"]
     assert m.synthetic_entries("/mnt") == []
     assert m.to_guest(f"{a}/sub") == "/new/deep/point/sub"
@@ -307,3 +312,21 @@ def test_last_pure_tells_answers_that_only_the_image_tree_decides(tmp_path):
                                ("/usr/lib/f", False, True), ("/srv/g", True, False)):
         m.resolve(path, "/", follow, pid=os.getpid(), tid=os.getpid())
         assert m.last_pure is pure, (path, follow)
+
+
+def test_proc_of_the_host_without_a_bind_and_ambiguous_names(world, tree):
+    """The guest's /proc is the host's procfs with a rootfs of "/": /proc links are answered for
+    the guest as with a /proc bind. A host directory with two guest names makes the mapper
+    `ambiguous`; `guest_cwd` then answers the name noted for the process (or the run's start)."""
+    r, a, b = tree
+    m = Mapper("/", [])
+    assert m.proc_root == "/proc" and m._proc_prefix == "/proc/"
+    assert Mapper(r, []).proc_root is None and not Mapper(r, []).ambiguous
+    assert not Mapper(r, [Bind(a, "/mnt/a"), Bind(b, "/mnt/b")]).ambiguous
+    m = Mapper(r, [Bind(a, "/mnt/a"), Bind(a, "/srv")])
+    assert m.ambiguous and m.to_guest(f"{a}/sub") == "/mnt/a/sub"
+    m.note_cwd(0, "/srv", a)
+    assert m.guest_cwd(os.getpid(), a) == "/srv" and m.guest_cwd(os.getpid(), f"{a}/sub") == "/mnt/a/sub"
+    m.note_cwd(os.getpid(), "/srv/sub/", f"{a}/sub/")
+    assert m.guest_cwd(os.getpid(), f"{a}/sub") == "/srv/sub"
+    assert Mapper(r, [Bind(f"{r}/etc", "/mnt/etc")]).ambiguous

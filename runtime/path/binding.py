@@ -13,13 +13,24 @@ binds `/run/x`, and a bind over an image symlink (`/etc/resolv.conf -> ../run/..
 symlink's target, so both names reach it.
 
 Bind points missing from the image: paths at and below them resolve regardless (`canon` walks a
-missing ancestor of a bind point as a directory), but the point itself would not be listed by its
-parent directory nor `stat`able if an ancestor is missing too. `ensure_mount_points()` fixes that the
-way Docker does for `-v`: called once at run start, it creates the missing bind points (a directory,
+missing ancestor of a bind point as a directory). `ensure_mount_points()` creates them the way
+Docker does for `-v`: called once at run start, it creates the missing bind points (a directory,
 or an empty file for a file bind, and missing parent directories) inside the rootfs when the rootfs is
 writable there. It never writes outside the rootfs (a point whose parent is itself inside a bind is
-left virtual). Where it cannot create one (read-only rootfs), the point stays virtual and
-`synthetic_entries(dir)` lists the names an engine would add to that directory's listing.
+left virtual). Where it cannot create one (read-only rootfs), a missing ancestor (`virtual`) is
+given a host directory of the run's glue tree (`glue_dir`, PRoot's "glue": made on first use in
+the run's private `scratch` directory), which holds the names of its children, so it can be
+entered, listed and `stat`ed; `synthetic_entries(dir)` lists the names still missing from a
+directory of the image (the engine does not add them to its listing).
+
+Paths that come back from the kernel: `to_guest` picks the longest host prefix. When one host
+directory has two guest names (`ambiguous`: two binds of it, a bind of a directory inside the
+rootfs or another bind), the engine notes each chdir (`note_cwd`) and `guest_cwd` answers a
+process's working directory by the name it entered it by. A symlink inside a bind whose absolute
+target names a host path the guest sees reads as that guest path (`bind_owner`, PRoot's
+detranslation of readlink); following it still takes the target from the guest root. AF_UNIX
+names longer than `sun_path` once translated go through a short symlink of their directory in
+`scratch` (`socket_dir`; `from_socket_name` undoes it for the names the kernel gives back).
 
 Nothing about the tree is cached across calls unless `cache_dirs=True`: then guest paths seen to be
 real directories are remembered, which saves one `lstat` per known directory component, and so are
@@ -55,6 +66,25 @@ if TYPE_CHECKING:
 def _strip(p: str) -> str:
     """Internal form: no trailing slash, the root is ""."""
     return p.rstrip("/")
+
+
+def _inside(h: str, outer: str) -> bool:
+    """Host path `h` (internal form) is `outer` or below it ("" is the host's root)."""
+    return not outer or h == outer or h.startswith(outer + "/")
+
+
+def _ambiguous(rootfs_host: str, binds: list[Bind]) -> bool:
+    """Some host directory is reachable under two different guest names through the rootfs and
+    the directory binds (file binds cannot be a working directory)."""
+    dirs = [(_strip(b.host), _strip(b.guest)) for b in binds if os.path.isdir(b.host)]
+    if not dirs:
+        return False
+    owners = [(rootfs_host, ""), *dirs]
+    for i, (h, g) in enumerate(owners):
+        for j, (o, og) in enumerate(owners):
+            if i != j and _inside(h, o) and og + h[len(o):] != g:
+                return True
+    return False
 
 
 class Mapper:
@@ -118,9 +148,20 @@ class Mapper:
         self.native_relative = None
         self.stale_cwds = False
         self.binds: list[Bind] = []           # the binds in effect, canonical guest and host paths
+        # the run's own directory (`scratch`): the glue of missing bind ancestors, short names of
+        # long socket paths; made on first use, removed when the tracer exits
+        self._scratch: str | None = None
+        self._short: dict[str, str] = {}      # host dir -> its short name (`socket_dir`)
+        self.short_back: dict[str, str] = {}  # short name -> host dir
+        self.glue: str | None = None          # host dir whose tree mirrors `virtual` (see `glue_dir`)
         for b in binds:
             self._add_bind(b)
         self.user_binds = frozenset(self.bind_hosts)
+        # some host directory has two guest names (two binds of one directory, a bind of a
+        # directory inside the rootfs or another bind): the kernel's cwd alone cannot tell which
+        # one a process entered, so chdir is noted (`note_cwd`) and `guest_cwd` asks the notes
+        self.ambiguous = _ambiguous(self.rootfs_host, self.binds)
+        self.cwd_hints: dict[int, list[tuple[str, str]]] = {}
         self._finish()
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -155,6 +196,8 @@ class Mapper:
         if self.cow is not None:
             owners.append((self.cow.upper, "", False))
         owners += [(_strip(b.host), _strip(b.guest), b.readonly) for b in self.binds]
+        if self.glue is not None:
+            owners.append((self.glue, "", False))
         owners.sort(key=lambda o: len(o[0]), reverse=True)
         self._owners = owners
         self._any_ro = any(o[2] for o in owners)
@@ -168,6 +211,20 @@ class Mapper:
                 self.proc_root = g or "/"
                 self._proc_prefix = g + "/"
                 break
+        else:
+            # no bind of the host's /proc, but the guest's /proc may be it all the same (a rootfs
+            # of "/", or one where procfs is mounted): PRoot answers /proc/self & co. for the
+            # guest then too
+            if "/proc" not in self.bind_hosts:
+                here = self.root_host + "/proc"
+                try:
+                    same = os.path.samestat(os.stat(here), os.stat("/proc"))
+                except OSError:
+                    same = False
+                if same:
+                    self.proc_root = "/proc"
+                    self._proc_prefix = "/proc/"
+                    self.proc_host = here
 
     def _cwd_stacks(self, cwd: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The guest/host prefix stacks of a canonical guest directory (lexical, cached)."""
@@ -191,6 +248,8 @@ class Mapper:
             g = g + "/" + name
             nh = binds.get(g)
             h = nh if nh is not None else h + "/" + name
+            if g in self.virtual and not os.path.lexists(h):
+                h = self.glue_dir(g)
             gs.append(g)
             hs.append(h)
         stacks = (tuple(gs), tuple(hs))
@@ -262,6 +321,129 @@ class Mapper:
         self.dirlinks.clear()
         if self.native_clear is not None:
             self.native_clear()
+
+    # ---- working directories with two guest names -----------------------------------------
+    def note_cwd(self, pid: int, guest: str, host: str) -> None:
+        """Process `pid` (0: the run's first) chdir'd to canonical guest `guest` = host `host`."""
+        hints = self.cwd_hints
+        if len(hints) > 4096:
+            hints.clear()
+        host = _strip(host) or "/"
+        old = [x for x in hints.get(pid, ()) if x[0] != host]
+        hints[pid] = [(host, _strip(guest) or "/"), *old[:3]]
+
+    def guest_cwd(self, pid: int, host: str) -> str | None:
+        """Guest path of the working directory `host` of process `pid`: `to_guest`, except that in
+        an ambiguous mapper the name the process (or the nearest ancestor it inherited its
+        directory from, or the run's start) entered it by wins."""
+        g = self.to_guest(host)
+        if g is None or not self.ambiguous:
+            return g
+        hints = self.cwd_hints
+        host = _strip(host) or "/"
+        p = pid
+        seen: list[int] = []
+        for _ in range(32):
+            for h, hg in hints.get(p, ()):
+                if h == host:
+                    for q in seen:          # next time, one look
+                        hints[q] = [(h, hg)]
+                    return hg
+            seen.append(p)
+            tgid, ppid = _ids(p)
+            if tgid != p:
+                for h, hg in hints.get(tgid, ()):
+                    if h == host:
+                        return hg
+            if ppid <= 1:
+                break
+            p = ppid
+        for h, hg in hints.get(0, ()):
+            if h == host:
+                return hg
+        return g
+
+    # ---- the run's own directory ----------------------------------------------------------
+    def scratch(self) -> str:
+        """A private directory of this run (created once, removed when the tracer exits)."""
+        if self._scratch is None:
+            import atexit
+            import tempfile
+            # /tmp first: a short prefix leaves room in sun_path (see `socket_dir`)
+            base = "/tmp" if os.access("/tmp", os.W_OK | os.X_OK) else tempfile.gettempdir()
+            d = tempfile.mkdtemp(prefix="carryon-s-", dir=base)
+            os.chmod(d, 0o711)          # guest processes of another uid traverse it too
+            atexit.register(self.release)   # the engine calls it itself (carryon leaves by _exit)
+            self._scratch = d
+        return self._scratch
+
+    def release(self) -> None:
+        """Remove the run's scratch directory (glue, socket links), if any; made anew on next use."""
+        d = self._scratch
+        if d is None:
+            return
+        import shutil
+        self._scratch = None
+        self.glue = None
+        self._short.clear()
+        self.short_back.clear()
+        shutil.rmtree(d, ignore_errors=True)    # fd-based: never follows the links inside
+        self._finish()
+        self.forget()
+
+    def glue_dir(self, guest: str) -> str:
+        """Host path of the missing-in-image ancestor `guest` (internal form, in `virtual`) of
+        bind points: a directory of the run's glue tree, which holds its missing ancestors'
+        names and each bind point's, as directories (or empty files for file binds), so it can
+        be entered, listed and `stat`ed, like PRoot's glue. Writes there stay in the run."""
+        if self.glue is None:
+            glue = os.path.join(self.scratch(), "glue")
+            os.mkdir(glue, 0o755)
+            for g in sorted(self.virtual | set(self.bind_hosts), key=len):
+                parent = g.rpartition("/")[0]
+                if not g or (g not in self.virtual and parent not in self.virtual):
+                    continue            # a bind point in a directory of the image
+                try:
+                    os.makedirs(glue + parent, 0o755, exist_ok=True)
+                    if g in self.virtual or os.path.isdir(self.bind_hosts[g] or "/"):
+                        os.mkdir(glue + g, 0o755)
+                    else:
+                        os.close(os.open(glue + g, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                except FileExistsError:
+                    pass
+            self.glue = glue
+            self._finish()
+        return self.glue + guest
+
+    def socket_dir(self, host_dir: str) -> str:
+        """A short name of host directory `host_dir` (a symlink in the run's directory), for
+        AF_UNIX paths longer than sun_path once translated; `host_dir` for the ones outside it."""
+        links = self._short
+        short = links.get(host_dir)
+        if short is None:
+            short = os.path.join(self.scratch(), str(len(links)))
+            os.symlink(host_dir, short)
+            links[host_dir] = short
+            self.short_back[short] = host_dir
+        return short
+
+    def from_socket_name(self, host_path: str) -> str | None:
+        """Guest path of an AF_UNIX name the kernel gives back (short names undone), or None."""
+        if self.short_back:
+            head, _, name = host_path.rpartition("/")
+            real = self.short_back.get(head)
+            if real is not None:
+                host_path = real + "/" + name
+        return self.to_guest(host_path)
+
+    def bind_owner(self, host_path: str) -> bool:
+        """True when the longest owner of `host_path` is a user bind (not the rootfs, the run's
+        copy-on-write state or its stubs, nor the glue)."""
+        for h, g, _ro in self._owners:
+            if host_path == h or host_path.startswith(h + "/") or not h:
+                return not (h == self.rootfs_host and g == "") and g not in self.ovl and not (
+                    self.cow is not None and h == self.cow.upper) and h != self.glue
+        return False
 
     # ---- bind points --------------------------------------------------------------------
     def is_bind_root(self, guest_path: str) -> bool:
@@ -379,3 +561,19 @@ class Mapper:
             if host_path == h or host_path.startswith(h + "/") or not h:
                 return h == self.rootfs_host and g == ""
         return False
+
+
+def _ids(pid: int) -> tuple[int, int]:
+    """(Tgid, PPid) of a process, (pid, 0) when it is gone."""
+    tgid, ppid = pid, 0
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    tgid = int(line.split()[1])
+                elif line.startswith(b"PPid:"):
+                    ppid = int(line.split()[1])
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return tgid, ppid

@@ -110,32 +110,36 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
             if parent_op and full in m.bind_hosts and full not in m.ovl:
                 pass                    # a bind point: the long way gives HOST/.
             elif not follow_last or parent_op:
-                return (full, nh)
+                if m.virtual and not parent_op and full in m.virtual:
+                    nh = _glued(m, full, nh)
+                return (full, nh or "/")
             else:
                 leaves = m.leaves
                 if leaves is not None and full in leaves:
-                    return (full, nh)   # known not to be a symlink
+                    return (full, nh or "/")   # known not to be a symlink
                 # only names inside the image's own tree, never while a forget-call is running
                 keep = leaves is not None and not m.settling and nh.startswith(m.leaf_prefix)
                 try:
-                    mode = os.lstat(nh).st_mode & _S_IFMT
+                    mode = os.lstat(nh or "/").st_mode & _S_IFMT
                 except OSError as e:
-                    if full not in m.virtual:
+                    if full not in m.virtual or e.errno != errno.ENOENT:
                         if e.errno == errno.ENOENT:
                             if keep:
                                 _keep_leaf(leaves, full)    # type: ignore[arg-type]
                         else:
                             m.last_pure = False     # EACCES: a chmod may reveal a symlink
-                        return (full, nh)
+                        return (full, nh or "/")
+                    nh = m.glue_dir(full)   # a missing ancestor of a bind point
+                    m.last_pure = False
                     mode = _S_IFDIR
                 if mode == _S_IFDIR:
                     if not m.settling:
                         _remember_dir(m, full, nh, m.last_pure)
-                    return (full, nh)
+                    return (full, nh or "/")
                 if mode != _S_IFLNK:
                     if keep:
                         _keep_leaf(leaves, full)        # type: ignore[arg-type]
-                    return (full, nh)
+                    return (full, nh or "/")
     if path[0] == "/":
         gs = [""]
         hs = [m.root_host]
@@ -198,6 +202,9 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
             if parent_op and not pending and ng in m.ovl:
                 nh = h + "/" + name     # an overlay stub: the entry in its directory
         if not pending and not follow_final:
+            if m.virtual and not parent_op and ng in m.virtual:
+                nh = _glued(m, ng, nh)
+                pure = False
             gs.append(ng)
             hs.append(nh)
             g = ng
@@ -213,6 +220,8 @@ def resolve(m: Mapper, path: str, cwd: str, follow_last: bool, parent_op: bool =
             mode = lstat(nh or "/").st_mode & _S_IFMT
         except OSError as e:
             if e.errno == errno.ENOENT and ng in m.virtual:
+                nh = m.glue_dir(ng)     # a missing ancestor of a bind point: the run's glue
+                pure = False
                 gs.append(ng)
                 hs.append(nh)
                 g = ng
@@ -296,6 +305,16 @@ def _remember_alias(m: Mapper, alias: str, g: str, h: str) -> None:
     aliases[alias] = (g, h)
     if m.native_dir is not None and h.startswith(m.leaf_prefix):
         m.native_dir(alias, h)
+
+
+def _glued(m: Mapper, g: str, h: str) -> str:
+    """Host path of the missing-in-image ancestor `g` of a bind point: `h` when the image (or the
+    bind it lies in) has it after all, else the run's glue directory."""
+    try:
+        os.lstat(h)
+        return h
+    except OSError:
+        return m.glue_dir(g)
 
 
 def _keep_leaf(leaves: set[str], full: str) -> None:

@@ -21,8 +21,8 @@ from runtime.spec import Bind
 from runtime.syscall import table as T
 from runtime.syscall.sysnums import NUMBERS
 from runtime.tracee import mem
-from runtime.tracee.actions import CHANGED, SKIP
-from runtime.tracee.ffi import ARG, R_ORIG_RAX, R_R10, R_RDI, R_RDX, R_RSI
+from runtime.tracee.actions import CHANGED, EXIT, SKIP
+from runtime.tracee.ffi import ARG, R_ORIG_RAX, R_R10, R_RAX, R_RDI, R_RDX, R_RSI
 
 TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
 if TYPE_CHECKING:
@@ -65,7 +65,10 @@ def guest_base(t, dirfd: int) -> str | None:
         host = _readlink(f"/proc/{t.pid}/cwd" if dirfd == T.AT_FDCWD else f"/proc/{t.pid}/fd/{dirfd}")
     except OSError:
         return None
-    return t.mapper.to_guest(host)
+    m = t.mapper
+    if m.ambiguous and dirfd == T.AT_FDCWD:
+        return m.guest_cwd(t.pid, host)
+    return m.to_guest(host)
 
 
 def guest_cwd(t) -> str:
@@ -140,6 +143,11 @@ class Translator:
         self.simple: dict[int, tuple] = {}
         # the native loop's path cache (guest bytes, host bytes) -> None, when it runs
         self.native_put = None
+        # an AF_UNIX name was translated (bind/connect): from then on getsockname, getpeername
+        # and accept give names back that need translating; `on_unix_named` (the native loop's
+        # hand-over of those calls to Python) is called once then
+        self.unix_named = False
+        self.on_unix_named = None
 
     def _outside(self, t, dirfd: int):
         """(mapper, guest base) for a base directory outside the process's (chrooted) view: it is
@@ -170,7 +178,8 @@ class Translator:
         for p in call.paths:
             specs.append((ARG[p.arg], None if p.dirfd is None else ARG[p.dirfd], p.follow,
                           None if p.flags is None else ARG[p.flags], p.parent_op))
-        if len(specs) == 1 and not call.forget and call.paths[0].follow != T.OPENAT2:
+        if len(specs) == 1 and not call.forget and call.paths[0].follow != T.OPENAT2 and not (
+                call.name == "chdir" and self.mapper.ambiguous):    # noted by Python (note_cwd)
             reg, dreg, rule, freg, parent_op = specs[0]
             self.simple[call.nr] = (reg, -1 if dreg is None else dreg, rule,
                                     -1 if freg is None else freg, parent_op, call.write)
@@ -211,6 +220,7 @@ class Translator:
         cow_kind = _cow_kind(call)
         forget = call.forget
         opens = call.name in ("open", "openat")
+        is_chdir = call.name == "chdir"
         tr = self
         read_cstring = mem.read_cstring
         push = mem.push
@@ -230,6 +240,8 @@ class Translator:
             changed = 0
             # copy-on-write: a call that changes the tree, in a run whose image is read-only
             cw = mapper.cow is not None and write and (write == 1 or regs[wflags] & 0o1103)
+            # a chdir where a directory has two guest names: the name it used is noted
+            cd_note = is_chdir and mapper.ambiguous
             idx = -1
             for reg, dreg, rule, freg, parent_op in specs:
                 idx += 1
@@ -263,7 +275,8 @@ class Translator:
                 else:
                     dirfd = AT_FDCWD if dreg is None else _int32(regs[dreg])
                     if m is top and 47 not in raw and raw not in m.leaf_names \
-                            and not (write and m._any_ro) and not cw and not m.stale_cwds:
+                            and not (write and m._any_ro) and not cw and not m.stale_cwds \
+                            and not cd_note:
                         # One plain name that is no bind point (nor an ancestor of one): whatever
                         # the directory, the kernel's own lookup is the guest's unless the name is
                         # a symlink to follow. No need to know the directory: the kernel finds it
@@ -282,12 +295,13 @@ class Translator:
                                          else f"/proc/{t.pid}/fd/{dirfd}")
                     except OSError:
                         continue            # EBADF: the kernel says so
-                    base = m.to_guest(hdir)
+                    base = m.guest_cwd(t.pid, hdir) if m.ambiguous and dirfd == AT_FDCWD \
+                        else m.to_guest(hdir)
                     if base is None:
                         m, base = outside(t, dirfd)
                         if base is None:
                             continue
-                    elif 47 not in raw and raw != b"." and raw != b"..":
+                    elif 47 not in raw and raw != b"." and raw != b".." and not cd_note:
                         # One plain name in a real guest directory: the kernel's own lookup is
                         # the guest's, unless the name is a bind point or a symlink to follow.
                         name = _fsdecode(raw)
@@ -307,6 +321,9 @@ class Translator:
                 if cw and m.cow is not None:
                     host = _cow_prepare(m, cow_kind, idx, regs, guest, base, follow, parent_op, t.pid,
                                         0 if wflags is None else regs[wflags])
+                elif cd_note:
+                    g, host = m.resolve(guest, base, follow, pid=t.pid, tid=t.pid)
+                    m.note_cwd(t.pid, g, host)
                 else:
                     host = m.to_host(guest, base, follow, parent_op=parent_op, pid=t.pid, tid=t.pid)
                 if write and m._any_ro and (write == 1 or regs[wflags] & 0o1103) \
@@ -334,7 +351,8 @@ class Translator:
             raise OSError(errno.ENOENT, "no cwd") from None
         if host.endswith(" (deleted)") and not os.path.exists(host):
             raise OSError(errno.ENOENT, "cwd removed")
-        g = t.mapper.to_guest(host)
+        m = t.mapper
+        g = m.guest_cwd(t.pid, host) if m.ambiguous else m.to_guest(host)
         if g is None:
             raise OSError(errno.ENOENT, "cwd outside the guest")
         data = _fsencode(g) + b"\0"
@@ -371,6 +389,22 @@ class Translator:
                 if bufsiz <= 0:
                     raise OSError(errno.EINVAL, "bad buffer size")
                 data = _fsencode(target)[:bufsiz]
+                mem.write(t, regs[ARG[2] if at else ARG[1]], data)
+                t.ret = len(data)
+                return SKIP
+        if mapper.binds and mapper.bind_owner(host):
+            # a symlink in a bind: an absolute target naming a host path the guest sees is
+            # given back as the guest's path (PRoot's detranslation)
+            try:
+                target = _readlink(host)
+            except OSError:
+                target = ""
+            guest_target = mapper.to_guest(target) if target[:1] == "/" else None
+            if guest_target is not None and guest_target != target:
+                bufsiz = _int32(regs[ARG[3] if at else ARG[2]])
+                if bufsiz <= 0:
+                    raise OSError(errno.EINVAL, "bad buffer size")
+                data = _fsencode(guest_target)[:bufsiz]
                 mem.write(t, regs[ARG[2] if at else ARG[1]], data)
                 t.ret = len(data)
                 return SKIP
@@ -443,16 +477,71 @@ class Translator:
             if base is None:
                 return 0
         bind = nr == NUMBERS["bind"]
-        host = mapper.to_host(_fsdecode(path), base, not bind, parent_op=bind, pid=t.pid, tid=t.pid)
+        guest = _fsdecode(path)
+        host = mapper.to_host(guest, base, not bind, parent_op=bind, pid=t.pid, tid=t.pid)
         if bind and mapper.readonly(host):
             raise OSError(errno.EROFS, "read-only bind")
         hb = _fsencode(host)
         if len(hb) >= SUN_PATH_MAX:
-            raise OSError(errno.ENAMETOOLONG, "socket path too long once translated")
+            # longer than sun_path once translated: through a short symlink of its directory,
+            # which bind (it creates the last component) and connect both follow
+            head, _, name = host.rpartition("/")
+            hb = _fsencode(mapper.socket_dir(head or "/") + "/" + name)
+            if len(hb) >= SUN_PATH_MAX:
+                raise OSError(errno.ENAMETOOLONG, "socket path too long once translated")
+        if host != guest and not self.unix_named:
+            self.unix_named = True
+            hook = self.on_unix_named
+            if hook is not None:
+                hook()
         new = b"\x01\x00" + hb + b"\0"
         regs[areg] = mem.push(t, new)
         regs[lreg] = len(new)
         return CHANGED
+
+    def _sockname(self, t, regs) -> int:
+        """getsockname/getpeername/accept/accept4: an AF_UNIX name the kernel gives back is
+        translated to the guest's at the exit stop. Nothing at all (no exit stop) until some
+        AF_UNIX name was translated in the run (`unix_named`)."""
+        if not self.unix_named:
+            return 0
+        addr, lenptr = regs[ARG[1]], regs[ARG[2]]
+        if not addr or not lenptr:
+            return 0
+        try:
+            room = int.from_bytes(mem.read(t, lenptr, 4), "little")
+        except OSError:
+            return 0
+        if room < 3 or room >= 1 << 31:
+            return 0
+
+        def done(t, regs) -> int:
+            if regs[R_RAX] >= 1 << 63:
+                return 0                # failed
+            try:
+                full = int.from_bytes(mem.read(t, lenptr, 4), "little")
+                if full <= 2 or full > room:
+                    return 0            # no name, or cut short: left as the kernel gave it
+                data = mem.read(t, addr, full)
+                if data[0] != AF_UNIX or data[1] != 0 or data[2] == 0:
+                    return 0            # not AF_UNIX, or an abstract name
+                name = data[2:]
+                nul = name.find(0)
+                if nul >= 0:
+                    name = name[:nul]
+                host = _fsdecode(name)
+                guest = t.mapper.from_socket_name(host) if host[:1] == "/" else None
+                if guest is None or guest == host:
+                    return 0
+                new = b"\x01\x00" + _fsencode(guest) + b"\0"
+                mem.write(t, addr, new[:room])
+                mem.write(t, lenptr, len(new).to_bytes(4, "little"))
+            except OSError:
+                pass                    # the guest's memory changed under it: its answer stays
+            return 0
+
+        t.exits = [done]
+        return EXIT
 
     def _openat2(self, t, regs) -> int:
         addr = regs[ARG[1]]
@@ -591,7 +680,8 @@ class Translator:
     def dispatch(self, size: int = 512) -> list:
         out: list = [None] * size
         specials = {"getcwd": self._getcwd, "readlink": self._readlink, "chroot": self._chroot,
-                    "sockaddr": self._sockaddr, "openat2": self._openat2, "execve": self._execve}
+                    "sockaddr": self._sockaddr, "sockname": self._sockname, "openat2": self._openat2,
+                    "execve": self._execve}
         for call in T.CALLS:
             if call.refuse:
                 continue

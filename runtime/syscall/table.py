@@ -5,7 +5,8 @@ directory fd it is relative to (None: the cwd), how to decide whether the last c
 followed, whether `AT_EMPTY_PATH` / a NULL path means "the fd itself" (nothing to translate), and
 whether the call writes (for read-only binds: EROFS). `special` names a dedicated handler in
 `runtime.syscall.enter` for calls whose work is more than a path rewrite (execve, getcwd, readlink,
-chroot, sockets, openat2). The seccomp filter is built from this table: only these calls stop.
+chroot, sockets, openat2); the socket calls that give an AF_UNIX name back are listed too. The
+seccomp filter is built from this table: only these calls stop.
 """
 
 from __future__ import annotations
@@ -174,6 +175,11 @@ CALLS: tuple[Call, ...] = (
     Call("bind", special="sockaddr"),
     Call("connect", special="sockaddr"),
     Call("sendto", special="sockaddr", trace_if_arg=4),    # only with a destination address
+    # AF_UNIX names given back (host -> guest); accept only with an address buffer
+    Call("getsockname", special="sockname"),
+    Call("getpeername", special="sockname"),
+    Call("accept", special="sockname", trace_if_arg=1),
+    Call("accept4", special="sockname", trace_if_arg=1),
     # never run: no translation possible, or they would change the host's mounts
     Call("open_by_handle_at", refuse=errno.ENOSYS),
     Call("io_uring_setup", refuse=errno.ENOSYS),
