@@ -546,3 +546,20 @@ def test_cache_entries_are_never_modified(caches, user):
     for (u, name) in list(caches.made):
         if u == user:
             caches.assert_untouched(u, name)
+
+
+UNIX_BIND = """
+import os, socket
+s = socket.socket(socket.AF_UNIX)
+s.bind("/etc/carryon-test.sock")
+print(os.path.exists("/etc/carryon-test.sock"))
+"""
+
+
+def test_a_unix_socket_bound_in_an_image_directory_is_the_runs(debian_rootfs, user, engine, udir):
+    upper = owned_dir(udir(user), "upper", user)
+    before = tree_digest(debian_rootfs)
+    p = carryon_exec(debian_rootfs, "/usr/bin/python3", "-c", UNIX_BIND, engine=engine, user=user,
+                     opts=["-0", "--overlay", str(upper)], defaults=False)
+    assert (p.returncode, p.stdout) == (0, "True\n"), p.stderr
+    assert_same_tree(before, tree_digest(debian_rootfs), f"ROOTFS {debian_rootfs}")

@@ -478,7 +478,10 @@ class Translator:
                 return 0
         bind = nr == NUMBERS["bind"]
         guest = _fsdecode(path)
-        host = mapper.to_host(guest, base, not bind, parent_op=bind, pid=t.pid, tid=t.pid)
+        if bind and mapper.cow is not None:     # copy-on-write: the socket is made in the run's tree
+            host = _cow_prepare(mapper, _COW_ENTRY, 0, regs, guest, base, False, True, t.pid, 0)
+        else:
+            host = mapper.to_host(guest, base, not bind, parent_op=bind, pid=t.pid, tid=t.pid)
         if bind and mapper.readonly(host):
             raise OSError(errno.EROFS, "read-only bind")
         hb = _fsencode(host)
