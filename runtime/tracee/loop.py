@@ -56,7 +56,7 @@ TICK_INTERVAL = 0.1
 class Loop:
     def __init__(self, dispatch: list, exts: list, seccomp: bool, wait_all: bool,
                  legacy_order: bool = False, placement=None, exec_options: int = 0,
-                 native_setup=None) -> None:
+                 native_setup=None, seized: bool = False) -> None:
         self.dispatch = dispatch
         self.placement = placement      # runtime.tracee.placement.Placement or None
         self.exts = exts
@@ -75,6 +75,8 @@ class Loop:
         self.native_setup = native_setup
         self.native: Native | None = None
         self.native_stats: dict[str, int] | None = None    # stops handled natively, once done
+        # attached with PTRACE_SEIZE (so are the children): group-stops are kept (job control)
+        self.seized = seized
 
     # ---- process tree ---------------------------------------------------------------------
     def _new_child(self, parent: Tracee, pid: int, thread: bool = False,
@@ -256,6 +258,8 @@ class Loop:
         main_pid = main.pid
         exec_options = self.exec_options
         EVENT_STOP = ffi.PTRACE_EVENT_STOP
+        seized = self.seized
+        listen = ffi.listen
         nat, top = self._start_native(main, regs) if seccomp else (None, None)
         if nat is not None:
             nat_wait, nat_set, out, out_addr = nat._wait, nat.set, nat.out, nat.out_addr
@@ -433,17 +437,27 @@ class Loop:
                     t.started = True
                     if t.exec_events and exec_options:
                         self._exec_events_on(t)
-                    resume(resume_req, pid, 0)
+                    if event and sig != signal.SIGTRAP:
+                        listen(pid)             # a new thread of a stopped process: stopped too
+                    else:
+                        resume(resume_req, pid, 0)
                     continue
                 if t.exec_probe:
                     self._exec_check(t)
                 if event:
-                    resume(resume_req, pid, 0)  # group-stop: job control is not emulated
+                    # seized: a group-stop (its stop signal) is kept until SIGCONT or SIGKILL,
+                    # which end it with another stop (SIGTRAP: the thread runs on)
+                    if sig != signal.SIGTRAP:
+                        listen(pid)
+                    else:
+                        resume(resume_req, pid, 0)
                     continue
-                if sig in STOP_SIGNALS and not ffi.has_siginfo(pid):
-                    resume(resume_req, pid, 0)  # group-stop: job control is not emulated
+                if sig in STOP_SIGNALS and not seized and not ffi.has_siginfo(pid):
+                    # group-stop of a thread attached the classic way: without PTRACE_LISTEN a
+                    # stop kept here would hide the SIGCONT that ends it, so it runs on
+                    resume(resume_req, pid, 0)
                     continue
-                resume(resume_req, pid, sig)
+                resume(resume_req, pid, sig)    # a signal to deliver (a stop signal: see above)
                 continue
             # exited or killed
             last = None
