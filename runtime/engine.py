@@ -29,8 +29,9 @@ Limits (containment, not a security boundary): the tree can change between the t
 the real call; file descriptors inherited from the caller lead where they lead. Not translated:
 AF_UNIX paths in `sendmsg` and in the results of getsockname/getpeername/accept/recvfrom; the
 contents of /proc/PID/maps, mountinfo and the like. 32-bit (i386/x32) calls fail with ENOSYS, so
-32-bit programs do not run. Job control (Ctrl-Z) stops are not emulated for the guest itself (the
-tracer stops, which holds the guest at its next traced call). Rewritten paths are written below the
+32-bit programs do not run. Job control works for guests as natively (a stopped guest shows as
+`t (tracing stop)` in /proc, not `T`: see runtime.tracee.loop), except where the kernel has no
+PTRACE_SEIZE (before 3.4): there a stopped guest runs on. Rewritten paths are written below the
 tracee's stack pointer; a process with nothing writable there gets a private scratch mapping
 (injected mmap), but a signal handler running on a small `sigaltstack` could see the memory below
 that stack overwritten (as under PRoot).
@@ -409,6 +410,7 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
     # ---- tracer
     os.close(mode_r)
     os.close(err_w)
+    own_name = _name_tracer()
     try:
         opts, seized = _attach(pid, mode_w, use_seccomp)
         os.write(mode_w, b"s" if use_seccomp else b"p")
@@ -420,6 +422,11 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
     finally:
         placement.stop()
         os.close(err_r)
+        if own_name:
+            try:
+                ffi.set_name(own_name)
+            except OSError:
+                pass
     if report.startswith(b"seccomp"):
         raise Refused(f"engine failure: the kernel refused the seccomp filter ({report.decode()})")
     if report.startswith(b"exec "):
@@ -430,6 +437,22 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
         raise CommandNotExecutable(msg)
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
+
+
+TRACER_NAME = b"carryon"
+
+
+def _name_tracer() -> bytes:
+    """Name the tracer `carryon` for the host's `ps`/`top` (its comm; the frozen runtime would
+    show its loader's name, a checkout `python`), after the fork: the guest keeps its own. The
+    former name (restored after the run), or b"" when it could not be changed."""
+    from runtime.tracee import ffi
+    try:
+        former = ffi.get_name()
+        ffi.set_name(TRACER_NAME)
+    except OSError:
+        return b""
+    return former
 
 
 def _tracer_parts(spec: RunSpec, mapper, use_seccomp: bool) -> tuple:
@@ -594,7 +617,8 @@ def _abort(pid: int, fd: int) -> None:
         pass
 
 
-# Never forwarded: ours (CHLD), job control (not emulated), faults synchronous to the tracer.
+# Never forwarded: ours (CHLD), job control (the tracer's own: its stop holds the guest at its next
+# stop, a guest's own stop is kept by the loop), faults synchronous to the tracer.
 _NOT_FORWARDED = (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGCONT, signal.SIGTSTP,
                   signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGSEGV,
                   signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS,

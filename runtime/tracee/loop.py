@@ -17,6 +17,16 @@ parent by kcmp(KCMP_VM) instead. A process that makes threads gets exec events b
 threads (a non-leader thread's execve changes thread ids, which only the event reports), as do
 CLONE_VM children that are not vfork children and a thread whose memory cannot be read that way.
 
+Job control: both engines seize the guest (PTRACE_SEIZE; children are seized with their parent),
+so a stop signal's group-stop reaches the tracer as PTRACE_EVENT_STOP with that signal. The loop
+keeps it with PTRACE_LISTEN: the process stays stopped (/proc shows `t (tracing stop)`, a ptrace
+stop, where natively it is `T`), its parent's waitpid(WUNTRACED) reports it (the kernel does that
+for the real parent), and the SIGCONT or SIGKILL that ends it wakes the thread, which the loop
+hears of as another PTRACE_EVENT_STOP, with SIGTRAP, and resumes (SIGCONT's delivery follows as
+any signal's). The loop never waits for a stopped thread: other guests, and a stopped main process,
+simply have no stop to report meanwhile. A guest attached the classic way (PTRACE_TRACEME, kernels
+without PTRACE_SEIZE or CARRYON_TEST_NO_SEIZE) cannot be kept stopped: it runs on, as before.
+
 The native stop loop (runtime.tracee.native, seccomp engine): the loop waits through it instead of
 waitpid. After each stop it handled, the loop tells it whether that thread's next stops need Python
 (its `fast` bits); the stops that do not are answered in C, and what happened meanwhile (forks,
