@@ -1,7 +1,7 @@
 """Job control under the engine (issue #17): a guest stopped by SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU
 stays stopped until SIGCONT, as natively; its parent's waitpid sees both; Ctrl-Z and `fg` in an
 interactive shell work; a stopped guest blocks neither the tracer nor the other guests; and the
-tracer shows as `carryon` on the host.
+tracer shows as `carryon` on the host; stopped guests left in an orphaned group are hung up.
 
 Under ptrace a kept stop is a ptrace stop: /proc says `t (tracing stop)` where natively it says
 `T (stopped)` (see runtime.tracee.loop), so both count as stopped here; a guest that runs on says
@@ -291,3 +291,24 @@ def test_tracer_is_named_carryon(debian_rootfs, engine):
     finally:
         p.kill()
         p.wait()
+
+
+def test_stopped_guest_left_by_the_main_process_is_hung_up(debian_rootfs, engine, user):
+    # carryon as a job of a shell (its own process group, its parent in another one of the
+    # session): the main process leaves a stopped child behind. Natively that group is then
+    # orphaned and the kernel sends it SIGHUP and SIGCONT: the child ends, and so does the run.
+    script = ("sleep 100 & p=$!; kill -STOP $p; "
+              "until grep -q '^State:.*stop' /proc/$p/status; do :; done; echo left $p")
+    p = popen_exec(debian_rootfs, "sh", "-c", script, engine=engine, user=user, stdout=-1,
+                   stderr=-1, process_group=0)
+    try:
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    assert out.startswith("left "), err
+    assert not _alive_pid(int(out.split()[1]))
+
+
+def _alive_pid(pid: int) -> bool:
+    return _state(pid) not in ("", "Z (zombie)", "X (dead)")
