@@ -29,11 +29,12 @@ Limits (containment, not a security boundary): the tree can change between the t
 the real call; file descriptors inherited from the caller lead where they lead. Not translated:
 AF_UNIX paths in `sendmsg` and in the results of recvfrom/recvmsg (getsockname, getpeername and
 accept give the guest's path); the contents of /proc/PID/maps, mountinfo and the like. 32-bit
-(i386/x32) calls fail with ENOSYS, so 32-bit programs do not run. Job control (Ctrl-Z) stops are not
-emulated for the guest itself (the tracer stops, which holds the guest at its next traced call).
-Rewritten paths are written below the tracee's stack pointer; a process with nothing writable there
-gets a private scratch mapping (injected mmap), but a signal handler running on a small
-`sigaltstack` could see the memory below that stack overwritten (as under PRoot).
+(i386/x32) calls fail with ENOSYS, so 32-bit programs do not run. Job control works for guests as
+natively (a stopped guest shows as `t (tracing stop)` in /proc, not `T`: see runtime.tracee.loop),
+except where the kernel has no PTRACE_SEIZE (before 3.4): there a stopped guest runs on. Rewritten
+paths are written below the tracee's stack pointer; a process with nothing writable there gets a
+private scratch mapping (injected mmap), but a signal handler running on a small `sigaltstack` could
+see the memory below that stack overwritten (as under PRoot).
 """
 
 from __future__ import annotations
@@ -432,16 +433,23 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
     # ---- tracer
     os.close(mode_r)
     os.close(err_w)
+    own_name = _name_tracer()
     try:
         opts, seized = _attach(pid, mode_w, use_seccomp)
         os.write(mode_w, b"s" if use_seccomp else b"p")
         os.close(mode_w)
         status = _trace(spec, pid, mapper, exts, placement, dispatch, native_setup, use_seccomp,
-                        (opts | ffi.PTRACE_O_TRACESECCOMP) if seized else 0, loop_ref)
+                        (opts | ffi.PTRACE_O_TRACESECCOMP) if seized and use_seccomp else 0,
+                        loop_ref, seized)
         report = os.read(err_r, 256)
     finally:
         placement.stop()
         os.close(err_r)
+        if own_name:
+            try:
+                ffi.set_name(own_name)
+            except OSError:
+                pass
     if report.startswith(b"seccomp"):
         raise Refused(f"engine failure: the kernel refused the seccomp filter ({report.decode()})")
     if report.startswith(b"exec "):
@@ -452,6 +460,22 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
         raise CommandNotExecutable(msg)
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
+
+
+TRACER_NAME = b"carryon"
+
+
+def _name_tracer() -> bytes:
+    """Name the tracer `carryon` for the host's `ps`/`top` (its comm; the frozen runtime would
+    show its loader's name, a checkout `python`), after the fork: the guest keeps its own. The
+    former name (restored after the run), or b"" when it could not be changed."""
+    from runtime.tracee import ffi
+    try:
+        former = ffi.get_name()
+        ffi.set_name(TRACER_NAME)
+    except OSError:
+        return b""
+    return former
 
 
 def _tracer_parts(spec: RunSpec, mapper, use_seccomp: bool) -> tuple:
@@ -493,8 +517,9 @@ def _child(parent: int, mode_r: int, mode_w: int, err_r: int, err_w: int, host_c
         if os.getppid() != parent:
             os._exit(125)
         mode = os.read(mode_r, 1)       # the tracer seizes us meanwhile (no stop), or asks
-        if mode == b"T":                # for the classic attach (kernels before 3.8)
-            ffi.traceme()
+        if mode in (b"T", b"S"):        # for a stop (S: seized, plain engine; T: the classic
+            if mode == b"T":            # attach, kernels before 3.8)
+                ffi.traceme()
             os.kill(os.getpid(), signal.SIGSTOP)
             mode = os.read(mode_r, 1)
         os.close(mode_r)
@@ -522,27 +547,35 @@ def _child(parent: int, mode_r: int, mode_w: int, err_r: int, err_w: int, host_c
 
 
 def _attach(pid: int, mode_w: int, use_seccomp: bool) -> tuple[int, bool]:
-    """Trace the child: (the ptrace options, whether it was seized). Seccomp engine: PTRACE_SEIZE
-    without exec events (one stop less per execve, see runtime.tracee.loop); the classic
-    PTRACE_TRACEME + SIGSTOP attach where that is refused. Refused when the kernel refuses
-    PTRACE_O_TRACESECCOMP (the child is killed)."""
+    """Trace the child: (the ptrace options, whether it was seized). PTRACE_SEIZE, so that the
+    guest's group-stops can be kept (job control, see runtime.tracee.loop): the seccomp engine
+    without exec events (one stop less per execve) and no stop; the plain engine has the child
+    stop itself (SIGSTOP) once its own set-up is done, so that everything after is stepped. The
+    classic PTRACE_TRACEME + SIGSTOP attach where seizing is refused. Refused when the kernel
+    refuses PTRACE_O_TRACESECCOMP (the child is killed)."""
     from runtime.tracee import ffi
     opts = (ffi.PTRACE_O_TRACESYSGOOD | ffi.PTRACE_O_TRACEFORK | ffi.PTRACE_O_TRACEVFORK
             | ffi.PTRACE_O_TRACECLONE | ffi.PTRACE_O_TRACEEXEC | ffi.PTRACE_O_EXITKILL)
-    if use_seccomp and not os.environ.get("CARRYON_TEST_NO_SEIZE"):    # tests: old kernels
+    seized = False
+    if not os.environ.get("CARRYON_TEST_NO_SEIZE"):     # tests: old kernels
         try:
-            ffi.seize(pid, (opts & ~ffi.PTRACE_O_TRACEEXEC) | ffi.PTRACE_O_TRACESECCOMP)
-            return opts, True
+            if use_seccomp:
+                ffi.seize(pid, (opts & ~ffi.PTRACE_O_TRACEEXEC) | ffi.PTRACE_O_TRACESECCOMP)
+                return opts, True
+            ffi.seize(pid, opts)
+            seized = True
         except OSError:
             pass
     try:
-        os.write(mode_w, b"T")
+        os.write(mode_w, b"S" if seized else b"T")
     except OSError:
         pass
     _, status = os.waitpid(pid, ffi.WALL)
     if not (os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGSTOP):
         os.close(mode_w)
         raise CarryonError("engine failure: the guest did not start under ptrace")
+    if seized:
+        return opts, True
     if use_seccomp:
         try:
             ffi.setoptions(pid, opts | ffi.PTRACE_O_TRACESECCOMP)
@@ -558,21 +591,23 @@ def _attach(pid: int, mode_w: int, use_seccomp: bool) -> tuple[int, bool]:
 
 
 def _trace(spec: RunSpec, pid: int, mapper, exts: list, placement, dispatch: list, native_setup,
-           use_seccomp: bool, exec_options: int, loop_ref: list) -> int:
+           use_seccomp: bool, exec_options: int, loop_ref: list, seized: bool = False) -> int:
     """Run the event loop over the attached guest until the end, signals forwarded; the main
     process's wait status. Everything of the run is undone after it (even on an error)."""
     from runtime.tracee import ffi
     from runtime.tracee.loop import Loop
     from runtime.tracee.state import Tracee
     loop = Loop(dispatch, exts, use_seccomp, spec.wait_all, legacy_order=_kernel_before_4_8(),
-                placement=placement, exec_options=exec_options, native_setup=native_setup)
+                placement=placement, exec_options=exec_options, native_setup=native_setup,
+                seized=seized)
     loop_ref[:] = [loop]
     main = Tracee(pid, mapper, "")
     main.started = True
     forward = _Forwarder(pid, spec.stop_signal, spec.forward_all_signals)
     forward.install()
     try:
-        if not exec_options:            # a seized guest runs already: it execs once it has its mode
+        if not exec_options:    # seized by the seccomp engine, it runs already (execs once it
+            # has its mode); else it is stopped (classic attach, or interrupted: plain engine)
             ffi.resume(ffi.PTRACE_CONT if use_seccomp else ffi.PTRACE_SYSCALL, pid, 0)
         return loop.run(main)
     finally:
@@ -605,7 +640,8 @@ def _abort(pid: int, fd: int) -> None:
         pass
 
 
-# Never forwarded: ours (CHLD), job control (not emulated), faults synchronous to the tracer.
+# Never forwarded: ours (CHLD), job control (the tracer's own: its stop holds the guest at its next
+# stop, a guest's own stop is kept by the loop), faults synchronous to the tracer.
 _NOT_FORWARDED = (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGCONT, signal.SIGTSTP,
                   signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGSEGV,
                   signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS,

@@ -9,7 +9,8 @@
  *   - a seccomp stop of such a call whose path is one plain name (relative, no '/', not one of the
  *     names Python must see, cf_names) that is not a symlink to follow: nothing to change;
  *   - a NULL or empty path (the fd itself, or the kernel's EFAULT/ENOENT): nothing to change;
- *   - a signal-delivery stop (not a stop signal): the signal is delivered;
+ *   - a signal-delivery stop (not a stop signal): the signal is delivered (a stop signal's, and
+ *     the group-stop it starts, are Python's: it keeps them, PTRACE_LISTEN, for job control);
  *   - for threads Python marked "forks" too: a fork or vfork event (not a thread, not CLONE_VM
  *     except vfork's): the parent goes on, the child's first stop (the attach stop) is resumed
  *     here, and the event is queued for Python (cf_events) with what it needs to know then;
@@ -304,7 +305,7 @@ int cf_wait(int *out)
         }
         if (st & ST_INITIAL) {
             put_state(pid, st & ~ST_INITIAL);
-            if (event == EVENT_STOP || (event == 0 && sig == SIGSTOP)) {
+            if ((event == EVENT_STOP && sig == SIGTRAP) || (event == 0 && sig == SIGSTOP)) {
                 ptrace(PTRACE_CONT, pid, 0, 0); /* the attach stop of a child of a fork event */
                 continue;
             }

@@ -37,6 +37,7 @@ PTRACE_ATTACH = 16
 PTRACE_DETACH = 17
 PTRACE_SYSCALL = 24
 PTRACE_SEIZE = 0x4206
+PTRACE_LISTEN = 0x4208
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETEVENTMSG = 0x4201
 PTRACE_GETSIGINFO = 0x4202
@@ -62,6 +63,8 @@ WALL = 0x40000000  # __WALL: wait for threads and children of any kind
 
 # prctl
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+PR_GET_NAME = 16
 PR_SET_SECCOMP = 22
 PR_SET_NO_NEW_PRIVS = 38
 SECCOMP_MODE_FILTER = 2
@@ -115,6 +118,13 @@ def has_siginfo(pid: int) -> bool:
     return _ptrace(PTRACE_GETSIGINFO, pid, None, ctypes.addressof(buf)) != -1
 
 
+def listen(pid: int, _p=_ptrace, _req=PTRACE_LISTEN) -> int:
+    """PTRACE_LISTEN: a seized thread in a group-stop stays stopped (as natively) until a SIGCONT
+    or SIGKILL, which the tracer hears of (a PTRACE_EVENT_STOP with SIGTRAP, or its end); returns
+    -1 when it is gone or no longer in that stop."""
+    return _p(_req, pid, None, None)
+
+
 def setoptions(pid: int, options: int) -> None:
     ptrace(PTRACE_SETOPTIONS, pid, 0, options)
 
@@ -142,6 +152,19 @@ def traceme() -> None:
 def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> None:
     if _prctl(option, a2, a3, a4, a5) == -1:
         _raise(f"prctl({option})")
+
+
+def get_name() -> bytes:
+    """The calling thread's name (its comm, what `ps` shows)."""
+    buf = ctypes.create_string_buffer(16)
+    prctl(PR_GET_NAME, ctypes.addressof(buf))
+    return buf.value
+
+
+def set_name(name: bytes) -> None:
+    """Name the calling thread (PR_SET_NAME: at most 15 bytes kept)."""
+    buf = ctypes.create_string_buffer(name[:15], 16)
+    prctl(PR_SET_NAME, ctypes.addressof(buf))
 
 
 class SockFilter(ctypes.Structure):

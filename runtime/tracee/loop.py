@@ -17,6 +17,18 @@ parent by kcmp(KCMP_VM) instead. A process that makes threads gets exec events b
 threads (a non-leader thread's execve changes thread ids, which only the event reports), as do
 CLONE_VM children that are not vfork children and a thread whose memory cannot be read that way.
 
+Job control: both engines seize the guest (PTRACE_SEIZE; children are seized with their parent), so
+a stop signal's group-stop reaches the tracer as PTRACE_EVENT_STOP with that signal. The loop keeps
+it with PTRACE_LISTEN: the process stays stopped (/proc shows `t (tracing stop)`, a ptrace stop,
+where natively it is `T`), its parent's waitpid(WUNTRACED) reports it (the kernel does that for the
+real parent), and the SIGCONT or SIGKILL that ends it wakes the thread, which the loop hears of as
+another PTRACE_EVENT_STOP, with SIGTRAP, and resumes (SIGCONT's delivery follows as any signal's).
+The loop never waits for a stopped thread: other guests, and a stopped main process, simply have no
+stop to report meanwhile; when the main process ends and leaves stopped guests in an orphaned
+group, the tracer hangs them up as the kernel would have (`_orphaned`). A guest attached the
+classic way (PTRACE_TRACEME, kernels without PTRACE_SEIZE or CARRYON_TEST_NO_SEIZE) cannot be kept
+stopped: it runs on, as before.
+
 The native stop loop (runtime.tracee.native, seccomp engine): the loop waits through it instead of
 waitpid. After each stop it handled, the loop tells it whether that thread's next stops need Python
 (its `fast` bits); the stops that do not are answered in C, and what happened meanwhile (forks,
@@ -56,7 +68,7 @@ TICK_INTERVAL = 0.1
 class Loop:
     def __init__(self, dispatch: list, exts: list, seccomp: bool, wait_all: bool,
                  legacy_order: bool = False, placement=None, exec_options: int = 0,
-                 native_setup=None) -> None:
+                 native_setup=None, seized: bool = False) -> None:
         self.dispatch = dispatch
         self.placement = placement      # runtime.tracee.placement.Placement or None
         self.exts = exts
@@ -75,6 +87,9 @@ class Loop:
         self.native_setup = native_setup
         self.native: Native | None = None
         self.native_stats: dict[str, int] | None = None    # stops handled natively, once done
+        # attached with PTRACE_SEIZE (so are the children): group-stops are kept (job control)
+        self.seized = seized
+        self.stopped: set[int] = set()  # threads kept in a group-stop (PTRACE_LISTEN)
 
     # ---- process tree ---------------------------------------------------------------------
     def _new_child(self, parent: Tracee, pid: int, thread: bool = False,
@@ -195,6 +210,7 @@ class Loop:
                 if t is not None:
                     t.close()
                 self.held.discard(a)
+                self.stopped.discard(a)
                 continue
             if kind == Q_EXEC:
                 t = tracees.get(a)
@@ -214,6 +230,36 @@ class Loop:
             vfork = kind == Q_VFORK
             self._new_child(parent, b, False, bool(self.exec_options) and not parent.exec_events
                             and vfork, vfork, c)
+
+    def _orphaned(self) -> None:
+        """The main process ended while guests are stopped. Natively, its process group (the
+        tracer's, unless the guest made its own) is then orphaned when no member has its parent
+        in another group of the same session, and the kernel sends every member SIGHUP and
+        SIGCONT when one is stopped. The tracer is a member whose parent (a shell, with carryon
+        as its job) keeps the group from being orphaned, so a stopped guest would wait for ever,
+        and the run for it: the tracer does the kernel's part, as if it were not in the group."""
+        me, pgrp, sid = os.getpid(), os.getpgrp(), os.getsid(0)
+        members = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == me:
+                continue
+            pid = int(name)
+            ppid, group, _ = _ids(pid)
+            if group != pgrp:
+                continue
+            members.append(pid)
+            if ppid != me:
+                _, pgroup, psid = _ids(ppid)
+                if pgroup not in (pgrp, 0) and psid == sid:
+                    return          # a parent in another group of the session: not orphaned
+        if self.stopped.isdisjoint(members):
+            return
+        for sig in (signal.SIGHUP, signal.SIGCONT):
+            for pid in members:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
 
     def kill_all(self) -> None:
         for pid in list(self.tracees):
@@ -256,6 +302,9 @@ class Loop:
         main_pid = main.pid
         exec_options = self.exec_options
         EVENT_STOP = ffi.PTRACE_EVENT_STOP
+        seized = self.seized
+        listen = ffi.listen
+        stopped = self.stopped
         nat, top = self._start_native(main, regs) if seccomp else (None, None)
         if nat is not None:
             nat_wait, nat_set, out, out_addr = nat._wait, nat.set, nat.out, nat.out_addr
@@ -433,17 +482,30 @@ class Loop:
                     t.started = True
                     if t.exec_events and exec_options:
                         self._exec_events_on(t)
-                    resume(resume_req, pid, 0)
+                    if event and sig != signal.SIGTRAP:
+                        listen(pid)             # a new thread of a stopped process: stopped too
+                        stopped.add(pid)
+                    else:
+                        resume(resume_req, pid, 0)
                     continue
                 if t.exec_probe:
                     self._exec_check(t)
                 if event:
-                    resume(resume_req, pid, 0)  # group-stop: job control is not emulated
+                    # seized: a group-stop (its stop signal) is kept until SIGCONT or SIGKILL,
+                    # which end it with another stop (SIGTRAP: the thread runs on)
+                    if sig != signal.SIGTRAP:
+                        listen(pid)
+                        stopped.add(pid)
+                    else:
+                        stopped.discard(pid)
+                        resume(resume_req, pid, 0)
                     continue
-                if sig in STOP_SIGNALS and not ffi.has_siginfo(pid):
-                    resume(resume_req, pid, 0)  # group-stop: job control is not emulated
+                if sig in STOP_SIGNALS and not seized and not ffi.has_siginfo(pid):
+                    # group-stop of a thread attached the classic way: without PTRACE_LISTEN a
+                    # stop kept here would hide the SIGCONT that ends it, so it runs on
+                    resume(resume_req, pid, 0)
                     continue
-                resume(resume_req, pid, sig)
+                resume(resume_req, pid, sig)    # a signal to deliver (a stop signal: see above)
                 continue
             # exited or killed
             last = None
@@ -451,10 +513,13 @@ class Loop:
             if t is not None:
                 t.close()
             self.held.discard(pid)
+            stopped.discard(pid)
             if pid == main_pid:
                 self.main_status = status
                 if not self.wait_all:
                     self.kill_all()
+                elif stopped:
+                    self._orphaned()
         return self._finish(nat)
 
     def _start_native(self, main: Tracee, regs) -> tuple:
@@ -582,6 +647,16 @@ class Loop:
                     act |= CHANGED
         if act & CHANGED:
             ffi.setregs(pid, regs)
+
+
+def _ids(pid: int) -> tuple[int, int, int]:
+    """(parent pid, process group, session) of a process, (0, 0, 0) when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[1]), int(fields[2]), int(fields[3])
+    except (OSError, IndexError, ValueError):
+        return 0, 0, 0
 
 
 def _enosys(t, regs) -> int:

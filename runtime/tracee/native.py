@@ -6,7 +6,8 @@ interpreter's large working set refills the CPU's caches; the same work in C cos
 `floor` rows of scripts/bench_engine.py). So the event loop waits through `cf_wait`, which handles
 by itself, for threads Python marked settled (`set`), the stops whose answer needs no decision:
 absolute paths found in a path cache Python fills (`put`), plain names that are not symlinks,
-NULL/empty paths, signal deliveries. Everything else comes back to Python unchanged.
+NULL/empty paths, signal deliveries (not of stop signals). Everything else comes back to Python
+unchanged, group-stops included (Python keeps them: job control, runtime/tracee/loop.py).
 
 What Python must keep true (runtime/tracee/loop.py, runtime/syscall/enter.py, runtime.path.binding):
 - a thread is settled only while nothing about it waits for its next stop (an exec probe, a forget
