@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -489,3 +490,30 @@ def test_sweep_never_uses_a_directory_others_made_or_can_write(tmp_path):
         assert os.listdir(theirs) == [] and os.path.islink(shared / "t.sweep")
     p = sweep(exe, "--params", table, "--out", shared / "mine.sweep", "--", "/app/fib.py", "{n}", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
+
+
+def test_run_scratch_dirs_of_dead_tracers_are_reaped_and_nothing_else(busybox_rootfs, tmp_path):
+    """The per-run directory in /tmp (glue for bind points missing from the image, short socket
+    names) of a tracer that was SIGKILLed is removed by the next run that needs one; a live run's,
+    another user's and a symlink named like one stay."""
+    from conftest import run_carryon
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine_dead = Path(f"/tmp/carryon-s-{dead.pid}-test1")
+    mine_live = Path(f"/tmp/carryon-s-{os.getpid()}-test2")
+    link = Path(f"/tmp/carryon-s-{dead.pid}-test3")
+    out = _outside(tmp_path)
+    try:
+        for d in (mine_dead, mine_live):
+            (d / "glue").mkdir(parents=True)
+        link.symlink_to(out)
+        # (--overlay: the rootfs stays as it is, so the bind point's parents need glue directories)
+        p = run_carryon("exec", "--overlay", str(tmp_path / "upper"), "-r", str(busybox_rootfs),
+                        "-b", f"{tmp_path}:/no/such/dir", "/bin/sh", "-c", "ls -d /no/such/dir", cwd="/")
+        assert (p.returncode, p.stdout) == (0, "/no/such/dir\n"), p.stderr
+        assert not mine_dead.exists() and mine_live.is_dir() and link.is_symlink() and _intact(out)
+    finally:
+        for d in (mine_dead, mine_live):
+            shutil.rmtree(d, ignore_errors=True)
+        if link.is_symlink():
+            link.unlink()

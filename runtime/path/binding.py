@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from runtime.errors import CarryonError
 from runtime.path import canon
@@ -371,7 +372,8 @@ class Mapper:
             import tempfile
             # /tmp first: a short prefix leaves room in sun_path (see `socket_dir`)
             base = "/tmp" if os.access("/tmp", os.W_OK | os.X_OK) else tempfile.gettempdir()
-            d = tempfile.mkdtemp(prefix="carryon-s-", dir=base)
+            _reap_scratch(base)
+            d = tempfile.mkdtemp(prefix=f"carryon-s-{os.getpid()}-", dir=base)
             os.chmod(d, 0o711)          # guest processes of another uid traverse it too
             atexit.register(self.release)   # the engine calls it itself (carryon leaves by _exit)
             self._scratch = d
@@ -577,3 +579,28 @@ def _ids(pid: int) -> tuple[int, int]:
     except (OSError, ValueError, IndexError):
         pass
     return tgid, ppid
+
+
+def _reap_scratch(base: str) -> None:
+    """Remove the run directories (`carryon-s-PID-*`) that our runs whose tracer died (SIGKILL) left
+    in `base`: only real directories of ours, through runtime.cache's removal (never following a
+    link). Done only when a run needs such a directory, so most runs never list `base`."""
+    from runtime import cache
+    try:
+        names = [n for n in os.listdir(base) if n.startswith("carryon-s-")]
+    except OSError:
+        return
+    for n in names:
+        pid = n[len("carryon-s-"):].split("-", 1)[0]
+        if not pid.isdigit() or cache.pid_alive(int(pid)):
+            continue
+        p = os.path.join(base, n)
+        try:
+            st = os.lstat(p)
+        except OSError:
+            continue
+        if st.st_uid == os.getuid() and stat.S_ISDIR(st.st_mode):
+            try:
+                cache.remove(p)
+            except OSError:
+                pass
