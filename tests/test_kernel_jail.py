@@ -1,0 +1,93 @@
+"""scripts/kernel-jail: the test tool that makes this kernel refuse what other nodes refuse (ptrace,
+user namespaces) or answer like Linux 2.6.32's interface. Checked call by call here, so that tests
+of carryon's fallbacks built on it test what they claim; and carryon's answer on a node that refuses
+ptrace: one line, exit 125 (the engine ladder will add a rung that needs no ptrace)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_carryon
+
+JAIL = str(REPO / "scripts" / "kernel-jail")
+
+PROBE = r"""
+import ctypes, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+def call(*a):
+    r = libc.syscall(*[ctypes.c_long(x) for x in a])
+    return 0 if r >= 0 else ctypes.get_errno()
+out = {}
+out["recvmmsg"] = call(299, -1, 0, 0, 0, 0)            # 2.6.33: ENOSYS under 2.6.32
+out["process_vm_readv"] = call(310, os.getpid(), 0, 0, 0, 0, 0)
+out["getrandom"] = call(318, 0, 0, 0)
+out["perf_event_open"] = call(298, 0, 0, -1, -1, 0)     # 2.6.31: the kernel's own answer (EFAULT)
+out["no_new_privs"] = 0 if libc.prctl(39, 0, 0, 0, 0) >= 0 else ctypes.get_errno()
+out["unshare_user"] = call(272, 0x10000000)
+pid = os.fork()
+if pid == 0:
+    libc.ptrace(0, 0, 0, 0)                              # PTRACE_TRACEME
+    os.kill(os.getpid(), signal.SIGSTOP)
+    os._exit(0)
+os.waitpid(pid, os.WUNTRACED)
+out["seize"] = call(101, 0x4206, os.getppid(), 0, 0)
+out["getregset"] = call(101, 0x4204, pid, 1, 0)
+out["setoptions_exitkill"] = call(101, 0x4200, pid, 0, 0x100000)
+out["setoptions_seccomp"] = call(101, 0x4200, pid, 0, 0x80)
+out["setoptions_2_6"] = call(101, 0x4200, pid, 0, 0x1 | 0x2 | 0x4 | 0x8 | 0x10)   # SYSGOOD, FORK...
+os.kill(pid, signal.SIGKILL)
+os.waitpid(pid, 0)
+print(" ".join(f"{k}={v}" for k, v in out.items()))
+"""
+
+
+def _probe(*flags: str) -> dict[str, int]:
+    p = subprocess.run([JAIL, *flags, sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return {k: int(v) for k, v in (kv.split("=") for kv in p.stdout.split())}
+
+
+def test_linux_2_6_32_interface():
+    import errno
+    got = _probe("--linux-2.6.32")
+    assert got["recvmmsg"] == got["process_vm_readv"] == got["getrandom"] == errno.ENOSYS
+    assert got["perf_event_open"] not in (0, errno.ENOSYS)      # a 2.6.32 call: the kernel answers
+    assert got["no_new_privs"] == errno.EINVAL
+    assert got["unshare_user"] == errno.EPERM
+    assert got["seize"] == got["getregset"] == errno.EIO
+    assert got["setoptions_exitkill"] == got["setoptions_seccomp"] == errno.EINVAL
+    assert got["setoptions_2_6"] == 0
+
+
+def test_without_the_jail_the_probe_sees_todays_kernel():
+    import errno
+    p = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60)
+    got = {k: int(v) for k, v in (kv.split("=") for kv in p.stdout.split())}
+    assert got["getrandom"] == 0 and got["no_new_privs"] == 0 and got["setoptions_exitkill"] == 0
+    assert got["recvmmsg"] != errno.ENOSYS
+
+
+def test_no_ptrace_and_no_userns():
+    import errno
+    got = _probe("--no-ptrace")
+    assert got["seize"] == got["getregset"] == errno.EPERM and got["getrandom"] == 0
+    got = _probe("--no-userns")
+    assert got["unshare_user"] == errno.EPERM and got["seize"] != errno.EPERM
+
+
+def test_a_node_that_refuses_ptrace_gets_one_line_and_125(busybox_rootfs):
+    p = subprocess.run([JAIL, "--no-ptrace", sys.executable, "-m", "packer.cli", "exec", "-r",
+                        str(busybox_rootfs), "/bin/true"], capture_output=True, text=True, timeout=120,
+                       cwd="/", env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 125 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "ptrace" in p.stderr
+
+
+@pytest.mark.parametrize("bad", [[], ["--frob", "true"], ["--no-ptrace"]])
+def test_usage(bad):
+    p = subprocess.run([JAIL, *bad], capture_output=True, text=True)
+    assert p.returncode == 125 and p.stderr.startswith("kernel-jail:")
+    assert run_carryon("--version").returncode == 0
