@@ -440,7 +440,7 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
         os.close(mode_w)
         status = _trace(spec, pid, mapper, exts, placement, dispatch, native_setup, use_seccomp,
                         (opts | ffi.PTRACE_O_TRACESECCOMP) if seized and use_seccomp else 0,
-                        loop_ref, seized)
+                        loop_ref, seized, exitkill=bool(opts & ffi.PTRACE_O_EXITKILL))
         report = os.read(err_r, 256)
     finally:
         placement.stop()
@@ -587,11 +587,87 @@ def _attach(pid: int, mode_w: int, use_seccomp: bool) -> tuple[int, bool]:
             ffi.setoptions(pid, opts)
         except OSError:
             ffi.setoptions(pid, opts & ~ffi.PTRACE_O_EXITKILL)   # kernels before 3.8
+            opts &= ~ffi.PTRACE_O_EXITKILL
     return opts, False
 
 
+class _Watchdog:
+    """Where the kernel has no PTRACE_O_EXITKILL (before 3.8), a SIGKILLed tracer would leave its
+    guests running (the first one dies of its PR_SET_PDEATHSIG, its children are reparented and
+    live on). A small process forked from the tracer keeps the list of live guest processes (the
+    loop tells it every one that comes and goes, 9 bytes a time down a pipe) and, when the pipe
+    closes without the tracer's "done" (the tracer died), kills them all. Only on such kernels."""
+
+    def __init__(self, first: int) -> None:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:                    # forked twice: the watchdog is no child of the tracer
+            try:                        # (whose loop waits for its children), init adopts it
+                os.close(w)
+                if os.fork() == 0:
+                    _watch(r)
+            finally:
+                os._exit(0)
+        os.close(r)
+        os.waitpid(pid, 0)
+        self.fd = w
+        self.add(first)
+
+    def _send(self, op: bytes, pid: int) -> None:
+        try:
+            os.write(self.fd, op + pid.to_bytes(8, "little"))
+        except OSError:
+            pass
+
+    def add(self, pid: int) -> None:
+        self._send(b"+", pid)
+
+    def remove(self, pid: int) -> None:
+        self._send(b"-", pid)
+
+    def done(self) -> None:
+        """The run is over (the guests ended or were killed by the tracer): nothing to kill."""
+        self._send(b"E", 0)
+        os.close(self.fd)
+
+
+def _watch(fd: int) -> None:
+    """The watchdog process: never returns."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP):
+        signal.signal(s, signal.SIG_IGN)         # Ctrl-C is the tracer's to forward
+    live: set[int] = set()
+    buf = b""
+    done = False
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+        if not data:
+            break
+        buf += data
+        while len(buf) >= 9:
+            op, pid, buf = buf[:1], int.from_bytes(buf[1:9], "little"), buf[9:]
+            if op == b"+":
+                live.add(pid)
+            elif op == b"-":
+                live.discard(pid)
+            else:
+                done = True
+    if not done:
+        for pid in live:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    os._exit(0)
+
+
 def _trace(spec: RunSpec, pid: int, mapper, exts: list, placement, dispatch: list, native_setup,
-           use_seccomp: bool, exec_options: int, loop_ref: list, seized: bool = False) -> int:
+           use_seccomp: bool, exec_options: int, loop_ref: list, seized: bool = False,
+           exitkill: bool = True) -> int:
     """Run the event loop over the attached guest until the end, signals forwarded; the main
     process's wait status. Everything of the run is undone after it (even on an error)."""
     from runtime.tracee import ffi
@@ -601,6 +677,8 @@ def _trace(spec: RunSpec, pid: int, mapper, exts: list, placement, dispatch: lis
                 placement=placement, exec_options=exec_options, native_setup=native_setup,
                 seized=seized)
     loop_ref[:] = [loop]
+    if not exitkill:
+        loop.watchdog = _Watchdog(pid)
     main = Tracee(pid, mapper, "")
     main.started = True
     forward = _Forwarder(pid, spec.stop_signal, spec.forward_all_signals)
@@ -615,6 +693,8 @@ def _trace(spec: RunSpec, pid: int, mapper, exts: list, placement, dispatch: lis
         forward.restore()
         loop.kill_all()
         loop.stop_native()
+        if loop.watchdog is not None:
+            loop.watchdog.done()
         mapper.native_clear = mapper.native_dir = None
         if spec.verbose >= 2:
             import resource

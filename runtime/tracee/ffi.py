@@ -245,15 +245,68 @@ _ONE = ctypes.c_ulong(1)
 _ZERO = ctypes.c_ulong(0)
 
 
+# Kernels before 3.2 have no process_vm_readv/writev (ENOSYS, seen once: the choice holds for the
+# run): reads then go through /proc/PID/mem (readable by the tracer since 2.6.x), writes through
+# PTRACE_POKEDATA, word by word (/proc/PID/mem is writable only since 2.6.39). Nothing of this
+# runs where the calls exist.
+_vm_missing = False
+
+
+def _vm_read_old(pid: int, addr: int, size: int) -> bytes:
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        fd = -1
+    if fd >= 0:
+        try:
+            return os.pread(fd, size, addr)
+        finally:
+            os.close(fd)
+    out = bytearray()
+    for a in range(addr & ~7, addr + size, 8):
+        out += peek(pid, a).to_bytes(8, "little")
+    off = addr & 7
+    return bytes(out[off:off + size])
+
+
+def peek(pid: int, addr: int) -> int:
+    """PTRACE_PEEKDATA: the word at `addr` (OSError when unmapped)."""
+    ctypes.set_errno(0)
+    v = _ptrace(PTRACE_PEEKDATA, pid, addr, None)
+    if v == -1 and ctypes.get_errno():
+        _raise("ptrace(PEEKDATA)")
+    return v & 0xFFFFFFFFFFFFFFFF
+
+
+def _vm_write_old(pid: int, addr: int, data: bytes) -> int:
+    start, end = addr & ~7, (addr + len(data) + 7) & ~7
+    buf = bytearray()
+    if start != addr:
+        buf += peek(pid, start).to_bytes(8, "little")[: addr - start]
+    buf += data
+    if len(buf) % 8:
+        last = peek(pid, end - 8).to_bytes(8, "little")
+        buf += last[len(buf) % 8:]
+    for i in range(0, len(buf), 8):
+        if _ptrace(PTRACE_POKEDATA, pid, start + i, int.from_bytes(buf[i:i + 8], "little")) == -1:
+            _raise("ptrace(POKEDATA)")
+    return len(data)
+
+
 def vm_read(pid: int, addr: int, size: int) -> bytes:
     """process_vm_readv: what a program reads before its /proc/PID/mem is opened (see
     runtime.tracee.mem), or when it cannot be. Short read at unmapped pages."""
+    if _vm_missing:
+        return _vm_read_old(pid, addr, size)
     if size > _VM_BUF_SIZE:
         buf = ctypes.create_string_buffer(size)
         local = IoVec(ctypes.addressof(buf), size)
         remote = IoVec(addr, size)
         n = _pvr(pid, ctypes.addressof(local), 1, ctypes.addressof(remote), 1, 0)
         if n < 0:
+            if ctypes.get_errno() == errno.ENOSYS:
+                _no_vm()
+                return _vm_read_old(pid, addr, size)
             _raise("process_vm_readv")
         return buf.raw[:n]
     _vm_local.len = size
@@ -261,11 +314,21 @@ def vm_read(pid: int, addr: int, size: int) -> bytes:
     _vm_remote.len = size
     n = _pvr_fast(pid, _VM_LOCAL, _ONE, _VM_REMOTE, _ONE, _ZERO)
     if n < 0:
+        if ctypes.get_errno() == errno.ENOSYS:
+            _no_vm()
+            return _vm_read_old(pid, addr, size)
         _raise("process_vm_readv")
     return _string_at(_vm_buf, n)
 
 
+def _no_vm() -> None:
+    global _vm_missing
+    _vm_missing = True
+
+
 def vm_write(pid: int, addr: int, data: bytes) -> int:
+    if _vm_missing:
+        return _vm_write_old(pid, addr, data)
     size = len(data)
     if size > _VM_BUF_SIZE:
         buf = ctypes.create_string_buffer(data, size)
@@ -279,5 +342,8 @@ def vm_write(pid: int, addr: int, data: bytes) -> int:
         _vm_remote.len = size
         n = _pvw_fast(pid, _VM_LOCAL, _ONE, _VM_REMOTE, _ONE, _ZERO)
     if n < 0:
+        if ctypes.get_errno() == errno.ENOSYS:
+            _no_vm()
+            return _vm_write_old(pid, addr, data)
         _raise("process_vm_writev")
     return n

@@ -50,6 +50,7 @@ from runtime.tracee.state import Tracee
 TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
 if TYPE_CHECKING:
     from ctypes import Array, c_ulong
+    from typing import Any
 
     from runtime.tracee.native import Native
 
@@ -85,6 +86,9 @@ class Loop:
         # seccomp engine: `native_setup(native) -> top mapper` configures the native stop loop
         # (runtime.tracee.native) when it loads; None: Python sees every stop
         self.native_setup = native_setup
+        # kernels without PTRACE_O_EXITKILL (before 3.8): told every guest process that comes and
+        # goes (runtime.engine._Watchdog), to kill the ones left if the tracer dies; else None
+        self.watchdog: Any = None
         self.native: Native | None = None
         self.native_stats: dict[str, int] | None = None    # stops handled natively, once done
         # attached with PTRACE_SEIZE (so are the children): group-stops are kept (job control)
@@ -100,6 +104,8 @@ class Loop:
         if child is None:
             child = Tracee(pid, parent.mapper, parent.exe)
             self.tracees[pid] = child
+            if self.watchdog is not None:
+                self.watchdog.add(pid)
         child.mapper = parent.mapper
         child.exe = parent.exe
         child.guest_root = parent.guest_root
@@ -209,6 +215,8 @@ class Loop:
                 t = tracees.pop(a, None)
                 if t is not None:
                     t.close()
+                    if self.watchdog is not None:
+                        self.watchdog.remove(a)
                 self.held.discard(a)
                 self.stopped.discard(a)
                 continue
@@ -475,6 +483,8 @@ class Loop:
                     t.started = True
                     tracees[pid] = t
                     self.held.add(pid)
+                    if self.watchdog is not None:
+                        self.watchdog.add(pid)
                     if nat is not None:
                         nat_set(pid, HELD)      # its parent's fork event comes to Python
                     continue
@@ -512,6 +522,8 @@ class Loop:
             t = tracees.pop(pid, None)
             if t is not None:
                 t.close()
+                if self.watchdog is not None:
+                    self.watchdog.remove(pid)
             self.held.discard(pid)
             stopped.discard(pid)
             if pid == main_pid:

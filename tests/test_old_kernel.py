@@ -1,0 +1,92 @@
+"""Archives where the kernel offers only Linux 2.6.32's interface (scripts/kernel-jail --linux-2.6.32:
+no seccomp filters, no PTRACE_SEIZE/EXITKILL, no process_vm_readv/writev, ENOSYS for every later
+call), as root and as the unprivileged test user; and no guest outliving a SIGKILLed tracer, with
+and without the emulation (before 3.8 there is no PTRACE_O_EXITKILL: a watchdog kills them)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from archive_run_support import archive, guest_pids, workdir
+from conftest import ENGINE_USERS, REPO, user_popen_kwargs
+
+JAIL = str(REPO / "scripts" / "kernel-jail")
+OLD = [JAIL, "--linux-2.6.32"]
+
+
+@pytest.fixture(params=ENGINE_USERS)
+def user(request):
+    return request.param
+
+
+def _home(user: str) -> str:
+    d = workdir() / f"home-{user}-{os.getpid()}-{time.monotonic_ns()}"
+    d.mkdir()
+    if user not in ("root", "self"):
+        import shutil
+        shutil.chown(d, user, user)
+    return str(d)
+
+
+def _run(cmd: list[str], user: str, home: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8"}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd="/",
+                          **user_popen_kwargs(user))
+
+
+def test_debian_python_archive_under_2_6_32(user):
+    py = str(archive("py"))
+    home = _home(user)
+    p = _run(OLD + [py, "/app/fib.py", "20"], user, home)        # cold start under the emulation
+    assert (p.returncode, p.stdout) == (0, "fib(20) = 6765\n"), p.stderr
+    p = _run(OLD + [py, "-c", "import subprocess, sys; print(subprocess.run(['/bin/echo', 'sub'], "
+                    "capture_output=True, text=True).stdout.strip()); sys.exit(7)"], user, home)
+    assert (p.returncode, p.stdout) == (7, "sub\n"), p.stderr
+    server = ("import socket; s = socket.socket(); s.bind(('127.0.0.1', 8000)); s.listen(); "
+              "c = socket.socket(); c.connect(('127.0.0.1', 8000)); a, _ = s.accept(); c.send(b'OK!'); "
+              "print(a.recv(3).decode())")
+    port = 20000 + os.getpid() % 20000
+    p = _run(OLD + [py, f"--carryon-publish=127.0.0.1:{port}:8000", "-c", server], user, home)
+    assert (p.returncode, p.stdout) == (0, "OK!\n"), p.stderr
+
+
+def test_busybox_archive_under_2_6_32(user):
+    bb = str(archive("bb"))
+    p = _run(OLD + [bb, "sh", "-c", "echo a b c | wc -w"], user, _home(user))
+    assert (p.returncode, p.stdout.strip()) == (0, "3"), p.stderr
+
+
+@pytest.mark.parametrize("old", [False, True], ids=["today", "2.6.32"])
+def test_no_guest_outlives_a_sigkilled_tracer(user, old):
+    bb = str(archive("bb"))
+    home = _home(user)
+    assert _run([bb, "true"], user, home).returncode == 0        # warm: the tracer starts at once
+    mark = f"{30 + (os.getpid() % 1000) / 1000:.3f}"
+    guests = f"sleep\0{mark}\0"                # a guest's /proc/PID/cmdline (NUL-separated)
+    env = {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8"}
+    cmd = (OLD if old else []) + [bb, "sh", "-c", f"sleep {mark} & sleep {mark} & sleep {mark}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+                            **user_popen_kwargs(user))
+    try:
+        deadline = time.monotonic() + 60
+        while len(guest_pids(guests)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(guest_pids(guests)) >= 3, "the guests did not start"
+        os.kill(proc.pid, signal.SIGKILL)                  # the runtime: the launcher exec'ed it
+        proc.wait()
+        deadline = time.monotonic() + 2
+        while guest_pids(guests) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = guest_pids(guests)
+        assert not left, f"guests alive 2 s after the tracer was killed: {left}"
+    finally:
+        for pid in guest_pids(guests):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
