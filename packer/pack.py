@@ -13,15 +13,15 @@ stderr (`carryon pack: wrote OUT: SIZE, image DIGEST, N files`); `-q` prints not
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import sys
-import tarfile
 import tempfile
 from typing import BinaryIO
 
 from packer.cli import EXIT_HELP
-from packer.layers import LayerReader
+from packer.layers import LayerReader, TarStream
 from packer.manifest import LayerResult, build_manifest
 from packer.progress import Bar
 from packer.rootfs import DEFAULT_LEVEL, content_size, write_rootfs
@@ -91,21 +91,16 @@ def _read_layer(sq: Squasher, ref, bar: Bar, done: list[int]) -> LayerResult:
     reader = LayerReader(ref, on_read=on_read)
     with reader:
         sq.begin_layer(ref.index, reader.what)
+        buffered = io.BufferedReader(reader, 256 << 10)
         try:
-            tf = tarfile.open(fileobj=reader, mode="r|", bufsize=64 << 10)
-        except tarfile.ReadError as e:
-            if reader.tar_bytes == 0 and "empty" in str(e):
-                tf = None  # an empty layer
-            else:
-                reader.finish()  # a digest mismatch explains a broken tar best
-                raise InputError(f"{reader.what}: not a valid tar ({e})") from None
-        if tf is not None:
-            try:
-                sq.apply_tar(tf)
-            except (tarfile.TarError, EOFError) as e:
-                reader.finish()
-                raise InputError(f"{reader.what}: not a valid tar ({e})") from None
-        reader.finish()
+            # an empty layer (no bytes at all) is a tar without members, as for Docker and umoci
+            sq.apply_tar(TarStream(buffered))
+        except InputError:
+            reader.finish()  # a digest mismatch explains a broken tar best
+            raise
+        finally:
+            buffered.detach()  # else closing the buffer would close `reader`
+        reader.finish()  # what the tar did not read is hashed too (below the buffer)
         sq.end_layer()
     media_type = ref.media_type if ref.digest and ref.media_type.startswith("application/vnd.oci") \
         else _COMPRESSED_MT[reader.compression]

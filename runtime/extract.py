@@ -625,7 +625,13 @@ def _finish_dirs(st: _State) -> None:
 
 
 def write_meta(meta_path: str, meta: dict) -> None:
-    data = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Write the metadata JSON atomically. Paths that are not UTF-8 (kept by the image as bytes, held
+    here with surrogateescape) make the whole file ASCII with `\\udcXX` escapes: still JSON, and
+    `json.load` gives back the same strings, so the bytes of the names survive."""
+    try:
+        data = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        data = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("ascii")
     d = os.path.dirname(meta_path) or "."
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(meta_path) + ".", dir=d)
     try:

@@ -241,13 +241,13 @@ def _squash(layers) -> list[str]:
     import io
     import tempfile
 
+    from packer.layers import TarStream
     from packer.squash import Squasher
     with tempfile.TemporaryFile() as spool:
         sq = Squasher(spool)
         for i, members in enumerate(layers):
             sq.begin_layer(i, f"layer {i}")
-            with tarfile.open(fileobj=io.BytesIO(tar_bytes(members))) as tf:
-                sq.apply_tar(tf)
+            sq.apply_tar(TarStream(io.BytesIO(tar_bytes(members))))
             sq.end_layer()
         out: list[str] = []
         todo = [("", sq.root)]
