@@ -470,11 +470,22 @@ class Client:
             if resp.status >= 500:
                 raise _Retry(f"{what}: HTTP {resp.status}")
             if resp.status == 404:
-                codes = _error_codes(body)
-                if "NAME_UNKNOWN" in codes:
+                if "NAME_UNKNOWN" in _error_codes(body) or (path.startswith(f"/v2/{self.ref.repo}/manifests/")
+                                                            and not self._repo_exists()):
                     raise InputError(f"{self.name}: repository {self.ref.repo!r} not found on {self.ref.registry}")
                 raise InputError(f"{self.name}: {what} not found")
             raise CarryonError(f"{self.name}: {what}: the registry answered HTTP {resp.status}")
+
+    def _repo_exists(self) -> bool:
+        """After a manifest 404 (many registries say MANIFEST_UNKNOWN for an unknown repository too):
+        False only when the tags list says NAME_UNKNOWN."""
+        try:
+            resp = self._raw(f"{self.base}/v2/{self.ref.repo}/tags/list?n=1", {}, self.auth_header)
+            with resp:
+                body = resp.read(64 << 10)
+        except OSError:
+            return True
+        return not (resp.status == 404 and "NAME_UNKNOWN" in _error_codes(body))
 
     def get_small(self, path: str, headers: dict[str, str], what: str, limit: int) -> tuple[bytes, str]:
         """The whole body (at most `limit` bytes) and its Content-Type, with retries."""
