@@ -49,7 +49,7 @@ def _free_port() -> int:
 class Registry:
     """docker-registry on 127.0.0.1:PORT with its storage in `root` (optionally htpasswd auth)."""
 
-    def __init__(self, root: Path, htpasswd: Path | None = None) -> None:
+    def __init__(self, root: Path, htpasswd: Path | None = None, tls: tuple[Path, Path] | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
@@ -57,7 +57,8 @@ class Registry:
         (root / "config.yml").write_text(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
             f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth)
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+            + (f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else "") + auth)
         self.log = open(root / "registry.log", "wb")
         self.proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")], stdout=self.log,
                                      stderr=subprocess.STDOUT)
@@ -75,6 +76,7 @@ class Registry:
         self.host = f"127.0.0.1:{self.port}"
 
     def push(self, src: str, name: str, *extra: str) -> None:
+        """skopeo copy SRC docker://HOST/NAME (--dest-tls-verify=false: plain HTTP or a self-signed cert)."""
         p = subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", "--dest-tls-verify=false", *extra, src,
                             f"docker://{self.host}/{name}"], capture_output=True, text=True)
         assert p.returncode == 0, f"skopeo copy {src} -> {name}: {p.stderr}"
@@ -518,6 +520,25 @@ def test_anonymous_bearer_token_flow(reg, local_shas, tmp_path):
         assert tokens and "scope=repository%3Ans%2Fdemo2%3Apull" in tokens[0] and "service=carryon-test" in tokens[0]
     finally:
         px.stop()
+
+
+def test_self_signed_https_registry_needs_tls_verify_false(project_fixtures, local_shas, tmp_path):
+    _need("docker-registry", "skopeo", "openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    r = Registry(tmp_path / "reg", tls=(cert, key))
+    try:
+        r.push(f"oci-archive:{project_fixtures / 'demo.oci.tar'}", "demo:latest")
+        c, out = tmp_path / "c", tmp_path / "a.run"
+        line = pack_fails(f"docker://{r.host}/demo", out, c)
+        assert "TLS with" in line and "CERTIFICATE_VERIFY_FAILED" in line and "--tls-verify=false" in line
+        # a TLS-only port: success means HTTPS without certificate checks, not the plain-HTTP fallback
+        doc = pack_ok(f"docker://{r.host}/demo", out, c, "--tls-verify=false")
+        assert doc["rootfs"]["sha256"] == local_shas["demo"]
+    finally:
+        r.stop()
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a small tmpfs")
