@@ -1,9 +1,11 @@
 """`carryon pack SOURCE [-o OUT] [--tag T] [--platform P] [--level N] [-q]`: image -> carryon archive.
 
-Reads the image (packer.sources), squashes its layers in one streaming pass each (packer.squash),
-writes the rootfs (packer.rootfs) and the archive (runtime.archive.write_archive: temp file + rename,
-so an error or Ctrl-C never leaves a half-written OUT). Without the hidden `--bare` flag the launcher
-and the frozen runtime come from `packer.embed.runtime_parts()` -- the single integration point.
+SOURCE may also be `docker://[REGISTRY/]REPO[:TAG|@DIGEST]` (pulled by packer.registry, with
+`--creds`, `--authfile`, `--tls-verify`, `--no-cache`) or skopeo's `oci:`, `oci-archive:`,
+`docker-archive:` names. Reads the image (packer.sources), squashes its layers in one streaming pass
+each (packer.squash), writes the rootfs (packer.rootfs) and the archive (runtime.archive.write_archive:
+temp file + rename, so an error or Ctrl-C never leaves a half-written OUT). Without the hidden `--bare`
+flag the launcher and the frozen runtime come from `packer.embed.runtime_parts()` -- the single integration point.
 
 OUT `-` is stdout: the archive is built in the work directory as for a file, then streamed out (refused
 before any work when stdout is a terminal); nothing named `-` is created. Success prints one line on
@@ -24,8 +26,9 @@ from packer.cli import EXIT_HELP
 from packer.layers import LayerReader, TarStream
 from packer.manifest import LayerResult, build_manifest
 from packer.progress import Bar
+from packer.registry import RegistryOptions, parse_reference
 from packer.rootfs import DEFAULT_LEVEL, content_size, write_rootfs
-from packer.sources import open_image
+from packer.sources import open_image, split_transport
 from packer.squash import Squasher
 from runtime.archive import write_archive
 from runtime.errors import CarryonError, InputError
@@ -46,13 +49,26 @@ def _parser() -> argparse.ArgumentParser:
                 epilog=EXIT_HELP)
     p.add_argument("source", metavar="SOURCE",
                    help="OCI layout dir, OCI archive, docker-archive (optionally gzip'd), or - for stdin; "
-                        "SOURCE:TAG picks a tag")
+                        "SOURCE:TAG picks a tag; also skopeo's oci:DIR[:REF], oci-archive:FILE[:REF], "
+                        "docker-archive:FILE[:REF], and docker://[REGISTRY/]REPO[:TAG|@sha256:DIGEST] "
+                        "to pull from a registry (Docker Hub when no REGISTRY)")
     p.add_argument("-o", "--output", metavar="OUT",
                    help="output file (default: NAME.run in the current dir); - writes the archive to stdout")
     p.add_argument("--tag", help="image tag/name to pick when the source holds several")
     p.add_argument("--platform", help="OS/ARCH[/VARIANT] to pack (default linux/amd64): picked from a "
                    "multi-platform index; an image for another platform is refused")
     p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level 1-22 (default {DEFAULT_LEVEL})")
+    r = p.add_argument_group("registry (docker:// sources)")
+    r.add_argument("--creds", metavar="USER[:PASS]",
+                   help="credentials (asked for on the terminal when PASS is left out); default: the "
+                        "registry's entry in --authfile, $XDG_RUNTIME_DIR/containers/auth.json, "
+                        "~/.config/containers/auth.json or ~/.docker/config.json, else anonymous")
+    r.add_argument("--authfile", metavar="FILE", help="Docker/containers auth JSON to take credentials from")
+    r.add_argument("--tls-verify", metavar="BOOL", nargs="?", const="true", default="true",
+                   help="--tls-verify=false: accept any certificate and fall back to plain HTTP "
+                        "(a local or self-signed registry)")
+    r.add_argument("--no-cache", action="store_true",
+                   help="bypass the blob cache ($XDG_CACHE_HOME/carryon/blobs or ~/.cache/carryon/blobs)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print nothing but errors (no progress bars, no summary line)")
     p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
@@ -62,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
 def default_output(source: str) -> str:
     if source == "-":
         return "image.run"
+    transport, rest = split_transport(source)
+    if transport == "docker":
+        try:
+            return parse_reference(source).repo.rsplit("/", 1)[-1] + ".run"
+        except CarryonError:
+            return "image.run"
+    if transport is not None:
+        source = rest
     name = os.path.basename(os.path.normpath(source.rsplit(":", 1)[0] if not os.path.exists(source) else source))
     for suffix in (".gz", ".tgz", ".zst", ".tar", ".oci", ".docker", ".uncompressed", ".zstd"):
         if name.endswith(suffix) and len(name) > len(suffix):
@@ -122,7 +146,8 @@ def _stream_out(path: str, dest: BinaryIO) -> None:
 
 
 def pack(source: str, out: str, *, tag: str | None = None, platform: str | None = None,
-         level: int = DEFAULT_LEVEL, bare: bool = False, quiet: bool = False) -> dict:
+         level: int = DEFAULT_LEVEL, bare: bool = False, quiet: bool = False,
+         registry: RegistryOptions | None = None) -> dict:
     """Pack SOURCE into OUT (`-`: stdout); returns the manifest. Errors name what the user gave (OUT,
     SOURCE) or the temporary space, never a temporary file."""
     if not 1 <= level <= 22:
@@ -136,7 +161,7 @@ def pack(source: str, out: str, *, tag: str | None = None, platform: str | None 
     tmp_top = tempfile.gettempdir()
     try:
         with tempfile.TemporaryDirectory(prefix="carryon-pack-") as work:
-            rootfs, manifest = _build_rootfs(work, source, tag, platform, level, quiet)
+            rootfs, manifest = _build_rootfs(work, source, tag, platform, level, quiet, registry)
             if to_stdout:
                 target = os.path.join(work, "archive.run")
                 write_archive(target, manifest=manifest, rootfs_path=rootfs, launcher=launcher,
@@ -158,9 +183,9 @@ def pack(source: str, out: str, *, tag: str | None = None, platform: str | None 
 
 
 def _build_rootfs(work: str, source: str, tag: str | None, platform: str | None, level: int,
-                  quiet: bool) -> tuple[str, dict]:
+                  quiet: bool, registry: RegistryOptions | None = None) -> tuple[str, dict]:
     """Read and squash the image, write WORK/rootfs.tar.zst; returns (its path, the manifest)."""
-    image = open_image(source, tag, platform, work)
+    image = open_image(source, tag, platform, work, registry)
     with open(os.path.join(work, "spool"), "w+b") as spool:
         sq = Squasher(spool)
         done = [0]
@@ -179,9 +204,14 @@ def _build_rootfs(work: str, source: str, tag: str | None, platform: str | None,
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     out = args.output or default_output(args.source)
+    tls = args.tls_verify.lower()
+    if tls not in ("true", "false", "1", "0", "yes", "no"):
+        raise CarryonError(f"--tls-verify={args.tls_verify}: expected true or false")
+    registry = RegistryOptions(creds=args.creds, authfile=args.authfile, tls_verify=tls in ("true", "1", "yes"),
+                               no_cache=args.no_cache, quiet=args.quiet)
     try:
         manifest = pack(args.source, out, tag=args.tag, platform=args.platform, level=args.level,
-                        bare=args.bare, quiet=args.quiet)
+                        bare=args.bare, quiet=args.quiet, registry=registry)
     except OSError as e:
         raise CarryonError(f"{e.filename or out}: {e.strerror or e}") from None
     if not args.quiet:

@@ -27,6 +27,7 @@ class Bar:
         self.done = 0
         self._last = 0.0
         self._shown = False
+        self.detail = ""          # shown after the numbers (e.g. the blob being fetched)
 
     def update(self, done: int) -> None:
         self.done = done
@@ -46,7 +47,7 @@ class Bar:
             text = f"\r{self.label:<12} [{'#' * fill}{'.' * (width - fill)}] {frac * 100:5.1f}% {_mb(self.done)}"
         else:
             text = f"\r{self.label:<12} {_mb(self.done)}"
-        self.stream.write(text + "\033[K")
+        self.stream.write(text + self.detail + "\033[K")
         self.stream.flush()
         self._shown = True
 

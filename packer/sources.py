@@ -23,10 +23,13 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from runtime.archive import SectionReader
 from runtime.errors import InputError
+
+if TYPE_CHECKING:
+    from packer.registry import RegistryOptions
 
 MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -53,7 +56,7 @@ class LayerRef:
 @dataclass
 class Image:
     source: str                 # description: "<format> <basename>"
-    format: str                 # oci-layout | oci-archive | docker-archive
+    format: str                 # oci-layout | oci-archive | docker-archive | registry
     tag: str | None
     platform: str
     manifest_digest: str | None
@@ -434,11 +437,48 @@ def split_source_tag(source: str, tag: str | None) -> tuple[str, str | None]:
     return source, tag
 
 
+TRANSPORTS = {"oci": "oci-layout", "oci-archive": "oci-archive", "docker-archive": "docker-archive"}
+
+
+def split_transport(source: str) -> tuple[str | None, str]:
+    """skopeo's names: `docker://REF` -> ("docker", REF); `oci:DIR[:REF]`, `oci-archive:FILE[:REF]`,
+    `docker-archive:FILE[:REF]` -> (transport, rest); anything else (an existing path first) -> (None, source)."""
+    if source.startswith("docker://"):
+        return "docker", source[len("docker://"):]
+    if source == "-" or os.path.exists(source):
+        return None, source
+    t, sep, rest = source.partition(":")
+    if sep and t in TRANSPORTS and rest:
+        return t, rest
+    return None, source
+
+
 def open_image(source: str, tag: str | None = None, platform: str | None = None,
-               workdir: str | None = None) -> Image:
-    """Open SOURCE (path, or `-` for a tar on stdin; `workdir` holds any spooled copy)."""
+               workdir: str | None = None, registry: RegistryOptions | None = None) -> Image:
+    """Open SOURCE: a path, `-` for a tar on stdin (`workdir` holds any spooled copy), skopeo's
+    `oci:`/`oci-archive:`/`docker-archive:` names for the same, or `docker://REF`, pulled from a
+    registry (packer.registry, options `registry`) into an OCI layout in `workdir` and read as one."""
     if platform is not None:
         parse_platform(platform)
+    transport, rest = split_transport(source)
+    if transport == "docker":
+        from packer.registry import RegistryOptions as _Opts, fetch_layout
+
+        if tag is not None:
+            raise InputError(f"--tag {tag!r}: a docker:// source names its tag itself (docker://REPO:TAG)")
+        if workdir is None:
+            raise InputError("pulling from a registry needs a work directory")
+        pulled = fetch_layout(source, platform or DEFAULT_PLATFORM, workdir, registry or _Opts())
+        return _oci_image(DirStore(pulled.layout), "registry", pulled.description, None, platform)
+    if transport is not None:
+        path, tag = split_source_tag(rest, tag)
+        if not os.path.exists(path):
+            raise InputError(f"{source}: {path}: no such file or directory")
+        image = open_image(path, tag, platform, workdir)
+        want = TRANSPORTS[transport]
+        if image.format != want:
+            raise InputError(f"{source}: {path} is {image.format}, not {want}")
+        return image
     source, tag = split_source_tag(source, tag)
     label = os.path.basename(os.path.normpath(source)) if source != "-" else "(stdin)"
     path = source
