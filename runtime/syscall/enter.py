@@ -125,6 +125,17 @@ def _cow_prepare(m, kind: int, idx: int, regs, guest: str, base: str, follow: bo
     return new
 
 
+def _answer_readlink(t, regs, at: bool, target: str) -> int:
+    """readlink(at) answered by the tracer with `target` (cut to the guest's buffer, like the kernel)."""
+    bufsiz = _int32(regs[ARG[3] if at else ARG[2]])
+    if bufsiz <= 0:
+        raise OSError(errno.EINVAL, "bad buffer size")
+    data = _fsencode(target)[:bufsiz]
+    mem.write(t, regs[ARG[2] if at else ARG[1]], data)
+    t.ret = len(data)
+    return SKIP
+
+
 class Translator:
     """Builds the per-syscall handlers of one run."""
 
@@ -385,13 +396,7 @@ class Translator:
         if mapper.proc_root is not None:
             target = proc_links.readlink_target(guest, t.pid, self.lookup, mapper)
             if target is not None:
-                bufsiz = _int32(regs[ARG[3] if at else ARG[2]])
-                if bufsiz <= 0:
-                    raise OSError(errno.EINVAL, "bad buffer size")
-                data = _fsencode(target)[:bufsiz]
-                mem.write(t, regs[ARG[2] if at else ARG[1]], data)
-                t.ret = len(data)
-                return SKIP
+                return _answer_readlink(t, regs, at, target)
         if mapper.binds and mapper.bind_owner(host):
             # a symlink in a bind: an absolute target naming a host path the guest sees is
             # given back as the guest's path (PRoot's detranslation)
@@ -401,13 +406,7 @@ class Translator:
                 target = ""
             guest_target = mapper.to_guest(target) if target[:1] == "/" else None
             if guest_target is not None and guest_target != target:
-                bufsiz = _int32(regs[ARG[3] if at else ARG[2]])
-                if bufsiz <= 0:
-                    raise OSError(errno.EINVAL, "bad buffer size")
-                data = _fsencode(guest_target)[:bufsiz]
-                mem.write(t, regs[ARG[2] if at else ARG[1]], data)
-                t.ret = len(data)
-                return SKIP
+                return _answer_readlink(t, regs, at, guest_target)
         regs[preg] = mem.push(t, _fsencode(host) + b"\0")
         return CHANGED
 
