@@ -165,7 +165,8 @@ class Caches:
 
     def get(self, user: str, name: str) -> Path:
         if (user, name) not in self.made:
-            archive(name)               # skips (../shared missing) before anything is made
+            if name in ("bb", "py"):
+                archive(name)           # skips (../shared missing) before anything is made
             home = owned_dir(self.base, f"{user}-{Path(str(name)).stem}", user)
             cache = owned_dir(home, "cache", user)
             first = py_sh("true") if name == "py" else ["true"]
