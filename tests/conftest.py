@@ -202,6 +202,23 @@ ENGINE_USERS = (["root", ENGINE_TEST_USER] if os.geteuid() == 0 and _user_exists
                 else ["self"])
 
 
+# the engine variants of the engine tests: the seccomp engine with and without its native stop
+# loop (CARRYON_NATIVE=0: Python sees every stop), and the plain ptrace engine
+ENGINE_VARIANTS = ["seccomp", "seccomp-python", "ptrace"]
+
+
+@pytest.fixture(params=ENGINE_USERS)
+def user(request):
+    """Who runs the guest (root and the unprivileged test user as root; else the caller)."""
+    return request.param
+
+
+@pytest.fixture(params=ENGINE_VARIANTS)
+def engine(request):
+    """The engine variant (a test file may narrow it with a fixture of its own)."""
+    return request.param
+
+
 def as_user(cmd: list[str], user: str) -> list[str]:
     """`cmd` run as `user` ("root"/"self": unchanged; else through `runuser -u USER --`)."""
     if user in ("root", "self"):

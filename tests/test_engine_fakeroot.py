@@ -7,21 +7,7 @@ import os
 
 import pytest
 
-from conftest import ENGINE_USERS
 from engine_util import carryon_exec
-
-ENGINES = ["seccomp", "seccomp-python", "ptrace"]
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request):
-    return request.param
-
-
-@pytest.fixture(params=ENGINE_USERS)
-def user(request):
-    return request.param
-
 
 UNAME = "import os; u = os.uname(); print(u.sysname, u.nodename, u.release, u.version, u.machine, sep='|')"
 

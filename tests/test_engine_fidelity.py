@@ -9,22 +9,7 @@ import glob
 import os
 import socket
 
-import pytest
-
-from conftest import ENGINE_USERS
 from engine_util import carryon_exec, world_dir
-
-ENGINES = ["seccomp", "seccomp-python", "ptrace"]
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request):
-    return request.param
-
-
-@pytest.fixture(params=ENGINE_USERS)
-def user(request):
-    return request.param
 
 
 def run_ok(rootfs, *args, **kw):

@@ -16,23 +16,9 @@ import select
 import signal
 import time
 
-import pytest
-
-from conftest import ENGINE_USERS
 from engine_util import exec_cmd, exec_env, popen_exec, world_dir
 
-ENGINES = ["seccomp", "seccomp-python", "ptrace"]
 STOPPED = ("T (stopped)", "t (tracing stop)")
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request):
-    return request.param
-
-
-@pytest.fixture(params=ENGINE_USERS)
-def user(request):
-    return request.param
 
 
 # The guest: a child with two threads writing to a pipe, in its own process group (so that the

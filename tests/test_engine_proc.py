@@ -22,11 +22,6 @@ def engine(request):
     return request.param
 
 
-@pytest.fixture(params=ENGINE_USERS)
-def user(request):
-    return request.param
-
-
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -8,20 +8,7 @@ import re
 
 import pytest
 
-from conftest import ENGINE_USERS
 from engine_util import carryon_exec, native_as, world_dir
-
-ENGINES = ["seccomp", "seccomp-python", "ptrace"]
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request):
-    return request.param
-
-
-@pytest.fixture(params=ENGINE_USERS)
-def user(request):
-    return request.param
 
 
 def run_ok(rootfs, *args, engine, user, **kw):

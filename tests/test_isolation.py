@@ -190,11 +190,6 @@ def caches():
     remove(base)
 
 
-@pytest.fixture(params=ENGINE_USERS)
-def user(request):
-    return request.param
-
-
 @pytest.fixture(params=ENGINES)
 def engine(request):
     return request.param

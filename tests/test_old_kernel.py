@@ -13,15 +13,10 @@ import time
 import pytest
 
 from archive_run_support import archive, guest_pids, workdir
-from conftest import ENGINE_USERS, REPO, user_popen_kwargs
+from conftest import REPO, user_popen_kwargs
 
 JAIL = str(REPO / "scripts" / "kernel-jail")
 OLD = [JAIL, "--linux-2.6.32"]
-
-
-@pytest.fixture(params=ENGINE_USERS)
-def user(request):
-    return request.param
 
 
 def _home(user: str) -> str:
