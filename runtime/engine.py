@@ -283,9 +283,10 @@ def _traced(spec: RunSpec, use_seccomp: bool) -> int:
 
 
 def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
-                    native_out: list | None = None) -> list:
+                    native_out: list | None = None, lacking: frozenset[int] = frozenset()) -> list:
     """The handlers by syscall number. `native_out` (a list) gets a `native_setup` function for
-    the loop: it gives the native stop loop the calls it may answer (runtime.tracee.native)."""
+    the loop: it gives the native stop loop the calls it may answer (runtime.tracee.native).
+    `lacking`: calls the node's kernel lacks that the tracer emulates (runtime.syscall.newer)."""
     from runtime.syscall import table
     from runtime.syscall.enter import Translator
     from runtime.syscall.sysnums import MAX_KNOWN, NUMBERS
@@ -328,6 +329,9 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
                     break
             return act
         dispatch[nr] = chained
+    if lacking:
+        from runtime.syscall import newer
+        newer.install(dispatch, lacking)
     if native_out is not None:
         def native_setup(nat):
             for nr, (reg, dreg, rule, freg, parent_op, write) in tr.simple.items():
@@ -336,7 +340,8 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
                     if write != table.W_OPEN or freg < 0:
                         continue        # copy-on-write: Python's
                     wmask = table.O_WRITE_MASK      # opens for reading stay native
-                if nr in wanted or nr in tr.extra or nr in table.REFUSED or (write and mapper._any_ro):
+                if nr in wanted or nr in tr.extra or nr in table.REFUSED or nr in lacking or (
+                        write and mapper._any_ro):
                     continue            # chained, replaced, refused, or EROFS to check
                 nat.spec(nr, reg, dreg, rule, freg, not parent_op, wmask)
             nat.names(mapper.leaf_names)
@@ -383,12 +388,14 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
     return dispatch
 
 
-def filter_program(exts: list, affinity: bool = False) -> list[tuple[int, int, int, int]]:
+def filter_program(exts: list, affinity: bool = False,
+                   lacking: frozenset[int] = frozenset()) -> list[tuple[int, int, int, int]]:
     """The seccomp filter: the path calls of the table plus the calls the extensions hook (plus
-    sched_getaffinity/sched_setaffinity with `affinity`: automatic CPU placement watches them)."""
+    sched_getaffinity/sched_setaffinity with `affinity`: automatic CPU placement watches them, and
+    the `lacking` calls the tracer emulates: runtime.syscall.newer)."""
     from runtime.syscall import seccomp, table
     from runtime.syscall.sysnums import NUMBERS
-    traced = set(table.TRACED)
+    traced = set(table.TRACED) | lacking
     if affinity:
         traced |= {NUMBERS["sched_getaffinity"], NUMBERS["sched_setaffinity"]}
     if_arg = dict(table.TRACED_IF_ARG)
@@ -489,12 +496,17 @@ def _tracer_parts(spec: RunSpec, mapper, use_seccomp: bool) -> tuple:
     fake_root = spec.uid == 0
     placement = Placement()
     native_out: list = []
+    lacking: frozenset[int] = frozenset()
+    # calls newer than the kernel (runtime.syscall.newer): nothing probed on a current node
+    if not use_seccomp or _release() < (5, 8) or "CARRYON_TEST_LACKING" in os.environ:
+        from runtime.syscall import newer
+        lacking = newer.lacking(not use_seccomp)
     dispatch = _build_dispatch(mapper, mapper.proc_lookup, exts, fake_root or os.geteuid() == 0,
-                               placement, native_out if use_seccomp else None)
+                               placement, native_out if use_seccomp else None, lacking)
     program = None
     if use_seccomp:
         program = ffi.seccomp_program(
-            filter_program(exts, placement.mode == "auto" and placement.cpu is not None))
+            filter_program(exts, placement.mode == "auto" and placement.cpu is not None, lacking))
     return exts, placement, dispatch, native_out[0] if native_out else None, program
 
 
