@@ -1,8 +1,9 @@
 """Guest calls newer than the node's kernel: the ones with an exact emulation from older calls.
 
 Modern images call `statx` (coreutils' stat, ls), `faccessat2` (glibc >= 2.33's faccessat with
-flags), `getrandom` and `prlimit64` (glibc >= 2.35's getrlimit/setrlimit, with no fallback). Where
-the node's kernel answers ENOSYS for one of these four, the tracer answers it from older calls:
+flags), `getrandom`, `prlimit64` (glibc >= 2.35's getrlimit/setrlimit, with no fallback) and
+`renameat2`. Where the node's kernel answers ENOSYS for one of these, the tracer answers it from
+older calls:
 
 - `statx` -> `newfstatat` into a scratch `struct stat` below the stack pointer (`fstat` of the fd for
   AT_EMPTY_PATH with an empty path, since `newfstatat` accepts AT_EMPTY_PATH only from 2.6.39), the
@@ -32,14 +33,19 @@ the node's kernel answers ENOSYS for one of these four, the tracer answers it fr
   process: ESRCH when it does not exist, EPERM when the kernel's permission check (same real
   ids, or CAP_SYS_RESOURCE) would refuse, else ENOSYS (old calls cannot act on another process).
 
+- `renameat2` with no flags -> `renameat`: exact (glibc's own fallback would pass the arguments
+  the tracer rewrote for the failed call: registers a syscall preserves are reused by the
+  compiler). With flags (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT): ENOSYS, as the
+  kernel answers (no old call does them atomically).
+
 Every other call newer than the kernel (clone3, close_range, openat2, pidfd_*, memfd_create,
 preadv2, rseq, ...) gets ENOSYS as the kernel gives it (glibc falls back for clone3 and close_range,
 Python for getrandom). execveat is translated into execve by runtime.syscall.enter anyway, so it
 works on every kernel.
 
-Detection (`lacking`), once per run before the fork: a harmless call of each (statx with a NULL
-path, faccessat2 likewise, a 0-byte getrandom, prlimit64 with no limits), about a microsecond each,
-ENOSYS meaning "lacking". The plain ptrace engine probes all four (it runs where seccomp filters are
+Detection (`lacking`), once per run before the fork: a harmless call of each (statx, faccessat2
+and renameat2 with NULL paths, a 0-byte getrandom, prlimit64 with no limits), about a microsecond
+each, ENOSYS meaning "lacking". The plain ptrace engine probes all five (it runs where seccomp filters are
 refused, e.g. under scripts/kernel-jail, whose `uname` still names this kernel); the seccomp engine
 probes only the calls newer than `uname`'s release, so on a current node nothing is probed and
 nothing changes (same filter, same handlers, same native loop). CARRYON_TEST_LACKING=name,... makes
@@ -58,15 +64,17 @@ from runtime.tracee import mem
 from runtime.tracee.actions import CHANGED, EXIT, SKIP
 from runtime.tracee.ffi import ARG, R_ORIG_RAX, R_RAX, _syscall
 
-STATX, FACCESSAT2, GETRANDOM, PRLIMIT64 = (NUMBERS[n] for n in ("statx", "faccessat2", "getrandom",
-                                                                 "prlimit64"))
+STATX, FACCESSAT2, GETRANDOM, PRLIMIT64, RENAMEAT2 = (
+    NUMBERS[n] for n in ("statx", "faccessat2", "getrandom", "prlimit64", "renameat2"))
 FSTAT, NEWFSTATAT, FACCESSAT = NUMBERS["fstat"], NUMBERS["newfstatat"], NUMBERS["faccessat"]
-GETRLIMIT, SETRLIMIT = NUMBERS["getrlimit"], NUMBERS["setrlimit"]
-EMULATED = {"statx": STATX, "faccessat2": FACCESSAT2, "getrandom": GETRANDOM, "prlimit64": PRLIMIT64}
+GETRLIMIT, SETRLIMIT, RENAMEAT = NUMBERS["getrlimit"], NUMBERS["setrlimit"], NUMBERS["renameat"]
+EMULATED = {"statx": STATX, "faccessat2": FACCESSAT2, "getrandom": GETRANDOM, "prlimit64": PRLIMIT64,
+            "renameat2": RENAMEAT2}
 # the Linux release that added each call (x86_64)
-SINCE = {STATX: (4, 11, 0), FACCESSAT2: (5, 8, 0), GETRANDOM: (3, 17, 0), PRLIMIT64: (2, 6, 36)}
+SINCE = {STATX: (4, 11, 0), FACCESSAT2: (5, 8, 0), GETRANDOM: (3, 17, 0), PRLIMIT64: (2, 6, 36),
+         RENAMEAT2: (3, 15, 0)}
 _PROBE_ARGS = {STATX: (-1, 0, 0, 0, 0), FACCESSAT2: (-1, 0, 0, 0), GETRANDOM: (0, 0, 0),
-               PRLIMIT64: (0, 0, 0, 0)}
+               PRLIMIT64: (0, 0, 0, 0), RENAMEAT2: (-1, 0, -1, 0, 0)}
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW, AT_EACCESS, AT_NO_AUTOMOUNT, AT_EMPTY_PATH = 0x100, 0x200, 0x800, 0x1000
@@ -121,7 +129,8 @@ def lacking(plain: bool) -> frozenset[int]:
 def install(dispatch: list, missing: frozenset[int]) -> None:
     """Wrap the dispatch entries of the lacking calls (after the extensions' chaining: their exit
     hooks see the older call and its result, and the conversion runs last)."""
-    makers = {STATX: _statx, FACCESSAT2: _faccessat2, GETRANDOM: _getrandom, PRLIMIT64: _prlimit64}
+    makers = {STATX: _statx, FACCESSAT2: _faccessat2, GETRANDOM: _getrandom, PRLIMIT64: _prlimit64,
+              RENAMEAT2: _renameat2}
     for nr in missing:
         dispatch[nr] = makers[nr](dispatch[nr])
 
@@ -377,4 +386,17 @@ def _prlimit64(inner):
             return 0
 
         return _exit_last(t, 0, done)
+    return handler
+
+
+# ---- renameat2 ---------------------------------------------------------------------------------
+def _renameat2(inner):
+    def handler(t, regs) -> int:
+        if regs[ARG[4]] & 0xFFFFFFFF:
+            raise OSError(errno.ENOSYS, "renameat2 with flags")     # the node's answer
+        act = inner(t, regs) if inner is not None else 0
+        if act & SKIP:
+            return act
+        regs[R_ORIG_RAX] = RENAMEAT
+        return act | CHANGED
     return handler

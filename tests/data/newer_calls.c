@@ -18,6 +18,7 @@
 #define NR_FACCESSAT2 439
 #define NR_GETRANDOM 318
 #define NR_PRLIMIT64 302
+#define NR_RENAMEAT2 316
 
 struct ts { int64_t sec; uint32_t nsec; int32_t pad; };
 struct sx {
@@ -141,7 +142,19 @@ int main(int argc, char **argv)
     res("prlimit64-bad-old", syscall(NR_PRLIMIT64, 0, RLIMIT_NOFILE, (void *)0, (void *)8));
     res("prlimit64-no-such-pid", syscall(NR_PRLIMIT64, 0x3ffffff0, RLIMIT_NOFILE, (void *)0, &cur));
 
+    char a[600], b[600];
+    snprintf(a, sizeof a, "%s/rename-a-%d", argc > 1 ? argv[1] : "/work", (int)getpid());
+    snprintf(b, sizeof b, "%s/rename-b-%d", argc > 1 ? argv[1] : "/work", (int)getpid());
+    close(open(a, O_WRONLY | O_CREAT, 0644));
+    res("renameat2-no-flags", syscall(NR_RENAMEAT2, AT_FDCWD, a, AT_FDCWD, b, 0));
+    res("renameat2-gone", access(a, F_OK));
+    res("renameat2-missing", syscall(NR_RENAMEAT2, AT_FDCWD, a, AT_FDCWD, b, 0));
+    close(open(a, O_WRONLY | O_CREAT, 0644));
+
     /* differ by design */
+    res("X renameat2-noreplace", syscall(NR_RENAMEAT2, AT_FDCWD, b, AT_FDCWD, a, 1));
+    unlink(a);
+    unlink(b);
     res("X prlimit64-parent", syscall(NR_PRLIMIT64, getppid(), RLIMIT_NOFILE, (void *)0, &cur));
     res("X prlimit64-init", syscall(NR_PRLIMIT64, 1, RLIMIT_NOFILE, &nw, (void *)0));
     res("X clone3", syscall(435, (void *)0, 0));
