@@ -145,3 +145,31 @@ def test_statx_from_stat_matches_the_kernel(tmp_path):
     # blksize .. mode, ino size blocks, atime, ctime/mtime, rdev and dev: as the kernel's
     for lo, hi in ((4, 8), (16, 30), (32, 56), (64, 76), (96, 108), (112, 124), (128, 144)):
         assert ours[lo:hi] == sx.raw[lo:hi], (lo, hi)
+
+
+def test_memory_writes_without_proc_mem_writes(monkeypatch):
+    """Before 2.6.39 /proc/PID/mem opens for writing but refuses the write (EINVAL): from then on
+    tracee memory is written through process_vm_writev / PTRACE_POKEDATA (runtime.tracee.mem)."""
+    import ctypes
+
+    from runtime.tracee import mem
+    refused = []
+
+    def pwrite_2_6_32(fd, data, offset):
+        refused.append(offset)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(mem, "_no_mem_writes", False)
+
+    class Self:
+        pid = os.getpid()
+        memfd = os.open("/proc/self/mem", os.O_RDWR)
+
+    buf = ctypes.create_string_buffer(32)
+    try:
+        mem.write(Self, ctypes.addressof(buf), b"first", _pwrite=pwrite_2_6_32)
+        mem.write(Self, ctypes.addressof(buf) + 8, b"second", _pwrite=pwrite_2_6_32)
+    finally:
+        os.close(Self.memfd)
+    assert buf.raw[:5] == b"first" and buf.raw[8:14] == b"second"
+    assert len(refused) == 1                    # chosen once
