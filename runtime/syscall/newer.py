@@ -43,14 +43,16 @@ preadv2, rseq, ...) gets ENOSYS as the kernel gives it (glibc falls back for clo
 Python for getrandom). execveat is translated into execve by runtime.syscall.enter anyway, so it
 works on every kernel.
 
-Detection (`lacking`), once per run before the fork: a harmless call of each (statx, faccessat2
-and renameat2 with NULL paths, a 0-byte getrandom, prlimit64 with no limits), about a microsecond
-each, ENOSYS meaning "lacking". The plain ptrace engine probes all five (it runs where seccomp filters are
-refused, e.g. under scripts/kernel-jail, whose `uname` still names this kernel); the seccomp engine
-probes only the calls newer than `uname`'s release, so on a current node nothing is probed and
-nothing changes (same filter, same handlers, same native loop). CARRYON_TEST_LACKING=name,... makes
-tests treat those calls as lacking on a node that has them (the seccomp engine's path, which no
-filter-based emulation can reach: a stacked filter's ERRNO wins over our TRACE).
+Detection (`lacking`), once per run before the fork, and only where a call may be lacking: a
+kernel older than 5.8 (`uname`), or a tracer that runs under a seccomp filter (PR_GET_SECCOMP: a
+container's profile may answer ENOSYS for calls it does not know; scripts/kernel-jail, whose `uname`
+still names this kernel). On a current node without a filter nothing is probed or imported, and
+nothing changes (same filter, same handlers, same native loop). A probe is a harmless call (statx,
+faccessat2 and renameat2 with NULL paths, a 0-byte getrandom, prlimit64 with no limits: ~5 us
+each), ENOSYS meaning "lacking"; under a filter all five are probed, else those newer than `uname`.
+CARRYON_TEST_LACKING=name,... makes tests treat those calls as lacking on a node that has them (the
+seccomp engine's path, which no filter-based emulation reaches: a stacked filter's ERRNO wins over
+our TRACE).
 """
 
 from __future__ import annotations
@@ -113,12 +115,13 @@ def _probe(nr: int) -> bool:
     return _syscall(ctypes.c_long(nr), *args) == -1 and ctypes.get_errno() == errno.ENOSYS
 
 
-def lacking(plain: bool) -> frozenset[int]:
-    """The numbers of the emulated calls this node lacks (see the module docstring)."""
+def lacking(filtered: bool) -> frozenset[int]:
+    """The numbers of the emulated calls this node lacks (see the module docstring): all probed
+    when the tracer runs under a seccomp filter, else those newer than `uname`'s release."""
     out = set()
     rel = _release()
     for nr in _PROBE_ARGS:
-        if (plain or rel < SINCE[nr]) and _probe(nr):
+        if (filtered or rel < SINCE[nr]) and _probe(nr):
             out.add(nr)
     for name in os.environ.get("CARRYON_TEST_LACKING", "").split(","):
         if name in EMULATED:
