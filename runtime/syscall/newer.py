@@ -33,6 +33,9 @@ older calls:
   process: ESRCH when it does not exist, EPERM when the kernel's permission check (same real
   ids, or CAP_SYS_RESOURCE) would refuse, else ENOSYS (old calls cannot act on another process).
 
+- `newfstatat` with AT_EMPTY_PATH (2.6.39; glibc >= 2.33's fstat() is newfstatat(fd, "",
+  AT_EMPTY_PATH), its loader's too) -> `fstat(fd)` (the cwd for AT_FDCWD), the flag dropped for a
+  non-empty path, AT_NO_AUTOMOUNT (2.6.38) dropped: exact. Lacking means EINVAL here.
 - `renameat2` with no flags -> `renameat`: exact (glibc's own fallback would pass the arguments
   the tracer rewrote for the failed call: registers a syscall preserves are reused by the
   compiler). With flags (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT): ENOSYS, as the
@@ -70,13 +73,17 @@ STATX, FACCESSAT2, GETRANDOM, PRLIMIT64, RENAMEAT2 = (
     NUMBERS[n] for n in ("statx", "faccessat2", "getrandom", "prlimit64", "renameat2"))
 FSTAT, NEWFSTATAT, FACCESSAT = NUMBERS["fstat"], NUMBERS["newfstatat"], NUMBERS["faccessat"]
 GETRLIMIT, SETRLIMIT, RENAMEAT = NUMBERS["getrlimit"], NUMBERS["setrlimit"], NUMBERS["renameat"]
+# the calls emulated where lacking (NEWFSTATAT: its AT_EMPTY_PATH flag, 2.6.39)
 EMULATED = {"statx": STATX, "faccessat2": FACCESSAT2, "getrandom": GETRANDOM, "prlimit64": PRLIMIT64,
-            "renameat2": RENAMEAT2}
-# the Linux release that added each call (x86_64)
+            "renameat2": RENAMEAT2, "fstatat-empty-path": NEWFSTATAT}
+# the Linux release that added each (x86_64)
 SINCE = {STATX: (4, 11, 0), FACCESSAT2: (5, 8, 0), GETRANDOM: (3, 17, 0), PRLIMIT64: (2, 6, 36),
-         RENAMEAT2: (3, 15, 0)}
+         RENAMEAT2: (3, 15, 0), NEWFSTATAT: (2, 6, 39)}
+# a harmless call of each, and the error that means "lacking" (the 144 of newfstatat: a buffer)
 _PROBE_ARGS = {STATX: (-1, 0, 0, 0, 0), FACCESSAT2: (-1, 0, 0, 0), GETRANDOM: (0, 0, 0),
-               PRLIMIT64: (0, 0, 0, 0), RENAMEAT2: (-1, 0, -1, 0, 0)}
+               PRLIMIT64: (0, 0, 0, 0), RENAMEAT2: (-1, 0, -1, 0, 0),
+               NEWFSTATAT: (-100, b"", 144, 0x1000)}
+_LACKING_ERRNO = {NEWFSTATAT: errno.EINVAL}
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW, AT_EACCESS, AT_NO_AUTOMOUNT, AT_EMPTY_PATH = 0x100, 0x200, 0x800, 0x1000
@@ -109,10 +116,18 @@ def _release() -> tuple[int, ...]:
 
 
 def _probe(nr: int) -> bool:
-    """True when this kernel answers ENOSYS to the call (the tracer asks it itself)."""
+    """True when this kernel answers ENOSYS (EINVAL: the flag) to the call (the tracer asks it)."""
     import ctypes
-    args = [ctypes.c_long(a) for a in _PROBE_ARGS[nr]]
-    return _syscall(ctypes.c_long(nr), *args) == -1 and ctypes.get_errno() == errno.ENOSYS
+    args: list = []
+    for a in _PROBE_ARGS[nr]:
+        if isinstance(a, bytes):
+            args.append(ctypes.c_char_p(a))
+        elif nr == NEWFSTATAT and a == STAT_SIZE:
+            args.append(ctypes.create_string_buffer(STAT_SIZE))
+        else:
+            args.append(ctypes.c_long(a))
+    return _syscall(ctypes.c_long(nr), *args) == -1 and \
+        ctypes.get_errno() == _LACKING_ERRNO.get(nr, errno.ENOSYS)
 
 
 def lacking(filtered: bool) -> frozenset[int]:
@@ -123,6 +138,10 @@ def lacking(filtered: bool) -> frozenset[int]:
     for nr in _PROBE_ARGS:
         if (filtered or rel < SINCE[nr]) and _probe(nr):
             out.add(nr)
+    if os.environ.get("_CARRYON_OLD_KERNEL"):
+        # started through runtime/launch/oldkernel.c, which rewrites this process's own fstatat
+        # calls (so a probe here would see them work): the launcher read the release
+        out.add(NEWFSTATAT)
     for name in os.environ.get("CARRYON_TEST_LACKING", "").split(","):
         if name in EMULATED:
             out.add(EMULATED[name])
@@ -133,7 +152,7 @@ def install(dispatch: list, missing: frozenset[int]) -> None:
     """Wrap the dispatch entries of the lacking calls (after the extensions' chaining: their exit
     hooks see the older call and its result, and the conversion runs last)."""
     makers = {STATX: _statx, FACCESSAT2: _faccessat2, GETRANDOM: _getrandom, PRLIMIT64: _prlimit64,
-              RENAMEAT2: _renameat2}
+              RENAMEAT2: _renameat2, NEWFSTATAT: _fstatat}
     for nr in missing:
         dispatch[nr] = makers[nr](dispatch[nr])
 
@@ -401,5 +420,30 @@ def _renameat2(inner):
         if act & SKIP:
             return act
         regs[R_ORIG_RAX] = RENAMEAT
+        return act | CHANGED
+    return handler
+
+
+# ---- newfstatat's AT_EMPTY_PATH ----------------------------------------------------------------
+def _fstatat(inner):
+    def handler(t, regs) -> int:
+        flags = regs[ARG[3]] & 0xFFFFFFFF
+        if not flags & (AT_EMPTY_PATH | AT_NO_AUTOMOUNT):
+            return inner(t, regs) if inner is not None else 0
+        if flags & ~(AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_EMPTY_PATH):
+            raise _einval()
+        act = inner(t, regs) if inner is not None else 0
+        if act & SKIP:
+            return act
+        path = regs[ARG[1]]
+        if flags & AT_EMPTY_PATH and (not path or mem.read(t, path, 1) == b"\0"):
+            if _int32(regs[ARG[0]]) == AT_FDCWD:        # the cwd itself
+                regs[ARG[1]] = mem.push(t, b".\0")
+                regs[ARG[3]] = 0
+            else:
+                regs[R_ORIG_RAX] = FSTAT
+                regs[ARG[1]] = regs[ARG[2]]
+        else:
+            regs[ARG[3]] = flags & AT_SYMLINK_NOFOLLOW
         return act | CHANGED
     return handler
