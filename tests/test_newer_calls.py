@@ -20,7 +20,7 @@ from conftest import REPO, user_popen_kwargs
 from engine_util import exec_cmd, exec_env, world_dir
 
 JAIL = [str(REPO / "scripts" / "kernel-jail"), "--linux-2.6.32"]
-ALL = "statx,faccessat2,getrandom,prlimit64,renameat2"
+ALL = "statx,faccessat2,getrandom,prlimit64,renameat2,fstatat-empty-path"
 
 
 @pytest.fixture(scope="module")

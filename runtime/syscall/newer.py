@@ -430,8 +430,6 @@ def _fstatat(inner):
         flags = regs[ARG[3]] & 0xFFFFFFFF
         if not flags & (AT_EMPTY_PATH | AT_NO_AUTOMOUNT):
             return inner(t, regs) if inner is not None else 0
-        if flags & ~(AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_EMPTY_PATH):
-            raise _einval()
         act = inner(t, regs) if inner is not None else 0
         if act & SKIP:
             return act
@@ -443,7 +441,7 @@ def _fstatat(inner):
             else:
                 regs[R_ORIG_RAX] = FSTAT
                 regs[ARG[1]] = regs[ARG[2]]
-        else:
-            regs[ARG[3]] = flags & AT_SYMLINK_NOFOLLOW
+        else:       # any other flag: the node's kernel answers for it
+            regs[ARG[3]] = flags & ~(AT_EMPTY_PATH | AT_NO_AUTOMOUNT)
         return act | CHANGED
     return handler

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -76,6 +77,17 @@ int main(int argc, char **argv)
         sx("statx-cwd-empty", AT_FDCWD, "", AT_EMPTY_PATH);
         sx("statx-relative", AT_FDCWD, "passwd", 0);
     }
+
+    struct stat st;
+    long k = syscall(SYS_newfstatat, fd_passwd, "", &st, AT_EMPTY_PATH);
+    printf("fstatat-empty-fd %ld %d ino=%llu size=%lld\n", k, k ? errno : 0,
+           (unsigned long long)st.st_ino, (long long)st.st_size);
+    k = syscall(SYS_newfstatat, fd_usr, "bin", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+    printf("fstatat-flag-path %ld %d ino=%llu mode=%o\n", k, k ? errno : 0,
+           (unsigned long long)st.st_ino, st.st_mode);
+    k = syscall(SYS_newfstatat, AT_FDCWD, "", &st, AT_EMPTY_PATH | AT_NO_AUTOMOUNT);
+    printf("fstatat-empty-cwd %ld %d ino=%llu\n", k, k ? errno : 0, (unsigned long long)st.st_ino);
+    res("fstatat-empty-no-flag", syscall(SYS_newfstatat, fd_passwd, "", &st, 0));
 
     res("faccessat2-r", syscall(NR_FACCESSAT2, AT_FDCWD, "/etc/passwd", R_OK, 0));
     res("faccessat2-w", syscall(NR_FACCESSAT2, AT_FDCWD, "/etc/passwd", W_OK, 0));
