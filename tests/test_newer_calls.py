@@ -174,3 +174,21 @@ def test_memory_writes_without_proc_mem_writes(monkeypatch):
         os.close(Self.memfd)
     assert buf.raw[:5] == b"first" and buf.raw[8:14] == b"second"
     assert len(refused) == 1                    # chosen once
+
+
+def test_copy_up_without_copy_file_range_nor_sendfile_to_a_file(tmp_path, monkeypatch):
+    """The copy-on-write copy of a file on Linux 2.6.32: no copy_file_range (4.5), and sendfile
+    refuses a file as its target (2.6.33): plain reads and writes."""
+    from runtime.path import overlay
+
+    def refused(code):
+        def call(*args):
+            raise OSError(code, os.strerror(code))
+        return call
+
+    monkeypatch.setattr(os, "copy_file_range", refused(errno.ENOSYS))
+    monkeypatch.setattr(os, "sendfile", refused(errno.EINVAL))
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(3 << 20) + b"end")
+    overlay._copy_file(str(src), str(tmp_path / "dst"), src.stat())
+    assert (tmp_path / "dst").read_bytes() == src.read_bytes()
