@@ -127,8 +127,9 @@ print(call(262, -100, b"/", st, 0), call(262, -100, b"/", st, 0x100), call(262, 
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         helper = f"{d}/oldkernel"
-        subprocess.run([cc, "-O2", "-static", "-o", helper, str(REPO / "runtime" / "launch" / "oldkernel.c")],
-                       check=True)
+        if subprocess.run([cc, "-O2", "-static", "-o", helper,
+                           str(REPO / "runtime" / "launch" / "oldkernel.c")]).returncode != 0:
+            pytest.skip("no static C library")
         p = subprocess.run([JAIL, "--at-flags-2.6.32", helper, sys.executable, "-c", code],
                            capture_output=True, text=True, timeout=60)
     got = [int(x) for x in p.stdout.split()]
