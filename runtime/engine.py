@@ -236,6 +236,8 @@ def _prepare(spec: RunSpec) -> tuple:
     if not os.path.isdir(spec.rootfs):
         raise CarryonError(f"rootfs not found or not a directory: {spec.rootfs}")
     mapper = Mapper(spec.rootfs, spec.binds, cache_dirs=True, proc_lookup=lookup)
+    if spec.trace is not None:          # CARE mode (runtime.trace): note what the mapper resolves
+        spec.trace.attach(mapper)
     if spec.overlay:
         try:
             mapper.attach_overlay(spec.overlay, spec.overlay_ident or mapper.rootfs)
@@ -489,8 +491,11 @@ def _tracer_parts(spec: RunSpec, mapper, use_seccomp: bool) -> tuple:
     fake_root = spec.uid == 0
     placement = Placement()
     native_out: list = []
+    # CARE mode (runtime.trace): no native loop (it answers path stops Python never sees)
     dispatch = _build_dispatch(mapper, mapper.proc_lookup, exts, fake_root or os.geteuid() == 0,
-                               placement, native_out if use_seccomp else None)
+                               placement, native_out if use_seccomp and spec.trace is None else None)
+    if spec.trace is not None:
+        spec.trace.wrap(dispatch)
     program = None
     if use_seccomp:
         program = ffi.seccomp_program(
