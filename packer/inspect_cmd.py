@@ -11,6 +11,7 @@ import argparse
 import base64
 import json
 import os
+import shlex
 import stat
 import sys
 import tarfile
@@ -102,7 +103,7 @@ def _text(layout, manifest: dict, files: bool, out) -> None:
         w(f"trace       trimmed: {after.get('entries')} of {before.get('entries')} entries, "
           f"{_size(after.get('bytes', 0))} of {_size(before.get('bytes', 0))} in files; {listing}\n")
         for r in tr.get("runs", []):
-            w(f"  run       exit {r.get('exit')}: {' '.join(r.get('argv') or [])}"
+            w(f"  run       exit {r.get('exit')}: {shlex.join(r.get('argv') or [])}"
               f"{'  (--trace-run ' + repr(r['args']) + ')' if r.get('args') else ''}\n")
         for g in tr.get("keep", []):
             w(f"  keep      {g}\n")

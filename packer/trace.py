@@ -132,7 +132,7 @@ def _run_one(entry: str, config: dict, text: str, rec: Recorder) -> tuple[list[s
         raise CarryonError(f"--trace-run {text!r}: --carryon-extract is not a run")
     run_dir, state = install.make_run_dir(entry, "trace", opts.state)
     try:
-        spec = runspec.build_spec(_Shim(config), entry, opts, run_dir, state)
+        spec = runspec.build_spec(_Shim(config), entry, opts, run_dir, state)  # type: ignore[arg-type]  # reads .manifest/.key only
         spec.trace = rec
         engines = [opts.engine] if opts.engine != "auto" else ["seccomp", "ptrace"]
         for i, name in enumerate(engines):

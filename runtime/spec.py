@@ -11,6 +11,10 @@ from __future__ import annotations
 
 SIGTERM = 15        # signal.SIGTERM on Linux (not imported: `signal` pulls in `enum`)
 
+TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
+if TYPE_CHECKING:
+    from runtime.trace import Recorder
+
 
 class _Record:
     """Field-wise equality and repr for the classes below (their `__slots__` are the fields)."""
@@ -62,7 +66,7 @@ class RunSpec(_Record):
                  netcoop: bool = False, ports_file: str | None = None, verbose: int = 0,
                  overlay: str | None = None, overlay_ident: str | None = None,
                  cwd_optional: bool = False, kernel_release: str | None = None,
-                 trace: object | None = None) -> None:
+                 trace: Recorder | None = None) -> None:
         self.rootfs = rootfs            # host path of the guest root
         self.argv = argv                # argv[0] is looked up in the guest PATH when it has no '/'
         self.env: dict[str, str] = {} if env is None else env
