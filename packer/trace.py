@@ -1,7 +1,7 @@
 """CARE mode (`carryon pack SOURCE --trace ...`): run the image on the workstation, keep what it touched.
 
-`trace_runs` writes the squashed tree to a temp dir the way a node's cache holds it (a level-1 bare
-archive extracted by `runtime.extract`, the runtime's own rootless extraction), then runs the image's
+`trace_runs` writes the squashed tree to a temp dir the way a node's cache holds it (the runtime's
+own rootless extraction, `runtime.extract`, fed the tree's entries directly), then runs the image's
 command, or each `--trace-run 'ARGS'` (split like a shell; leading `--carryon-*` options are the
 archive's own: binds for inputs, env, workdir...), exactly as the archive would run it
 (`runtime.launch.runspec.build_spec`, copy-on-write state, the seccomp engine else ptrace, never a
@@ -27,7 +27,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 
-from packer.rootfs import walk, write_rootfs
+from packer.rootfs import walk
 from packer.squash import Node, Squasher
 from runtime.errors import CarryonError, InputError
 from runtime.path.confine import SymlinkLoop, join, split_path
@@ -77,20 +77,33 @@ class _Shim:
         self.key = "trace"
 
 
+_TYPE = {"d": b"5", "f": b"0", "l": b"2", "p": b"6", "c": b"3", "b": b"4"}
+
+
+def _entries(sq: Squasher):
+    """The squashed tree as (runtime.extract.Entry, data) pairs in the rootfs tar's order and form."""
+    from runtime.extract import Entry
+    sq.spool.flush()
+    first: dict[int, str] = {}
+    for path, node in walk(sq.root):
+        xattrs = {k: v.encode("utf-8", "surrogateescape") for k, v in node.xattrs.items()} or None
+        if node.kind != "d" and id(node) in first:
+            yield Entry(path, b"1", node.mode, node.uid, node.gid, 0, node.mtime, first[id(node)]), None
+            continue
+        first[id(node)] = path
+        size = node.size if node.kind == "f" else 0
+        yield (Entry(path, _TYPE[node.kind], node.mode, node.uid, node.gid, size, node.mtime, node.linkname,
+                     node.devmajor, node.devminor, xattrs),
+               sq.read_content(node) if node.kind == "f" else None)
+
+
 def _extract(work: str, sq: Squasher) -> str:
-    """The squashed tree on disk as a cache entry holds it: WORK/entry (with `rootfs` inside)."""
-    from runtime.archive import write_archive
-    from runtime.extract import extract_rootfs
-    tmp = os.path.join(work, "trace-rootfs.tar.zst")
-    stats = write_rootfs(sq, tmp, level=1)
-    bare = os.path.join(work, "trace.car")
-    write_archive(bare, manifest={"format": 1, "rootfs": {"uncompressed_bytes": stats.uncompressed_bytes}},
-                  rootfs_path=tmp)
-    os.unlink(tmp)
+    """The squashed tree on disk as a cache entry holds it (WORK/entry/rootfs and the metadata JSON
+    beside it), by the runtime's own extraction (runtime.extract.extract_entries), no tar in between."""
+    from runtime.extract import extract_entries
     entry = os.path.join(work, "entry")
     os.mkdir(entry, 0o700)
-    extract_rootfs(bare, os.path.join(entry, "rootfs"))
-    os.unlink(bare)
+    extract_entries(_entries(sq), os.path.join(entry, "rootfs"))
     return entry
 
 
