@@ -5,15 +5,21 @@ under the tracer on this machine and packs only what the runs looked up. Run as 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import stat
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from archive_run_support import SOURCES, clean_env, run
-from conftest import run_carryon, tar_member
+from conftest import run_carryon, tar_bytes, tar_member
+from packer.layers import TarStream
+from packer.squash import Squasher
+from packer.trace import TraceOptions, select
+from runtime.trace import OPENED, SEEN, Recorder
 
 PY_RUNS = ("/app/fib.py 20", "/app/fib.py 25", "-c 'import json; print(1)'")
 
@@ -222,3 +228,34 @@ def test_an_image_of_another_architecture_is_refused_in_one_line(make_oci, tmp_p
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "linux/arm64" in lines[0] and "cannot run it" in lines[0], p.stderr
     assert not out.exists()
+
+
+def _selected(tmp_path, paths: dict[str, int], **opts) -> tuple[set[str], list[str]]:
+    D, L, H = tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
+    members = [tar_member("a/", D), tar_member("a/f1", data=b"one", mode=0o4750, uid=7, xattrs={"user.k": b"v"}),
+               tar_member("b/", D), tar_member("b/f2", H, linkname="a/f1"), tar_member("l", L, linkname="/a/f1"),
+               tar_member("lib", L, linkname="usr/lib"), tar_member("usr/lib/libc.so", data=b"c"),
+               tar_member("usr/lib/other.so", data=b"o"), tar_member("d/", D), tar_member("d/x", data=b"x"),
+               tar_member("d/sub/y", data=b"y"), tar_member("z/deep/q", data=b"q"), tar_member("e/gone", data=b"g")]
+    with open(tmp_path / "spool", "w+b") as spool:
+        sq = Squasher(spool)
+        sq.begin_layer(0, "layer 0")
+        sq.apply_tar(TarStream(io.BytesIO(tar_bytes(members))))
+        sq.end_layer()
+        rec = Recorder()
+        rec.paths.update(paths)
+        sel = select(sq, rec, TraceOptions(**opts))
+    return {k[2:] for k in sel.keep}, sel.removed
+
+
+def test_selection_follows_links_keeps_parents_hard_link_sets_listings_and_globs(tmp_path):
+    paths = {"/l": SEEN, "/lib/libc.so": OPENED, "/d": OPENED, "/e/../d/x": SEEN, "/missing/x": SEEN,
+             "/proc/self/status": OPENED}
+    keep, removed = _selected(tmp_path, paths, keep=["/z"])
+    # the symlink and its target, the hard link's other name, the directory symlink and what it led to,
+    # every name of the opened directory (not below them), the glob's subtree, parents on the way
+    assert keep == {"l", "a", "a/f1", "b", "b/f2", "lib", "usr", "usr/lib", "usr/lib/libc.so", "d", "d/x",
+                    "d/sub", "e", "z", "z/deep", "z/deep/q"}
+    assert removed == ["/d/sub/y", "/e/gone", "/usr/lib/other.so"]
+    keep, removed = _selected(tmp_path, paths, prune_listings=True)
+    assert "d/sub" not in keep and "d/x" in keep and "z" not in keep
