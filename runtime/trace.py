@@ -130,7 +130,7 @@ def encode_removed(paths: list[str]) -> dict:
 
     import zstandard
     data = "\n".join(sorted(paths)).encode("utf-8", "surrogateescape")
-    packed = zstandard.ZstdCompressor(level=19, threads=0).compress(data)
+    packed = zstandard.ZstdCompressor(level=12, threads=0).compress(data)
     return {"count": len(paths), "encoding": "zstd+base64", "data": base64.b64encode(packed).decode("ascii")}
 
 

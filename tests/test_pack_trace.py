@@ -188,6 +188,17 @@ def test_relative_names_and_symlinks_on_the_way_are_recorded(tmp_path):
     assert "/home/app" in files                     # listed by ls: all its names
 
 
+def test_the_ptrace_engine_records_what_the_seccomp_engine_records(tmp_path):
+    run_ = "sh -c 'cd /etc && cat passwd group >/dev/null && ls -l /bin/sh /home >/dev/null'"
+    got = []
+    for engine in ("seccomp", "ptrace"):
+        out = tmp_path / f"{engine}.car"
+        p = _pack(_need("bb"), out, "--trace-run", f"--carryon-engine {engine} {run_}", bare=True)
+        assert p.returncode == 0, p.stderr
+        got.append(_files(out))
+    assert got[0] == got[1] and "/etc/group" in got[0]
+
+
 def test_same_image_and_runs_give_a_byte_identical_file(tmp_path):
     src = _need("py")
     a, b = tmp_path / "a.car", tmp_path / "b.car"
