@@ -259,13 +259,19 @@ def select(sq: Squasher, rec: Recorder, opts: TraceOptions) -> Selection:
                     keep.add(p + "/" + name if p else name)
     full = list(walk(sq.root))
     globs = [g if g.startswith("/") else "/" + g for g in opts.keep]
+    roots: set[str] = set()             # a plain path is also followed like a traced one (`/bin/ls`)
+    for g in globs:
+        if not any(c in g for c in "*?["):
+            end = _follow(sq.root, g, keep)
+            if end is not None and end[0]:
+                roots.add(end[0])
     by_node: dict[int, list[str]] = {}
     globbed: set[str] = set()
     for dotted, node in full[1:]:
         p = dotted[2:]
         if globs:
             parent = p.rpartition("/")[0]
-            if (parent and parent in globbed) or any(fnmatch.fnmatchcase("/" + p, g) for g in globs):
+            if (parent and parent in globbed) or p in roots or any(fnmatch.fnmatchcase("/" + p, g) for g in globs):
                 globbed.add(p)
                 keep.add(p)
         if node.kind != "d":

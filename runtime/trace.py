@@ -165,22 +165,24 @@ def canonical(rootfs: str, path: str) -> str:
     return "/" + "/".join(walked[1]) if walked is not None else path
 
 
-def missing(rec: Recorder, rootfs: str, removed: list[str]) -> tuple[list[str], list[tuple[str, int, list[str]]]]:
-    """(looked-up paths the full image had and the trimmed tree lacks, the first missing component of
-    each; [(listed directory, how many names it lost, the first few)])."""
+def missing(rec: Recorder, rootfs: str,
+            removed: list[str]) -> tuple[list[tuple[str, str]], list[tuple[str, int, list[str]]]]:
+    """([(the first missing component, a looked-up path that met it)] for the looked-up paths the full
+    image had and the trimmed tree lacks; [(listed directory, how many names it lost, the first few)])."""
     import bisect
     gone = set(removed)
-    lost: set[str] = set()
+    lost: dict[str, str] = {}
     listed: dict[str, list[str]] = {}
-    for path, flags in rec.paths.items():
+    root = rootfs.rstrip("/")
+    for path in sorted(rec.paths):
         c = canonical(rootfs, path)
         parts = c.split("/")
         for i in range(2, len(parts) + 1):
             prefix = "/".join(parts[:i])
-            if prefix in gone and not os.path.lexists(rootfs.rstrip("/") + prefix):
-                lost.add(prefix)
+            if prefix in gone and not os.path.lexists(root + prefix):
+                lost.setdefault(prefix, os.path.normpath(path))
                 break
-        if flags & OPENED and c not in lost and os.path.isdir(rootfs.rstrip("/") + c):
+        if rec.paths[path] & OPENED and os.path.isdir(root + c):
             d = c.rstrip("/") + "/"
             i = bisect.bisect_left(removed, d)
             names = []
@@ -190,7 +192,7 @@ def missing(rec: Recorder, rootfs: str, removed: list[str]) -> tuple[list[str], 
                 i += 1
             if names:
                 listed[c] = names
-    return sorted(lost), [(d, len(n), n[:5]) for d, n in sorted(listed.items())]
+    return sorted(lost.items()), [(d, len(n), n[:5]) for d, n in sorted(listed.items())]
 
 
 def hint(rec: Recorder, rootfs: str, trace_record: dict, out=None) -> None:
@@ -202,8 +204,10 @@ def hint(rec: Recorder, rootfs: str, trace_record: dict, out=None) -> None:
         out.write(f"carryon: trimmed image: cannot read the list of removed paths ({e})\n")
         return
     lost, listed = missing(rec, rootfs, removed)
-    for p in lost:
-        out.write(f"carryon: trimmed image: {p} was in the image but not traced (repack with --keep {p})\n")
+    for p, asked in lost:
+        via = "" if asked == p else f"{asked}: "
+        out.write(f"carryon: trimmed image: {via}{p} was in the image but not traced "
+                  f"(repack with --keep {asked})\n")
     for d, n, first in listed:
         more = ", ..." if n > len(first) else ""
         out.write(f"carryon: trimmed image: listed {d}, which lacks {n} name(s) of the image: "

@@ -114,6 +114,10 @@ def test_untraced_module_fails_like_python_and_verbose_names_it_then_keep_fixes_
     assert any("/usr/lib/python3.11/xml/__init__.py was in the image" in h for h in hints), p.stderr
     assert any(h.startswith("carryon: trimmed image: listed /usr/lib/python3.11/xml,") and "dom" in h
                for h in hints), p.stderr
+    p = run(fib_only, "--carryon-verbose", "--carryon-entrypoint", "/bin/ls", "/", env=env)
+    assert p.returncode == 127                          # ENOENT, as the kernel says it
+    assert "carryon: trimmed image: /bin/ls: /bin was in the image but not traced (repack with --keep /bin/ls)" \
+        in p.stderr, p.stderr
     p = run(fib_only, "/app/fib.py", "10", env=env)     # no hint without --carryon-verbose
     assert (p.returncode, p.stdout, p.stderr) == (0, "fib(10) = 55\n", "")
     kept = work / "py-keep.run"
@@ -268,5 +272,7 @@ def test_selection_follows_links_keeps_parents_hard_link_sets_listings_and_globs
     assert keep == {"l", "a", "a/f1", "b", "b/f2", "lib", "usr", "usr/lib", "usr/lib/libc.so", "d", "d/x",
                     "d/sub", "e", "z", "z/deep", "z/deep/q"}
     assert removed == ["/d/sub/y", "/e/gone", "/usr/lib/other.so"]
+    keep, _ = _selected(tmp_path, {}, keep=["/lib/libc.so"])      # a plain path is followed too
+    assert keep == {"lib", "usr", "usr/lib", "usr/lib/libc.so"}
     keep, removed = _selected(tmp_path, paths, prune_listings=True)
     assert "d/sub" not in keep and "d/x" in keep and "z" not in keep

@@ -117,10 +117,11 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
         if traced:                      # a trimmed archive (CARE mode): name what the trimming removed
             from runtime import trace
             spec.trace = trace.Recorder()
-        rc = int(engine.run(spec))
-        if traced:
-            trace.hint(spec.trace, spec.rootfs, traced)
-        return rc
+        try:
+            return int(engine.run(spec))
+        finally:
+            if traced:
+                trace.hint(spec.trace, spec.rootfs, traced)
     finally:
         cache.remove(run_dir)
 
