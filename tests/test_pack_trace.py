@@ -192,6 +192,21 @@ def test_relative_names_and_symlinks_on_the_way_are_recorded(tmp_path):
     assert "/home/app" in files                     # listed by ls: all its names
 
 
+def test_a_trace_run_takes_the_archive_options_binds_env_workdir(tmp_path):
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "case.txt").write_text("input\n")
+    os.chmod(tmp_path, 0o755)
+    out = tmp_path / "opts.car"
+    run_ = (f"--carryon-bind {data}:/in:ro --carryon-env X=1 --carryon-workdir /etc "
+            "sh -c 'grep -q input /in/case.txt && cat passwd >/dev/null && test \"$X\" = 1 && test $PWD = /etc'")
+    p = _pack(_need("bb"), out, "--trace-run", run_, bare=True)
+    assert p.returncode == 0, p.stderr
+    files = _files(out)
+    assert "/etc/passwd" in files and not any(f.startswith("/in") for f in files)
+    assert _manifest(out)["trace"]["runs"][0]["argv"][-1].startswith("grep -q input")
+
+
 def test_the_ptrace_engine_records_what_the_seccomp_engine_records(tmp_path):
     run_ = "sh -c 'cd /etc && cat passwd group >/dev/null && ls -l /bin/sh /home >/dev/null'"
     got = []
