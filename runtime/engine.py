@@ -236,6 +236,8 @@ def _prepare(spec: RunSpec) -> tuple:
     if not os.path.isdir(spec.rootfs):
         raise CarryonError(f"rootfs not found or not a directory: {spec.rootfs}")
     mapper = Mapper(spec.rootfs, spec.binds, cache_dirs=True, proc_lookup=lookup)
+    if spec.trace is not None:          # CARE mode (runtime.trace): note what the mapper resolves
+        spec.trace.attach(mapper)
     if spec.overlay:
         try:
             mapper.attach_overlay(spec.overlay, spec.overlay_ident or mapper.rootfs)
@@ -504,8 +506,12 @@ def _tracer_parts(spec: RunSpec, mapper, use_seccomp: bool) -> tuple:
             or "_CARRYON_OLD_KERNEL" in os.environ:
         from runtime.syscall import newer
         lacking = newer.lacking(filtered)
+    # CARE mode (runtime.trace): no native loop (it answers path stops Python never sees)
     dispatch = _build_dispatch(mapper, mapper.proc_lookup, exts, fake_root or os.geteuid() == 0,
-                               placement, native_out if use_seccomp else None, lacking)
+                               placement, native_out if use_seccomp and spec.trace is None else None,
+                               lacking)
+    if spec.trace is not None:
+        spec.trace.wrap(dispatch)
     program = None
     if use_seccomp:
         program = ffi.seccomp_program(
