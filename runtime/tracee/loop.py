@@ -154,6 +154,10 @@ class Loop:
             if old is not None:
                 t.pending_exe = old.pending_exe or t.pending_exe
                 t.ext = old.ext
+                t.pending_ext = old.pending_ext
+                t.load = old.load
+                if self.native is not None:     # its record was given for the old thread id
+                    self.native.load(pid, t.load)
                 old.close()
         t.exec_done()
         if not self.seccomp:
@@ -203,6 +207,7 @@ class Loop:
             alive = False
         if alive:                               # the execve failed: same program, same memory
             t.pending_exe = ""
+            t.pending_ext = None
             return
         t.exec_done()
 
