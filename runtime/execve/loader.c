@@ -85,8 +85,14 @@ struct prctl_mm_map {
 };
 
 struct elf {
-    Elf64_Ehdr eh;
-    Elf64_Phdr ph[MAX_PHNUM];
+    union {                                     /* the file's head: headers in one read */
+        struct {
+            Elf64_Ehdr eh;
+            Elf64_Phdr ph[MAX_PHNUM];
+        };
+        unsigned char raw[sizeof(Elf64_Ehdr) + MAX_PHNUM * sizeof(Elf64_Phdr)];
+    };
+    long got;                                   /* bytes of raw read from offset 0 */
     unsigned long bias;
 };
 
@@ -162,7 +168,9 @@ static void pread_all(int fd, void *buf, size_t n, unsigned long off, const char
 
 static void read_headers(int fd, struct elf *e, const char *name)
 {
-    pread_all(fd, &e->eh, sizeof e->eh, 0, name);
+    e->got = sc(SYS_pread64, fd, (long)e->raw, sizeof e->raw, 0, 0, 0);
+    if (e->got < (long)sizeof e->eh)
+        die("cannot read the ELF headers of", name);
     const unsigned char *id = e->eh.e_ident;
     if (id[0] != 0x7f || id[1] != 'E' || id[2] != 'L' || id[3] != 'F' || id[EI_CLASS] != ELFCLASS64
             || id[EI_DATA] != ELFDATA2LSB || e->eh.e_machine != EM_X86_64
@@ -170,7 +178,9 @@ static void read_headers(int fd, struct elf *e, const char *name)
             || e->eh.e_phentsize != sizeof(Elf64_Phdr) || e->eh.e_phnum == 0
             || e->eh.e_phnum > MAX_PHNUM)
         die("not an x86_64 ELF program", name);
-    pread_all(fd, e->ph, e->eh.e_phnum * sizeof(Elf64_Phdr), e->eh.e_phoff, name);
+    unsigned long size = e->eh.e_phnum * sizeof(Elf64_Phdr);
+    if (e->eh.e_phoff != sizeof e->eh || e->got < (long)(sizeof e->eh + size))
+        pread_all(fd, e->ph, size, e->eh.e_phoff, name);
 }
 
 static int prot_of(uint32_t flags)
@@ -243,12 +253,7 @@ static void map_elf(int fd, struct elf *e, unsigned long hint, const char *name)
     }
 }
 
-static unsigned long random_long(void)
-{
-    unsigned long r = 0;
-    sc(SYS_getrandom, (long)&r, sizeof r, GRND_NONBLOCK, 0, 0, 0);
-    return r;
-}
+static unsigned long randoms[2];               /* the PIE base's and the brk's */
 
 /* The trampoline, copied to a page of its own: munmap(rdi, rsi) (this program), then the stack
  * pointer r12, all registers zero, and a jump to r13 (through the stack, below the new top). */
@@ -303,15 +308,20 @@ __attribute__((noreturn, used)) void loader_main(unsigned long *sp)
     int personality = (int)sc(SYS_personality, 0xffffffff, 0, 0, 0, 0, 0);
     int randomize = !failed(personality) && !(personality & ADDR_NO_RANDOMIZE);
     unsigned long hint = ELF_ET_DYN_BASE;
-    if (randomize)
-        hint += (random_long() & ((1ul << MMAP_RND_BITS) - 1)) * page;
+    if (randomize) {
+        sc(SYS_getrandom, (long)randoms, sizeof randoms, GRND_NONBLOCK, 0, 0, 0);
+        hint += (randoms[0] & ((1ul << MMAP_RND_BITS) - 1)) * page;
+    }
     int has_interp = 0, exec_stack = 0;
     for (int i = 0; i < prog.eh.e_phnum; i++) {
         Elf64_Phdr *p = &prog.ph[i];
         if (p->p_type == PT_INTERP) {
             if (p->p_filesz < 2 || p->p_filesz > sizeof interp_path)
                 die("bad PT_INTERP in", prog_name);
-            pread_all((int)fd, interp_path, p->p_filesz, p->p_offset, prog_name);
+            if (p->p_offset + p->p_filesz <= (unsigned long)prog.got)    /* in the head read */
+                memcpy(interp_path, prog.raw + p->p_offset, p->p_filesz);
+            else
+                pread_all((int)fd, interp_path, p->p_filesz, p->p_offset, prog_name);
             interp_path[p->p_filesz - 1] = 0;
             has_interp = 1;
         } else if (p->p_type == PT_GNU_STACK) {
@@ -414,7 +424,7 @@ __attribute__((noreturn, used)) void loader_main(unsigned long *sp)
     if (argc > 0 && start_code < end_code) {
         unsigned long brk = up(elf_brk + prog.bias);
         if (randomize)
-            brk += (random_long() % (BRK_RND_RANGE / page)) * page;
+            brk += (randoms[1] % (BRK_RND_RANGE / page)) * page;
         char *arg_end = argv[argc - 1] + len(argv[argc - 1]) + 1;
         char *env_end = envc ? envp[envc - 1] + len(envp[envc - 1]) + 1 : arg_end;
         struct prctl_mm_map map = {
