@@ -107,7 +107,7 @@ def test_glibc_program_gets_the_auxv_a_real_exec_gives(debian_rootfs, engine, us
 
 
 def test_musl_programs_and_applets_see_their_argv(musl_rootfs, engine, user):
-    p = run_ok(musl_rootfs, "/bin/sh", "-c", "/bin/showargs a 'b c'; /bin/execer; hello x",
+    p = run_ok(musl_rootfs, "/bin/sh", "-c", "/bin/showargs a 'b c'; /bin/execer; hello x; /bin/xstack",
                engine=engine, user=user)
     assert p.stdout.splitlines() == [
         "argv[0]=/bin/showargs", "argv[1]=a", "argv[2]=b c", "cmdline=/bin/showargs|a|b c|",
@@ -115,7 +115,8 @@ def test_musl_programs_and_applets_see_their_argv(musl_rootfs, engine, user):
         "applet=hello", "argv[0]=hello", "argv[1]=child", "cmdline=hello|child|", "comm=hello",
         "execfn=/bin/hello",
         "applet=hello", "argv[0]=hello", "argv[1]=x", "cmdline=hello|x|", "comm=hello",
-        "execfn=/bin/hello"], p.stderr
+        "execfn=/bin/hello",
+        "stack=rwxp"], p.stderr            # its PT_GNU_STACK asks for an executable stack
 
 
 def test_setuid_programs_under_fake_ids(musl_rootfs, debian_rootfs, engine, user):
