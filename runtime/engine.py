@@ -292,6 +292,7 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
     from runtime.tracee.actions import EXIT, SKIP
 
     tr = Translator(mapper, lookup, chroot_allowed)
+    tr.plain = native_out is None       # the plain ptrace engine (see runtime.execve.loader)
     for ext in exts:                    # the ids an exec gives (fake_id: set-user-ID programs)
         tr.exec_ids = getattr(ext, "exec_ids", None) or tr.exec_ids
     if placement is not None and placement.mode == "auto" and placement.cpu is not None:

@@ -179,20 +179,26 @@ def test_loader_constants_agree():
     (header layout, flags), the system call numbers it uses; and the native loop's copy."""
     c, others = c_constants(Path(loader.SOURCE))
     assert not others
-    assert (c["LOADER_CALL"], c["INFO_MAGIC"], c["INFO_IDS"], c["INFO_SIZE"]) == (
-        loader.NR, loader.MAGIC, loader.IDS, loader.INFO_SIZE)
+    assert (c["LOADER_CALL"], c["INFO_MAGIC"], c["INFO_IDS"], c["INFO_PLAIN"], c["INFO_SIZE"]) == (
+        loader.NR, loader.MAGIC, loader.IDS, loader.PLAIN, loader.INFO_SIZE)
     assert NUMBERS["tuxcall"] == loader.NR          # ENOSYS natively: only the tracer answers it
     for name, v in c.items():
         if name.startswith("SYS_"):
             assert NUMBERS[name[4:]] == v, name
     assert (c["O_RDONLY"] | c["O_CLOEXEC"], c["AT_FDCWD"] & (1 << 64) - 1) == (
         loader.O_RDONLY_CLOEXEC, loader.AT_FDCWD)
-    rec = loader.encode(b"/bin/x", b"x", b"/host/bin/x", (1, 2, 3, 4))
+    rec = loader.encode(b"/bin/x", b"x", b"/host/bin/x", b"/host/ld.so", (1, 2, 3, 4))
     words = [int.from_bytes(rec[i:i + 4], "little") for i in range(0, loader.HEADER, 4)]
     assert words[:6] == [loader.MAGIC, loader.IDS, 1, 2, 3, 4] and words[9] == len(rec)
-    assert [rec[o:rec.index(b"\0", o)] for o in words[6:9]] == [b"/bin/x", b"x", b"/host/bin/x"]
+    assert [rec[o:rec.index(b"\0", o)] for o in (*words[6:9], words[10])] == [
+        b"/bin/x", b"x", b"/host/bin/x", b"/host/ld.so"]
     assert loader.path_offset(rec) == words[8]
+    assert loader.plain(rec)[4] == loader.IDS | loader.PLAIN and loader.plain(rec)[8:] == rec[8:]
     assert len(loader.exec_path("/a/loader", 40)) >= 40 and loader.exec_path("/a/b", 2) == "/a/b"
+    # the C struct: 11 u32 (checked by their number in the source)
+    src = Path(loader.SOURCE).read_text()
+    body = src[src.index("struct info {"):src.index("};", src.index("struct info {"))]
+    assert body.count(",") + body.count(";") == loader.HEADER // 4
 
 
 def test_path_cache_keys_of_the_path_handler():

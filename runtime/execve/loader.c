@@ -9,7 +9,8 @@
  *      is turned into an openat of its host path), and the buffer holds the execve filename the
  *      guest gave, its comm name, and the guest's ids after this exec when they are faked;
  *   2. the program is mapped (at its own addresses, or a PIE at the kernel's base), then the
- *      loader its PT_INTERP names, opened by that GUEST path (the tracer translates the open);
+ *      loader its PT_INTERP names, opened by that GUEST path (the tracer translates the open;
+ *      under the plain ptrace engine, which stops on nothing until our int3, by its host path);
  *      bss zeroed, holes between segments unmapped;
  *   3. the stack made executable when the program's PT_GNU_STACK asks for it;
  *   4. the auxiliary vector rewritten in place: AT_PHDR, AT_PHENT, AT_PHNUM, AT_ENTRY, AT_BASE,
@@ -64,12 +65,14 @@
 /* what the tracer writes into the buffer (runtime/execve/loader.py `encode`) */
 #define INFO_MAGIC 0x52444c43u  /* "CLDR" */
 #define INFO_IDS 1              /* flags: the ids are the guest's, faked */
+#define INFO_PLAIN 2            /* flags: no stops until our int3 (the plain ptrace engine) */
 #define INFO_SIZE 12288
 struct info {
     uint32_t magic, flags;
     uint32_t ruid, euid, rgid, egid;
     uint32_t execfn, comm, path;        /* offsets of NUL-terminated strings in the buffer */
     uint32_t size;
+    uint32_t interp;                    /* offset of the interpreter's host path */
 };
 
 #define MAX_PHNUM 128
@@ -295,7 +298,8 @@ __attribute__((noreturn, used)) void loader_main(unsigned long *sp)
     if (fd == -38)                              /* ENOSYS */
         die("runs only under carryon's tracer", 0);
     if (info.h.magic != INFO_MAGIC || info.h.size > sizeof info || info.h.execfn >= info.h.size
-            || info.h.comm >= info.h.size || info.h.path >= info.h.size)
+            || info.h.comm >= info.h.size || info.h.path >= info.h.size
+            || info.h.interp >= info.h.size)
         die("bad answer from the tracer", 0);
     info.raw[sizeof info - 1] = 0;
     const char *execfn = info.raw + info.h.execfn;
@@ -332,7 +336,12 @@ __attribute__((noreturn, used)) void loader_main(unsigned long *sp)
     sc(SYS_close, fd, 0, 0, 0, 0, 0);
     unsigned long entry = prog.bias + prog.eh.e_entry, base = 0;
     if (has_interp) {
-        long ifd = sc(SYS_openat, AT_FDCWD, (long)interp_path, O_RDONLY | O_CLOEXEC, 0, 0, 0);
+        long ifd = -1;
+        if (info.h.flags & INFO_PLAIN)         /* untraced now: the host path (see above) */
+            ifd = sc(SYS_openat, AT_FDCWD, (long)(info.raw + info.h.interp), O_RDONLY | O_CLOEXEC,
+                     0, 0, 0);
+        if (failed(ifd))                        /* translated: the guest path */
+            ifd = sc(SYS_openat, AT_FDCWD, (long)interp_path, O_RDONLY | O_CLOEXEC, 0, 0, 0);
         if (failed(ifd))
             die("cannot open the ELF interpreter", interp_path);
         read_headers((int)ifd, &interp, interp_path);
@@ -439,7 +448,9 @@ __attribute__((noreturn, used)) void loader_main(unsigned long *sp)
         sc(SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, (long)&map, sizeof map, 0, 0);
     }
 
-    /* 6. away, and into the interpreter */
+    /* 6. away, and into the interpreter (the plain ptrace engine: traced again from here) */
+    if (info.h.flags & INFO_PLAIN)
+        __asm__ volatile ("int3" : : : "memory");
     unsigned long self = down((unsigned long)__executable_start);
     register unsigned long r12 __asm__("r12") = (unsigned long)sp;
     register unsigned long r13 __asm__("r13") = entry;

@@ -17,6 +17,11 @@ native stop loop keeps a copy (`cf_load`) and answers the call itself, so the co
 no stop in Python; Python answers it otherwise (`Tracee.load`). Nothing goes through argv or the
 environment.
 
+Under the plain ptrace engine every system call stops twice (in Python): there the record says
+PLAIN, the tracer lets the loader run without stops after that call, the loader opens the
+interpreter by the host path the record holds, and stops once (an int3: SIGTRAP, which the tracer
+swallows) before it jumps to it. Everything after that is traced again.
+
 The kernel's AT_EXECFN string is the path it exec'd: the tracer pads the loader's path with
 slashes (`exec_path`) so the guest's filename fits there, and the loader writes it in place.
 
@@ -34,9 +39,12 @@ import sys
 NR = 184                    # tuxcall: the loader's call to the tracer (loader.c LOADER_CALL)
 MAGIC = 0x52444C43          # "CLDR"
 IDS = 1                     # flags: the ids in the record are the guest's (faked) ids
+PLAIN = 2                   # flags: the plain ptrace engine lets the loader run without stops
+                            # until its int3 (so it opens the interpreter by its host path)
 INFO_SIZE = 12288           # the loader's buffer
-HEADER = 40                 # 10 little-endian u32: magic, flags, ruid, euid, rgid, egid, and the
-                            # offsets of execfn, comm, host path; the record's size
+HEADER = 44                 # 11 little-endian u32: magic, flags, ruid, euid, rgid, egid, the
+                            # offsets of execfn, comm, host path; the record's size; the offset
+                            # of the interpreter's host path
 ADDRESS = 0x600000000000    # where the loader is linked: far from programs, PIEs and the mmap area
 O_RDONLY_CLOEXEC = 0o2000000
 NR_OPENAT = 257
@@ -47,23 +55,31 @@ BINARY = os.path.join(HERE, "carryon-loader")
 PATH_MAX = 4096
 
 
-def encode(execfn: bytes, comm: bytes, host: bytes, ids: tuple[int, int, int, int] | None) -> bytes:
+def encode(execfn: bytes, comm: bytes, host: bytes, interp: bytes,
+           ids: tuple[int, int, int, int] | None) -> bytes:
     """The record for the loader's buffer: the guest's execve filename (AT_EXECFN), its comm name
     (15 bytes at most, as the kernel keeps), the program's host path (the openat the call becomes),
-    and (ruid, euid, rgid, egid) when the ids are faked (runtime.extension.fake_id)."""
+    its interpreter's host path (opened by the loader itself under the plain ptrace engine), and
+    (ruid, euid, rgid, egid) when the ids are faked (runtime.extension.fake_id)."""
     comm = comm[:15]
     off_execfn = HEADER
     off_comm = off_execfn + len(execfn) + 1
     off_path = off_comm + len(comm) + 1
-    size = off_path + len(host) + 1
+    off_interp = off_path + len(host) + 1
+    size = off_interp + len(interp) + 1
     words = [MAGIC, IDS if ids is not None else 0, *(ids or (0, 0, 0, 0)), off_execfn, off_comm,
-             off_path, size]
+             off_path, size, off_interp]
     return b"".join([b"".join((w & 0xFFFFFFFF).to_bytes(4, "little") for w in words),
-                     execfn, b"\0", comm, b"\0", host, b"\0"])
+                     execfn, b"\0", comm, b"\0", host, b"\0", interp, b"\0"])
 
 
 def path_offset(record: bytes) -> int:
     return int.from_bytes(record[32:36], "little")
+
+
+def plain(record: bytes) -> bytes:
+    """The record with the PLAIN flag (the plain ptrace engine's copy)."""
+    return record[:4] + (int.from_bytes(record[4:8], "little") | PLAIN).to_bytes(4, "little") + record[8:]
 
 
 def exec_path(loader: str, room: int) -> str:

@@ -31,16 +31,17 @@ if TYPE_CHECKING:
 
 
 class ExecPlan:
-    __slots__ = ("host_path", "argv", "exe_guest", "program", "st", "loaded")
+    __slots__ = ("host_path", "argv", "exe_guest", "program", "st", "loaded", "interp")
 
     def __init__(self, host_path: str, argv: list[Arg], exe_guest: str, program: str = "",
-                 st: os.stat_result | None = None, loaded: bool = False) -> None:
+                 st: os.stat_result | None = None, loaded: bool = False, interp: str = "") -> None:
         self.host_path = host_path      # what the kernel executes
         self.argv = argv                # the new argv
         self.exe_guest = exe_guest      # what /proc/PID/exe must read as afterwards
         self.program = program          # host path of the program (the ELF the exec ends at)
         self.st = st                    # its stat (set-user-ID bits: runtime.extension.fake_id)
         self.loaded = loaded            # host_path is carryon's loader, which loads `program`
+        self.interp = interp            # host path of the program's PT_INTERP loader (if loaded)
 
 
 # What the headers of an executable file said, by file identity (host path, device, inode, mtime,
@@ -119,7 +120,7 @@ def plan(resolve: Resolve, filename: str, argv: list[Arg], loader: str | None = 
         if not stat.S_ISREG(lst.st_mode):
             raise OSError(errno.EACCES, "ELF interpreter is not a regular file")
         if loader is not None:
-            return ExecPlan(loader, argv, guest, host, st, True)
+            return ExecPlan(loader, argv, guest, host, st, True, lhost)
         argv0: Arg = argv[0] if argv else os.fsencode(path)
         loader_argv: list[Arg] = [os.fsencode(interp_path)]
         if elf.loader_has_argv0(lhost, lst):

@@ -166,6 +166,8 @@ class Translator:
         self.loader = exec_loader.path()
         self.native_load = None
         self.exec_ids = None
+        # the plain ptrace engine: the loader runs without stops after its call (Tracee.loading)
+        self.plain = False
 
     def _outside(self, t, dirfd: int):
         """(mapper, guest base) for a base directory outside the process's (chrooted) view: it is
@@ -667,7 +669,8 @@ class Translator:
         if p.loaded:
             # the comm of an execveat(fd, "", AT_EMPTY_PATH): the file's name (Linux 6.14+)
             comm = exec_loader.comm_of(raw if empty else execfn)
-            t.load = rec = exec_loader.encode(execfn, comm, _fsencode(p.program), ids)
+            t.load = rec = exec_loader.encode(execfn, comm, _fsencode(p.program), _fsencode(p.interp),
+                                              ids)
             if self.native_load is not None:
                 self.native_load(t.pid, rec)
             host_b = _fsencode(exec_loader.exec_path(p.host_path, len(execfn))) + b"\0"
@@ -711,6 +714,9 @@ class Translator:
         buf = regs[R_RDI]
         if regs[R_RSI] < len(rec):
             raise OSError(errno.EINVAL, "loader buffer too small")
+        if self.plain:
+            rec = exec_loader.plain(rec)
+            t.loading = True
         mem.write(t, buf, rec)
         t.load = None
         regs[R_ORIG_RAX] = exec_loader.NR_OPENAT

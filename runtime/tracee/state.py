@@ -17,7 +17,7 @@ class Tracee:
     __slots__ = ("pid", "memfd", "scratch", "ret", "exits", "exe", "pending_exe", "mapper",
                  "in_syscall", "skip_ret", "ext", "started", "guest_root", "area", "inject", "peek",
                  "exec_probe", "exec_events", "vm_peer", "mem_stops", "settle", "fast", "load",
-                 "pending_ext")
+                 "pending_ext", "loading")
 
     def __init__(self, pid: int, mapper, exe: str = "", ext: dict | None = None) -> None:
         self.pid = pid
@@ -52,6 +52,8 @@ class Tracee:
         self.fast = 0               # what the native loop may do with it (runtime.tracee.native bits)
         # the record carryon's loader gets after an exec through it (runtime.execve.loader)
         self.load: bytes | None = None
+        # the plain ptrace engine: carryon's loader runs unstopped until its int3
+        self.loading = False
         # what `ext` gets if the current execve succeeds (an extension's state that an exec
         # changes: runtime.extension.fake_id's ids after a set-user-ID program)
         self.pending_ext: dict | None = None
