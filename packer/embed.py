@@ -279,7 +279,18 @@ def check_tools() -> None:
 def build_native(workdir: str) -> str:
     """runtime/tracee/fastloop.c compiled into workdir (the system's cc, else PyPI's ziglang)."""
     from runtime.tracee import native
-    dest = os.path.join(workdir, os.path.basename(native.LIBRARY))
+    return _compile(native.build, os.path.join(workdir, os.path.basename(native.LIBRARY)),
+                    "native stop loop")
+
+
+def build_loader(workdir: str) -> str:
+    """runtime/execve/loader.c (carryon's program loader) compiled into workdir, like the loop."""
+    from runtime.execve import loader
+    return _compile(loader.build, os.path.join(workdir, os.path.basename(loader.BINARY)),
+                    "program loader")
+
+
+def _compile(build, dest: str, what: str) -> str:
     compilers: list[list[str]] = []
     if os.environ.get("CC") or shutil.which("cc"):
         compilers.append([os.environ.get("CC") or "cc"])
@@ -287,12 +298,12 @@ def build_native(workdir: str) -> str:
     if find_spec("ziglang") is not None:
         compilers.append([sys.executable, "-m", "ziglang", "cc", "-target", "x86_64-linux-gnu.2.17"])
     if not compilers:
-        raise CarryonError("building the frozen runtime needs a C compiler for its native stop loop: "
+        raise CarryonError(f"building the frozen runtime needs a C compiler for its {what}: "
                            "apt-get install gcc (or pip install ziglang)")
     try:
-        return native.build(dest, compilers[0])
+        return build(dest, compilers[0])
     except OSError as e:
-        raise CarryonError(f"building the native stop loop failed: {e}") from None
+        raise CarryonError(f"building the {what} failed: {e}") from None
 
 
 def build_oldkernel(libdir: str) -> str | None:
@@ -328,6 +339,8 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
         opts += ["--hidden-import", m]
     # the native stop loop (runtime/tracee/fastloop.c), beside runtime/tracee/native.py
     opts += ["--add-binary", f"{build_native(workdir)}:runtime/tracee"]
+    # carryon's program loader (runtime/execve/loader.c), beside runtime/execve/loader.py
+    opts += ["--add-binary", f"{build_loader(workdir)}:runtime/execve"]
     for m in EXCLUDES:
         opts += ["--exclude-module", m]
     env = dict(os.environ)

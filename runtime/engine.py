@@ -295,6 +295,9 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
     from runtime.tracee.actions import EXIT, SKIP
 
     tr = Translator(mapper, lookup, chroot_allowed)
+    tr.plain = native_out is None       # the plain ptrace engine (see runtime.execve.loader)
+    for ext in exts:                    # the ids an exec gives (fake_id: set-user-ID programs)
+        tr.exec_ids = getattr(ext, "exec_ids", None) or tr.exec_ids
     if placement is not None and placement.mode == "auto" and placement.cpu is not None:
         tr.on_proc_status = placement.release       # the guest could read Cpus_allowed there
         for name, setting in (("sched_getaffinity", False), ("sched_setaffinity", True)):
@@ -358,6 +361,7 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
             if mapper.stale_cwds:
                 nat.relative_to_python()
             tr.native_put = nat.put
+            tr.native_load = nat.load
             mapper.native_clear = nat.clear
             if mapper.root_host == mapper.rootfs_host:     # no bind of "/"
                 mapper.native_dir = nat.put_dir
@@ -398,6 +402,9 @@ def filter_program(exts: list, affinity: bool = False,
     from runtime.syscall import seccomp, table
     from runtime.syscall.sysnums import NUMBERS
     traced = set(table.TRACED) | lacking
+    from runtime.execve import loader
+    if loader.path() is not None:
+        traced.add(loader.NR)           # the call of carryon's loader after an exec through it
     if affinity:
         traced |= {NUMBERS["sched_getaffinity"], NUMBERS["sched_setaffinity"]}
     if_arg = dict(table.TRACED_IF_ARG)
@@ -495,6 +502,12 @@ def _tracer_parts(spec: RunSpec, mapper, use_seccomp: bool) -> tuple:
     from runtime.tracee.placement import Placement
 
     exts = extension.build(spec)
+    if spec.verbose:
+        from runtime.execve import loader
+        if loader.path() is None:
+            sys.stderr.write("carryon: note: no carryon-loader (CARRYON_LOADER=0, or no C compiler "
+                             "to build it): dynamic programs run through their own loader's "
+                             "--argv0\n")
     fake_root = spec.uid == 0
     placement = Placement()
     native_out: list = []
