@@ -107,7 +107,11 @@ class Registry:
 class Proxy:
     """An HTTP proxy to `upstream` (host:port) that logs (path, Range), and on demand cuts a blob body
     after `cut_after` bytes (`cuts` times; `die` then stops listening), answers `fail` rules
-    ([regex, status, headers, times]) itself, or demands a bearer token from its own /token."""
+    ([regex, status, headers, times]) itself (rules marked `after_trickle` once a trickle began), or
+    demands a bearer token from its own /token. It counts the blob GETs in flight at once (`most`);
+    with `gate` N a blob GET waits (up to 3 s) until N were in flight together. A blob whose path
+    matches `trickle` gets 1000 bytes, then one byte every 50 ms for 10 s, then a cut; a failed write
+    meanwhile (the client went away) sets `aborted`."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
@@ -117,6 +121,13 @@ class Proxy:
         self.die = False
         self.fail: list[list] = []
         self.bearer: str | None = None
+        self.gate = 0
+        self.inflight = self.most = 0
+        self.cond = threading.Condition()
+        self.trickle: str | None = None
+        self.trickling = threading.Event()
+        self.aborted = threading.Event()
+        self.after_trickle: list[list] = []
         px = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -135,6 +146,34 @@ class Proxy:
 
             def do_GET(self) -> None:
                 px.log.append((self.path, self.headers.get("Range")))
+                if "/blobs/" not in self.path:
+                    self._get()
+                    return
+                with px.cond:
+                    px.inflight += 1
+                    px.most = max(px.most, px.inflight)
+                    px.cond.notify_all()
+                    px.cond.wait_for(lambda: px.most >= px.gate, timeout=3)
+                try:
+                    self._get()
+                finally:
+                    with px.cond:
+                        px.inflight -= 1
+
+            def _trickle(self, data: bytes) -> None:
+                self.close_connection = True
+                try:
+                    self.wfile.write(data[:1000])
+                    self.wfile.flush()
+                    px.trickling.set()
+                    for i in range(200):
+                        time.sleep(0.05)
+                        self.wfile.write(data[1000 + i:1001 + i])
+                        self.wfile.flush()
+                except OSError:
+                    px.aborted.set()
+
+            def _get(self) -> None:
                 if px.bearer is not None:
                     if self.path.startswith("/token"):
                         self._send(200, json.dumps({"token": px.bearer}).encode(), {})
@@ -144,9 +183,11 @@ class Proxy:
                         self._send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}',
                                    {"WWW-Authenticate": f'Bearer realm="{realm}",service="carryon-test"'})
                         return
-                for rule in px.fail:
+                for rule in px.fail + px.after_trickle:
                     if rule[3] > 0 and re.search(rule[0], self.path):
                         rule[3] -= 1
+                        if rule in px.after_trickle:
+                            px.trickling.wait(10)
                         self._send(rule[1], b'{"errors":[]}', rule[2])
                         return
                 conn = http.client.HTTPConnection(px.upstream, timeout=30)
@@ -163,6 +204,9 @@ class Proxy:
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                if px.trickle and re.search(px.trickle, self.path) and r.status == 200:
+                    self._trickle(data)
+                    return
                 if "/blobs/" in self.path and px.cuts > 0 and len(data) > px.cut_after:
                     px.cuts -= 1
                     self.wfile.write(data[:px.cut_after])
@@ -441,6 +485,71 @@ def test_registry_dying_mid_blob_fails_cleanly_and_a_rerun_resumes(reg, local_sh
         assert not [p for p in (c / "carryon" / "blobs" / "sha256").iterdir() if p.name.endswith(".partial")]
     finally:
         px2.stop()
+
+
+def test_blobs_download_several_at_once(reg, local_shas, tmp_path):
+    px = Proxy(reg.host)
+    try:
+        px.gate = 2        # each blob GET waits until two were in flight together (3 s at most)
+        doc = pack_ok(f"docker://{px.host}/edge", tmp_path / "a.run", tmp_path / "c", "--tls-verify=false")
+        assert doc["rootfs"]["sha256"] == local_shas["edge"]
+        assert 2 <= px.most <= 3 and len(px.blob_gets()) == 5
+    finally:
+        px.stop()
+
+
+def test_a_failed_download_stops_the_others_at_once(reg, tmp_path):
+    _, m = reg.manifest("edge", "latest")
+    slow, bad = m["layers"][0]["digest"], m["layers"][1]["digest"]
+    px = Proxy(reg.host)
+    try:
+        px.trickle = re.escape(slow)          # layer 0 comes at 20 bytes/s: 10 s, then a cut
+        px.after_trickle.append([re.escape(bad), 403, {}, 1])
+        c = tmp_path / "c"
+        line = pack_fails(f"docker://{px.host}/edge", tmp_path / "a.run", c, "--tls-verify=false")
+        assert f"access denied to layer 1 {bad} (HTTP 403)" in line
+        # the slow download was stopped by the client (not left to run its 10 s), and is not in the cache
+        assert px.trickling.is_set() and px.aborted.wait(5)
+        assert not (c / "carryon" / "blobs" / "sha256" / slow.split(":")[1]).exists()
+    finally:
+        px.stop()
+
+
+def test_progress_per_blob_and_total_on_a_terminal(reg, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path / "c"))
+    p = subprocess.Popen(CARRYON + ["pack", "--bare", "--tls-verify=false", f"docker://{reg.host}/edge",
+                                    "-o", str(tmp_path / "a.run")], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=slave, env=env, cwd=REPO)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.wait() == 0, out
+    text = out.decode()
+    _, m = reg.manifest("edge", "latest")
+    # the board's last frame: a line per blob and the total, all done
+    last = list(re.finditer(r"\r\x1b\[(\d+)A", text))[-1]
+    frame = [ln.replace("\x1b[K", "").strip() for ln in text[last.end():].split("\n")[:int(last.group(1))]]
+    want = [f"config {m['config']['digest'][7:19]}"] + [f"layer {i} {ly['digest'][7:19]}"
+                                                        for i, ly in enumerate(m["layers"])]
+    assert [ln.split("  ")[0] for ln in frame] == want + ["total"], frame
+    assert all(ln.endswith("  done") for ln in frame[:-1]) and frame[-1].endswith("5/5 done"), frame
+    size = sum(ly["size"] for ly in m["layers"]) + m["config"]["size"]
+    assert f"/{size / 1e6:.1f} MB" in frame[-1]
+    assert "carryon pack: wrote" in text
 
 
 def test_5xx_is_retried_and_429_names_the_rate_limit(reg, local_shas, tmp_path):
