@@ -26,7 +26,7 @@ from packer.cli import EXIT_HELP
 from packer.layers import LayerReader, TarStream
 from packer.manifest import LayerResult, build_manifest
 from packer.progress import Bar
-from packer.registry import RegistryOptions, parse_reference
+from packer.registry import RegistryOptions, add_registry_options, parse_reference, pulled_note, registry_options
 from packer.rootfs import DEFAULT_LEVEL, content_size, write_rootfs
 from packer.sources import open_image, split_transport
 from packer.squash import Squasher
@@ -58,17 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", help="OS/ARCH[/VARIANT] to pack (default linux/amd64): picked from a "
                    "multi-platform index; an image for another platform is refused")
     p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level 1-22 (default {DEFAULT_LEVEL})")
-    r = p.add_argument_group("registry (docker:// sources)")
-    r.add_argument("--creds", metavar="USER[:PASS]",
-                   help="credentials (asked for on the terminal when PASS is left out); default: the "
-                        "registry's entry in --authfile, $XDG_RUNTIME_DIR/containers/auth.json, "
-                        "~/.config/containers/auth.json or ~/.docker/config.json, else anonymous")
-    r.add_argument("--authfile", metavar="FILE", help="Docker/containers auth JSON to take credentials from")
-    r.add_argument("--tls-verify", metavar="BOOL", nargs="?", const="true", default="true",
-                   help="--tls-verify=false: accept any certificate and fall back to plain HTTP "
-                        "(a local or self-signed registry)")
-    r.add_argument("--no-cache", action="store_true",
-                   help="bypass the blob cache ($XDG_CACHE_HOME/carryon/blobs or ~/.cache/carryon/blobs)")
+    add_registry_options(p)
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print nothing but errors (no progress bars, no summary line)")
     p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
@@ -204,18 +194,14 @@ def _build_rootfs(work: str, source: str, tag: str | None, platform: str | None,
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     out = args.output or default_output(args.source)
-    tls = args.tls_verify.lower()
-    if tls not in ("true", "false", "1", "0", "yes", "no"):
-        raise CarryonError(f"--tls-verify={args.tls_verify}: expected true or false")
-    registry = RegistryOptions(creds=args.creds, authfile=args.authfile, tls_verify=tls in ("true", "1", "yes"),
-                               no_cache=args.no_cache, quiet=args.quiet)
+    registry = registry_options(args, args.quiet)
     try:
         manifest = pack(args.source, out, tag=args.tag, platform=args.platform, level=args.level,
                         bare=args.bare, quiet=args.quiet, registry=registry)
     except OSError as e:
         raise CarryonError(f"{e.filename or out}: {e.strerror or e}") from None
     if not args.quiet:
-        sys.stderr.write(f"carryon pack: {summary(out, manifest)}\n")
+        sys.stderr.write(f"carryon pack: {summary(out, manifest)}{pulled_note(registry.pulled)}\n")
     return 0
 
 

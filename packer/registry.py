@@ -36,6 +36,7 @@ ones there, digest mismatch naming the blob, a full disk).
 
 from __future__ import annotations
 
+import argparse
 import base64
 import errno
 import fcntl
@@ -155,6 +156,29 @@ def parse_reference(text: str) -> Reference:
 
 
 # ---------------------------------------------------------------- options and credentials
+
+def add_registry_options(p: argparse.ArgumentParser) -> None:
+    """The registry options of `carryon pack` and `carryon inspect`."""
+    r = p.add_argument_group("registry (docker:// sources)")
+    r.add_argument("--creds", metavar="USER[:PASS]",
+                   help="credentials (asked for on the terminal when PASS is left out); default: the "
+                        "registry's entry in --authfile, $XDG_RUNTIME_DIR/containers/auth.json, "
+                        "~/.config/containers/auth.json or ~/.docker/config.json, else anonymous")
+    r.add_argument("--authfile", metavar="FILE", help="Docker/containers auth JSON to take credentials from")
+    r.add_argument("--tls-verify", metavar="BOOL", nargs="?", const="true", default="true",
+                   help="--tls-verify=false: accept any certificate and fall back to plain HTTP "
+                        "(a local or self-signed registry)")
+    r.add_argument("--no-cache", action="store_true",
+                   help="bypass the blob cache ($XDG_CACHE_HOME/carryon/blobs or ~/.cache/carryon/blobs)")
+
+
+def registry_options(args: argparse.Namespace, quiet: bool) -> RegistryOptions:
+    tls = args.tls_verify.lower()
+    if tls not in ("true", "false", "1", "0", "yes", "no"):
+        raise CarryonError(f"--tls-verify={args.tls_verify}: expected true or false")
+    return RegistryOptions(creds=args.creds, authfile=args.authfile, tls_verify=tls in ("true", "1", "yes"),
+                           no_cache=args.no_cache, quiet=quiet)
+
 
 @dataclass
 class RegistryOptions:
@@ -732,6 +756,8 @@ def _fetch_into(client: Client, d: Descriptor, f: BinaryIO, partial: str, where:
                 resp = client.get(path, headers, f"{what} {d.digest}")
                 with client.lock:
                     client.active.add(resp)
+                if client.cancel.is_set():      # abort() ran before the add: it could not stop this one
+                    raise _Cancelled()
                 with resp:
                     if have and resp.status != 206:      # the range was ignored: start over
                         _truncate(fd, 0)
@@ -775,6 +801,7 @@ def _fetch_into(client: Client, d: Descriptor, f: BinaryIO, partial: str, where:
                 if resp is not None:
                     with client.lock:
                         client.active.discard(resp)
+                    resp.close()
             if client.cancel.is_set():
                 raise _Cancelled()
             if have < d.size:   # a clean end before the size: a cut connection
@@ -838,6 +865,15 @@ def _download_all(client: Client, todo: list[tuple[str, Descriptor, str, int]], 
 
 
 # ---------------------------------------------------------------- the whole pull
+
+def pulled_note(p: Pulled | None) -> str:
+    """For pack's summary line: what the pull downloaded (nothing on a full cache hit)."""
+    if p is None:
+        return ""
+    if not p.fetched_blobs:
+        return f"; downloaded nothing (all {p.blobs} blobs from the cache)"
+    return f"; downloaded {p.fetched_blobs} of {p.blobs} blobs ({p.downloaded / 1e6:.1f} MB)"
+
 
 @dataclass
 class Pulled:

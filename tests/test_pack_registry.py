@@ -427,11 +427,16 @@ def test_a_repack_downloads_nothing_and_no_cache_bypasses(reg, tmp_path):
         assert all(re.fullmatch(r"[0-9a-f]{64}", n) for n in cached) and len(cached) == len(first)
         assert (c / "carryon" / "blobs").stat().st_mode & 0o077 == 0
         px.log.clear()
-        pack_ok(f"docker://{px.host}/edge", tmp_path / "2.run", c, "--tls-verify=false")
+        p = carryon("pack", "--bare", "--tls-verify=false", f"docker://{px.host}/edge", "-o", str(tmp_path / "2.run"),
+                    env={"XDG_CACHE_HOME": str(c)})
+        assert p.returncode == 0 and "; downloaded nothing (all 5 blobs from the cache)" in p.stderr, p.stderr
         assert px.blob_gets() == [] and any("/manifests/" in p for p, _ in px.log)
         assert rootfs_sha(tmp_path / "1.run") == rootfs_sha(tmp_path / "2.run")
         px.log.clear()
-        pack_ok(f"docker://{px.host}/edge", tmp_path / "3.run", c, "--tls-verify=false", "--no-cache")
+        p = carryon("pack", "--bare", "--tls-verify=false", "--no-cache", f"docker://{px.host}/edge", "-o",
+                    str(tmp_path / "3.run"), env={"XDG_CACHE_HOME": str(c)})
+        size = sum((c / "carryon" / "blobs" / "sha256" / n).stat().st_size for n in cached)
+        assert p.returncode == 0 and f"; downloaded 5 of 5 blobs ({size / 1e6:.1f} MB)" in p.stderr, p.stderr
         assert len(px.blob_gets()) == len(first)
         # a damaged cache entry is fetched again, not used
         victim = c / "carryon" / "blobs" / "sha256" / cached[0]
@@ -663,6 +668,43 @@ def test_disk_full_in_the_blob_cache(reg, tmp_path):
         assert "no space left in" in line and "while downloading blob sha256:" in line
     finally:
         subprocess.run(["umount", str(c)], check=True)
+
+
+def test_inspect_takes_the_same_references(reg, project_fixtures, tmp_path):
+    fx, c = project_fixtures, tmp_path / "c"
+    env = {"XDG_CACHE_HOME": str(c)}
+    px = Proxy(reg.host)
+    try:
+        p = carryon("inspect", "--json", "--tls-verify=false", f"docker://{px.host}/edge", env=env)
+        assert p.returncode == 0, p.stderr
+        got = json.loads(p.stdout)
+        _, m = reg.manifest("edge", "latest")
+        # only the manifest and the config are downloaded
+        assert [q for q, _ in px.blob_gets()] == [f"/v2/edge/blobs/{m['config']['digest']}"]
+        packed = pack_ok(f"docker://{px.host}/edge", tmp_path / "a.run", c, "--tls-verify=false")
+        for ly in packed["image"]["layers"]:
+            del ly["compression"]
+        assert got == {"image": packed["image"], "config": packed["config"]}
+        p = carryon("inspect", "--tls-verify=false", "--platform", "linux/arm64", f"docker://{px.host}/multi", env=env)
+        ref = f"{px.host}/multi:latest"
+        assert p.returncode == 0 and f"image       registry {ref}  tag {ref}  linux/arm64/v8" in p.stdout, p.stderr
+        assert "entrypoint  " in p.stdout
+        p = carryon("inspect", "--tls-verify=false", f"docker://{px.host}/edge:nope", env=env)
+        assert p.returncode == 125 and p.stderr.count("\n") == 1 and "tag 'nope' not found" in p.stderr, p.stderr
+    finally:
+        px.stop()
+    # the local forms, as pack names them
+    want = json.loads(carryon("inspect", "--json", str(tmp_path / "a.run")).stdout)["config"]
+    for src in (f"oci:{fx / 'edge' / 'oci'}", str(fx / "edge" / "oci"), f"oci-archive:{fx / 'edge.zstd.oci.tar'}",
+                str(fx / "edge.docker.tar"), f"docker-archive:{fx / 'multi.docker.tar'}:carryon-fixtures/edge:latest",
+                f"{fx / 'multi.docker.tar'}:carryon-fixtures/edge:latest"):
+        p = carryon("inspect", "--json", src)
+        assert p.returncode == 0, (src, p.stderr)
+        assert json.loads(p.stdout)["config"] == want, src
+    p = carryon("inspect", "--files", f"oci:{fx / 'edge' / 'oci'}")
+    assert p.returncode == 125 and "is an image, not an archive" in p.stderr
+    p = carryon("inspect", str(fx / "edge" / "oci" / "index.json"))
+    assert p.returncode == 125 and "neither a carryon archive nor a container image" in p.stderr
 
 
 # ---------------------------------------------------------------- skopeo's local names
