@@ -690,10 +690,12 @@ def _disk_error(e: OSError, where: str, d: Descriptor) -> CarryonError:
     return CarryonError(f"cannot write {where}: {e.strerror or e}")
 
 
-def download_blob(client: Client, d: Descriptor, dest: str, what: str, progress: ProgressFn) -> None:
+def download_blob(client: Client, d: Descriptor, dest: str, what: str, progress: ProgressFn,
+                  where: str | None = None) -> None:
     """Fetch blob `d` into `dest` (verified, then renamed into place). A leftover `dest.partial` from an
-    earlier run is resumed with a Range request; so is a connection cut in this run."""
-    where = os.path.dirname(dest)
+    earlier run is resumed with a Range request; so is a connection cut in this run. `where` names
+    dest's place in messages (default: its directory)."""
+    where = where or os.path.dirname(dest)
     partial = dest + ".partial"
     try:
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -828,7 +830,8 @@ def _fetch_into(client: Client, d: Descriptor, f: BinaryIO, partial: str, where:
         h, have = hashlib.sha256(), 0
 
 
-def _download_all(client: Client, todo: list[tuple[str, Descriptor, str, int]], board: Board) -> None:
+def _download_all(client: Client, todo: list[tuple[str, Descriptor, str, int]], board: Board,
+                  where: str | None = None) -> None:
     """Download `todo` ((what, descriptor, dest, board item)), JOBS at a time. The first failure stops
     the others (abort(): their partial files stay for a later resume) and is raised once they are
     done; so is Ctrl-C."""
@@ -837,7 +840,7 @@ def _download_all(client: Client, todo: list[tuple[str, Descriptor, str, int]], 
             raise _Cancelled()
         board.set_state(item, "downloading")
         try:
-            download_blob(client, d, dest, what, lambda k: board.advance(item, k))
+            download_blob(client, d, dest, what, lambda k: board.advance(item, k), where)
         except BaseException:
             board.set_state(item, "stopped" if client.cancel.is_set() else "failed")
             raise
@@ -953,7 +956,8 @@ def fetch_layout(source: str, platform: str, workdir: str, opts: RegistryOptions
     with Board("total", enabled=False if opts.quiet or not todo else None) as board:
         for what, d in wanted:
             board.add(f"{what} {d.digest[7:19]}", d.size, "waiting" if d.digest in queued else "cached")
-        _download_all(client, [(what, d, dest, items[d.digest]) for what, d, dest in todo], board)
+        _download_all(client, [(what, d, dest, items[d.digest]) for what, d, dest in todo], board,
+                      None if cdir else f"{os.path.dirname(os.path.abspath(workdir))} (temporary files)")
     hexm = digest.split(":", 1)[1]
     with open(os.path.join(blobs, hexm), "wb") as fb:
         fb.write(body)

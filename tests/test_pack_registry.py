@@ -14,6 +14,7 @@ import http.server
 import json
 import os
 import re
+import selectors
 import shutil
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import sys
 import tarfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -237,9 +239,81 @@ class Proxy:
             threading.Thread(target=self.server.shutdown, daemon=True).start()
 
 
-def carryon(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+class ForwardProxy:
+    """A forward HTTP proxy as `http_proxy`/`https_proxy` name one: absolute-URL GETs and CONNECT
+    tunnels (HTTPS), each logged as (method, target)."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str]] = []
+        px = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                px.log.append(("GET", self.path))
+                u = urllib.parse.urlsplit(self.path)
+                conn = http.client.HTTPConnection(u.netloc, timeout=30)
+                hdrs = {k: v for k, v in self.headers.items()
+                        if k.lower() not in ("host", "connection", "proxy-connection", "keep-alive")}
+                conn.request("GET", u.path + (f"?{u.query}" if u.query else ""), headers=hdrs)
+                r = conn.getresponse()
+                data = r.read()
+                conn.close()
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "keep-alive"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_CONNECT(self) -> None:
+                px.log.append(("CONNECT", self.path))
+                host, port = self.path.rsplit(":", 1)
+                up = socket.create_connection((host, int(port)), timeout=30)
+                self.send_response(200, "Connection established")
+                self.end_headers()
+                self.close_connection = True
+                sel = selectors.DefaultSelector()
+                sel.register(self.connection, selectors.EVENT_READ, up)
+                sel.register(up, selectors.EVENT_READ, self.connection)
+                try:
+                    while True:
+                        for key, _ in sel.select(30):
+                            data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                            if not data:
+                                return
+                            key.data.sendall(data)
+                except OSError:
+                    pass
+                finally:
+                    up.close()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+Env = dict[str, str | None]
+
+
+def carryon(*args: str, env: Env | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`carryon ARGS` with the test's environment changed by `env` (a None value removes the variable)."""
     e = dict(os.environ, PYTHONPATH=str(REPO))
-    e.update(env or {})
+    for k, v in (env or {}).items():
+        if v is None:
+            e.pop(k, None)
+        else:
+            e[k] = v
     return subprocess.run(CARRYON + list(args), capture_output=True, text=True, env=e, cwd=cwd or REPO)
 
 
@@ -249,14 +323,14 @@ def rootfs_sha(run: Path) -> str:
     return json.loads(p.stdout)["rootfs"]["sha256"]
 
 
-def pack_ok(src: str, out: Path, cache: Path, *extra: str, env: dict[str, str] | None = None) -> dict:
+def pack_ok(src: str, out: Path, cache: Path, *extra: str, env: Env | None = None) -> dict:
     p = carryon("pack", "--bare", "-q", *extra, src, "-o", str(out), env={"XDG_CACHE_HOME": str(cache), **(env or {})})
     assert p.returncode == 0, p.stderr
     doc = json.loads(carryon("inspect", "--json", str(out)).stdout)
     return doc
 
 
-def pack_fails(src: str, out: Path, cache: Path, *extra: str, env: dict[str, str] | None = None) -> str:
+def pack_fails(src: str, out: Path, cache: Path, *extra: str, env: Env | None = None) -> str:
     p = carryon("pack", "--bare", *extra, src, "-o", str(out), env={"XDG_CACHE_HOME": str(cache), **(env or {})})
     assert p.returncode == 125, (p.returncode, p.stderr)
     lines = p.stderr.splitlines()
@@ -658,53 +732,92 @@ def test_self_signed_https_registry_needs_tls_verify_false(project_fixtures, loc
         r.stop()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a small tmpfs")
-def test_disk_full_in_the_blob_cache(reg, tmp_path):
+NO_PROXIES: Env = {k: None for n in ("http", "https", "no", "all") for k in (f"{n}_proxy", f"{n.upper()}_PROXY")}
+
+
+def test_proxies_from_the_environment(reg, project_fixtures, local_shas, tmp_path):
+    """HTTP through `http_proxy`/`HTTP_PROXY`, HTTPS through a CONNECT tunnel of `https_proxy`, and
+    `no_proxy` goes direct (urllib's rules, as curl's and Go's)."""
+    _need("openssl")
+    fp = ForwardProxy()
     c = tmp_path / "c"
-    c.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(c)], check=True)
     try:
-        line = pack_fails(f"docker://{reg.host}/edge", tmp_path / "a.run", c, "--tls-verify=false")
-        assert "no space left in" in line and "while downloading blob sha256:" in line
+        for var in ("http_proxy", "HTTP_PROXY"):
+            fp.log.clear()
+            doc = pack_ok(f"docker://{reg.host}/edge", tmp_path / "a.run", c, "--tls-verify=false", "--no-cache",
+                          env={**NO_PROXIES, var: fp.url})
+            assert doc["rootfs"]["sha256"] == local_shas["edge"]
+            gets = [t for m, t in fp.log if m == "GET"]
+            assert f"http://{reg.host}/v2/edge/manifests/latest" in gets
+            assert len([t for t in gets if t.startswith(f"http://{reg.host}/v2/edge/blobs/sha256:")]) == 5
+        fp.log.clear()
+        pack_ok(f"docker://{reg.host}/edge", tmp_path / "a.run", c, "--tls-verify=false", "--no-cache",
+                env={**NO_PROXIES, "http_proxy": fp.url, "no_proxy": "127.0.0.1"})
+        assert fp.log == []
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
+                        str(cert)], check=True, capture_output=True)
+        r = Registry(tmp_path / "reg", tls=(cert, key))
+        try:
+            r.push(f"oci-archive:{project_fixtures / 'demo.oci.tar'}", "demo:latest")
+            doc = pack_ok(f"docker://{r.host}/demo", tmp_path / "b.run", c, "--tls-verify=false", "--no-cache",
+                          env={**NO_PROXIES, "HTTPS_PROXY": fp.url})
+            assert doc["rootfs"]["sha256"] == local_shas["demo"]
+            assert ("CONNECT", r.host) in fp.log and not [t for m, t in fp.log if m == "GET"]
+        finally:
+            r.stop()
     finally:
-        subprocess.run(["umount", str(c)], check=True)
+        fp.stop()
 
 
-def test_inspect_takes_the_same_references(reg, project_fixtures, tmp_path):
-    fx, c = project_fixtures, tmp_path / "c"
-    env = {"XDG_CACHE_HOME": str(c)}
-    px = Proxy(reg.host)
-    try:
-        p = carryon("inspect", "--json", "--tls-verify=false", f"docker://{px.host}/edge", env=env)
-        assert p.returncode == 0, p.stderr
-        got = json.loads(p.stdout)
-        _, m = reg.manifest("edge", "latest")
-        # only the manifest and the config are downloaded
-        assert [q for q, _ in px.blob_gets()] == [f"/v2/edge/blobs/{m['config']['digest']}"]
-        packed = pack_ok(f"docker://{px.host}/edge", tmp_path / "a.run", c, "--tls-verify=false")
-        for ly in packed["image"]["layers"]:
-            del ly["compression"]
-        assert got == {"image": packed["image"], "config": packed["config"]}
-        p = carryon("inspect", "--tls-verify=false", "--platform", "linux/arm64", f"docker://{px.host}/multi", env=env)
-        ref = f"{px.host}/multi:latest"
-        assert p.returncode == 0 and f"image       registry {ref}  tag {ref}  linux/arm64/v8" in p.stdout, p.stderr
-        assert "entrypoint  " in p.stdout
-        p = carryon("inspect", "--tls-verify=false", f"docker://{px.host}/edge:nope", env=env)
-        assert p.returncode == 125 and p.stderr.count("\n") == 1 and "tag 'nope' not found" in p.stderr, p.stderr
-    finally:
-        px.stop()
-    # the local forms, as pack names them
-    want = json.loads(carryon("inspect", "--json", str(tmp_path / "a.run")).stdout)["config"]
-    for src in (f"oci:{fx / 'edge' / 'oci'}", str(fx / "edge" / "oci"), f"oci-archive:{fx / 'edge.zstd.oci.tar'}",
-                str(fx / "edge.docker.tar"), f"docker-archive:{fx / 'multi.docker.tar'}:carryon-fixtures/edge:latest",
-                f"{fx / 'multi.docker.tar'}:carryon-fixtures/edge:latest"):
-        p = carryon("inspect", "--json", src)
-        assert p.returncode == 0, (src, p.stderr)
-        assert json.loads(p.stdout)["config"] == want, src
-    p = carryon("inspect", "--files", f"oci:{fx / 'edge' / 'oci'}")
-    assert p.returncode == 125 and "is an image, not an archive" in p.stderr
-    p = carryon("inspect", str(fx / "edge" / "oci" / "index.json"))
-    assert p.returncode == 125 and "neither a carryon archive nor a container image" in p.stderr
+def _private_mounts() -> list[str]:
+    """`unshare` options for a private mount namespace this user may mount a tmpfs in (root: -m;
+    others: -r -m, a user namespace), or skip."""
+    opts = ["-m"] if os.geteuid() == 0 else ["-r", "-m"]
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs unshare and mount (util-linux)")
+    p = subprocess.run(["unshare", *opts, "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0"', "/tmp"],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace here ({p.stderr.strip()})")
+    return opts
+
+
+def pack_in_small_tmpfs(small: list[Path], *args: str, env: Env) -> tuple[str, dict[Path, list[str]]]:
+    """`carryon pack --bare ARGS` with each of `small` a 256 KiB tmpfs (a private mount namespace):
+    its one error line, and what each small dir holds afterwards."""
+    mounts = " && ".join(f'mount -t tmpfs -o size=256k,mode=0700 tmpfs "{d}"' for d in small)
+    lists = "; ".join(f'echo "== {d}"; ls -A "{d}"' for d in small)
+    for d in small:
+        d.mkdir(exist_ok=True)
+    e = dict(os.environ, PYTHONPATH=str(REPO), **{k: v for k, v in env.items() if v is not None})
+    p = subprocess.run(["unshare", *_private_mounts(), "sh", "-c", f'{mounts} && {{ "$@"; rc=$?; {lists}; exit $rc; }}',
+                        "sh", *CARRYON, "pack", "--bare", *args], capture_output=True, text=True, env=e, cwd=REPO)
+    assert p.returncode == 125, (p.returncode, p.stderr)
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("carryon pack: ") and "Traceback" not in p.stderr, p.stderr
+    held: dict[Path, list[str]] = {}
+    for part in p.stdout.split("== ")[1:]:
+        head, *names = part.splitlines()
+        held[Path(head)] = names
+    return lines[0], held
+
+
+def test_disk_full_in_the_blob_cache_at_out_and_in_the_temp_dir(reg, tmp_path):
+    src = f"docker://{reg.host}/edge"
+    c, o, t = tmp_path / "c", tmp_path / "o", tmp_path / "t"
+    line, _ = pack_in_small_tmpfs([c], "--tls-verify=false", src, "-o", str(tmp_path / "a.run"),
+                                  env={"XDG_CACHE_HOME": str(c)})
+    assert f"no space left in {c}/carryon/blobs/sha256 while downloading blob sha256:" in line
+    assert not (tmp_path / "a.run").exists()
+    line, held = pack_in_small_tmpfs([o], "--tls-verify=false", src, "-o", str(o / "a.run"),
+                                     env={"XDG_CACHE_HOME": str(tmp_path / "c2")})
+    assert line == f"carryon pack: cannot write {o / 'a.run'}: No space left on device" and held[o] == []
+    line, held = pack_in_small_tmpfs([t], "--tls-verify=false", "--no-cache", src, "-o", str(tmp_path / "b.run"),
+                                     env={"TMPDIR": str(t)})
+    assert f"no space left in {t} (temporary files) while downloading blob sha256:" in line and held[t] == []
+    assert not (tmp_path / "b.run").exists()
 
 
 # ---------------------------------------------------------------- skopeo's local names
