@@ -241,10 +241,11 @@ class Proxy:
 
 class ForwardProxy:
     """A forward HTTP proxy as `http_proxy`/`https_proxy` name one: absolute-URL GETs and CONNECT
-    tunnels (HTTPS), each logged as (method, target)."""
+    tunnels (HTTPS), each logged as (method, target); `auth` keeps the Proxy-Authorization headers."""
 
     def __init__(self) -> None:
         self.log: list[tuple[str, str]] = []
+        self.auth: list[str | None] = []
         px = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -273,6 +274,7 @@ class ForwardProxy:
 
             def do_CONNECT(self) -> None:
                 px.log.append(("CONNECT", self.path))
+                px.auth.append(self.headers.get("Proxy-Authorization"))
                 host, port = self.path.rsplit(":", 1)
                 up = socket.create_connection((host, int(port)), timeout=30)
                 self.send_response(200, "Connection established")
@@ -295,7 +297,8 @@ class ForwardProxy:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.hostport = f"127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"http://{self.hostport}"
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def stop(self) -> None:
@@ -762,9 +765,10 @@ def test_proxies_from_the_environment(reg, project_fixtures, local_shas, tmp_pat
         try:
             r.push(f"oci-archive:{project_fixtures / 'demo.oci.tar'}", "demo:latest")
             doc = pack_ok(f"docker://{r.host}/demo", tmp_path / "b.run", c, "--tls-verify=false", "--no-cache",
-                          env={**NO_PROXIES, "HTTPS_PROXY": fp.url})
+                          env={**NO_PROXIES, "HTTPS_PROXY": f"http://bob:pw@{fp.hostport}"})
             assert doc["rootfs"]["sha256"] == local_shas["demo"]
             assert ("CONNECT", r.host) in fp.log and not [t for m, t in fp.log if m == "GET"]
+            assert set(fp.auth) == {"Basic " + base64.b64encode(b"bob:pw").decode()}
         finally:
             r.stop()
     finally:
