@@ -770,8 +770,6 @@ def _fetch_into(client: Client, d: Descriptor, f: BinaryIO, partial: str, where:
                         if not m or int(m.group(1)) != have:
                             raise _Retry("bad Content-Range")
                     while chunk := resp.read(CHUNK):
-                        if client.cancel.is_set():
-                            raise _Cancelled()
                         if have + len(chunk) > d.size:
                             raise InputError(f"{client.name}: {what} {d.digest}: the registry sent more than "
                                              f"the {d.size} bytes its descriptor says")
@@ -786,6 +784,8 @@ def _fetch_into(client: Client, d: Descriptor, f: BinaryIO, partial: str, where:
                         with client.lock:
                             client.fetched += len(chunk)
                         progress(len(chunk))
+                        if client.cancel.is_set():   # what came before the stop is kept, to resume
+                            raise _Cancelled()
             except (_Retry, http.client.IncompleteRead, ConnectionResetError, ConnectionAbortedError,
                     TimeoutError, OSError) as e:
                 if client.cancel.is_set():       # abort() shut the socket down under this read

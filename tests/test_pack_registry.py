@@ -16,6 +16,7 @@ import os
 import re
 import selectors
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -590,9 +591,33 @@ def test_a_failed_download_stops_the_others_at_once(reg, tmp_path):
         c = tmp_path / "c"
         line = pack_fails(f"docker://{px.host}/edge", tmp_path / "a.run", c, "--tls-verify=false")
         assert f"access denied to layer 1 {bad} (HTTP 403)" in line
-        # the slow download was stopped by the client (not left to run its 10 s), and is not in the cache
+        # the slow download was stopped by the client (not left to run its 10 s): what it got is kept to
+        # resume, nothing is in the cache under the blob's name
         assert px.trickling.is_set() and px.aborted.wait(5)
-        assert not (c / "carryon" / "blobs" / "sha256" / slow.split(":")[1]).exists()
+        blobs = c / "carryon" / "blobs" / "sha256"
+        assert not (blobs / slow.split(":")[1]).exists()
+        assert (blobs / (slow.split(":")[1] + ".partial")).stat().st_size >= 1000
+    finally:
+        px.stop()
+
+
+def test_ctrl_c_stops_every_download_and_keeps_the_partial_blob(reg, tmp_path):
+    _, m = reg.manifest("edge", "latest")
+    slow = m["layers"][0]["digest"]
+    px = Proxy(reg.host)
+    try:
+        px.trickle = re.escape(slow)
+        c = tmp_path / "c"
+        p = subprocess.Popen(CARRYON + ["pack", "--bare", "--tls-verify=false", f"docker://{px.host}/edge", "-o",
+                                        str(tmp_path / "a.run")], stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(c)), cwd=REPO)
+        assert px.trickling.wait(20)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 130 and err == "carryon pack: interrupted\n", (p.returncode, err)
+        assert px.aborted.wait(5) and not (tmp_path / "a.run").exists()
+        partial = c / "carryon" / "blobs" / "sha256" / (slow.split(":")[1] + ".partial")
+        assert partial.exists() and 1000 <= partial.stat().st_size < m["layers"][0]["size"]
     finally:
         px.stop()
 
