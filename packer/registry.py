@@ -769,7 +769,7 @@ def _fetch_into(client: Client, d: Descriptor, f: BinaryIO, partial: str, where:
                         m = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range") or "")
                         if not m or int(m.group(1)) != have:
                             raise _Retry("bad Content-Range")
-                    while chunk := resp.read(CHUNK):
+                    while chunk := resp.read1(CHUNK):   # what has come: kept even if a stop follows
                         if have + len(chunk) > d.size:
                             raise InputError(f"{client.name}: {what} {d.digest}: the registry sent more than "
                                              f"the {d.size} bytes its descriptor says")

@@ -25,6 +25,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,8 @@ class Registry:
 class Proxy:
     """An HTTP proxy to `upstream` (host:port) that logs (path, Range), and on demand cuts a blob body
     after `cut_after` bytes (`cuts` times; `die` then stops listening), answers `fail` rules
-    ([regex, status, headers, times]) itself (rules marked `after_trickle` once a trickle began), or
+    ([regex, status, headers, times]) itself (`after_trickle` rules once a trickle began and `ready()`
+    says so), or
     demands a bearer token from its own /token. It counts the blob GETs in flight at once (`most`);
     with `gate` N a blob GET waits (up to 3 s) until N were in flight together. A blob whose path
     matches `trickle` gets 1000 bytes, then one byte every 50 ms for 10 s, then a cut; a failed write
@@ -131,6 +133,7 @@ class Proxy:
         self.trickling = threading.Event()
         self.aborted = threading.Event()
         self.after_trickle: list[list] = []
+        self.ready: Callable[[], bool] = lambda: True
         px = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -191,6 +194,7 @@ class Proxy:
                         rule[3] -= 1
                         if rule in px.after_trickle:
                             px.trickling.wait(10)
+                            wait_until(px.ready)
                         self._send(rule[1], b'{"errors":[]}', rule[2])
                         return
                 conn = http.client.HTTPConnection(px.upstream, timeout=30)
@@ -308,6 +312,20 @@ class ForwardProxy:
 
 
 Env = dict[str, str | None]
+
+
+def wait_until(cond: Callable[[], bool], limit: float = 20) -> bool:
+    """Poll `cond` until it holds (True) or `limit` seconds pass (False)."""
+    deadline = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _has_bytes(path: Path, n: int) -> Callable[[], bool]:
+    return lambda: path.exists() and path.stat().st_size >= n
 
 
 def carryon(*args: str, env: Env | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -586,9 +604,10 @@ def test_a_failed_download_stops_the_others_at_once(reg, tmp_path):
     slow, bad = m["layers"][0]["digest"], m["layers"][1]["digest"]
     px = Proxy(reg.host)
     try:
-        px.trickle = re.escape(slow)          # layer 0 comes at 20 bytes/s: 10 s, then a cut
-        px.after_trickle.append([re.escape(bad), 403, {}, 1])
         c = tmp_path / "c"
+        px.trickle = re.escape(slow)          # layer 0 comes at 20 bytes/s: 10 s, then a cut
+        px.after_trickle.append([re.escape(bad), 403, {}, 1])   # once carryon has written 1000 bytes of it
+        px.ready = _has_bytes(c / "carryon" / "blobs" / "sha256" / (slow.split(":")[1] + ".partial"), 1000)
         line = pack_fails(f"docker://{px.host}/edge", tmp_path / "a.run", c, "--tls-verify=false")
         assert f"access denied to layer 1 {bad} (HTTP 403)" in line
         # the slow download was stopped by the client (not left to run its 10 s): what it got is kept to
@@ -611,12 +630,12 @@ def test_ctrl_c_stops_every_download_and_keeps_the_partial_blob(reg, tmp_path):
         p = subprocess.Popen(CARRYON + ["pack", "--bare", "--tls-verify=false", f"docker://{px.host}/edge", "-o",
                                         str(tmp_path / "a.run")], stderr=subprocess.PIPE, text=True,
                              env=dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(c)), cwd=REPO)
-        assert px.trickling.wait(20)
+        partial = c / "carryon" / "blobs" / "sha256" / (slow.split(":")[1] + ".partial")
+        assert px.trickling.wait(20) and wait_until(_has_bytes(partial, 1000))
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=60)
         assert p.returncode == 130 and err == "carryon pack: interrupted\n", (p.returncode, err)
         assert px.aborted.wait(5) and not (tmp_path / "a.run").exists()
-        partial = c / "carryon" / "blobs" / "sha256" / (slow.split(":")[1] + ".partial")
         assert partial.exists() and 1000 <= partial.stat().st_size < m["layers"][0]["size"]
     finally:
         px.stop()
