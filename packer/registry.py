@@ -849,22 +849,20 @@ def _download_all(client: Client, todo: list[tuple[str, Descriptor, str, int]], 
     if not todo:
         return
     with ThreadPoolExecutor(max_workers=min(JOBS, len(todo)), thread_name_prefix="carryon-pull") as pool:
-        futures = [pool.submit(one, *job) for job in todo]
         try:
-            _done, _pending = wait(futures, return_when=FIRST_EXCEPTION)
-        except BaseException:           # Ctrl-C while waiting
+            futures = [pool.submit(one, *job) for job in todo]
+            wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:           # Ctrl-C: stop them all; leaving the `with` waits for them
             client.abort()
-            for fut in futures:
-                fut.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
-        first = next((fut.exception() for fut in futures if fut.done() and not fut.cancelled()
-                      and fut.exception() is not None and not isinstance(fut.exception(), _Cancelled)), None)
-        if first is not None:
+        errors = [e for fut in futures if fut.done() and not fut.cancelled()
+                  and (e := fut.exception()) is not None and not isinstance(e, _Cancelled)]
+        if errors:
             client.abort()
-            for fut in futures:
-                fut.cancel()
-    if first is not None:
-        raise first
+            pool.shutdown(wait=False, cancel_futures=True)
+    if errors:
+        raise errors[0]
 
 
 # ---------------------------------------------------------------- the whole pull
