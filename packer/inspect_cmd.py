@@ -164,7 +164,7 @@ def main(argv: list[str]) -> int:
                 image = describe_image(args.archive, args.tag, args.platform, registry_options(args, True))
             except InputError as e2:
                 if "not a container image" in str(e2):
-                    raise InputError(f"{args.archive}: neither a carryon archive nor a container image") from None
+                    raise InputError(f"{e}, nor a container image") from None
                 raise
     else:
         image = describe_image(args.archive, args.tag, args.platform, registry_options(args, True))

@@ -868,6 +868,43 @@ def test_disk_full_in_the_blob_cache_at_out_and_in_the_temp_dir(reg, tmp_path):
     assert not (tmp_path / "b.run").exists()
 
 
+def test_inspect_takes_the_same_references(reg, project_fixtures, tmp_path):
+    fx, c = project_fixtures, tmp_path / "c"
+    env = {"XDG_CACHE_HOME": str(c)}
+    px = Proxy(reg.host)
+    try:
+        p = carryon("inspect", "--json", "--tls-verify=false", f"docker://{px.host}/edge", env=env)
+        assert p.returncode == 0, p.stderr
+        got = json.loads(p.stdout)
+        _, m = reg.manifest("edge", "latest")
+        # only the manifest and the config are downloaded
+        assert [q for q, _ in px.blob_gets()] == [f"/v2/edge/blobs/{m['config']['digest']}"]
+        packed = pack_ok(f"docker://{px.host}/edge", tmp_path / "a.run", c, "--tls-verify=false")
+        for ly in packed["image"]["layers"]:
+            del ly["compression"]
+        assert got == {"image": packed["image"], "config": packed["config"]}
+        p = carryon("inspect", "--tls-verify=false", "--platform", "linux/arm64", f"docker://{px.host}/multi", env=env)
+        ref = f"{px.host}/multi:latest"
+        assert p.returncode == 0 and f"image       registry {ref}  tag {ref}  linux/arm64/v8" in p.stdout, p.stderr
+        assert "entrypoint  " in p.stdout
+        p = carryon("inspect", "--tls-verify=false", f"docker://{px.host}/edge:nope", env=env)
+        assert p.returncode == 125 and p.stderr.count("\n") == 1 and "tag 'nope' not found" in p.stderr, p.stderr
+    finally:
+        px.stop()
+    # the local forms, as pack names them
+    want = json.loads(carryon("inspect", "--json", str(tmp_path / "a.run")).stdout)["config"]
+    for src in (f"oci:{fx / 'edge' / 'oci'}", str(fx / "edge" / "oci"), f"oci-archive:{fx / 'edge.zstd.oci.tar'}",
+                str(fx / "edge.docker.tar"), f"docker-archive:{fx / 'multi.docker.tar'}:carryon-fixtures/edge:latest",
+                f"{fx / 'multi.docker.tar'}:carryon-fixtures/edge:latest"):
+        p = carryon("inspect", "--json", src)
+        assert p.returncode == 0, (src, p.stderr)
+        assert json.loads(p.stdout)["config"] == want, src
+    p = carryon("inspect", "--files", f"oci:{fx / 'edge' / 'oci'}")
+    assert p.returncode == 125 and "is an image, not an archive" in p.stderr
+    p = carryon("inspect", str(fx / "edge" / "oci" / "index.json"))
+    assert p.returncode == 125 and "not a carryon archive (" in p.stderr and "), nor a container image" in p.stderr
+
+
 # ---------------------------------------------------------------- skopeo's local names
 
 def test_skopeo_transport_names_for_local_images(project_fixtures, local_shas, tmp_path):
