@@ -140,10 +140,10 @@ class Board:
             if not label:
                 out.append("")
                 continue
-            out.append(f"{label:<{width}}  {_bar(done, size, 20)} {_mb(done)[:-3]}/{_mb(size)}  {state}")
+            out.append(f"{label:<{width}}  {_bar(done, size, 20)} {_of(done, size)}  {state}")
         done, total = self.totals()
         n_done = sum(1 for it in self.items if it[3] in ("done", "cached"))
-        out.append(f"{self.title:<{width}}  {_bar(done, total, 20)} {_mb(done)[:-3]}/{_mb(total)}  "
+        out.append(f"{self.title:<{width}}  {_bar(done, total, 20)} {_of(done, total)}  "
                    f"{n_done}/{len(self.items)} done")
         return [line[:cols - 1] for line in out]
 
@@ -169,3 +169,10 @@ def _bar(done: int, total: int, width: int) -> str:
     frac = min(done / total, 1.0) if total > 0 else 1.0
     fill = int(max(frac, 0.0) * width)
     return f"[{'#' * fill}{'.' * (width - fill)}]"
+
+
+def _of(done: int, total: int) -> str:
+    """`12.3/45.6 MB`, or in kB below 1 MB."""
+    if total < 1_000_000:
+        return f"{done / 1e3:.1f}/{total / 1e3:.1f} kB"
+    return f"{done / 1e6:.1f}/{total / 1e6:.1f} MB"
