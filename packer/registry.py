@@ -7,12 +7,14 @@ names, tag `latest`), picks the `platform` entry of an index (attestation manife
 `WORKDIR/registry/` as an OCI image layout: `index.json` naming the one chosen manifest, the manifest,
 and the blobs (symlinks into the blob cache, or files when there is no cache). `packer.sources` then
 reads that layout like any other, so digests, diff_ids and squashing are checked by the shared code.
+With `with_layers=False` (`carryon inspect`) only the manifest and the config are fetched.
 
 Everything the registry sends is untrusted: manifests are size-capped and must parse, a digest reference
 is checked against the manifest bytes, every blob is hashed and counted while it streams and refused
 (InputError naming the blob) when its digest or size is not the descriptor's.
 
-HTTP: `urllib.request` (proxies from the standard environment variables). HTTPS first; only with
+HTTP: `urllib.request`; proxies from the standard environment variables by its rules (`https_proxy`
+through a CONNECT tunnel, `http_proxy`, `no_proxy`; lower case first). HTTPS first; only with
 `--tls-verify=false` is the certificate not checked and plain HTTP tried after HTTPS fails (skopeo's
 rule). Auth: the registry's `WWW-Authenticate` challenge decides -- Bearer (token endpoint, anonymous
 or with the credentials) or Basic. Credentials: `--creds USER[:PASS]`, else `--authfile FILE`, else the
@@ -28,6 +30,13 @@ download goes to `HEX.partial` (locked with flock; a second concurrent pack of t
 private file) and is renamed once verified; a cut connection resumes with an HTTP Range request, also
 in a later run. 5xx answers, connection resets and timeouts are retried with back-off; HTTP 429 is
 one error naming the registry's rate limit and its Retry-After.
+
+Downloads run JOBS at a time (threads; the Client's auth renewal and counters are locked). The first
+failure, or Ctrl-C, stops the others at once (`Client.abort`: a cancel flag checked at every step,
+and the sockets being read shut down); what they received is kept in their partial files, and that
+first failure is raised once all have stopped. Progress: a `packer.progress.Board` on a terminal (a
+line per blob and a total), nothing otherwise; `Pulled` (also left in `RegistryOptions.pulled`)
+counts the bytes and blobs received.
 
 Errors are CarryonError/InputError, one line each (unknown host, refused connection, TLS failure,
 401/403 with the credentials tried, missing repository or tag, no entry for the platform with the
