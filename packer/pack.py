@@ -9,7 +9,8 @@ flag the launcher and the frozen runtime come from `packer.embed.runtime_parts()
 
 OUT `-` is stdout: the archive is built in the work directory as for a file, then streamed out (refused
 before any work when stdout is a terminal); nothing named `-` is created. Success prints one line on
-stderr (`carryon pack: wrote OUT: SIZE, image DIGEST, N files`); `-q` prints nothing but errors.
+stderr (`carryon pack: wrote OUT: SIZE, image DIGEST, N files`, and for a docker:// source what was
+downloaded); `-q` prints nothing but errors.
 """
 
 from __future__ import annotations
