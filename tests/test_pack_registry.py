@@ -126,6 +126,7 @@ class Proxy:
         self.die = False
         self.fail: list[list] = []
         self.bearer: str | None = None
+        self.rotate = False
         self.gate = 0
         self.inflight = self.most = 0
         self.cond = threading.Condition()
@@ -205,6 +206,9 @@ class Proxy:
                 r = conn.getresponse()
                 data = r.read()
                 conn.close()
+                if px.rotate and "/manifests/" in self.path:   # the token expires: a new one from now on
+                    px.rotate = False
+                    px.bearer = "tok-" + os.urandom(8).hex()
                 self.send_response(r.status)
                 for k, v in r.getheaders():
                     if k.lower() not in ("content-length", "transfer-encoding", "connection", "keep-alive"):
@@ -756,6 +760,12 @@ def test_anonymous_bearer_token_flow(reg, local_shas, tmp_path):
         assert doc["rootfs"]["sha256"] == local_shas["demo"]
         tokens = [p for p, _ in px.log if p.startswith("/token")]
         assert tokens and "scope=repository%3Ans%2Fdemo2%3Apull" in tokens[0] and "service=carryon-test" in tokens[0]
+        # the token expires after the manifest: the parallel blob downloads all meet the new challenge,
+        # one of them fetches a new token, the others use it
+        px.log.clear()
+        px.rotate = True
+        doc = pack_ok(f"docker://{px.host}/edge", tmp_path / "b.run", tmp_path / "c2", "--tls-verify=false")
+        assert len([p for p, _ in px.log if p.startswith("/token")]) == 2
     finally:
         px.stop()
 
