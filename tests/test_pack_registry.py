@@ -114,7 +114,7 @@ class Proxy:
     ([regex, status, headers, times]) itself (`after_trickle` rules once a trickle began and `ready()`
     says so), or
     demands a bearer token from its own /token. It counts the blob GETs in flight at once (`most`);
-    with `gate` N a blob GET waits (up to 3 s) until N were in flight together. A blob whose path
+    with `gate` N a blob GET waits (up to 10 s) until N were in flight together. A blob whose path
     matches `trickle` gets 1000 bytes, then one byte every 50 ms for 10 s, then a cut; a failed write
     meanwhile (the client went away) sets `aborted`."""
 
@@ -160,7 +160,7 @@ class Proxy:
                     px.inflight += 1
                     px.most = max(px.most, px.inflight)
                     px.cond.notify_all()
-                    px.cond.wait_for(lambda: px.most >= px.gate, timeout=3)
+                    px.cond.wait_for(lambda: px.most >= px.gate, timeout=10)
                 try:
                     self._get()
                 finally:
@@ -595,7 +595,7 @@ def test_registry_dying_mid_blob_fails_cleanly_and_a_rerun_resumes(reg, local_sh
 def test_blobs_download_several_at_once(reg, local_shas, tmp_path):
     px = Proxy(reg.host)
     try:
-        px.gate = 2        # each blob GET waits until two were in flight together (3 s at most)
+        px.gate = 2        # each blob GET waits until two were in flight together (10 s at most)
         doc = pack_ok(f"docker://{px.host}/edge", tmp_path / "a.run", tmp_path / "c", "--tls-verify=false")
         assert doc["rootfs"]["sha256"] == local_shas["edge"]
         assert 2 <= px.most <= 3 and len(px.blob_gets()) == 5
