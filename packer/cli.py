@@ -15,7 +15,7 @@ USAGE = """usage: carryon COMMAND [ARGS]
 commands:
   pack SOURCE [-o OUT] [--tag T] [--platform P] [--level N] [-q]  image -> single-file archive
        (SOURCE: a path, oci:DIR, oci-archive:FILE, docker-archive:FILE, or docker://[REGISTRY/]REPO[:TAG])
-  inspect ARCHIVE [--json] [--files]                              show an archive's manifest
+  inspect ARCHIVE|IMAGE [--json] [--files]                        show an archive's (or an image's) manifest
   extract ARCHIVE DIR                                             rootless extraction of the rootfs
   exec [-r ROOTFS | -R ROOTFS] [-b HOST[:GUEST]]... COMMAND       run a command in a rootfs (PRoot-like)
   sweep ARCHIVE --params TABLE [...] -- ARG...                    run an archive over a table of variables

@@ -1,8 +1,13 @@
-"""`carryon inspect ARCHIVE [--json] [--files]`: config, layers, counts and sizes; per-file metadata.
+"""`carryon inspect ARCHIVE|IMAGE [--json] [--files]`: config, layers, counts and sizes; per-file metadata.
 
 `--json` prints the manifest with two more keys: `sections` (offset/length/sha256 of each section)
 and, with `--files`, `files`: one object per path (`/` first) with type, mode, uid, gid, size, mtime,
 link target, xattrs (base64) and rdev. Works on bare payloads and on full self-extracting files.
+
+An image -- whatever `carryon pack` takes: `docker://REF` (only its manifest and config are
+downloaded), `oci:DIR`, `oci-archive:FILE`, `docker-archive:FILE`, an image directory, or a file that
+is not an archive but an image -- shows the same image part (`--json`: the manifest's `image` and
+`config` keys), picked by `--platform` and SOURCE:TAG/`--tag` as pack picks it.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ import shlex
 import stat
 import sys
 import tarfile
+import tempfile
 
 from packer.cli import EXIT_HELP
+from packer.registry import add_registry_options, registry_options
+from packer.sources import split_transport
 from runtime.archive import iter_rootfs, read_layout, read_manifest
 from runtime.errors import CarryonError, InputError
 from runtime.extract import split_path, type_letter, xattrs_of
@@ -68,30 +76,13 @@ def _size(n: float) -> str:
 
 
 def _text(layout, manifest: dict, files: bool, out) -> None:
-    img, cfg, rf = manifest.get("image", {}), manifest.get("config", {}), manifest.get("rootfs", {})
+    rf = manifest.get("rootfs", {})
     secs = ", ".join(f"{n} {_size(s.length)}" for n, s in layout.sections.items())
     w = out.write
     w(f"archive     {layout.path} ({_size(layout.size)}: {secs})\n")
     tool = manifest.get("tool", {})
     w(f"tool        {tool.get('name', '?')} {tool.get('version', '?')}\n")
-    w(f"image       {img.get('source')}  tag {img.get('tag')}  {img.get('platform')}\n")
-    w(f"manifest    {img.get('manifest_digest')}\n")
-    w(f"config      {img.get('config_digest')}\n")
-    w(f"layers      {len(img.get('layers', []))}\n")
-    for i, layer in enumerate(img.get("layers", [])):
-        w(f"  [{i}] {layer.get('digest')}  {_size(layer.get('size', 0)):>9}  {layer.get('media_type')}\n")
-    for k in ("Entrypoint", "Cmd"):
-        w(f"{k.lower():<11} {json.dumps(cfg.get(k), ensure_ascii=False)}\n")
-    for e in cfg.get("Env") or []:
-        w(f"env         {e}\n")
-    w(f"workdir     {cfg.get('WorkingDir') or '(none)'}\n")
-    w(f"user        {cfg.get('User') or '(default: root)'}\n")
-    w(f"ports       {' '.join(sorted(cfg.get('ExposedPorts') or {})) or '(none)'}\n")
-    w(f"volumes     {' '.join(sorted(cfg.get('Volumes') or {})) or '(none)'}\n")
-    if cfg.get("StopSignal"):
-        w(f"stopsignal  {cfg['StopSignal']}\n")
-    for k, v in sorted((cfg.get("Labels") or {}).items()):
-        w(f"label       {k}={v}\n")
+    _image_text(manifest, out)
     w(f"rootfs      {rf.get('total_entries')} entries: {rf.get('files')} files, {rf.get('dirs')} dirs, "
       f"{rf.get('symlinks')} symlinks, {rf.get('hardlinks')} hardlinks, {rf.get('other')} other\n")
     w(f"            {_size(rf.get('uncompressed_bytes', 0))} in files, tar {_size(rf.get('tar_bytes', 0))}, "
@@ -116,22 +107,100 @@ def _text(layout, manifest: dict, files: bool, out) -> None:
             w(f"{mode} {e['uid']}:{e['gid']} {size:>9} {e['path']}{link}{hl}\n")
 
 
+def _image_text(manifest: dict, out) -> None:
+    """The image and config lines (an archive's manifest, or an image's description)."""
+    img, cfg = manifest.get("image", {}), manifest.get("config", {})
+    w = out.write
+    w(f"image       {img.get('source')}  tag {img.get('tag')}  {img.get('platform')}\n")
+    w(f"manifest    {img.get('manifest_digest')}\n")
+    w(f"config      {img.get('config_digest')}\n")
+    w(f"layers      {len(img.get('layers', []))}\n")
+    for i, layer in enumerate(img.get("layers", [])):
+        w(f"  [{i}] {layer.get('digest')}  {_size(layer.get('size', 0)):>9}  {layer.get('media_type')}\n")
+    for k in ("Entrypoint", "Cmd"):
+        w(f"{k.lower():<11} {json.dumps(cfg.get(k), ensure_ascii=False)}\n")
+    for e in cfg.get("Env") or []:
+        w(f"env         {e}\n")
+    w(f"workdir     {cfg.get('WorkingDir') or '(none)'}\n")
+    w(f"user        {cfg.get('User') or '(default: root)'}\n")
+    w(f"ports       {' '.join(sorted(cfg.get('ExposedPorts') or {})) or '(none)'}\n")
+    w(f"volumes     {' '.join(sorted(cfg.get('Volumes') or {})) or '(none)'}\n")
+    if cfg.get("StopSignal"):
+        w(f"stopsignal  {cfg['StopSignal']}\n")
+    for k, v in sorted((cfg.get("Labels") or {}).items()):
+        w(f"label       {k}={v}\n")
+
+
+def describe_image(source: str, tag: str | None, platform: str | None, registry) -> dict:
+    """An image's `image` and `config` as a packed archive's manifest has them (layers as described:
+    digest, diff_id, size, media type; a registry's layers are not downloaded)."""
+    from packer.manifest import image_config
+    from packer.sources import open_image
+
+    with tempfile.TemporaryDirectory(prefix="carryon-inspect-") as work:
+        image = open_image(source, tag, platform, work, registry, layers=False)
+    return {"image": {"source": image.source, "format": image.format, "manifest_digest": image.manifest_digest,
+                      "config_digest": image.config_digest, "platform": image.platform, "tag": image.tag,
+                      "layers": [{"digest": ly.digest, "diff_id": ly.diff_id, "size": ly.size,
+                                  "media_type": ly.media_type} for ly in image.layers]},
+            "config": image_config(image.config)}
+
+
+def _is_image(source: str) -> bool:
+    """Is SOURCE an image reference rather than an archive? (transport names, directories; a file
+    only when it is not an archive, decided by the caller)"""
+    return split_transport(source)[0] is not None or os.path.isdir(source) or (
+        not os.path.exists(source) and ":" in source)
+
+
 def main(argv: list[str]) -> int:
-    p = _Parser(prog="carryon inspect", description="Show a carryon archive's manifest.", epilog=EXIT_HELP)
-    p.add_argument("archive", metavar="ARCHIVE")
+    p = _Parser(prog="carryon inspect", epilog=EXIT_HELP,
+                description="Show a carryon archive's manifest, or an image's (any SOURCE carryon pack takes).")
+    p.add_argument("archive", metavar="ARCHIVE|IMAGE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--files", action="store_true", help="also list every file with owner and mode")
+    p.add_argument("--files", action="store_true", help="also list every file with owner and mode (archives)")
+    p.add_argument("--tag", help="image tag/name to pick when an image source holds several")
+    p.add_argument("--platform", help="OS/ARCH[/VARIANT] of an image index to show (default linux/amd64)")
+    add_registry_options(p)
     args = p.parse_args(argv)
-    layout = read_layout(args.archive)
-    manifest = read_manifest(layout)
+    layout = None
+    if args.files and _is_image(args.archive):
+        raise CarryonError(f"--files: {args.archive} is an image, not an archive (pack it to list its files)")
+    if not _is_image(args.archive):
+        try:
+            layout = read_layout(args.archive)
+        except InputError as e:
+            if "not a carryon archive" not in str(e):
+                raise
+            try:  # perhaps an image file (OCI or docker archive)
+                image = describe_image(args.archive, args.tag, args.platform, registry_options(args, True))
+            except InputError as e2:
+                if "not a container image" in str(e2):
+                    raise InputError(f"{e}, nor a container image") from None
+                raise
+    else:
+        image = describe_image(args.archive, args.tag, args.platform, registry_options(args, True))
+    if layout is None and args.files:
+        raise CarryonError(f"--files: {args.archive} is an image, not an archive (pack it to list its files)")
     try:
-        _print(layout, manifest, args, sys.stdout)
+        if layout is None:
+            _print_image(image, args, sys.stdout)
+        else:
+            _print(layout, read_manifest(layout), args, sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError:  # `carryon inspect ... | head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
     return 0
+
+
+def _print_image(image: dict, args, out) -> None:
+    if args.json:
+        json.dump(image, out, sort_keys=True, indent=1, ensure_ascii=False)
+        out.write("\n")
+    else:
+        _image_text(image, out)
 
 
 def _print(layout, manifest: dict, args, out) -> None:

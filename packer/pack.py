@@ -9,7 +9,8 @@ flag the launcher and the frozen runtime come from `packer.embed.runtime_parts()
 
 OUT `-` is stdout: the archive is built in the work directory as for a file, then streamed out (refused
 before any work when stdout is a terminal); nothing named `-` is created. Success prints one line on
-stderr (`carryon pack: wrote OUT: SIZE, image DIGEST, N files`); `-q` prints nothing but errors.
+stderr (`carryon pack: wrote OUT: SIZE, image DIGEST, N files`, and for a docker:// source what was
+downloaded); `-q` prints nothing but errors.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from packer.cli import EXIT_HELP
 from packer.layers import LayerReader, TarStream
 from packer.manifest import LayerResult, build_manifest, image_config
 from packer.progress import Bar
-from packer.registry import RegistryOptions, parse_reference
+from packer.registry import RegistryOptions, add_registry_options, parse_reference, pulled_note, registry_options
 from packer.rootfs import DEFAULT_LEVEL, content_size, write_rootfs
 from packer.sources import open_image, split_transport
 from packer.squash import Squasher
@@ -59,17 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", help="OS/ARCH[/VARIANT] to pack (default linux/amd64): picked from a "
                    "multi-platform index; an image for another platform is refused")
     p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level 1-22 (default {DEFAULT_LEVEL})")
-    r = p.add_argument_group("registry (docker:// sources)")
-    r.add_argument("--creds", metavar="USER[:PASS]",
-                   help="credentials (asked for on the terminal when PASS is left out); default: the "
-                        "registry's entry in --authfile, $XDG_RUNTIME_DIR/containers/auth.json, "
-                        "~/.config/containers/auth.json or ~/.docker/config.json, else anonymous")
-    r.add_argument("--authfile", metavar="FILE", help="Docker/containers auth JSON to take credentials from")
-    r.add_argument("--tls-verify", metavar="BOOL", nargs="?", const="true", default="true",
-                   help="--tls-verify=false: accept any certificate and fall back to plain HTTP "
-                        "(a local or self-signed registry)")
-    r.add_argument("--no-cache", action="store_true",
-                   help="bypass the blob cache ($XDG_CACHE_HOME/carryon/blobs or ~/.cache/carryon/blobs)")
+    add_registry_options(p)
     t = p.add_argument_group("CARE mode: trace runs, pack only what they touched")
     t.add_argument("--trace", action="store_true",
                    help="run the image's command (or each --trace-run) here under the tracer and pack "
@@ -232,11 +223,7 @@ def _build_rootfs(work: str, source: str, tag: str | None, platform: str | None,
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     out = args.output or default_output(args.source)
-    tls = args.tls_verify.lower()
-    if tls not in ("true", "false", "1", "0", "yes", "no"):
-        raise CarryonError(f"--tls-verify={args.tls_verify}: expected true or false")
-    registry = RegistryOptions(creds=args.creds, authfile=args.authfile, tls_verify=tls in ("true", "1", "yes"),
-                               no_cache=args.no_cache, quiet=args.quiet)
+    registry = registry_options(args, args.quiet)
     trace = None
     if args.trace or args.trace_run:
         trace = TraceOptions(runs=args.trace_run, keep=args.keep, prune_listings=args.trace_prune_listings,
@@ -249,7 +236,7 @@ def main(argv: list[str]) -> int:
     except OSError as e:
         raise CarryonError(f"{e.filename or out}: {e.strerror or e}") from None
     if not args.quiet:
-        sys.stderr.write(f"carryon pack: {summary(out, manifest)}\n")
+        sys.stderr.write(f"carryon pack: {summary(out, manifest)}{pulled_note(registry.pulled)}\n")
     return 0
 
 

@@ -7,12 +7,14 @@ names, tag `latest`), picks the `platform` entry of an index (attestation manife
 `WORKDIR/registry/` as an OCI image layout: `index.json` naming the one chosen manifest, the manifest,
 and the blobs (symlinks into the blob cache, or files when there is no cache). `packer.sources` then
 reads that layout like any other, so digests, diff_ids and squashing are checked by the shared code.
+With `with_layers=False` (`carryon inspect`) only the manifest and the config are fetched.
 
 Everything the registry sends is untrusted: manifests are size-capped and must parse, a digest reference
 is checked against the manifest bytes, every blob is hashed and counted while it streams and refused
 (InputError naming the blob) when its digest or size is not the descriptor's.
 
-HTTP: `urllib.request` (proxies from the standard environment variables). HTTPS first; only with
+HTTP: `urllib.request`; proxies from the standard environment variables by its rules (`https_proxy`
+through a CONNECT tunnel, `http_proxy`, `no_proxy`; lower case first). HTTPS first; only with
 `--tls-verify=false` is the certificate not checked and plain HTTP tried after HTTPS fails (skopeo's
 rule). Auth: the registry's `WWW-Authenticate` challenge decides -- Bearer (token endpoint, anonymous
 or with the credentials) or Basic. Credentials: `--creds USER[:PASS]`, else `--authfile FILE`, else the
@@ -29,6 +31,13 @@ private file) and is renamed once verified; a cut connection resumes with an HTT
 in a later run. 5xx answers, connection resets and timeouts are retried with back-off; HTTP 429 is
 one error naming the registry's rate limit and its Retry-After.
 
+Downloads run JOBS at a time (threads; the Client's auth renewal and counters are locked). The first
+failure, or Ctrl-C, stops the others at once (`Client.abort`: a cancel flag checked at every step,
+and the sockets being read shut down); what they received is kept in their partial files, and that
+first failure is raised once all have stopped. Progress: a `packer.progress.Board` on a terminal (a
+line per blob and a total), nothing otherwise; `Pulled` (also left in `RegistryOptions.pulled`)
+counts the bytes and blobs received.
+
 Errors are CarryonError/InputError, one line each (unknown host, refused connection, TLS failure,
 401/403 with the credentials tried, missing repository or tag, no entry for the platform with the
 ones there, digest mismatch naming the blob, a full disk).
@@ -36,6 +45,7 @@ ones there, digest mismatch naming the blob, a full disk).
 
 from __future__ import annotations
 
+import argparse
 import base64
 import errno
 import fcntl
@@ -48,15 +58,16 @@ import re
 import socket
 import ssl
 import sys
-import time
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from packer.progress import Bar
+from packer.progress import Board
 from runtime import cache as rcache
 from runtime.errors import CarryonError, InputError
 
@@ -80,6 +91,7 @@ TIMEOUT = 60.0                    # seconds without progress on one socket opera
 RETRIES = 5                       # failed attempts in a row (no byte received) before giving up
 BACKOFF = 0.5                     # first pause; doubles, capped at MAX_BACKOFF
 MAX_BACKOFF = 8.0
+JOBS = 3                          # blobs downloaded at once (docker pull's default)
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -154,6 +166,29 @@ def parse_reference(text: str) -> Reference:
 
 # ---------------------------------------------------------------- options and credentials
 
+def add_registry_options(p: argparse.ArgumentParser) -> None:
+    """The registry options of `carryon pack` and `carryon inspect`."""
+    r = p.add_argument_group("registry (docker:// sources)")
+    r.add_argument("--creds", metavar="USER[:PASS]",
+                   help="credentials (asked for on the terminal when PASS is left out); default: the "
+                        "registry's entry in --authfile, $XDG_RUNTIME_DIR/containers/auth.json, "
+                        "~/.config/containers/auth.json or ~/.docker/config.json, else anonymous")
+    r.add_argument("--authfile", metavar="FILE", help="Docker/containers auth JSON to take credentials from")
+    r.add_argument("--tls-verify", metavar="BOOL", nargs="?", const="true", default="true",
+                   help="--tls-verify=false: accept any certificate and fall back to plain HTTP "
+                        "(a local or self-signed registry)")
+    r.add_argument("--no-cache", action="store_true",
+                   help="bypass the blob cache ($XDG_CACHE_HOME/carryon/blobs or ~/.cache/carryon/blobs)")
+
+
+def registry_options(args: argparse.Namespace, quiet: bool) -> RegistryOptions:
+    tls = args.tls_verify.lower()
+    if tls not in ("true", "false", "1", "0", "yes", "no"):
+        raise CarryonError(f"--tls-verify={args.tls_verify}: expected true or false")
+    return RegistryOptions(creds=args.creds, authfile=args.authfile, tls_verify=tls in ("true", "1", "yes"),
+                           no_cache=args.no_cache, quiet=quiet)
+
+
 @dataclass
 class RegistryOptions:
     creds: str | None = None         # --creds USER[:PASS]
@@ -161,6 +196,7 @@ class RegistryOptions:
     tls_verify: bool = True          # --tls-verify=false: no certificate check, plain HTTP allowed
     no_cache: bool = False           # --no-cache
     quiet: bool = False              # no progress, no notes
+    pulled: Pulled | None = None     # set by fetch_layout: what it downloaded
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -255,6 +291,10 @@ class _Retry(Exception):
     """A transient failure (5xx, reset, timeout, cut body): try again after a pause."""
 
 
+class _Cancelled(Exception):
+    """Another download failed (or Ctrl-C): this one stops where it is (its partial file is kept)."""
+
+
 def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """`Bearer realm="...",service="...",scope="..."` -> ("bearer", {...}) (untrusted text)."""
     scheme, _, rest = header.strip().partition(" ")
@@ -288,6 +328,11 @@ class Client:
         self.auth_header: str | None = None
         self.auth_scheme = ""                 # the challenge's, once seen
         self.requests = 0
+        self.fetched = 0                      # blob bytes received
+        self.lock = threading.Lock()          # auth state and counters, shared by the download threads
+        self.auth_lock = threading.Lock()
+        self.cancel = threading.Event()       # set: every download stops at its next step
+        self.active: set[http.client.HTTPResponse] = set()   # blob bodies being read (for abort())
         ctx = ssl.create_default_context()
         if not opts.tls_verify:
             ctx.check_hostname = False
@@ -307,7 +352,8 @@ class Client:
         req = urllib.request.Request(url, method=method, headers=headers)
         if auth:
             req.add_unredirected_header("Authorization", auth)
-        self.requests += 1
+        with self.lock:
+            self.requests += 1
         try:
             return self.opener.open(req, timeout=TIMEOUT)
         except urllib.error.HTTPError as e:
@@ -319,6 +365,25 @@ class Client:
             raise OSError(str(reason)) from None
         except http.client.HTTPException as e:
             raise ConnectionResetError(f"bad HTTP answer ({e.__class__.__name__})") from None
+
+    def _sleep(self, seconds: float) -> None:
+        """A back-off pause that ends early, with _Cancelled, when the downloads are being stopped."""
+        if self.cancel.wait(seconds):
+            raise _Cancelled()
+
+    def abort(self) -> None:
+        """Stop every download now: set `cancel` and shut down the sockets being read (a read blocked
+        on a stalled server returns at once; the thread then sees `cancel`)."""
+        self.cancel.set()
+        with self.lock:
+            active = list(self.active)
+        for resp in active:
+            sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
+            if isinstance(sock, socket.socket):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def _network_error(self, e: OSError, host: str) -> CarryonError:
         if isinstance(e, socket.gaierror):
@@ -347,7 +412,7 @@ class Client:
                     last = e
                     if not final:
                         break
-                    time.sleep(_backoff(attempt))
+                    self._sleep(_backoff(attempt))
                     continue
                 except OSError as e:
                     last = e
@@ -356,7 +421,7 @@ class Client:
                     resp.read(64 << 10)
                 if resp.status >= 500:
                     last = None
-                    time.sleep(_backoff(attempt))
+                    self._sleep(_backoff(attempt))
                     continue
                 self.base = f"{scheme}://{self.host}"
                 if resp.status == 401:
@@ -404,14 +469,14 @@ class Client:
             try:
                 resp = self._raw(url, {}, auth)
             except (ConnectionResetError, TimeoutError):
-                time.sleep(_backoff(attempt))
+                self._sleep(_backoff(attempt))
                 continue
             except OSError as e:
                 raise self._network_error(e, u.netloc) from None
             with resp:
                 body = resp.read(TOKEN_LIMIT + 1)
             if resp.status >= 500:
-                time.sleep(_backoff(attempt))
+                self._sleep(_backoff(attempt))
                 continue
             if resp.status in (401, 403):
                 raise CarryonError(f"{self.name}: the token service {u.netloc} refused access (HTTP {resp.status}); "
@@ -443,8 +508,11 @@ class Client:
             self._connect()
         renewed = False
         while True:
+            if self.cancel.is_set():
+                raise _Cancelled()
+            sent = self.auth_header
             try:
-                resp = self._raw(self.base + path, headers, self.auth_header)
+                resp = self._raw(self.base + path, headers, sent)
             except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, TimeoutError) as e:
                 raise _Retry(f"{what}: {e}") from None
             except OSError as e:
@@ -455,7 +523,9 @@ class Client:
                 resp.close()
                 if not hdr:
                     raise CarryonError(f"{self.name}: access denied to {what} (HTTP 401); tried {self._tried()}")
-                self._challenge(hdr)
+                with self.auth_lock:   # one new token for all the threads that met the challenge
+                    if self.auth_header == sent:
+                        self._challenge(hdr)
                 renewed = True
                 continue
             if 200 <= resp.status < 300:
@@ -498,9 +568,9 @@ class Client:
                     raise InputError(f"{self.name}: {what} is larger than {limit} bytes")
                 return body, ctype
             except _Retry:
-                time.sleep(_backoff(attempt))
+                self._sleep(_backoff(attempt))
             except (http.client.IncompleteRead, ConnectionResetError, TimeoutError):
-                time.sleep(_backoff(attempt))
+                self._sleep(_backoff(attempt))
         raise CarryonError(f"{self.name}: {what}: the registry keeps failing (gave up after {RETRIES} tries)")
 
 
@@ -629,10 +699,12 @@ def _disk_error(e: OSError, where: str, d: Descriptor) -> CarryonError:
     return CarryonError(f"cannot write {where}: {e.strerror or e}")
 
 
-def download_blob(client: Client, d: Descriptor, dest: str, what: str, progress: ProgressFn) -> None:
+def download_blob(client: Client, d: Descriptor, dest: str, what: str, progress: ProgressFn,
+                  where: str | None = None) -> None:
     """Fetch blob `d` into `dest` (verified, then renamed into place). A leftover `dest.partial` from an
-    earlier run is resumed with a Range request; so is a connection cut in this run."""
-    where = os.path.dirname(dest)
+    earlier run is resumed with a Range request; so is a connection cut in this run. `where` names
+    dest's place in messages (default: its directory)."""
+    where = where or os.path.dirname(dest)
     partial = dest + ".partial"
     try:
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -649,11 +721,24 @@ def download_blob(client: Client, d: Descriptor, dest: str, what: str, progress:
         _fetch_into(client, d, f, partial, where, what, progress)
         os.replace(partial, dest)
     except BaseException:
-        if os.path.basename(partial).startswith(os.path.basename(dest) + ".partial-"):
+        private = os.path.basename(partial).startswith(os.path.basename(dest) + ".partial-")
+        empty = os.fstat(f.fileno()).st_size == 0
+        if private or empty:   # nothing to resume: no leftover
             _unlink(partial)
         raise
     finally:
         f.close()
+
+
+def _truncate(fd: int, size: int) -> None:
+    os.ftruncate(fd, size)
+    os.lseek(fd, size, os.SEEK_SET)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _unlink(path: str) -> None:
@@ -667,8 +752,8 @@ def _fetch_into(client: Client, d: Descriptor, f: BinaryIO, partial: str, where:
                 progress: ProgressFn) -> None:
     h = hashlib.sha256()
     have = _hash_file(f, h, d.size)            # what an earlier run left
-    f.seek(have)
-    f.truncate()
+    fd = f.fileno()                            # from here on written unbuffered: a failed write leaves
+    _truncate(fd, have)                        # nothing pending in a buffer
     progress(have)
     failures = 0
     restarted = False
@@ -677,56 +762,74 @@ def _fetch_into(client: Client, d: Descriptor, f: BinaryIO, partial: str, where:
         if have < d.size:
             headers = {"Range": f"bytes={have}-"} if have else {}
             got = 0
+            resp = None
             try:
-                with client.get(path, headers, f"{what} {d.digest}") as resp:
+                resp = client.get(path, headers, f"{what} {d.digest}")
+                with client.lock:
+                    client.active.add(resp)
+                if client.cancel.is_set():      # abort() ran before the add: it could not stop this one
+                    raise _Cancelled()
+                with resp:
                     if have and resp.status != 206:      # the range was ignored: start over
-                        f.seek(0)
-                        f.truncate()
+                        _truncate(fd, 0)
                         progress(-have)
                         h, have = hashlib.sha256(), 0
                     elif have:
                         m = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range") or "")
                         if not m or int(m.group(1)) != have:
                             raise _Retry("bad Content-Range")
-                    while chunk := resp.read(CHUNK):
+                    while chunk := resp.read1(CHUNK):   # what has come: kept even if a stop follows
                         if have + len(chunk) > d.size:
                             raise InputError(f"{client.name}: {what} {d.digest}: the registry sent more than "
                                              f"the {d.size} bytes its descriptor says")
                         try:
-                            f.write(chunk)
+                            _write_all(fd, chunk)
                         except OSError as e:
-                            f.seek(0)
-                            f.truncate()
+                            _truncate(fd, 0)
                             raise _disk_error(e, where, d) from None
                         h.update(chunk)
                         have += len(chunk)
                         got += len(chunk)
+                        with client.lock:
+                            client.fetched += len(chunk)
                         progress(len(chunk))
+                        if client.cancel.is_set():   # what came before the stop is kept, to resume
+                            raise _Cancelled()
             except (_Retry, http.client.IncompleteRead, ConnectionResetError, ConnectionAbortedError,
-                    TimeoutError) as e:
+                    TimeoutError, OSError) as e:
+                if client.cancel.is_set():       # abort() shut the socket down under this read
+                    raise _Cancelled() from None
+                if not isinstance(e, _Retry | http.client.IncompleteRead | ConnectionResetError
+                                  | ConnectionAbortedError | TimeoutError):
+                    raise
                 failures = 0 if got else failures + 1
                 if failures >= RETRIES:
                     raise CarryonError(f"{client.name}: downloading {what} {d.digest} keeps failing "
                                        f"({e}); run again to resume") from None
-                time.sleep(_backoff(failures))
+                client._sleep(_backoff(failures))
                 continue
+            finally:
+                if resp is not None:
+                    with client.lock:
+                        client.active.discard(resp)
+                    resp.close()
+            if client.cancel.is_set():
+                raise _Cancelled()
             if have < d.size:   # a clean end before the size: a cut connection
                 failures = 0 if got else failures + 1
                 if failures >= RETRIES:
                     raise CarryonError(f"{client.name}: {what} {d.digest}: the registry sent {have} of "
                                        f"{d.size} bytes; run again to resume")
-                time.sleep(_backoff(failures))
+                client._sleep(_backoff(failures))
                 continue
         try:
-            f.flush()
-            os.fsync(f.fileno())
+            os.fsync(fd)
         except OSError as e:
             raise _disk_error(e, where, d) from None
         got_digest = "sha256:" + h.hexdigest()
         if got_digest == d.digest:
             return
-        f.seek(0)
-        f.truncate()
+        _truncate(fd, 0)
         if have != d.size or restarted:
             raise InputError(f"{client.name}: {what} {d.digest}: digest mismatch (the registry sent "
                              f"content {got_digest})")
@@ -736,18 +839,65 @@ def _fetch_into(client: Client, d: Descriptor, f: BinaryIO, partial: str, where:
         h, have = hashlib.sha256(), 0
 
 
+def _download_all(client: Client, todo: list[tuple[str, Descriptor, str, int]], board: Board,
+                  where: str | None = None) -> None:
+    """Download `todo` ((what, descriptor, dest, board item)), JOBS at a time. The first failure stops
+    the others (abort(): their partial files stay for a later resume) and is raised once they are
+    done; so is Ctrl-C."""
+    def one(what: str, d: Descriptor, dest: str, item: int) -> None:
+        if client.cancel.is_set():
+            raise _Cancelled()
+        board.set_state(item, "downloading")
+        try:
+            download_blob(client, d, dest, what, lambda k: board.advance(item, k), where)
+        except BaseException:
+            board.set_state(item, "stopped" if client.cancel.is_set() else "failed")
+            raise
+        board.set_state(item, "done")
+
+    if not todo:
+        return
+    with ThreadPoolExecutor(max_workers=min(JOBS, len(todo)), thread_name_prefix="carryon-pull") as pool:
+        try:
+            futures = [pool.submit(one, *job) for job in todo]
+            wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:           # Ctrl-C: stop them all; leaving the `with` waits for them
+            client.abort()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        errors = [e for fut in futures if fut.done() and not fut.cancelled()
+                  and (e := fut.exception()) is not None and not isinstance(e, _Cancelled)]
+        if errors:
+            client.abort()
+            pool.shutdown(wait=False, cancel_futures=True)
+    if errors:
+        raise errors[0]
+
+
 # ---------------------------------------------------------------- the whole pull
+
+def pulled_note(p: Pulled | None) -> str:
+    """For pack's summary line: what the pull downloaded (nothing on a full cache hit)."""
+    if p is None:
+        return ""
+    if not p.fetched_blobs:
+        return f"; downloaded nothing (all {p.blobs} blobs from the cache)"
+    return f"; downloaded {p.fetched_blobs} of {p.blobs} blobs ({p.downloaded / 1e6:.1f} MB)"
+
 
 @dataclass
 class Pulled:
     layout: str                 # an OCI image layout dir, one manifest in index.json
     description: str            # "registry HOST/REPO:TAG"
-    downloaded: int             # bytes fetched (0 on a full cache hit)
+    downloaded: int             # bytes of blobs received (0 on a full cache hit)
     requests: int               # HTTP requests made
+    fetched_blobs: int          # blobs downloaded (or resumed)
+    blobs: int                  # blobs the image needs (config and layers)
 
 
-def fetch_layout(source: str, platform: str, workdir: str, opts: RegistryOptions) -> Pulled:
-    """Pull `source` (docker://...) for `platform` into `workdir/registry/` (see the module doc)."""
+def fetch_layout(source: str, platform: str, workdir: str, opts: RegistryOptions, with_layers: bool = True) -> Pulled:
+    """Pull `source` (docker://...) for `platform` into `workdir/registry/` (see the module doc);
+    without `with_layers` only the manifest and the config (what `carryon inspect` shows)."""
     ref = parse_reference(source)
     client = Client(ref, opts)
     name = client.name
@@ -791,13 +941,12 @@ def fetch_layout(source: str, platform: str, workdir: str, opts: RegistryOptions
     if cdir is None and not opts.no_cache and not opts.quiet:
         sys.stderr.write(f"carryon pack: note: no blob cache ({why}); downloading into the work directory\n")
 
-    wanted = [("config", config)] + [(f"layer {i}", ly) for i, ly in enumerate(layers)]
+    wanted: list[tuple[str, Descriptor]] = []       # each blob once (a layer may repeat)
+    for what, d in [("config", config)] + ([(f"layer {i}", ly) for i, ly in enumerate(layers)] if with_layers else []):
+        if all(d.digest != x.digest for _w, x in wanted):
+            wanted.append((what, d))
     todo: list[tuple[str, Descriptor, str]] = []
-    seen: set[str] = set()
     for what, d in wanted:
-        if d.digest in seen:
-            continue
-        seen.add(d.digest)
         hexd = d.digest.split(":", 1)[1]
         link = os.path.join(blobs, hexd)
         if cdir is None:
@@ -808,21 +957,14 @@ def fetch_layout(source: str, platform: str, workdir: str, opts: RegistryOptions
             _unlink(cached)
             todo.append((what, d, cached))
         os.symlink(cached, link)
+    queued = {d.digest for _w, d, _p in todo}
+    items = {d.digest: k for k, (_w, d) in enumerate(wanted)}
 
-    total = sum(d.size for _w, d, _p in todo)
-    downloaded = [0]
-    with Bar("pulling", total, enabled=False if opts.quiet or not todo else None) as bar:
-        for n, (what, d, dest) in enumerate(todo, 1):
-            label = f"{what} ({n}/{len(todo)}) {d.digest[7:19]}"
-            layer_done = [0]
-
-            def progress(k: int, label: str = label, size: int = d.size, layer_done: list[int] = layer_done) -> None:
-                downloaded[0] += k
-                layer_done[0] += k
-                bar.detail = f"  {label} {layer_done[0] / 1e6:.1f}/{size / 1e6:.1f} MB"
-                bar.update(downloaded[0])
-            download_blob(client, d, dest, what, progress)
-
+    with Board("total", enabled=False if opts.quiet or not todo else None) as board:
+        for what, d in wanted:
+            board.add(f"{what} {d.digest[7:19]}", d.size, "waiting" if d.digest in queued else "cached")
+        _download_all(client, [(what, d, dest, items[d.digest]) for what, d, dest in todo], board,
+                      None if cdir else f"{os.path.dirname(os.path.abspath(workdir))} (temporary files)")
     hexm = digest.split(":", 1)[1]
     with open(os.path.join(blobs, hexm), "wb") as fb:
         fb.write(body)
@@ -833,4 +975,5 @@ def fetch_layout(source: str, platform: str, workdir: str, opts: RegistryOptions
         json.dump(index, f)
     with open(os.path.join(layout, "oci-layout"), "w") as f:
         f.write('{"imageLayoutVersion": "1.0.0"}')
-    return Pulled(layout, f"registry {ref}", downloaded[0], client.requests)
+    opts.pulled = Pulled(layout, f"registry {ref}", client.fetched, client.requests, len(todo), len(wanted))
+    return opts.pulled

@@ -230,7 +230,8 @@ def _ref_matches(ref: str, tag: str) -> bool:
 
 # ---------------------------------------------------------------- OCI
 
-def _oci_image(store: Store, fmt: str, desc: str, tag: str | None, platform: str | None) -> Image:
+def _oci_image(store: Store, fmt: str, desc: str, tag: str | None, platform: str | None,
+               layers_needed: bool = True) -> Image:
     if not store.exists("index.json"):
         raise InputError(f"{desc}: no index.json (not an OCI image layout)")
     index = _json(store.read("index.json"), f"{desc}: index.json")
@@ -271,7 +272,12 @@ def _oci_image(store: Store, fmt: str, desc: str, tag: str | None, platform: str
         digest = ld.get("digest", "")
         name = _blob_name(digest)
         if not store.exists(name):
-            raise InputError(f"{desc}: layer {i} {digest}: blob missing from the image")
+            if layers_needed:
+                raise InputError(f"{desc}: layer {i} {digest}: blob missing from the image")
+            size = ld.get("size")   # described only (`carryon inspect` of a registry image)
+            layers.append(LayerRef(i, digest, diff_id, size if isinstance(size, int) else 0,
+                                   ld.get("mediaType", ""), name, partial(store.open, name)))
+            continue
         layers.append(LayerRef(i, digest, diff_id, store.size(name), ld.get("mediaType", ""), name,
                                partial(store.open, name)))
     return Image(desc, fmt, chosen_tag, _config_platform(config, desc, platform), mdigest, cdigest, config,
@@ -454,10 +460,12 @@ def split_transport(source: str) -> tuple[str | None, str]:
 
 
 def open_image(source: str, tag: str | None = None, platform: str | None = None,
-               workdir: str | None = None, registry: RegistryOptions | None = None) -> Image:
+               workdir: str | None = None, registry: RegistryOptions | None = None,
+               layers: bool = True) -> Image:
     """Open SOURCE: a path, `-` for a tar on stdin (`workdir` holds any spooled copy), skopeo's
     `oci:`/`oci-archive:`/`docker-archive:` names for the same, or `docker://REF`, pulled from a
-    registry (packer.registry, options `registry`) into an OCI layout in `workdir` and read as one."""
+    registry (packer.registry, options `registry`) into an OCI layout in `workdir` and read as one;
+    without `layers` a registry's layers are not downloaded (their LayerRefs only describe them)."""
     if platform is not None:
         parse_platform(platform)
     transport, rest = split_transport(source)
@@ -468,8 +476,8 @@ def open_image(source: str, tag: str | None = None, platform: str | None = None,
             raise InputError(f"--tag {tag!r}: a docker:// source names its tag itself (docker://REPO:TAG)")
         if workdir is None:
             raise InputError("pulling from a registry needs a work directory")
-        pulled = fetch_layout(source, platform or DEFAULT_PLATFORM, workdir, registry or _Opts())
-        return _oci_image(DirStore(pulled.layout), "registry", pulled.description, None, platform)
+        pulled = fetch_layout(source, platform or DEFAULT_PLATFORM, workdir, registry or _Opts(), layers)
+        return _oci_image(DirStore(pulled.layout), "registry", pulled.description, None, platform, layers)
     if transport is not None:
         path, tag = split_source_tag(rest, tag)
         if not os.path.exists(path):

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Pack benchmark: carryon pack vs `umoci unpack --rootless` + `tar | zstd`, on debian-python.
+"""Pack benchmark: carryon pack vs `umoci unpack --rootless` + `tar | zstd`, on debian-python; and
+packing from a registry vs `skopeo copy` + pack.
 
-    /opt/cvenv/bin/python scripts/bench_pack.py [IMAGE.oci.tar] [--rounds N] [--quick] [--care-only]
+    /opt/cvenv/bin/python scripts/bench_pack.py [IMAGE.oci.tar] [--rounds N] [--quick] [--care-only] [--registry-only]
 
-Prints one markdown table, all numbers measured in this run (machines are noisy: compare the ratios).
+Prints markdown tables, all numbers measured in this run (machines are noisy: compare the ratios).
 Goals (issue 2): pack time <= the umoci pipeline's; rootfs payload at the default level <= the gzip'd
 OCI archive; at --level 19 <= 1.05 x `zstd -19` of the same squashed tar. `--quick` skips level 19.
 Needs umoci, tar and zstd on PATH. Pack time excludes building the runtime (`--bare`).
@@ -13,6 +14,12 @@ a run of the image's command (debian-python: `fib.py 20`), both complete self-ex
 runtime is built once before): file and rootfs sizes, pack time, cold start (a fresh CARRYON_CACHE: the
 runtime and the image extracted) and warm start. Goals: traced <= 15 % of the full size, cold start
 <= 30 % of the full one's, pack with tracing <= 2x the full pack.
+
+Registry (issue 20; skipped without `docker-registry` and `skopeo`): the image is pushed by skopeo to
+a Debian docker-registry on loopback; then, interleaved, `carryon pack docker://...` with an empty
+blob cache vs `skopeo copy docker://... oci:DIR` + `carryon pack DIR`, and a second `carryon pack
+docker://...` with the cache it filled, which must download nothing. Bytes downloaded are counted from
+the registry's access log (blob GETs), not from carryon's own report.
 """
 
 from __future__ import annotations
@@ -110,20 +117,139 @@ def care_rows(image: Path, work: Path, rounds: int) -> None:
         print(f"| {name} | {ratio:.2f} | {'yes' if ratio <= limit else 'NO'} |")
 
 
+class LoopbackRegistry:
+    """docker-registry on 127.0.0.1 (storage and access log in `root`)."""
+
+    def __init__(self, root: Path) -> None:
+        import socket
+        with socket.socket() as so:
+            so.bind(("127.0.0.1", 0))
+            self.port = so.getsockname()[1]
+        self.host = f"127.0.0.1:{self.port}"
+        (root / "config.yml").write_text(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\nhttp:\n  addr: {self.host}\n")
+        self.log = root / "access.log"
+        self._logf = open(self.log, "wb")
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
+                                     stdout=self._logf, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"bench_pack: docker-registry did not start: {self.log.read_text()}") from None
+                time.sleep(0.05)
+
+    def blob_bytes(self, since: int) -> int:
+        """Bytes of blob bodies served since log offset `since` (combined log: `"GET ..." STATUS BYTES`)."""
+        import re
+        with open(self.log, "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", "replace")
+        blob_get = r'"GET /v2/[^"]*/blobs/sha256:[0-9a-f]+ HTTP/[0-9.]+" 20[06] (\d+)'
+        return sum(int(m.group(1)) for m in re.finditer(blob_get, text))
+
+    def offset(self) -> int:
+        self._logf.flush()
+        time.sleep(0.2)           # the registry writes its log line after the body
+        return self.log.stat().st_size
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._logf.close()
+
+
+def registry_rows(image: Path, work: Path, rounds: int) -> None:
+    """The registry table (see the module docstring)."""
+    reg = LoopbackRegistry(work)
+    try:
+        ref = f"{reg.host}/debian-python:latest"
+        subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", "--dest-tls-verify=false",
+                        f"oci-archive:{image}", f"docker://{ref}"], check=True)
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        cold, warm, sk_copy, sk_pack = [], [], [], []
+        got_cold = got_warm = got_skopeo = 0
+        note = ""
+        for r in range(rounds):
+            cache = work / f"cache{r}"
+            at = reg.offset()
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "packer.cli", "pack", "--bare", "-q", "--tls-verify=false",
+                            f"docker://{ref}", "-o", str(work / "reg.run")], check=True,
+                           env=dict(env, XDG_CACHE_HOME=str(cache)))
+            cold.append(time.perf_counter() - t)
+            got_cold = reg.blob_bytes(at)
+            oci = work / f"skopeo{r}"
+            at = reg.offset()
+            sk_copy.append(timed(["skopeo", "--insecure-policy", "copy", "-q", "--src-tls-verify=false",
+                                  f"docker://{ref}", f"oci:{oci}:latest"]))
+            got_skopeo = reg.blob_bytes(at)
+            sk_pack.append(timed([sys.executable, "-m", "packer.cli", "pack", "--bare", "-q", str(oci), "-o",
+                                  str(work / "sk.run")], env=env))
+            shutil.rmtree(oci)
+            at = reg.offset()
+            t = time.perf_counter()
+            p = subprocess.run([sys.executable, "-m", "packer.cli", "pack", "--bare", "--tls-verify=false",
+                                f"docker://{ref}", "-o", str(work / "reg2.run")], check=True,
+                               env=dict(env, XDG_CACHE_HOME=str(cache)), stderr=subprocess.PIPE, text=True)
+            warm.append(time.perf_counter() - t)
+            got_warm = reg.blob_bytes(at)
+            note = p.stderr.strip().rsplit("; ", 1)[-1]
+            shutil.rmtree(cache)
+        same = (read_layout(str(work / "reg.run")).sections["rootfs"].sha256
+                == read_layout(str(work / "sk.run")).sections["rootfs"].sha256)
+        med = statistics.median
+        pipe = med([a + b for a, b in zip(sk_copy, sk_pack)])
+        print(f"\n## pack from a registry: {image.name} on a loopback docker-registry (median of {rounds})\n")
+        print("| step | time (s) | downloaded (MB, registry log) |")
+        print("|---|---:|---:|")
+        print(f"| carryon pack docker://… (empty blob cache) | {med(cold):.2f} | {got_cold / 1e6:.2f} |")
+        print(f"| skopeo copy docker://… oci:DIR | {med(sk_copy):.2f} | {got_skopeo / 1e6:.2f} |")
+        print(f"| carryon pack DIR | {med(sk_pack):.2f} | |")
+        print(f"| skopeo copy + carryon pack total | {pipe:.2f} | {got_skopeo / 1e6:.2f} |")
+        print(f"| carryon pack docker://… again (cache filled) | {med(warm):.2f} | {got_warm / 1e6:.2f} |")
+        print("\n| goal / comparison | value | met |")
+        print("|---|---:|---|")
+        print(f"| the second pack downloads nothing | {got_warm} bytes ({note}) | {'yes' if got_warm == 0 else 'NO'} |")
+        print(f"| same rootfs as skopeo copy + pack | | {'yes' if same else 'NO'} |")
+        print(f"| pull + pack vs skopeo copy + pack (time) | {med(cold) / pipe:.2f}x | (no goal) |")
+        print(f"| second pack vs pack of the local DIR (time) | {med(warm) / med(sk_pack):.2f}x | (no goal) |")
+    finally:
+        reg.stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("image", nargs="?", default=str(DEFAULT_IMAGE))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="skip the --level 19 measurements")
     ap.add_argument("--care-only", action="store_true", help="only the CARE-mode (--trace) table")
+    ap.add_argument("--registry-only", action="store_true", help="only the registry table")
     args = ap.parse_args()
     image = Path(args.image)
     if not image.exists():
         print(f"bench_pack: {image} not found", file=sys.stderr)
         return 1
+    with_registry = all(shutil.which(t) for t in ("docker-registry", "skopeo"))
+    if not with_registry:
+        print("bench_pack: no registry table (needs docker-registry and skopeo)", file=sys.stderr)
     if args.care_only:
         with tempfile.TemporaryDirectory(prefix="bench-pack-care-") as d:
             care_rows(image, Path(d), args.rounds)
+        return 0
+    if args.registry_only:
+        if not with_registry:
+            return 1
+        with tempfile.TemporaryDirectory(prefix="bench-pack-reg-") as d:
+            registry_rows(image, Path(d), args.rounds)
         return 0
     for tool in ("umoci", "tar", "zstd"):
         if shutil.which(tool) is None:
@@ -180,6 +306,9 @@ def main() -> int:
             print(f"| {name} | {ratio} | {'yes' if ok else 'NO'} |")
         remove_tree(str(work / "bundle")) if (work / "bundle").exists() else None
         care_rows(image, work, args.rounds)
+    if with_registry:
+        with tempfile.TemporaryDirectory(prefix="bench-pack-reg-") as d:
+            registry_rows(image, Path(d), args.rounds)
     return 0
 
 

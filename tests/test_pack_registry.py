@@ -14,14 +14,18 @@ import http.server
 import json
 import os
 import re
+import selectors
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tarfile
 import threading
 import time
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -107,7 +111,12 @@ class Registry:
 class Proxy:
     """An HTTP proxy to `upstream` (host:port) that logs (path, Range), and on demand cuts a blob body
     after `cut_after` bytes (`cuts` times; `die` then stops listening), answers `fail` rules
-    ([regex, status, headers, times]) itself, or demands a bearer token from its own /token."""
+    ([regex, status, headers, times]) itself (`after_trickle` rules once a trickle began and `ready()`
+    says so), or
+    demands a bearer token from its own /token. It counts the blob GETs in flight at once (`most`);
+    with `gate` N a blob GET waits (up to 10 s) until N were in flight together. A blob whose path
+    matches `trickle` gets 1000 bytes, then one byte every 50 ms for 10 s, then a cut; a failed write
+    meanwhile (the client went away) sets `aborted`."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
@@ -117,6 +126,15 @@ class Proxy:
         self.die = False
         self.fail: list[list] = []
         self.bearer: str | None = None
+        self.rotate = False
+        self.gate = 0
+        self.inflight = self.most = 0
+        self.cond = threading.Condition()
+        self.trickle: str | None = None
+        self.trickling = threading.Event()
+        self.aborted = threading.Event()
+        self.after_trickle: list[list] = []
+        self.ready: Callable[[], bool] = lambda: True
         px = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -135,6 +153,34 @@ class Proxy:
 
             def do_GET(self) -> None:
                 px.log.append((self.path, self.headers.get("Range")))
+                if "/blobs/" not in self.path:
+                    self._get()
+                    return
+                with px.cond:
+                    px.inflight += 1
+                    px.most = max(px.most, px.inflight)
+                    px.cond.notify_all()
+                    px.cond.wait_for(lambda: px.most >= px.gate, timeout=10)
+                try:
+                    self._get()
+                finally:
+                    with px.cond:
+                        px.inflight -= 1
+
+            def _trickle(self, data: bytes) -> None:
+                self.close_connection = True
+                try:
+                    self.wfile.write(data[:1000])
+                    self.wfile.flush()
+                    px.trickling.set()
+                    for i in range(200):
+                        time.sleep(0.05)
+                        self.wfile.write(data[1000 + i:1001 + i])
+                        self.wfile.flush()
+                except OSError:
+                    px.aborted.set()
+
+            def _get(self) -> None:
                 if px.bearer is not None:
                     if self.path.startswith("/token"):
                         self._send(200, json.dumps({"token": px.bearer}).encode(), {})
@@ -144,9 +190,12 @@ class Proxy:
                         self._send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}',
                                    {"WWW-Authenticate": f'Bearer realm="{realm}",service="carryon-test"'})
                         return
-                for rule in px.fail:
+                for rule in px.fail + px.after_trickle:
                     if rule[3] > 0 and re.search(rule[0], self.path):
                         rule[3] -= 1
+                        if rule in px.after_trickle:
+                            px.trickling.wait(10)
+                            wait_until(px.ready)
                         self._send(rule[1], b'{"errors":[]}', rule[2])
                         return
                 conn = http.client.HTTPConnection(px.upstream, timeout=30)
@@ -157,12 +206,18 @@ class Proxy:
                 r = conn.getresponse()
                 data = r.read()
                 conn.close()
+                if px.rotate and "/manifests/" in self.path:   # the token expires: a new one from now on
+                    px.rotate = False
+                    px.bearer = "tok-" + os.urandom(8).hex()
                 self.send_response(r.status)
                 for k, v in r.getheaders():
                     if k.lower() not in ("content-length", "transfer-encoding", "connection", "keep-alive"):
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                if px.trickle and re.search(px.trickle, self.path) and r.status == 200:
+                    self._trickle(data)
+                    return
                 if "/blobs/" in self.path and px.cuts > 0 and len(data) > px.cut_after:
                     px.cuts -= 1
                     self.wfile.write(data[:px.cut_after])
@@ -193,9 +248,98 @@ class Proxy:
             threading.Thread(target=self.server.shutdown, daemon=True).start()
 
 
-def carryon(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+class ForwardProxy:
+    """A forward HTTP proxy as `http_proxy`/`https_proxy` name one: absolute-URL GETs and CONNECT
+    tunnels (HTTPS), each logged as (method, target); `auth` keeps the Proxy-Authorization headers."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str]] = []
+        self.auth: list[str | None] = []
+        px = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                px.log.append(("GET", self.path))
+                u = urllib.parse.urlsplit(self.path)
+                conn = http.client.HTTPConnection(u.netloc, timeout=30)
+                hdrs = {k: v for k, v in self.headers.items()
+                        if k.lower() not in ("host", "connection", "proxy-connection", "keep-alive")}
+                conn.request("GET", u.path + (f"?{u.query}" if u.query else ""), headers=hdrs)
+                r = conn.getresponse()
+                data = r.read()
+                conn.close()
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "keep-alive"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_CONNECT(self) -> None:
+                px.log.append(("CONNECT", self.path))
+                px.auth.append(self.headers.get("Proxy-Authorization"))
+                host, port = self.path.rsplit(":", 1)
+                up = socket.create_connection((host, int(port)), timeout=30)
+                self.send_response(200, "Connection established")
+                self.end_headers()
+                self.close_connection = True
+                sel = selectors.DefaultSelector()
+                sel.register(self.connection, selectors.EVENT_READ, up)
+                sel.register(up, selectors.EVENT_READ, self.connection)
+                try:
+                    while True:
+                        for key, _ in sel.select(30):
+                            data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                            if not data:
+                                return
+                            key.data.sendall(data)
+                except OSError:
+                    pass
+                finally:
+                    up.close()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.hostport = f"127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"http://{self.hostport}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+Env = dict[str, str | None]
+
+
+def wait_until(cond: Callable[[], bool], limit: float = 20) -> bool:
+    """Poll `cond` until it holds (True) or `limit` seconds pass (False)."""
+    deadline = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _has_bytes(path: Path, n: int) -> Callable[[], bool]:
+    return lambda: path.exists() and path.stat().st_size >= n
+
+
+def carryon(*args: str, env: Env | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`carryon ARGS` with the test's environment changed by `env` (a None value removes the variable)."""
     e = dict(os.environ, PYTHONPATH=str(REPO))
-    e.update(env or {})
+    for k, v in (env or {}).items():
+        if v is None:
+            e.pop(k, None)
+        else:
+            e[k] = v
     return subprocess.run(CARRYON + list(args), capture_output=True, text=True, env=e, cwd=cwd or REPO)
 
 
@@ -205,14 +349,14 @@ def rootfs_sha(run: Path) -> str:
     return json.loads(p.stdout)["rootfs"]["sha256"]
 
 
-def pack_ok(src: str, out: Path, cache: Path, *extra: str, env: dict[str, str] | None = None) -> dict:
+def pack_ok(src: str, out: Path, cache: Path, *extra: str, env: Env | None = None) -> dict:
     p = carryon("pack", "--bare", "-q", *extra, src, "-o", str(out), env={"XDG_CACHE_HOME": str(cache), **(env or {})})
     assert p.returncode == 0, p.stderr
     doc = json.loads(carryon("inspect", "--json", str(out)).stdout)
     return doc
 
 
-def pack_fails(src: str, out: Path, cache: Path, *extra: str, env: dict[str, str] | None = None) -> str:
+def pack_fails(src: str, out: Path, cache: Path, *extra: str, env: Env | None = None) -> str:
     p = carryon("pack", "--bare", *extra, src, "-o", str(out), env={"XDG_CACHE_HOME": str(cache), **(env or {})})
     assert p.returncode == 125, (p.returncode, p.stderr)
     lines = p.stderr.splitlines()
@@ -383,11 +527,16 @@ def test_a_repack_downloads_nothing_and_no_cache_bypasses(reg, tmp_path):
         assert all(re.fullmatch(r"[0-9a-f]{64}", n) for n in cached) and len(cached) == len(first)
         assert (c / "carryon" / "blobs").stat().st_mode & 0o077 == 0
         px.log.clear()
-        pack_ok(f"docker://{px.host}/edge", tmp_path / "2.run", c, "--tls-verify=false")
+        p = carryon("pack", "--bare", "--tls-verify=false", f"docker://{px.host}/edge", "-o", str(tmp_path / "2.run"),
+                    env={"XDG_CACHE_HOME": str(c)})
+        assert p.returncode == 0 and "; downloaded nothing (all 5 blobs from the cache)" in p.stderr, p.stderr
         assert px.blob_gets() == [] and any("/manifests/" in p for p, _ in px.log)
         assert rootfs_sha(tmp_path / "1.run") == rootfs_sha(tmp_path / "2.run")
         px.log.clear()
-        pack_ok(f"docker://{px.host}/edge", tmp_path / "3.run", c, "--tls-verify=false", "--no-cache")
+        p = carryon("pack", "--bare", "--tls-verify=false", "--no-cache", f"docker://{px.host}/edge", "-o",
+                    str(tmp_path / "3.run"), env={"XDG_CACHE_HOME": str(c)})
+        size = sum((c / "carryon" / "blobs" / "sha256" / n).stat().st_size for n in cached)
+        assert p.returncode == 0 and f"; downloaded 5 of 5 blobs ({size / 1e6:.1f} MB)" in p.stderr, p.stderr
         assert len(px.blob_gets()) == len(first)
         # a damaged cache entry is fetched again, not used
         victim = c / "carryon" / "blobs" / "sha256" / cached[0]
@@ -428,16 +577,109 @@ def test_registry_dying_mid_blob_fails_cleanly_and_a_rerun_resumes(reg, local_sh
     px.cut_after, px.cuts, px.die = 4096, 1, True
     line = pack_fails(f"docker://{px.host}/edge", tmp_path / "a.run", c, "--tls-verify=false")
     assert "connection refused" in line
-    partial = [p for p in (c / "carryon" / "blobs" / "sha256").iterdir() if p.name.endswith(".partial")]
-    assert len(partial) == 1 and partial[0].stat().st_size == 4096
+    # the cut blob is kept to resume (the other downloads, stopped with it, may have left some too)
+    partial = {p.name: p.stat().st_size for p in (c / "carryon" / "blobs" / "sha256").iterdir()
+               if p.name.endswith(".partial")}
+    assert 4096 in partial.values() and 0 not in partial.values()
     px2 = Proxy(reg.host)
     try:
         doc = pack_ok(f"docker://{px2.host}/edge", tmp_path / "a.run", c, "--tls-verify=false")
         assert doc["rootfs"]["sha256"] == local_shas["edge"]
-        assert "bytes=4096-" in [r for _, r in px2.blob_gets()]
+        ranges = {p.rsplit(":", 1)[1]: r for p, r in px2.blob_gets()}
+        assert {n[:-len(".partial")]: f"bytes={k}-" for n, k in partial.items()}.items() <= ranges.items()
         assert not [p for p in (c / "carryon" / "blobs" / "sha256").iterdir() if p.name.endswith(".partial")]
     finally:
         px2.stop()
+
+
+def test_blobs_download_several_at_once(reg, local_shas, tmp_path):
+    px = Proxy(reg.host)
+    try:
+        px.gate = 2        # each blob GET waits until two were in flight together (10 s at most)
+        doc = pack_ok(f"docker://{px.host}/edge", tmp_path / "a.run", tmp_path / "c", "--tls-verify=false")
+        assert doc["rootfs"]["sha256"] == local_shas["edge"]
+        assert 2 <= px.most <= 3 and len(px.blob_gets()) == 5
+    finally:
+        px.stop()
+
+
+def test_a_failed_download_stops_the_others_at_once(reg, tmp_path):
+    _, m = reg.manifest("edge", "latest")
+    slow, bad = m["layers"][0]["digest"], m["layers"][1]["digest"]
+    px = Proxy(reg.host)
+    try:
+        c = tmp_path / "c"
+        px.trickle = re.escape(slow)          # layer 0 comes at 20 bytes/s: 10 s, then a cut
+        px.after_trickle.append([re.escape(bad), 403, {}, 1])   # once carryon has written 1000 bytes of it
+        px.ready = _has_bytes(c / "carryon" / "blobs" / "sha256" / (slow.split(":")[1] + ".partial"), 1000)
+        line = pack_fails(f"docker://{px.host}/edge", tmp_path / "a.run", c, "--tls-verify=false")
+        assert f"access denied to layer 1 {bad} (HTTP 403)" in line
+        # the slow download was stopped by the client (not left to run its 10 s): what it got is kept to
+        # resume, nothing is in the cache under the blob's name
+        assert px.trickling.is_set() and px.aborted.wait(5)
+        blobs = c / "carryon" / "blobs" / "sha256"
+        assert not (blobs / slow.split(":")[1]).exists()
+        assert (blobs / (slow.split(":")[1] + ".partial")).stat().st_size >= 1000
+    finally:
+        px.stop()
+
+
+def test_ctrl_c_stops_every_download_and_keeps_the_partial_blob(reg, tmp_path):
+    _, m = reg.manifest("edge", "latest")
+    slow = m["layers"][0]["digest"]
+    px = Proxy(reg.host)
+    try:
+        px.trickle = re.escape(slow)
+        c = tmp_path / "c"
+        p = subprocess.Popen(CARRYON + ["pack", "--bare", "--tls-verify=false", f"docker://{px.host}/edge", "-o",
+                                        str(tmp_path / "a.run")], stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(c)), cwd=REPO)
+        partial = c / "carryon" / "blobs" / "sha256" / (slow.split(":")[1] + ".partial")
+        assert px.trickling.wait(20) and wait_until(_has_bytes(partial, 1000))
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 130 and err == "carryon pack: interrupted\n", (p.returncode, err)
+        assert px.aborted.wait(5) and not (tmp_path / "a.run").exists()
+        assert partial.exists() and 1000 <= partial.stat().st_size < m["layers"][0]["size"]
+    finally:
+        px.stop()
+
+
+def test_progress_per_blob_and_total_on_a_terminal(reg, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path / "c"))
+    p = subprocess.Popen(CARRYON + ["pack", "--bare", "--tls-verify=false", f"docker://{reg.host}/edge",
+                                    "-o", str(tmp_path / "a.run")], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=slave, env=env, cwd=REPO)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.wait() == 0, out
+    text = out.decode()
+    _, m = reg.manifest("edge", "latest")
+    # the board's last frame: a line per blob and the total, all done
+    last = list(re.finditer(r"\r\x1b\[(\d+)A", text))[-1]
+    frame = [ln.replace("\x1b[K", "").strip() for ln in text[last.end():].split("\n")[:int(last.group(1))]]
+    want = [f"config {m['config']['digest'][7:19]}"] + [f"layer {i} {ly['digest'][7:19]}"
+                                                        for i, ly in enumerate(m["layers"])]
+    assert [ln.split("  ")[0] for ln in frame] == want + ["total"], frame
+    assert all(ln.endswith("  done") for ln in frame[:-1]) and frame[-1].endswith("5/5 done"), frame
+    size = sum(ly["size"] for ly in m["layers"]) + m["config"]["size"]
+    assert f"/{size / 1e6:.1f} MB" in frame[-1]
+    assert "carryon pack: wrote" in text
 
 
 def test_5xx_is_retried_and_429_names_the_rate_limit(reg, local_shas, tmp_path):
@@ -518,6 +760,12 @@ def test_anonymous_bearer_token_flow(reg, local_shas, tmp_path):
         assert doc["rootfs"]["sha256"] == local_shas["demo"]
         tokens = [p for p, _ in px.log if p.startswith("/token")]
         assert tokens and "scope=repository%3Ans%2Fdemo2%3Apull" in tokens[0] and "service=carryon-test" in tokens[0]
+        # the token expires after the manifest: the parallel blob downloads all meet the new challenge,
+        # one of them fetches a new token, the others use it
+        px.log.clear()
+        px.rotate = True
+        doc = pack_ok(f"docker://{px.host}/edge", tmp_path / "b.run", tmp_path / "c2", "--tls-verify=false")
+        assert len([p for p, _ in px.log if p.startswith("/token")]) == 2
     finally:
         px.stop()
 
@@ -541,16 +789,130 @@ def test_self_signed_https_registry_needs_tls_verify_false(project_fixtures, loc
         r.stop()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a small tmpfs")
-def test_disk_full_in_the_blob_cache(reg, tmp_path):
+NO_PROXIES: Env = {k: None for n in ("http", "https", "no", "all") for k in (f"{n}_proxy", f"{n.upper()}_PROXY")}
+
+
+def test_proxies_from_the_environment(reg, project_fixtures, local_shas, tmp_path):
+    """HTTP through `http_proxy`/`HTTP_PROXY`, HTTPS through a CONNECT tunnel of `https_proxy`, and
+    `no_proxy` goes direct (urllib's rules, as curl's and Go's)."""
+    _need("openssl")
+    fp = ForwardProxy()
     c = tmp_path / "c"
-    c.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(c)], check=True)
     try:
-        line = pack_fails(f"docker://{reg.host}/edge", tmp_path / "a.run", c, "--tls-verify=false")
-        assert "no space left in" in line and "while downloading blob sha256:" in line
+        for var in ("http_proxy", "HTTP_PROXY"):
+            fp.log.clear()
+            doc = pack_ok(f"docker://{reg.host}/edge", tmp_path / "a.run", c, "--tls-verify=false", "--no-cache",
+                          env={**NO_PROXIES, var: fp.url})
+            assert doc["rootfs"]["sha256"] == local_shas["edge"]
+            gets = [t for m, t in fp.log if m == "GET"]
+            assert f"http://{reg.host}/v2/edge/manifests/latest" in gets
+            assert len([t for t in gets if t.startswith(f"http://{reg.host}/v2/edge/blobs/sha256:")]) == 5
+        fp.log.clear()
+        pack_ok(f"docker://{reg.host}/edge", tmp_path / "a.run", c, "--tls-verify=false", "--no-cache",
+                env={**NO_PROXIES, "http_proxy": fp.url, "no_proxy": "127.0.0.1"})
+        assert fp.log == []
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
+                        str(cert)], check=True, capture_output=True)
+        r = Registry(tmp_path / "reg", tls=(cert, key))
+        try:
+            r.push(f"oci-archive:{project_fixtures / 'demo.oci.tar'}", "demo:latest")
+            doc = pack_ok(f"docker://{r.host}/demo", tmp_path / "b.run", c, "--tls-verify=false", "--no-cache",
+                          env={**NO_PROXIES, "HTTPS_PROXY": f"http://bob:pw@{fp.hostport}"})
+            assert doc["rootfs"]["sha256"] == local_shas["demo"]
+            assert ("CONNECT", r.host) in fp.log and not [t for m, t in fp.log if m == "GET"]
+            assert set(fp.auth) == {"Basic " + base64.b64encode(b"bob:pw").decode()}
+        finally:
+            r.stop()
     finally:
-        subprocess.run(["umount", str(c)], check=True)
+        fp.stop()
+
+
+def _private_mounts() -> list[str]:
+    """`unshare` options for a private mount namespace this user may mount a tmpfs in (root: -m;
+    others: -r -m, a user namespace), or skip."""
+    opts = ["-m"] if os.geteuid() == 0 else ["-r", "-m"]
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs unshare and mount (util-linux)")
+    p = subprocess.run(["unshare", *opts, "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0"', "/tmp"],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace here ({p.stderr.strip()})")
+    return opts
+
+
+def pack_in_small_tmpfs(small: list[Path], *args: str, env: Env) -> tuple[str, dict[Path, list[str]]]:
+    """`carryon pack --bare ARGS` with each of `small` a 256 KiB tmpfs (a private mount namespace):
+    its one error line, and what each small dir holds afterwards."""
+    mounts = " && ".join(f'mount -t tmpfs -o size=256k,mode=0700 tmpfs "{d}"' for d in small)
+    lists = "; ".join(f'echo "== {d}"; ls -A "{d}"' for d in small)
+    for d in small:
+        d.mkdir(exist_ok=True)
+    e = dict(os.environ, PYTHONPATH=str(REPO), **{k: v for k, v in env.items() if v is not None})
+    p = subprocess.run(["unshare", *_private_mounts(), "sh", "-c", f'{mounts} && {{ "$@"; rc=$?; {lists}; exit $rc; }}',
+                        "sh", *CARRYON, "pack", "--bare", *args], capture_output=True, text=True, env=e, cwd=REPO)
+    assert p.returncode == 125, (p.returncode, p.stderr)
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("carryon pack: ") and "Traceback" not in p.stderr, p.stderr
+    held: dict[Path, list[str]] = {}
+    for part in p.stdout.split("== ")[1:]:
+        head, *names = part.splitlines()
+        held[Path(head)] = names
+    return lines[0], held
+
+
+def test_disk_full_in_the_blob_cache_at_out_and_in_the_temp_dir(reg, tmp_path):
+    src = f"docker://{reg.host}/edge"
+    c, o, t = tmp_path / "c", tmp_path / "o", tmp_path / "t"
+    line, _ = pack_in_small_tmpfs([c], "--tls-verify=false", src, "-o", str(tmp_path / "a.run"),
+                                  env={"XDG_CACHE_HOME": str(c)})
+    assert f"no space left in {c}/carryon/blobs/sha256 while downloading blob sha256:" in line
+    assert not (tmp_path / "a.run").exists()
+    line, held = pack_in_small_tmpfs([o], "--tls-verify=false", src, "-o", str(o / "a.run"),
+                                     env={"XDG_CACHE_HOME": str(tmp_path / "c2")})
+    assert line == f"carryon pack: cannot write {o / 'a.run'}: No space left on device" and held[o] == []
+    line, held = pack_in_small_tmpfs([t], "--tls-verify=false", "--no-cache", src, "-o", str(tmp_path / "b.run"),
+                                     env={"TMPDIR": str(t)})
+    assert f"no space left in {t} (temporary files) while downloading blob sha256:" in line and held[t] == []
+    assert not (tmp_path / "b.run").exists()
+
+
+def test_inspect_takes_the_same_references(reg, project_fixtures, tmp_path):
+    fx, c = project_fixtures, tmp_path / "c"
+    env = {"XDG_CACHE_HOME": str(c)}
+    px = Proxy(reg.host)
+    try:
+        p = carryon("inspect", "--json", "--tls-verify=false", f"docker://{px.host}/edge", env=env)
+        assert p.returncode == 0, p.stderr
+        got = json.loads(p.stdout)
+        _, m = reg.manifest("edge", "latest")
+        # only the manifest and the config are downloaded
+        assert [q for q, _ in px.blob_gets()] == [f"/v2/edge/blobs/{m['config']['digest']}"]
+        packed = pack_ok(f"docker://{px.host}/edge", tmp_path / "a.run", c, "--tls-verify=false")
+        for ly in packed["image"]["layers"]:
+            del ly["compression"]
+        assert got == {"image": packed["image"], "config": packed["config"]}
+        p = carryon("inspect", "--tls-verify=false", "--platform", "linux/arm64", f"docker://{px.host}/multi", env=env)
+        ref = f"{px.host}/multi:latest"
+        assert p.returncode == 0 and f"image       registry {ref}  tag {ref}  linux/arm64/v8" in p.stdout, p.stderr
+        assert "entrypoint  " in p.stdout
+        p = carryon("inspect", "--tls-verify=false", f"docker://{px.host}/edge:nope", env=env)
+        assert p.returncode == 125 and p.stderr.count("\n") == 1 and "tag 'nope' not found" in p.stderr, p.stderr
+    finally:
+        px.stop()
+    # the local forms, as pack names them
+    want = json.loads(carryon("inspect", "--json", str(tmp_path / "a.run")).stdout)["config"]
+    for src in (f"oci:{fx / 'edge' / 'oci'}", str(fx / "edge" / "oci"), f"oci-archive:{fx / 'edge.zstd.oci.tar'}",
+                str(fx / "edge.docker.tar"), f"docker-archive:{fx / 'multi.docker.tar'}:carryon-fixtures/edge:latest",
+                f"{fx / 'multi.docker.tar'}:carryon-fixtures/edge:latest"):
+        p = carryon("inspect", "--json", src)
+        assert p.returncode == 0, (src, p.stderr)
+        assert json.loads(p.stdout)["config"] == want, src
+    p = carryon("inspect", "--files", f"oci:{fx / 'edge' / 'oci'}")
+    assert p.returncode == 125 and "is an image, not an archive" in p.stderr
+    p = carryon("inspect", str(fx / "edge" / "oci" / "index.json"))
+    assert p.returncode == 125 and "not a carryon archive (" in p.stderr and "), nor a container image" in p.stderr
 
 
 # ---------------------------------------------------------------- skopeo's local names
