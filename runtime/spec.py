@@ -52,7 +52,8 @@ class PortMapping(_Record):
 class RunSpec(_Record):
     __slots__ = ("rootfs", "argv", "env", "cwd", "binds", "uid", "gid", "engine", "wait_all",
                  "meta_path", "stop_signal", "forward_all_signals", "port_map", "netcoop", "ports_file",
-                 "verbose", "overlay", "overlay_ident", "cwd_optional", "kernel_release")
+                 "verbose", "overlay", "overlay_ident", "cwd_optional", "kernel_release",
+                 "confine", "verdict_dir")
 
     def __init__(self, rootfs: str, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/",
                  binds: list[Bind] | None = None, uid: int | None = None, gid: int | None = None,
@@ -61,7 +62,8 @@ class RunSpec(_Record):
                  port_map: list[PortMapping] | None = None,
                  netcoop: bool = False, ports_file: str | None = None, verbose: int = 0,
                  overlay: str | None = None, overlay_ident: str | None = None,
-                 cwd_optional: bool = False, kernel_release: str | None = None) -> None:
+                 cwd_optional: bool = False, kernel_release: str | None = None,
+                 confine: bool = False, verdict_dir: str | None = "") -> None:
         self.rootfs = rootfs            # host path of the guest root
         self.argv = argv                # argv[0] is looked up in the guest PATH when it has no '/'
         self.env: dict[str, str] = {} if env is None else env
@@ -91,6 +93,10 @@ class RunSpec(_Record):
         self.cwd_optional = cwd_optional
         # `carryon exec -k`: what the guest's uname reports (runtime.extension.kernel_release)
         self.kernel_release = kernel_release
+        # True: only an engine that confines a hostile guest may run it (runtime.choice.CONFINING)
+        self.confine = confine
+        # where `auto` caches its verdict (runtime.choice): "" the default cache dir, None nowhere
+        self.verdict_dir = verdict_dir
 
 
 # The default binds for running an image (`carryon exec -R`, the archives): each is skipped when
