@@ -117,12 +117,15 @@ def canary(names: tuple[str, ...] = PROBED) -> dict:
     """{rung: None | why not} for the rungs `names`, asked of the kernel now."""
     from runtime import probe
     out: dict = {}
-    if "userns" in names:
-        out["userns"] = probe.userns_refusal()
-    if "seccomp" in names or "ptrace" in names:
-        iface = probe.interface()
-        out["ptrace"] = iface.ptrace
-        out["seccomp"] = iface.seccomp
+    try:                                # a probe that cannot run (no fork) says nothing: try the rung
+        if "userns" in names:
+            out["userns"] = probe.userns_refusal()
+        if "seccomp" in names or "ptrace" in names:
+            iface = probe.interface()
+            out["ptrace"] = iface.ptrace
+            out["seccomp"] = iface.seccomp
+    except OSError:
+        pass
     return {n: out.get(n) for n in names}
 
 
@@ -221,12 +224,10 @@ class Plan:
         reasons = {n: self.errors.get(n) or self.rungs.get(n) for n in self.probed}
         for e in self.ladder:
             reasons[e.name] = reasons.get(e.name) or e.eligible()
-        for n in self.probed:
-            if n not in self.names and not reasons.get(n):
-                reasons[n] = "usable, but this runtime has no such engine"
         if getattr(self.spec, "confine", False):
             usable = [n for n in self.names if n not in CONFINING and not reasons.get(n)]
-            why = reasons.get("userns") or ("not in this runtime" if "userns" not in self.names else "refused")
+            why = reasons.get("userns") or ("usable, but this runtime has no such engine"
+                                            if "userns" not in self.names else "refused")
             return CarryonError(
                 f"confinement asked for, but no confining engine can run here (user namespaces: {why}); "
                 + (f"the ptrace rungs ({', '.join(usable)}) would run but do not confine a hostile guest"

@@ -181,7 +181,7 @@ def run(spec: RunSpec) -> int:
     plan = None
     if name == "auto":
         from runtime.choice import Plan
-        plan = Plan(spec, LADDER, getattr(spec, "verdict_dir", ""))
+        plan = Plan(spec, LADDER, getattr(spec, "verdict_dir", None))
         engines = iter(plan)
     else:
         engines = select(name)

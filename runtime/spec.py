@@ -63,7 +63,7 @@ class RunSpec(_Record):
                  netcoop: bool = False, ports_file: str | None = None, verbose: int = 0,
                  overlay: str | None = None, overlay_ident: str | None = None,
                  cwd_optional: bool = False, kernel_release: str | None = None,
-                 confine: bool = False, verdict_dir: str | None = "") -> None:
+                 confine: bool = False, verdict_dir: str | None = None) -> None:
         self.rootfs = rootfs            # host path of the guest root
         self.argv = argv                # argv[0] is looked up in the guest PATH when it has no '/'
         self.env: dict[str, str] = {} if env is None else env
@@ -95,7 +95,7 @@ class RunSpec(_Record):
         self.kernel_release = kernel_release
         # True: only an engine that confines a hostile guest may run it (runtime.choice.CONFINING)
         self.confine = confine
-        # where `auto` caches its verdict (runtime.choice): "" the default cache dir, None nowhere
+        # the cache dir where `auto` keeps its verdict (runtime.choice); None: asked on every run
         self.verdict_dir = verdict_dir
 
 
