@@ -93,9 +93,9 @@ def load(directory: str | None, key: str) -> dict | None:
         data = json_loads(text)
     except ValueError:
         return None
-    rungs = data.get("rungs") if isinstance(data, dict) else None
-    if data.get("key") != key or not isinstance(rungs, dict):
+    if not isinstance(data, dict) or data.get("key") != key or not isinstance(data.get("rungs"), dict):
         return None
+    rungs = data["rungs"]
     return {k: v if isinstance(v, str) else None for k, v in rungs.items()}
 
 

@@ -31,12 +31,19 @@ SYSCTLS = {                                         # the knobs that decide, as 
 }
 
 
-def read_text(path: str) -> str | None:
+def read_text(path: str, size: int = 4096) -> str | None:
+    """A small /proc or /sys file, stripped (None when it is not there). Raw os calls: auto's warm
+    path reads several of these on every run."""
     try:
-        with open(path, "rb") as f:
-            return f.read(4096).decode("ascii", "replace").strip()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        return os.read(fd, size).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def sysctl(name: str) -> str | None:

@@ -194,6 +194,10 @@ def test_load_trusts_only_our_private_regular_file(tmp_path):
     assert choice.load(str(tmp_path), key) == {"seccomp": None, "ptrace": "x"}
     assert choice.load(str(tmp_path), key + "other") is None
     f = Path(choice.verdict_path(str(tmp_path)))
+    for garbage in ("[1]", "{", '{"key": 1}', "\0" * 10):
+        f.write_text(garbage)
+        assert choice.load(str(tmp_path), key) is None
+    assert choice.save(str(tmp_path), key, {"seccomp": None, "ptrace": "x"})
     os.chmod(f, 0o664)
     assert choice.load(str(tmp_path), key) is None
     os.chmod(f, 0o644)
