@@ -163,7 +163,7 @@ class Plan:
         self.errors: dict[str, str] = {}
 
     def _why_not(self, engine) -> str | None:
-        if getattr(self.spec, "confine", False) and engine.name not in CONFINING:
+        if self.spec.confine and engine.name not in CONFINING:
             return "does not confine"
         return engine.eligible() or self.rungs.get(engine.name)
 
@@ -224,7 +224,7 @@ class Plan:
         reasons = {n: self.errors.get(n) or self.rungs.get(n) for n in self.probed}
         for e in self.ladder:
             reasons[e.name] = reasons.get(e.name) or e.eligible()
-        if getattr(self.spec, "confine", False):
+        if self.spec.confine:
             usable = [n for n in self.names if n not in CONFINING and not reasons.get(n)]
             why = reasons.get("userns") or ("usable, but this runtime has no such engine"
                                             if "userns" not in self.names else "refused")

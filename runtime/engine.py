@@ -181,13 +181,15 @@ def run(spec: RunSpec) -> int:
     plan = None
     if name == "auto":
         from runtime.choice import Plan
-        plan = Plan(spec, LADDER, getattr(spec, "verdict_dir", None))
+        plan = Plan(spec, LADDER, spec.verdict_dir)
         engines = iter(plan)
     else:
         engines = select(name)
-        if getattr(spec, "confine", False) and name not in ("userns",):
-            raise CarryonError(f"confinement asked for, but the "
-                               f"{name} engine does not confine a hostile guest (only userns does)")
+        if spec.confine:
+            from runtime.choice import CONFINING
+            if name not in CONFINING:
+                raise CarryonError(f"confinement asked for, but the {name} engine does not confine a "
+                                   f"hostile guest (only {', '.join(CONFINING)} does)")
     try:
         for engine in engines:
             try:

@@ -31,8 +31,8 @@ def kernel_lines(choice: str = "auto") -> list[str]:
         from runtime import choice as ch, probe
         from runtime.engine import LADDER
         iface = probe.interface()
-        names = tuple(e.name for e in LADDER)
-        rungs = ch.canary(tuple(dict.fromkeys(("userns",) + names)))
+        rungs = {"userns": probe.userns_refusal(), "seccomp": iface.seccomp, "ptrace": iface.ptrace}
+        rungs = {n: rungs.get(n) for n in dict.fromkeys(("userns",) + tuple(e.name for e in LADDER))}
         used = choice if choice != "auto" else next(
             (e.name for e in LADDER if not (e.eligible() or rungs.get(e.name))), "none")
         why = ch.refusal_line(rungs)
