@@ -3,7 +3,8 @@ carryon do, the engine `auto` picks and why, and one line of advice per problem.
 
 Reports: the kernel (release, version, machine, host); seccomp filters under ptrace; ptrace
 permission (Yama's `ptrace_scope`, a seccomp filter on this process such as a container's
-profile); user namespaces (and why refused: runtime.probe); overlayfs inside one; the cache
+profile); user namespaces (and why refused: runtime.probe); overlayfs inside one (on a tmpfs, and
+with its upper layer in the cache dir, whose file system matters: NFS cannot be one); the cache
 location (writable, exec allowed, free space, a network file system by statfs f_type); the kernel
 interface of issue 19 (seccomp filter, PTRACE_O_EXITKILL, PTRACE_SEIZE, process_vm_readv: found or
 not); the engine `auto` picks and whether it confines a hostile guest. The canary it runs is fresh
@@ -83,6 +84,8 @@ def collect(explicit_cache: str | None = None) -> dict:
     mode, filters = probe.seccomp_status()
     sysctls = {k: probe.sysctl(k) for k in probe.SYSCTLS}
     cache_info = _cache(explicit_cache)
+    on_cache = "needs user namespaces" if userns is not None else (
+        probe.overlay_refusal(cache_info["path"]) if cache_info["path"] else "no usable cache dir")
     out = {
         "kernel": {"release": u.release, "version": u.version, "machine": u.machine, "hostname": u.nodename},
         "seccomp": {"ok": iface.seccomp is None, "detail": iface.seccomp or "filters under ptrace, "
@@ -92,7 +95,8 @@ def collect(explicit_cache: str | None = None) -> dict:
                    "seccomp_mode": mode, "seccomp_filters": filters},
         "userns": {"ok": userns is None, "detail": userns or "allowed", "sysctls": {
             k: v for k, v in sysctls.items() if k != "kernel.yama.ptrace_scope"}},
-        "overlay_userns": {"ok": overlay is None, "detail": overlay or "allowed"},
+        "overlay_userns": {"ok": overlay is None, "detail": overlay or "allowed",
+                           "upper_in_cache": on_cache is None, "upper_in_cache_detail": on_cache or "allowed"},
         "cache": cache_info,
         "interface": iface.as_dict(),
         "engine": {"auto": picked, "confines": picked in choice.CONFINING,
@@ -137,6 +141,9 @@ def advice(d: dict) -> list[str]:
     elif not d["overlay_userns"]["ok"]:
         out.append("overlay in a user namespace: refused (Linux 5.11+ allows it): isolated runs use the "
                    "ptrace rungs' copy-on-write")
+    elif not d["overlay_userns"]["upper_in_cache"] and d["cache"]["ok"]:
+        out.append(f"overlay in a user namespace: refused with its upper layer in {d['cache']['path']} "
+                   f"({d['overlay_userns']['upper_in_cache_detail']}): set CARRYON_CACHE to node-local scratch")
     pt = d["ptrace"]
     if not pt["ok"]:
         det = pt["detail"]
@@ -186,7 +193,8 @@ def render(d: dict) -> str:
         f"ptrace:             {ok(pt)}; kernel.yama.ptrace_scope={pt['yama_ptrace_scope'] or '-'}, "
         f"this process {'under a seccomp filter' if pt['seccomp_mode'] == '2' else 'not under a seccomp filter'}",
         f"user namespaces:    {ok(d['userns'])}",
-        f"overlay in userns:  {ok(d['overlay_userns'])}",
+        f"overlay in userns:  {ok(d['overlay_userns'])}; upper layer in the cache dir: "
+        f"{'ok' if d['overlay_userns']['upper_in_cache'] else d['overlay_userns']['upper_in_cache_detail']}",
         f"cache:              {cache_line}",
         "kernel interface:   " + ", ".join(f"{n.replace('_filter', ' filter')}: {'found' if iface[n] else 'not found'}"
                                            for n in ("seccomp_filter", "PTRACE_O_EXITKILL", "PTRACE_SEIZE",

@@ -248,6 +248,9 @@ def test_doctor_here(user, cache):
     assert d["cache"]["path"] == str(cache) and d["cache"]["writable"] and d["cache"]["exec"]
     assert d["cache"]["network"] is False and d["cache"]["free_bytes"] > 0
     assert d["kernel"]["release"] == os.uname().release
+    if probe.userns_refusal() is None:          # this machine: user namespaces and overlay in them work
+        assert d["userns"]["ok"] and d["overlay_userns"]["ok"] and d["overlay_userns"]["upper_in_cache"]
+    assert not [n for n in os.listdir(cache) if n.startswith(".overlay-probe-")]     # nothing left
     assert set(d) >= {"ok", "kernel", "seccomp", "ptrace", "userns", "overlay_userns", "cache", "interface",
                       "engine", "advice"}
     text = doctor(user, cache).stdout
