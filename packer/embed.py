@@ -32,10 +32,11 @@ from packer.sources import sha256_path
 from runtime import cache
 from runtime.errors import CarryonError
 
-RECIPE = 6                         # bump when the build recipe below changes
+RECIPE = 7                         # bump when the build recipe below changes
 RUNTIME_MAIN = "carryon-runtime"   # the PyInstaller bootloader executable
 LIBDIR = "_internal"               # PyInstaller's contents dir; the bundled loader and libs go there too
 LOADER = "ld-linux-x86-64.so.2"
+OLDKERNEL = "carryon-oldkernel"    # static helper that starts the runtime on Linux < 2.6.39
 FILES_MARKER = ".carryon-runtime-files"  # last member of the tar.gz: its presence = complete unpack
 HOST_LOADER = "/lib64/ld-linux-x86-64.so.2"
 # Loaded by glibc at run time rather than linked: unwinding for pthread_cancel/pthread_exit.
@@ -278,7 +279,18 @@ def check_tools() -> None:
 def build_native(workdir: str) -> str:
     """runtime/tracee/fastloop.c compiled into workdir (the system's cc, else PyPI's ziglang)."""
     from runtime.tracee import native
-    dest = os.path.join(workdir, os.path.basename(native.LIBRARY))
+    return _compile(native.build, os.path.join(workdir, os.path.basename(native.LIBRARY)),
+                    "native stop loop")
+
+
+def build_loader(workdir: str) -> str:
+    """runtime/execve/loader.c (carryon's program loader) compiled into workdir, like the loop."""
+    from runtime.execve import loader
+    return _compile(loader.build, os.path.join(workdir, os.path.basename(loader.BINARY)),
+                    "program loader")
+
+
+def _compile(build, dest: str, what: str) -> str:
     compilers: list[list[str]] = []
     if os.environ.get("CC") or shutil.which("cc"):
         compilers.append([os.environ.get("CC") or "cc"])
@@ -286,12 +298,28 @@ def build_native(workdir: str) -> str:
     if find_spec("ziglang") is not None:
         compilers.append([sys.executable, "-m", "ziglang", "cc", "-target", "x86_64-linux-gnu.2.17"])
     if not compilers:
-        raise CarryonError("building the frozen runtime needs a C compiler for its native stop loop: "
+        raise CarryonError(f"building the frozen runtime needs a C compiler for its {what}: "
                            "apt-get install gcc (or pip install ziglang)")
     try:
-        return native.build(dest, compilers[0])
+        return build(dest, compilers[0])
     except OSError as e:
-        raise CarryonError(f"building the native stop loop failed: {e}") from None
+        raise CarryonError(f"building the {what} failed: {e}") from None
+
+
+def build_oldkernel(libdir: str) -> str | None:
+    """runtime/launch/oldkernel.c compiled statically into libdir (the launcher starts the runtime
+    through it on Linux before 2.6.39, whose fstatat refuses the bundled glibc's AT_EMPTY_PATH).
+    None when no static build is possible here (no libc.a): such nodes then get a one-line error."""
+    src = os.path.join(_REPO, "runtime", "launch", "oldkernel.c")
+    dest = os.path.join(libdir, OLDKERNEL)
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return None
+    p = subprocess.run([cc, "-O2", "-static", "-Wall", "-Werror", "-o", dest, src], capture_output=True)
+    if p.returncode != 0:
+        return None
+    subprocess.run(["strip", dest], capture_output=True)
+    return dest
 
 
 def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) -> BuiltRuntime:
@@ -311,6 +339,8 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
         opts += ["--hidden-import", m]
     # the native stop loop (runtime/tracee/fastloop.c), beside runtime/tracee/native.py
     opts += ["--add-binary", f"{build_native(workdir)}:runtime/tracee"]
+    # carryon's program loader (runtime/execve/loader.c), beside runtime/execve/loader.py
+    opts += ["--add-binary", f"{build_loader(workdir)}:runtime/execve"]
     for m in EXCLUDES:
         opts += ["--exclude-module", m]
     env = dict(os.environ)
@@ -348,6 +378,7 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
         return BuiltRuntime(tgz=exe, unpacked=os.path.getsize(exe), key="onefile")
     rtdir = os.path.join(workdir, "dist", RUNTIME_MAIN)
     bundle_libraries(rtdir)
+    build_oldkernel(os.path.join(rtdir, LIBDIR))
     with open(os.path.join(rtdir, FILES_MARKER), "w") as f:
         f.write("carryon runtime\n")
     tgz = os.path.join(outdir, "runtime.tar.gz")

@@ -11,6 +11,7 @@ import argparse
 import base64
 import json
 import os
+import shlex
 import stat
 import sys
 import tarfile
@@ -95,6 +96,17 @@ def _text(layout, manifest: dict, files: bool, out) -> None:
       f"{rf.get('symlinks')} symlinks, {rf.get('hardlinks')} hardlinks, {rf.get('other')} other\n")
     w(f"            {_size(rf.get('uncompressed_bytes', 0))} in files, tar {_size(rf.get('tar_bytes', 0))}, "
       f"zstd level {rf.get('level')} {_size(layout.sections['rootfs'].length)}\n")
+    tr = manifest.get("trace")
+    if tr:                              # CARE mode (packer.trace): what was traced and kept
+        before, after = tr.get("before", {}), tr.get("after", {})
+        listing = "directories the runs listed kept whole" if tr.get("listings") == "kept" else "listings pruned"
+        w(f"trace       trimmed: {after.get('entries')} of {before.get('entries')} entries, "
+          f"{_size(after.get('bytes', 0))} of {_size(before.get('bytes', 0))} in files; {listing}\n")
+        for r in tr.get("runs", []):
+            w(f"  run       exit {r.get('exit')}: {shlex.join(r.get('argv') or [])}"
+              f"{'  (--trace-run ' + repr(r['args']) + ')' if r.get('args') else ''}\n")
+        for g in tr.get("keep", []):
+            w(f"  keep      {g}\n")
     if files:
         for e in iter_files(layout):
             mode = stat.filemode(_MODE_BITS[e["type"]] | e["mode"])

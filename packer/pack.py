@@ -24,12 +24,13 @@ from typing import BinaryIO
 
 from packer.cli import EXIT_HELP
 from packer.layers import LayerReader, TarStream
-from packer.manifest import LayerResult, build_manifest
+from packer.manifest import LayerResult, build_manifest, image_config
 from packer.progress import Bar
 from packer.registry import RegistryOptions, parse_reference
 from packer.rootfs import DEFAULT_LEVEL, content_size, write_rootfs
 from packer.sources import open_image, split_transport
 from packer.squash import Squasher
+from packer.trace import TraceOptions
 from runtime.archive import write_archive
 from runtime.errors import CarryonError, InputError
 
@@ -69,6 +70,20 @@ def _parser() -> argparse.ArgumentParser:
                         "(a local or self-signed registry)")
     r.add_argument("--no-cache", action="store_true",
                    help="bypass the blob cache ($XDG_CACHE_HOME/carryon/blobs or ~/.cache/carryon/blobs)")
+    t = p.add_argument_group("CARE mode: trace runs, pack only what they touched")
+    t.add_argument("--trace", action="store_true",
+                   help="run the image's command (or each --trace-run) here under the tracer and pack "
+                        "only the image paths it looked up")
+    t.add_argument("--trace-run", metavar="'ARGS'", action="append", default=[],
+                   help="a run to trace (repeatable; implies --trace): the archive's arguments as one "
+                        "shell-quoted string, --carryon-* options first (e.g. '--carryon-bind in:/in "
+                        "/app/fib.py 20')")
+    t.add_argument("--keep", metavar="GLOB", action="append", default=[],
+                   help="always keep the image paths matching GLOB and everything below them (repeatable)")
+    t.add_argument("--trace-prune-listings", action="store_true",
+                   help="a directory the runs listed keeps only the names they used, not all its names")
+    t.add_argument("--trace-allow-failure", action="store_true",
+                   help="pack even when a traced run exits non-zero")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print nothing but errors (no progress bars, no summary line)")
     p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
@@ -147,7 +162,7 @@ def _stream_out(path: str, dest: BinaryIO) -> None:
 
 def pack(source: str, out: str, *, tag: str | None = None, platform: str | None = None,
          level: int = DEFAULT_LEVEL, bare: bool = False, quiet: bool = False,
-         registry: RegistryOptions | None = None) -> dict:
+         registry: RegistryOptions | None = None, trace: TraceOptions | None = None) -> dict:
     """Pack SOURCE into OUT (`-`: stdout); returns the manifest. Errors name what the user gave (OUT,
     SOURCE) or the temporary space, never a temporary file."""
     if not 1 <= level <= 22:
@@ -161,7 +176,7 @@ def pack(source: str, out: str, *, tag: str | None = None, platform: str | None 
     tmp_top = tempfile.gettempdir()
     try:
         with tempfile.TemporaryDirectory(prefix="carryon-pack-") as work:
-            rootfs, manifest = _build_rootfs(work, source, tag, platform, level, quiet, registry)
+            rootfs, manifest = _build_rootfs(work, source, tag, platform, level, quiet, registry, trace)
             if to_stdout:
                 target = os.path.join(work, "archive.run")
                 write_archive(target, manifest=manifest, rootfs_path=rootfs, launcher=launcher,
@@ -183,22 +198,35 @@ def pack(source: str, out: str, *, tag: str | None = None, platform: str | None 
 
 
 def _build_rootfs(work: str, source: str, tag: str | None, platform: str | None, level: int,
-                  quiet: bool, registry: RegistryOptions | None = None) -> tuple[str, dict]:
-    """Read and squash the image, write WORK/rootfs.tar.zst; returns (its path, the manifest)."""
+                  quiet: bool, registry: RegistryOptions | None = None,
+                  trace: TraceOptions | None = None) -> tuple[str, dict]:
+    """Read and squash the image, write WORK/rootfs.tar.zst; returns (its path, the manifest).
+    With `trace` (CARE mode, packer.trace): only what the traced runs touched."""
     image = open_image(source, tag, platform, work, registry)
+    if trace is not None:
+        from packer import trace as care
+        care.check_platform(image.platform)
     with open(os.path.join(work, "spool"), "w+b") as spool:
         sq = Squasher(spool)
         done = [0]
         with Bar("reading", sum(ly.size for ly in image.layers), enabled=False if quiet else None) as bar:
             layers = [_read_layer(sq, ref, bar, done) for ref in image.layers]
+        keep = record = None
+        if trace is not None:
+            rec, runs = care.trace_runs(work, sq, image_config(image.config), trace, quiet)
+            sel = care.select(sq, rec, trace)
+            keep, record = sel.keep, care.record(runs, trace, sel)
         rootfs = os.path.join(work, "rootfs.tar.zst")
         written = [0]
-        with Bar("compressing", content_size(sq.root), enabled=False if quiet else None) as bar2:
+        with Bar("compressing", content_size(sq.root, keep), enabled=False if quiet else None) as bar2:
             def progress(n: int) -> None:
                 written[0] += n
                 bar2.update(written[0])
-            stats = write_rootfs(sq, rootfs, level, progress)
-    return rootfs, build_manifest(image, layers, stats, level)
+            stats = write_rootfs(sq, rootfs, level, progress, keep)
+    manifest = build_manifest(image, layers, stats, level)
+    if record is not None:
+        manifest["trace"] = record
+    return rootfs, manifest
 
 
 def main(argv: list[str]) -> int:
@@ -209,9 +237,15 @@ def main(argv: list[str]) -> int:
         raise CarryonError(f"--tls-verify={args.tls_verify}: expected true or false")
     registry = RegistryOptions(creds=args.creds, authfile=args.authfile, tls_verify=tls in ("true", "1", "yes"),
                                no_cache=args.no_cache, quiet=args.quiet)
+    trace = None
+    if args.trace or args.trace_run:
+        trace = TraceOptions(runs=args.trace_run, keep=args.keep, prune_listings=args.trace_prune_listings,
+                             allow_failure=args.trace_allow_failure)
+    elif args.keep or args.trace_prune_listings or args.trace_allow_failure:
+        raise CarryonError("--keep, --trace-prune-listings and --trace-allow-failure need --trace")
     try:
         manifest = pack(args.source, out, tag=args.tag, platform=args.platform, level=args.level,
-                        bare=args.bare, quiet=args.quiet, registry=registry)
+                        bare=args.bare, quiet=args.quiet, registry=registry, trace=trace)
     except OSError as e:
         raise CarryonError(f"{e.filename or out}: {e.strerror or e}") from None
     if not args.quiet:

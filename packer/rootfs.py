@@ -1,7 +1,8 @@
 """Write a squashed tree as the archive's rootfs: a deterministic PAX tar in one zstd frame.
 
 Entries: `./` first (the root's mode/owner), then a depth-first walk with siblings sorted by their
-UTF-8 bytes (parents before children). Numeric uid/gid, empty uname/gname, the image's mtimes,
+UTF-8 bytes (parents before children); with `keep` (CARE mode, packer.trace) only the entries
+named in it (`./path`; a name left out leaves out its subtree). Numeric uid/gid, empty uname/gname, the image's mtimes,
 xattrs as `SCHILY.xattr.*`, the 2nd+ name of a hardlinked node as a LNK entry to the first name.
 """
 
@@ -44,29 +45,32 @@ def _sort_key(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
-def walk(root: Node) -> Iterator[tuple[str, Node]]:
-    """("./path", node) in archive order: the root first (as "."), then depth-first, sorted."""
+def walk(root: Node, keep: set[str] | None = None) -> Iterator[tuple[str, Node]]:
+    """("./path", node) in archive order: the root first (as "."), then depth-first, sorted; with
+    `keep`, only the paths in it (and never below a path that is not)."""
     yield ".", root
     assert root.children is not None    # the root is a directory
     names = sorted(root.children, key=_sort_key)
-    yield from _emit_depth_first([("./" + n, root.children[n]) for n in names])
+    yield from _emit_depth_first([("./" + n, root.children[n]) for n in names], keep)
 
 
-def _emit_depth_first(items: list[tuple[str, Node]]) -> Iterator[tuple[str, Node]]:
+def _emit_depth_first(items: list[tuple[str, Node]], keep: set[str] | None = None) -> Iterator[tuple[str, Node]]:
     todo = list(reversed(items))
     while todo:
         path, node = todo.pop()
+        if keep is not None and path not in keep:
+            continue
         yield path, node
         if node.kind == "d" and node.children:
             names = sorted(node.children, key=_sort_key)
             todo.extend((path + "/" + n, node.children[n]) for n in reversed(names))
 
 
-def content_size(root: Node) -> int:
+def content_size(root: Node, keep: set[str] | None = None) -> int:
     """Sum of regular file sizes (each hardlinked node once)."""
     seen: set[int] = set()
     total = 0
-    for _, node in walk(root):
+    for _, node in walk(root, keep):
         if node.kind == "f" and id(node) not in seen:
             seen.add(id(node))
             total += node.size
@@ -115,8 +119,9 @@ def _tarinfo(path: str, node: Node) -> tarfile.TarInfo:
 
 
 def write_rootfs(sq: Squasher, out_path: str, level: int = DEFAULT_LEVEL,
-                 progress: Callable[[int], None] | None = None) -> RootfsStats:
-    """Write the tree of `sq` as a zstd-compressed tar to `out_path`; return counts and the sha256."""
+                 progress: Callable[[int], None] | None = None, keep: set[str] | None = None) -> RootfsStats:
+    """Write the tree of `sq` as a zstd-compressed tar to `out_path`; return counts and the sha256.
+    `keep`: only these entries (see `walk`)."""
     sq.spool.flush()
     st = RootfsStats()
     first_name: dict[int, str] = {}
@@ -141,7 +146,7 @@ def write_rootfs(sq: Squasher, out_path: str, level: int = DEFAULT_LEVEL,
                 zw.write(buf)
                 buf.clear()
 
-        for path, node in walk(sq.root):
+        for path, node in walk(sq.root, keep):
             st.total_entries += 1
             key = id(node)
             if node.kind != "d" and key in first_name:

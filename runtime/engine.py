@@ -243,6 +243,8 @@ def _prepare(spec: RunSpec) -> tuple:
     if not os.path.isdir(spec.rootfs):
         raise CarryonError(f"rootfs not found or not a directory: {spec.rootfs}")
     mapper = Mapper(spec.rootfs, spec.binds, cache_dirs=True, proc_lookup=lookup)
+    if spec.trace is not None:          # CARE mode (runtime.trace): note what the mapper resolves
+        spec.trace.attach(mapper)
     if spec.overlay:
         try:
             mapper.attach_overlay(spec.overlay, spec.overlay_ident or mapper.rootfs)
@@ -290,15 +292,19 @@ def _traced(spec: RunSpec, use_seccomp: bool) -> int:
 
 
 def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
-                    native_out: list | None = None) -> list:
+                    native_out: list | None = None, lacking: frozenset[int] = frozenset()) -> list:
     """The handlers by syscall number. `native_out` (a list) gets a `native_setup` function for
-    the loop: it gives the native stop loop the calls it may answer (runtime.tracee.native)."""
+    the loop: it gives the native stop loop the calls it may answer (runtime.tracee.native).
+    `lacking`: calls the node's kernel lacks that the tracer emulates (runtime.syscall.newer)."""
     from runtime.syscall import table
     from runtime.syscall.enter import Translator
     from runtime.syscall.sysnums import MAX_KNOWN, NUMBERS
     from runtime.tracee.actions import EXIT, SKIP
 
     tr = Translator(mapper, lookup, chroot_allowed)
+    tr.plain = native_out is None       # the plain ptrace engine (see runtime.execve.loader)
+    for ext in exts:                    # the ids an exec gives (fake_id: set-user-ID programs)
+        tr.exec_ids = getattr(ext, "exec_ids", None) or tr.exec_ids
     if placement is not None and placement.mode == "auto" and placement.cpu is not None:
         tr.on_proc_status = placement.release       # the guest could read Cpus_allowed there
         for name, setting in (("sched_getaffinity", False), ("sched_setaffinity", True)):
@@ -335,6 +341,9 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
                     break
             return act
         dispatch[nr] = chained
+    if lacking:
+        from runtime.syscall import newer
+        newer.install(dispatch, lacking)
     if native_out is not None:
         def native_setup(nat):
             for nr, (reg, dreg, rule, freg, parent_op, write) in tr.simple.items():
@@ -343,7 +352,8 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
                     if write != table.W_OPEN or freg < 0:
                         continue        # copy-on-write: Python's
                     wmask = table.O_WRITE_MASK      # opens for reading stay native
-                if nr in wanted or nr in tr.extra or nr in table.REFUSED or (write and mapper._any_ro):
+                if nr in wanted or nr in tr.extra or nr in table.REFUSED or nr in lacking or (
+                        write and mapper._any_ro):
                     continue            # chained, replaced, refused, or EROFS to check
                 nat.spec(nr, reg, dreg, rule, freg, not parent_op, wmask)
             nat.names(mapper.leaf_names)
@@ -358,6 +368,7 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
             if mapper.stale_cwds:
                 nat.relative_to_python()
             tr.native_put = nat.put
+            tr.native_load = nat.load
             mapper.native_clear = nat.clear
             if mapper.root_host == mapper.rootfs_host:     # no bind of "/"
                 mapper.native_dir = nat.put_dir
@@ -390,12 +401,17 @@ def _build_dispatch(mapper, lookup, exts, chroot_allowed: bool, placement=None,
     return dispatch
 
 
-def filter_program(exts: list, affinity: bool = False) -> list[tuple[int, int, int, int]]:
+def filter_program(exts: list, affinity: bool = False,
+                   lacking: frozenset[int] = frozenset()) -> list[tuple[int, int, int, int]]:
     """The seccomp filter: the path calls of the table plus the calls the extensions hook (plus
-    sched_getaffinity/sched_setaffinity with `affinity`: automatic CPU placement watches them)."""
+    sched_getaffinity/sched_setaffinity with `affinity`: automatic CPU placement watches them, and
+    the `lacking` calls the tracer emulates: runtime.syscall.newer)."""
     from runtime.syscall import seccomp, table
     from runtime.syscall.sysnums import NUMBERS
-    traced = set(table.TRACED)
+    traced = set(table.TRACED) | lacking
+    from runtime.execve import loader
+    if loader.path() is not None:
+        traced.add(loader.NR)           # the call of carryon's loader after an exec through it
     if affinity:
         traced |= {NUMBERS["sched_getaffinity"], NUMBERS["sched_setaffinity"]}
     if_arg = dict(table.TRACED_IF_ARG)
@@ -493,15 +509,33 @@ def _tracer_parts(spec: RunSpec, mapper, use_seccomp: bool) -> tuple:
     from runtime.tracee.placement import Placement
 
     exts = extension.build(spec)
+    if spec.verbose:
+        from runtime.execve import loader
+        if loader.path() is None:
+            sys.stderr.write("carryon: note: no carryon-loader (CARRYON_LOADER=0, or no C compiler "
+                             "to build it): dynamic programs run through their own loader's "
+                             "--argv0\n")
     fake_root = spec.uid == 0
     placement = Placement()
     native_out: list = []
+    lacking: frozenset[int] = frozenset()
+    # calls newer than the kernel (runtime.syscall.newer): nothing probed on a current node
+    # without a seccomp filter of its own (PR_GET_SECCOMP: a container's profile, the kernel-jail)
+    filtered = ffi._prctl(21, 0, 0, 0, 0) == 2
+    if filtered or _release() < (5, 8) or "CARRYON_TEST_LACKING" in os.environ \
+            or "_CARRYON_OLD_KERNEL" in os.environ:
+        from runtime.syscall import newer
+        lacking = newer.lacking(filtered)
+    # CARE mode (runtime.trace): no native loop (it answers path stops Python never sees)
     dispatch = _build_dispatch(mapper, mapper.proc_lookup, exts, fake_root or os.geteuid() == 0,
-                               placement, native_out if use_seccomp else None)
+                               placement, native_out if use_seccomp and spec.trace is None else None,
+                               lacking)
+    if spec.trace is not None:
+        spec.trace.wrap(dispatch)
     program = None
     if use_seccomp:
         program = ffi.seccomp_program(
-            filter_program(exts, placement.mode == "auto" and placement.cpu is not None))
+            filter_program(exts, placement.mode == "auto" and placement.cpu is not None, lacking))
     return exts, placement, dispatch, native_out[0] if native_out else None, program
 
 

@@ -708,10 +708,45 @@ def extract_rootfs(layout, dest_dir: str, progress: Progress | None = None,
         raise
 
 
+class _Given:
+    """`apply_entry`'s data source for entries that come with their data (`extract_entries`)."""
+
+    def __init__(self) -> None:
+        self.data: Iterable[bytes] = ()
+
+    def write_to(self, fd: int, n: int, st: _State) -> None:
+        for chunk in self.data:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+            st.done += len(chunk)
+
+    def skip(self, n: int) -> None:
+        pass
+
+
+def extract_entries(entries: Iterable[tuple[Entry, Iterable[bytes] | None]], dest_dir: str) -> dict:
+    """Apply (entry, its data) pairs, in tar order, into the new directory `dest_dir` exactly as
+    `extract_rootfs` applies a rootfs tar (the packer's CARE mode extracts a squashed tree this way,
+    with no tar in between), then write the metadata JSON beside it. Returns the metadata dict."""
+    os.mkdir(dest_dir, 0o700)
+    st = _State(root=os.path.abspath(dest_dir))
+    given = _Given()
+    st.blocks = given  # type: ignore[assignment]  # write_to/skip: all apply_entry asks of it
+    for m, data in entries:
+        given.data = data or ()
+        apply_entry(st, m)
+    st.blocks = None
+    _finish_dirs(st)
+    meta = {"format": 1, "root": st.root_meta, "entries": st.meta}
+    write_meta(meta_path_for(dest_dir), meta)
+    return meta
+
+
 def load_meta(dest_dir: str) -> dict:
     with open(meta_path_for(dest_dir), encoding="utf-8") as f:
         return json.load(f)
 
 
-__all__ = ["extract_rootfs", "secure_resolve", "split_path", "escapes_root", "remove_tree", "load_meta",
-           "meta_path_for", "write_meta", "SymlinkLoop", "MAX_SYMLINKS", "apply_entry"]
+__all__ = ["extract_rootfs", "extract_entries", "Entry", "secure_resolve", "split_path", "escapes_root",
+           "remove_tree", "load_meta", "meta_path_for", "write_meta", "SymlinkLoop", "MAX_SYMLINKS", "apply_entry"]

@@ -141,6 +141,18 @@ trusted() {  # trusted DIR [ENTRY]: 0 when DIR (and DIR/ENTRY, published) may be
   [ -z "$trust_why" ]
 }
 
+old_kernel() {  # Linux before 2.6.39? (CARRYON_TEST_KERNEL_RELEASE: tests; no fork here)
+  _r=${CARRYON_TEST_KERNEL_RELEASE:-}
+  if [ -z "$_r" ]; then
+    { read -r _r < /proc/sys/kernel/osrelease; } 2>/dev/null || return 1
+  fi
+  _ifs=$IFS; IFS=.-; set -- $_r; IFS=$_ifs
+  case ${1:-x}.${2:-x}.${3:-x} in *[!0-9.]*) return 1 ;; esac
+  [ "$1" -ne 2 ] && { [ "$1" -lt 2 ]; return; }
+  [ "$2" -ne 6 ] && { [ "$2" -lt 6 ]; return; }
+  [ "$3" -lt 39 ]
+}
+
 start() {  # start the runtime in dir $1; $2: published (1) or pending publication (0)
   _CARRYON_ARCHIVE=$self
   _CARRYON_RT=$1
@@ -152,6 +164,14 @@ start() {  # start the runtime in dir $1; $2: published (1) or pending publicati
   export _CARRYON_ARCHIVE _CARRYON_RT _CARRYON_RT_PUBLISHED _CARRYON_RT_DEST _PYI_ARCHIVE_FILE \
     _PYI_PARENT_PROCESS_LEVEL
   unset _PYI_APPLICATION_HOME_DIR _PYI_LINUX_PROCESS_NAME _PYI_SPLASH_IPC
+  if old_kernel; then   # the bundled glibc's fstat needs fstatat(AT_EMPTY_PATH): 2.6.39 (oldkernel.c)
+    [ -x "$_CARRYON_RT/_internal/carryon-oldkernel" ] || die "this node runs Linux ${_r:-?}; this \
+archive's runtime needs 2.6.39 or later (fstatat with AT_EMPTY_PATH) and has no helper for older ones"
+    _CARRYON_OLD_KERNEL=$_r
+    export _CARRYON_OLD_KERNEL
+    exec "$_CARRYON_RT/_internal/carryon-oldkernel" "$_CARRYON_RT/$rt_ld" --inhibit-cache \
+      --library-path "$_CARRYON_RT/_internal" "$_CARRYON_RT/$rt_main" "$@"
+  fi
   exec "$_CARRYON_RT/$rt_ld" --inhibit-cache --library-path "$_CARRYON_RT/_internal" "$_CARRYON_RT/$rt_main" "$@"
 }
 

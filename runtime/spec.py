@@ -11,6 +11,10 @@ from __future__ import annotations
 
 SIGTERM = 15        # signal.SIGTERM on Linux (not imported: `signal` pulls in `enum`)
 
+TYPE_CHECKING = False           # not `typing.TYPE_CHECKING`: importing typing slows start-up
+if TYPE_CHECKING:
+    from runtime.trace import Recorder
+
 
 class _Record:
     """Field-wise equality and repr for the classes below (their `__slots__` are the fields)."""
@@ -52,7 +56,7 @@ class PortMapping(_Record):
 class RunSpec(_Record):
     __slots__ = ("rootfs", "argv", "env", "cwd", "binds", "uid", "gid", "engine", "wait_all",
                  "meta_path", "stop_signal", "forward_all_signals", "port_map", "netcoop", "ports_file",
-                 "verbose", "overlay", "overlay_ident", "cwd_optional", "kernel_release",
+                 "verbose", "overlay", "overlay_ident", "cwd_optional", "kernel_release", "trace",
                  "confine", "verdict_dir")
 
     def __init__(self, rootfs: str, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/",
@@ -63,6 +67,7 @@ class RunSpec(_Record):
                  netcoop: bool = False, ports_file: str | None = None, verbose: int = 0,
                  overlay: str | None = None, overlay_ident: str | None = None,
                  cwd_optional: bool = False, kernel_release: str | None = None,
+                 trace: Recorder | None = None,
                  confine: bool = False, verdict_dir: str | None = None) -> None:
         self.rootfs = rootfs            # host path of the guest root
         self.argv = argv                # argv[0] is looked up in the guest PATH when it has no '/'
@@ -93,6 +98,9 @@ class RunSpec(_Record):
         self.cwd_optional = cwd_optional
         # `carryon exec -k`: what the guest's uname reports (runtime.extension.kernel_release)
         self.kernel_release = kernel_release
+        # CARE mode (`carryon pack --trace`, a trimmed archive's verbose hint): a runtime.trace.Recorder
+        # that notes every guest path the run looks up; None (the default) costs nothing
+        self.trace = trace
         # True: only an engine that confines a hostile guest may run it (runtime.choice.CONFINING)
         self.confine = confine
         # the cache dir where `auto` keeps its verdict (runtime.choice); None: asked on every run

@@ -4,7 +4,7 @@ and under `carryon exec` (seccomp engine and plain ptrace engine), in ONE run, i
 medians and ratios to native.
 
     scripts/bench_engine.py [--quick] [--rounds N] [--image OCI_TAR | --rootfs DIR] [--cache DIR]
-                            [--engines native,proot,seccomp,ptrace,floor,isolated]
+                            [--engines native,proot,seccomp,ptrace,ptrace-2.6.32,floor,isolated]
                             [--workloads a,b,d,e,start,w,c]
                             [--carryon CMD] [--proot PATH] [--json FILE] [--no-path-micro]
 
@@ -12,7 +12,11 @@ medians and ratios to native.
 minimal C tracer that stops on exactly the system calls carryon's seccomp filter stops on and does
 nothing there (PTRACE_GETREGS, PTRACE_CONT): what the ptrace stops cost by themselves, so the rest
 of the seccomp column is the tracer's own work (reading paths, lstat, writing the new ones).
-`isolated`: the seccomp engine with the archives' copy-on-write (`carryon exec --overlay`, a state
+`ptrace-2.6.32`: the plain ptrace engine (every system call stops twice) under
+`scripts/kernel-jail --linux-2.6.32`, where the kernel answers like Linux 2.6.32 (no seccomp filters,
+no process_vm_readv: tracee memory through /proc/PID/mem and PTRACE_POKEDATA; the calls newer than
+2.6.32 that the guest makes are emulated or ENOSYS, runtime.syscall.newer): what a node at the
+floor costs. `isolated`: the seccomp engine with the archives' copy-on-write (`carryon exec --overlay`, a state
 emptied before each run): rows a-e must cost what `seccomp` costs; `w` appends to a 100 MB file of
 the image (the copy-up), `c` copies that file (the reference for what the copy costs).
 
@@ -52,7 +56,8 @@ WORKLOADS: dict[str, tuple[str, list[str]]] = {
     "w": ("append to a 100 MB image file", ["sh", "-c", "echo x >> /var/tmp/big100"]),
     "c": ("cp of that file (reference)", ["sh", "-c", "cp /var/tmp/big100 /tmp/c && rm /tmp/c"]),
 }
-ENGINES = ["native", "proot", "seccomp", "ptrace", "floor", "isolated"]
+ENGINES = ["native", "proot", "seccomp", "ptrace", "ptrace-2.6.32", "floor", "isolated"]
+JAIL = [sys.executable, os.path.join(REPO, "scripts", "kernel-jail"), "--linux-2.6.32"]
 BIG = "var/tmp/big100"
 GUEST_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -161,13 +166,15 @@ def prefix_for(engine: str, rootfs: str, carryon: list[str], proot: str) -> tupl
         return (FLOOR + ["chroot", rootfs], env)
     if engine == "proot":
         return ([proot, "-r", rootfs], env)
-    env["CARRYON_ENGINE"] = "seccomp" if engine == "isolated" else engine
+    env["CARRYON_ENGINE"] = {"isolated": "seccomp", "ptrace-2.6.32": "ptrace"}.get(engine, engine)
     # carryon itself may live in a venv: give it the caller's PATH and PYTHON* variables too
     for k in ("PYTHONPATH", "VIRTUAL_ENV"):
         if k in os.environ:
             env[k] = os.environ[k]
     if engine == "isolated":            # the archives' copy-on-write (state emptied before each run)
         return (carryon + ["exec", "--overlay", overlay_dir(rootfs), "-r", rootfs, "--"], env)
+    if engine == "ptrace-2.6.32":
+        return (JAIL + carryon + ["exec", "-r", rootfs, "--"], env)
     return (carryon + ["exec", "-r", rootfs, "--"], env)
 
 

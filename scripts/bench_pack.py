@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
 """Pack benchmark: carryon pack vs `umoci unpack --rootless` + `tar | zstd`, on debian-python.
 
-    /opt/cvenv/bin/python scripts/bench_pack.py [IMAGE.oci.tar] [--rounds N] [--quick]
+    /opt/cvenv/bin/python scripts/bench_pack.py [IMAGE.oci.tar] [--rounds N] [--quick] [--care-only]
 
 Prints one markdown table, all numbers measured in this run (machines are noisy: compare the ratios).
 Goals (issue 2): pack time <= the umoci pipeline's; rootfs payload at the default level <= the gzip'd
 OCI archive; at --level 19 <= 1.05 x `zstd -19` of the same squashed tar. `--quick` skips level 19.
 Needs umoci, tar and zstd on PATH. Pack time excludes building the runtime (`--bare`).
+
+CARE mode (issue 21, also alone with `--care-only`): the full archive against the one `--trace` packs from
+a run of the image's command (debian-python: `fib.py 20`), both complete self-extracting files (the frozen
+runtime is built once before): file and rootfs sizes, pack time, cold start (a fresh CARRYON_CACHE: the
+runtime and the image extracted) and warm start. Goals: traced <= 15 % of the full size, cold start
+<= 30 % of the full one's, pack with tracing <= 2x the full pack.
 """
 
 from __future__ import annotations
@@ -55,16 +61,70 @@ def umoci_pipeline(layout: Path, work: Path) -> tuple[float, float, int]:
     return t1, t2, out.stat().st_size
 
 
+def _start(archive: Path, cache: Path | None, home: Path) -> float:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
+    if cache is not None:
+        env["CARRYON_CACHE"] = str(cache)
+    return timed([str(archive)], env=env, stdout=subprocess.DEVNULL)
+
+
+def care_rows(image: Path, work: Path, rounds: int) -> None:
+    """The CARE-mode table: full vs traced archive of the image's command, interleaved rounds."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cli = [sys.executable, "-m", "packer.cli", "pack", "-q", str(image)]
+    subprocess.run(cli + ["-o", str(work / "warmup.run")], check=True, env=env)   # the frozen runtime, once
+    kinds = {"full": [], "traced": ["--trace"], "traced, --trace-prune-listings": ["--trace", "--trace-prune-listings"]}
+    packs: dict[str, list[float]] = {k: [] for k in kinds}
+    colds: dict[str, list[float]] = {k: [] for k in kinds}
+    warms: dict[str, list[float]] = {k: [] for k in kinds}
+    home = work / "home"
+    home.mkdir(exist_ok=True)
+    for r in range(rounds):
+        for k in (list(kinds) if r % 2 == 0 else list(kinds)[::-1]):
+            out = work / f"{k.replace(' ', '')}.run"
+            packs[k].append(timed(cli + kinds[k] + ["-o", str(out)], env=env, stderr=subprocess.DEVNULL))
+            cache = work / f"cache-{r}"
+            colds[k].append(_start(out, cache, home))
+            warms[k].append(_start(out, cache, home))
+            remove_tree(str(cache))
+    size = {k: (work / f"{k.replace(' ', '')}.run").stat().st_size for k in kinds}
+    rootfs = {k: read_layout(str(work / f"{k.replace(' ', '')}.run")).sections["rootfs"].length for k in kinds}
+    med = {k: (statistics.median(packs[k]), statistics.median(colds[k]), statistics.median(warms[k])) for k in kinds}
+    print(f"\n## CARE mode: full vs `--trace` (the image's command), {image.name}, median of {rounds}\n")
+    print("| archive | file (MB) | rootfs section (MB) | pack (s) | cold start, fresh cache (s) | warm start (s) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for k in kinds:
+        print(f"| {k} | {size[k] / 1e6:.2f} | {rootfs[k] / 1e6:.2f} | {med[k][0]:.2f} | {med[k][1]:.3f} "
+              f"| {med[k][2]:.3f} |")
+    f, t, pr = med["full"], med["traced"], med["traced, --trace-prune-listings"]
+    goals = [("traced size <= 15 % of full (whole file)", size["traced"] / size["full"], 0.15),
+             ("traced size <= 15 % of full (rootfs section)", rootfs["traced"] / rootfs["full"], 0.15),
+             ("traced cold start <= 30 % of full", t[1] / f[1], 0.30),
+             ("pack with tracing <= 2x full pack", t[0] / f[0], 2.0),
+             ("pruned listings: rootfs section <= 15 % of full",
+              rootfs["traced, --trace-prune-listings"] / rootfs["full"], 0.15),
+             ("pruned listings: cold start <= 30 % of full", pr[1] / f[1], 0.30)]
+    print("\n| goal | ratio | met |")
+    print("|---|---:|---|")
+    for name, ratio, limit in goals:
+        print(f"| {name} | {ratio:.2f} | {'yes' if ratio <= limit else 'NO'} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("image", nargs="?", default=str(DEFAULT_IMAGE))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="skip the --level 19 measurements")
+    ap.add_argument("--care-only", action="store_true", help="only the CARE-mode (--trace) table")
     args = ap.parse_args()
     image = Path(args.image)
     if not image.exists():
         print(f"bench_pack: {image} not found", file=sys.stderr)
         return 1
+    if args.care_only:
+        with tempfile.TemporaryDirectory(prefix="bench-pack-care-") as d:
+            care_rows(image, Path(d), args.rounds)
+        return 0
     for tool in ("umoci", "tar", "zstd"):
         if shutil.which(tool) is None:
             print(f"bench_pack: {tool} not on PATH", file=sys.stderr)
@@ -119,6 +179,7 @@ def main() -> int:
         for name, ok, ratio in goals:
             print(f"| {name} | {ratio} | {'yes' if ok else 'NO'} |")
         remove_tree(str(work / "bundle")) if (work / "bundle").exists() else None
+        care_rows(image, work, args.rounds)
     return 0
 
 

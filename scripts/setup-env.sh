@@ -1,7 +1,7 @@
 # Sourced by scripts/demo and scripts/test: Debian packages (as root, when missing), .venv from
 # Debian's /usr/bin/python3 with the project installed (editable), and the fixture images.
 PY=/usr/bin/python3
-APT_PKGS="python3-venv python3-dev proot busybox-static umoci skopeo zstd util-linux iproute2 procps binutils gcc docker-registry apache2-utils"
+APT_PKGS="python3-venv python3-dev proot busybox-static umoci skopeo zstd util-linux iproute2 procps binutils gcc docker-registry apache2-utils musl musl-dev musl-tools"
 
 carryon_setup() {
     if [ "$(id -u)" = 0 ]; then
@@ -31,8 +31,9 @@ carryon_setup() {
     # runs its Python loop only (the frozen runtime built for archives always has it)
     if command -v "${CC:-cc}" >/dev/null 2>&1; then
         .venv/bin/python -m runtime.tracee.native >/dev/null
+        .venv/bin/python -m runtime.execve.loader >/dev/null     # carryon's program loader
     else
-        echo "warning: no C compiler: the engine runs without its native stop loop" >&2
+        echo "warning: no C compiler: the engine runs without its native stop loop and its loader" >&2
     fi
     export PATH="$PWD/.venv/bin:$PATH"
     echo "== building fixtures"

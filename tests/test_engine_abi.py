@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO))
+from runtime.execve import loader  # noqa: E402
 from runtime.syscall import enter, table  # noqa: E402
 from runtime.syscall.sysnums import MAX_KNOWN, NUMBERS  # noqa: E402
 from runtime.tracee import ffi, loop, mem, native  # noqa: E402
@@ -27,7 +28,7 @@ C_FILES = [Path(native.HEADER), *map(Path, native.SOURCES)]
 SHARED: dict[str, int] = {
     # fastloop.h: registers (the kernel's layout itself is checked by _Static_assert in fastloop.c)
     "NREGS": len(ffi.REG_NAMES),
-    "R_R9": ffi.R_R9, "R_R8": ffi.R_R8, "R_RAX": ffi.R_RAX, "R_RDX": ffi.R_RDX, "R_RSI": ffi.R_RSI,
+    "R_R10": ffi.R_R10, "R_R9": ffi.R_R9, "R_R8": ffi.R_R8, "R_RAX": ffi.R_RAX, "R_RDX": ffi.R_RDX, "R_RSI": ffi.R_RSI,
     "R_RDI": ffi.R_RDI, "R_ORIG_RAX": ffi.R_ORIG_RAX, "R_RSP": ffi.R_RSP,
     "MAXNR": native.MAXNR,
     "PATH_LIMIT": mem.PATH_MAX,
@@ -46,6 +47,8 @@ SHARED: dict[str, int] = {
     "EVENT_STOP": ffi.PTRACE_EVENT_STOP,
     "NR_CLONE": loop.NR_CLONE, "NR_FORK": loop.NR_FORK, "CLONE_VM_": loop.CLONE_VM,
     "SYS_KCMP_": ffi._SYS_KCMP, "KCMP_VM_": ffi.KCMP_VM,
+    "LOADER_CALL": loader.NR, "SYS_OPENAT_": loader.NR_OPENAT,
+    "O_RDONLY_CLOEXEC_": loader.O_RDONLY_CLOEXEC,
     "ST_SETTLED": native.SETTLED, "ST_FORKS": native.FORKS, "ST_HELD": native.HELD,
     "ST_PYTHON": native.SETTLED | native.FORKS | native.HELD,
     # fastpath.c: follow rules and the flag bits they read, cache keys
@@ -73,7 +76,7 @@ SHARED: dict[str, int] = {
 }
 # the C side's own: sizes of its tables, its own state bits
 C_ONLY = {"PID_LIMIT", "ST_INITIAL", "ST_PROBE", "PROBES", "FIRST_CHUNK", "CACHE_SLOTS",
-          "CACHE_MAX", "BOUND_SLOTS", "BOUND_MAX"}
+          "CACHE_MAX", "BOUND_SLOTS", "BOUND_MAX", "LOAD_SLOTS", "LOAD_MAX"}
 # defines that are not integer constants
 NOT_VALUES = {"HIDDEN", "sigev_notify_thread_id"}
 # names a C constant expression may use besides the file's own constants
@@ -169,6 +172,33 @@ def test_value_ranges():
                                     "INOTIFY", "FANOTIFY")}
     assert (loop.NR_CLONE, loop.NR_FORK, ffi._SYS_KCMP) == (NUMBERS["clone"], NUMBERS["fork"],
                                                             NUMBERS["kcmp"])
+
+
+def test_loader_constants_agree():
+    """runtime/execve/loader.c (carryon's loader) and loader.py: the call, the record it gets
+    (header layout, flags), the system call numbers it uses; and the native loop's copy."""
+    c, others = c_constants(Path(loader.SOURCE))
+    assert not others
+    assert (c["LOADER_CALL"], c["INFO_MAGIC"], c["INFO_IDS"], c["INFO_PLAIN"], c["INFO_SIZE"]) == (
+        loader.NR, loader.MAGIC, loader.IDS, loader.PLAIN, loader.INFO_SIZE)
+    assert NUMBERS["tuxcall"] == loader.NR          # ENOSYS natively: only the tracer answers it
+    for name, v in c.items():
+        if name.startswith("SYS_"):
+            assert NUMBERS[name[4:]] == v, name
+    assert (c["O_RDONLY"] | c["O_CLOEXEC"], c["AT_FDCWD"] & (1 << 64) - 1) == (
+        loader.O_RDONLY_CLOEXEC, loader.AT_FDCWD)
+    rec = loader.encode(b"/bin/x", b"x", b"/host/bin/x", b"/host/ld.so", (1, 2, 3, 4))
+    words = [int.from_bytes(rec[i:i + 4], "little") for i in range(0, loader.HEADER, 4)]
+    assert words[:6] == [loader.MAGIC, loader.IDS, 1, 2, 3, 4] and words[9] == len(rec)
+    assert [rec[o:rec.index(b"\0", o)] for o in (*words[6:9], words[10])] == [
+        b"/bin/x", b"x", b"/host/bin/x", b"/host/ld.so"]
+    assert loader.path_offset(rec) == words[8]
+    assert loader.plain(rec)[4] == loader.IDS | loader.PLAIN and loader.plain(rec)[8:] == rec[8:]
+    assert len(loader.exec_path("/a/loader", 40)) >= 40 and loader.exec_path("/a/b", 2) == "/a/b"
+    # the C struct: 11 u32 (checked by their number in the source)
+    src = Path(loader.SOURCE).read_text()
+    body = src[src.index("struct info {"):src.index("};", src.index("struct info {"))]
+    assert body.count(",") + body.count(";") == loader.HEADER // 4
 
 
 def test_path_cache_keys_of_the_path_handler():

@@ -91,3 +91,49 @@ def test_usage(bad):
     p = subprocess.run([JAIL, *bad], capture_output=True, text=True)
     assert p.returncode == 125 and p.stderr.startswith("kernel-jail:")
     assert run_carryon("--version").returncode == 0
+
+
+def test_at_flags_2_6_32():
+    """--at-flags-2.6.32: the *at flags added after 2.6.32 fail with EINVAL, the others work."""
+    import errno
+    code = r"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+st = ctypes.create_string_buffer(144)
+def call(*a):
+    r = libc.syscall(*[x if isinstance(x, (bytes, ctypes.Array)) else ctypes.c_long(x) for x in a])
+    return 0 if r >= 0 else ctypes.get_errno()
+print(call(262, -100, b"/", st, 0), call(262, -100, b"/", st, 0x100), call(262, -100, b"", st, 0x1000),
+      call(262, -100, b"/", st, 0x800), call(260, -100, b"/nonexistent", -1, -1, 0x1000),
+      call(265, -100, b"/nonexistent", -100, b"/nonexistent2", 0x400),
+      call(265, -100, b"", -100, b"/nonexistent2", 0x1000))
+"""
+    p = subprocess.run([sys.executable, JAIL, "--at-flags-2.6.32", "/usr/bin/busybox", "true"],
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        pytest.skip("no static busybox")
+    p = subprocess.run([JAIL, "--at-flags-2.6.32", sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=60)
+    # a dynamically linked glibc >= 2.33 program cannot start there (its loader's fstat)
+    assert p.returncode == 127 and "cannot stat shared object" in p.stderr, p.stderr
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    ok = [int(x) for x in p.stdout.split()]
+    assert ok[:4] == [0, 0, 0, 0] and ok[4] == ok[5] == errno.ENOENT
+    # the same calls through the helper the launcher uses there: its rewriting is what the runtime sees
+    import shutil
+    cc = shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        helper = f"{d}/oldkernel"
+        if subprocess.run([cc, "-O2", "-static", "-o", helper,
+                           str(REPO / "runtime" / "launch" / "oldkernel.c")]).returncode != 0:
+            pytest.skip("no static C library")
+        p = subprocess.run([JAIL, "--at-flags-2.6.32", helper, sys.executable, "-c", code],
+                           capture_output=True, text=True, timeout=60)
+    got = [int(x) for x in p.stdout.split()]
+    # plain and NOFOLLOW: as before; "" + AT_EMPTY_PATH of AT_FDCWD: the helper drops the flag
+    # (ENOENT, as 2.6.32 without it); AT_NO_AUTOMOUNT dropped: works; fchownat and linkat with
+    # AT_EMPTY_PATH: EINVAL, as on 2.6.32 (nobody uses them at start-up); linkat's FOLLOW: allowed
+    assert got == [0, 0, errno.ENOENT, 0, errno.EINVAL, errno.ENOENT, errno.EINVAL], p.stderr

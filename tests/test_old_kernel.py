@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -85,3 +86,45 @@ def test_no_guest_outlives_a_sigkilled_tracer(user, old):
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def _static_busybox_path() -> str:
+    """A PATH of the node's own tools for the 2.6.32 at-flags emulation: static busybox applets
+    (this machine's dynamic tools use glibc 2.36, whose fstat that emulation refuses, as 2.6.32
+    would; a real old node's own tools are built for it)."""
+    import shutil
+    bb = shutil.which("busybox")
+    if bb is None or b"ld-linux" in open(bb, "rb").read(4096):
+        pytest.skip("no static busybox (apt-get install busybox-static)")
+    d = workdir() / "static-tools"
+    if not d.exists():
+        d.mkdir()
+        for applet in ("sh", "ls", "tail", "head", "gzip", "tar", "mkdir", "mv", "rm", "chmod", "df",
+                       "id", "dd", "cat"):
+            os.symlink(bb, d / applet)
+    return str(d)
+
+
+def test_runtime_starts_before_2_6_39(user):
+    """Linux before 2.6.39 refuses fstatat's AT_EMPTY_PATH, which the bundled glibc's loader and
+    fstat() use: the launcher starts the runtime through its static helper (oldkernel.c) there, and
+    the engine gives guests fstat for it (runtime.syscall.newer). Warm start: the cold path runs
+    `#!/bin/sh` test scripts, this machine's dash."""
+    py = str(archive("py"))
+    home = _home(user)
+    assert _run(OLD + [py, "-c", "pass"], user, home).returncode == 0     # unpacked, the usual tools
+    strict = [sys.executable] + OLD + ["--at-flags-2.6.32"]     # (no python3 on that PATH)
+    env = {"PATH": _static_busybox_path(), "HOME": home, "LANG": "C.UTF-8"}
+
+    def run(args: list[str], **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(strict + ["sh", py] + args, env=dict(env, **extra), capture_output=True,
+                              text=True, timeout=300, cwd="/", **user_popen_kwargs(user))
+
+    p = run(["/app/fib.py", "5"])       # what the release check is for: no start without the helper
+    assert p.returncode == 127 and "cannot stat shared object" in p.stderr, p.stderr
+    p = run(["-c", "import subprocess, sys; print(subprocess.run(['/bin/ls', '/app'], "
+             "capture_output=True, text=True).stdout.split()[0]); sys.exit(7)"],
+            CARRYON_TEST_KERNEL_RELEASE="2.6.32-754.el6.x86_64")
+    assert (p.returncode, p.stdout) == (7, "fib.py\n"), p.stderr
+    p = run(["/app/fib.py", "20"], CARRYON_TEST_KERNEL_RELEASE="2.6.38")
+    assert (p.returncode, p.stdout) == (0, "fib(20) = 6765\n"), p.stderr

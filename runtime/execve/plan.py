@@ -3,9 +3,12 @@ does that work in the guest's terms and hands the kernel something it can run as
 
 - `#!` scripts: the interpreter (a guest path, resolved like any path) with the optional argument
   and the script's filename, nested up to 4 levels (deeper: ELOOP); a missing interpreter: ENOENT.
-- dynamic ELF: the GUEST's loader named by PT_INTERP, run with `--argv0 ARGV0 PROGRAM ARGS...`
+- dynamic ELF: carryon's own loader (runtime/execve/loader.py, when `plan` is given one) with the
+  argv UNCHANGED: it maps the program and the guest loader named by PT_INTERP itself, so the
+  process sees the argv, comm and auxv a real exec gives. Without it (no C compiler for a venv
+  install, `CARRYON_LOADER=0`): the GUEST's loader, run with `--argv0 ARGV0 PROGRAM ARGS...`
   (PROGRAM as a guest path: the loader opens it through the tracer); a loader without `--argv0`
-  (glibc < 2.33) gets `PROGRAM ARGS...` and the program sees its guest path as argv[0].
+  (glibc < 2.33, musl < 1.2.3) gets `PROGRAM ARGS...` and the program sees its guest path as argv[0].
 - static ELF: run as is.
 Errors are the kernel's: ENOENT (missing), EACCES (directory, not regular, no exec permission),
 ENOEXEC (neither ELF nor `#!`, or not x86_64), ELOOP (scripts nested too deep).
@@ -28,12 +31,17 @@ if TYPE_CHECKING:
 
 
 class ExecPlan:
-    __slots__ = ("host_path", "argv", "exe_guest")
+    __slots__ = ("host_path", "argv", "exe_guest", "program", "st", "loaded", "interp")
 
-    def __init__(self, host_path: str, argv: list[Arg], exe_guest: str) -> None:
+    def __init__(self, host_path: str, argv: list[Arg], exe_guest: str, program: str = "",
+                 st: os.stat_result | None = None, loaded: bool = False, interp: str = "") -> None:
         self.host_path = host_path      # what the kernel executes
         self.argv = argv                # the new argv
         self.exe_guest = exe_guest      # what /proc/PID/exe must read as afterwards
+        self.program = program          # host path of the program (the ELF the exec ends at)
+        self.st = st                    # its stat (set-user-ID bits: runtime.extension.fake_id)
+        self.loaded = loaded            # host_path is carryon's loader, which loads `program`
+        self.interp = interp            # host path of the program's PT_INTERP loader (if loaded)
 
 
 # What the headers of an executable file said, by file identity (host path, device, inode, mtime,
@@ -77,15 +85,16 @@ def _head_kind(host: str) -> tuple[tuple, os.stat_result]:
     return kind, st
 
 
-def plan(resolve: Resolve, filename: str, argv: list[Arg]) -> ExecPlan:
-    """Plan the exec of guest `filename` with `argv` (pointers into the tracee)."""
+def plan(resolve: Resolve, filename: str, argv: list[Arg], loader: str | None = None) -> ExecPlan:
+    """Plan the exec of guest `filename` with `argv` (pointers into the tracee); `loader`:
+    carryon's loader (runtime.execve.loader.path()), None for the guest loader's `--argv0` way."""
     path = filename
     depth = 0
     while True:
         guest, host = resolve(path)
         kind, st = _head_kind(host)
         if kind[0] == "unread":
-            return ExecPlan(host, argv, guest)
+            return ExecPlan(host, argv, guest, host, st)
         if kind[0] == "script":
             depth += 1
             if depth > shebang.MAX_NESTING:
@@ -100,7 +109,7 @@ def plan(resolve: Resolve, filename: str, argv: list[Arg]) -> ExecPlan:
             continue
         interp_path = kind[1]
         if interp_path is None:
-            return ExecPlan(host, argv, guest)
+            return ExecPlan(host, argv, guest, host, st)
         try:
             _lguest, lhost = resolve(interp_path)
             lst = os.stat(lhost)
@@ -110,9 +119,11 @@ def plan(resolve: Resolve, filename: str, argv: list[Arg]) -> ExecPlan:
             raise
         if not stat.S_ISREG(lst.st_mode):
             raise OSError(errno.EACCES, "ELF interpreter is not a regular file")
+        if loader is not None:
+            return ExecPlan(loader, argv, guest, host, st, True, lhost)
         argv0: Arg = argv[0] if argv else os.fsencode(path)
         loader_argv: list[Arg] = [os.fsencode(interp_path)]
         if elf.loader_has_argv0(lhost, lst):
             loader_argv += [b"--argv0", argv0]
         loader_argv.append(os.fsencode(guest))
-        return ExecPlan(lhost, loader_argv + argv[1:], guest)
+        return ExecPlan(lhost, loader_argv + argv[1:], guest, host, st)

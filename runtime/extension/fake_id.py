@@ -12,6 +12,12 @@
 - stat/fstat/lstat/newfstatat/statx show a remembered chown, else the owner recorded in the image
   (the extraction metadata `DIR.carryon-meta.json`) for files of the image, or, for a file of the
   rootfs that the extracting user owns (created at run time), the guest's effective uid/gid.
+- an execve of a set-user-ID (set-group-ID with group execute) program, as the guest sees its owner
+  (a remembered chown, else the image's owner), sets the effective and saved ids as the kernel
+  would; every exec sets the saved ids to the effective ones. The new ids reach the program's
+  auxiliary vector too (AT_UID, AT_EUID, AT_GID, AT_EGID; AT_SECURE when effective and real
+  differ) through carryon's loader (runtime.execve.loader), and the state changes only once the
+  exec succeeded (`Tracee.pending_ext`).
 Nothing changes for real: files keep the real user as owner, and permission checks stay the
 kernel's for the real user. What is remembered lives in the tracer's memory for the run (as PRoot
 does). `-0` adds runtime.extension.fake_root (device nodes, privileged xattrs) on top of this.
@@ -329,6 +335,28 @@ class FakeId(Base):
         if key is not None and regs[R_RAX] == 0:
             self.forget(key)
         return 0
+
+    # ---- exec ---------------------------------------------------------------------------------
+    def exec_ids(self, t, plan) -> tuple[int, int, int, int]:
+        """The ids after the exec `plan` (runtime.execve.plan.ExecPlan) goes through, as the
+        kernel sets them (set-user/group-ID bits of the program as the guest sees its owner;
+        saved ids = effective ones); noted in t.pending_ext for when it succeeds. Returns
+        (ruid, euid, rgid, egid) for the program's auxiliary vector."""
+        st = self._state(t)
+        new = list(st)
+        pst = plan.st
+        if pst is not None and pst.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            owner = self.chowned.get((pst.st_dev, pst.st_ino)) or self.meta().get(plan.exe_guest)
+            if owner is None or owner[0] == -1:
+                owner = (st[EUID], st[EGID])    # a file of the run's own: the guest's
+            if pst.st_mode & stat.S_ISUID:
+                new[EUID] = owner[0]
+            if pst.st_mode & stat.S_ISGID and pst.st_mode & stat.S_IXGRP:
+                new[EGID] = owner[1]
+        new[SUID] = new[FSUID] = new[EUID]
+        new[SGID] = new[FSGID] = new[EGID]
+        t.pending_ext = {KEY: new} if new != st else None
+        return new[RUID], new[EUID], new[RGID], new[EGID]
 
     # ---- identity calls -------------------------------------------------------------------------
     def _ok(self, t, regs, nr) -> int:

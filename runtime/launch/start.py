@@ -116,7 +116,15 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
         from runtime import engine
         rep.mark("engine imported")
         reset_signal_dispositions()
-        return int(engine.run(spec))
+        traced = arch.manifest.get("trace") if opts.verbose else None
+        if traced:                      # a trimmed archive (CARE mode): name what the trimming removed
+            from runtime import trace
+            spec.trace = trace.Recorder()
+        try:
+            return int(engine.run(spec))
+        finally:
+            if traced:
+                trace.hint(spec.trace, spec.rootfs, traced)
     finally:
         cache.remove(run_dir)
 

@@ -356,7 +356,16 @@ def _copy_file(src: str, dst: str, st: os.stat_result) -> None:
                 except OSError as e:
                     if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                         raise
-                    n = os.sendfile(fd_out, fd_in, None, min(left, 1 << 30))
+                    try:
+                        n = os.sendfile(fd_out, fd_in, None, min(left, 1 << 30))
+                    except OSError as e2:   # a file as sendfile's target: Linux 2.6.33
+                        if e2.errno not in (errno.EINVAL, errno.ENOSYS):
+                            raise
+                        data = os.read(fd_in, min(left, 1 << 20))
+                        done = 0
+                        while done < len(data):
+                            done += os.write(fd_out, data[done:])
+                        n = len(data)
                 if n == 0:
                     break
                 left -= n

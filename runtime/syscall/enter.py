@@ -14,7 +14,7 @@ import os
 import stat as stat_mod
 import sys
 
-from runtime.execve import plan as exec_plan
+from runtime.execve import loader as exec_loader, plan as exec_plan
 from runtime.path import proc as proc_links
 from runtime.path.binding import Mapper
 from runtime.spec import Bind
@@ -159,6 +159,15 @@ class Translator:
         # hand-over of those calls to Python) is called once then
         self.unix_named = False
         self.on_unix_named = None
+        # exec: carryon's loader (runtime.execve.loader), None for the guest loader's --argv0 way;
+        # `native_load(pid, record)` gives the native loop the loader's record (when it runs);
+        # `exec_ids(t, plan) -> (ruid, euid, rgid, egid) | None`: the guest's ids after an exec
+        # (runtime.extension.fake_id, which also notes its state's change in t.pending_ext)
+        self.loader = exec_loader.path()
+        self.native_load = None
+        self.exec_ids = None
+        # the plain ptrace engine: the loader runs without stops after its call (Tracee.loading)
+        self.plain = False
 
     def _outside(self, t, dirfd: int):
         """(mapper, guest base) for a base directory outside the process's (chrooted) view: it is
@@ -606,6 +615,12 @@ class Translator:
             paddr, vaddr, envp, flags = regs[ARG[0]], regs[ARG[1]], regs[ARG[2]], 0
         raw = mem.read_cstring(t, paddr) if paddr else b""
         mapper = t.mapper
+        execfn = raw            # the kernel's bprm->filename (AT_EXECFN, comm)
+        if at and raw[:1] != b"/":
+            dfd = _int32(regs[ARG[0]])
+            if dfd != T.AT_FDCWD:
+                execfn = b"/dev/fd/%d" % dfd + (b"/" + raw if raw else b"")
+        empty = at and not raw
         if at and not raw and flags & T.AT_EMPTY_PATH:
             try:
                 host = _readlink(f"/proc/{t.pid}/fd/{_int32(regs[ARG[0]])}")
@@ -649,9 +664,20 @@ class Translator:
                     cache[p] = hit
             return hit
 
-        p = exec_plan.plan(resolve, _fsdecode(raw), argv)
-        # One write for everything: the argv array (8-aligned), then the new path, then the strings.
-        host_b = _fsencode(p.host_path) + b"\0"
+        p = exec_plan.plan(resolve, _fsdecode(raw), argv, self.loader)
+        ids = self.exec_ids(t, p) if self.exec_ids is not None else None
+        if p.loaded:
+            # the comm of an execveat(fd, "", AT_EMPTY_PATH): the file's name (Linux 6.14+)
+            comm = exec_loader.comm_of(raw if empty else execfn)
+            t.load = rec = exec_loader.encode(execfn, comm, _fsencode(p.program), _fsencode(p.interp),
+                                              ids)
+            if self.native_load is not None:
+                self.native_load(t.pid, rec)
+            host_b = _fsencode(exec_loader.exec_path(p.host_path, len(execfn))) + b"\0"
+        else:
+            t.load = None
+            # One write for everything: the argv array (8-aligned), then the new path, then the strings.
+            host_b = _fsencode(p.host_path) + b"\0"
         new_strings = [a + b"\0" for a in p.argv if isinstance(a, bytes)]
         arr_len = 8 * (len(p.argv) + 1)
         size = arr_len + len(host_b) + sum(len(s) for s in new_strings)
@@ -678,6 +704,28 @@ class Translator:
         t.pending_exe = p.exe_guest
         return CHANGED
 
+    def _loader_call(self, t, regs) -> int:
+        """carryon's loader asks what to run after an exec through it (runtime.execve.loader):
+        its record goes into its buffer and the call becomes the openat of the program. ENOSYS
+        (the kernel's answer) for anyone else, and for a second call."""
+        rec = t.load
+        if rec is None:
+            raise OSError(errno.ENOSYS, "not carryon's loader")
+        buf = regs[R_RDI]
+        if regs[R_RSI] < len(rec):
+            raise OSError(errno.EINVAL, "loader buffer too small")
+        if self.plain:
+            rec = exec_loader.plain(rec)
+            t.loading = True
+        mem.write(t, buf, rec)
+        t.load = None
+        regs[R_ORIG_RAX] = exec_loader.NR_OPENAT
+        regs[R_RDI] = exec_loader.AT_FDCWD
+        regs[R_RSI] = buf + exec_loader.path_offset(rec)
+        regs[R_RDX] = exec_loader.O_RDONLY_CLOEXEC
+        regs[R_R10] = 0
+        return CHANGED
+
     # ---- the dispatch list --------------------------------------------------------------------
     def dispatch(self, size: int = 512) -> list:
         out: list = [None] * size
@@ -690,4 +738,6 @@ class Translator:
             out[call.nr] = specials[call.special] if call.special else self._path_handler(call)
         for nr, h in self.extra.items():
             out[nr] = h
+        if self.loader is not None:
+            out[exec_loader.NR] = self._loader_call
         return out

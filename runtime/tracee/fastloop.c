@@ -18,6 +18,9 @@
  *   - the first stop of a thread after an execve Python let go on without an exec event (cf_probe):
  *     when the old memory is gone (the exec succeeded), that is queued and the stop is handled
  *     like any other of a settled thread;
+ *   - the first call of carryon's loader after an exec through it (LOADER_CALL, runtime/execve/
+ *     loader.py): the record Python made at the execve stop (cf_load) is written into the
+ *     loader's buffer and the call turned into the openat of the program's host path it holds;
  *   - with port translation (cf_port_*), the socket calls whose answer the port table gives as is:
  *     a bind to a mapped port already published for that address (queued: Python remembers the
  *     socket), a connect/sendto to a mapped port on a local address, getsockname/getpeername of a
@@ -42,7 +45,7 @@
 /* fastloop.h's register indices are the kernel's layout (Python's side: tests/test_engine_abi.py) */
 #define AT_WORD(field, index) (offsetof(struct user_regs_struct, field) == (index) * sizeof(long))
 _Static_assert(sizeof(struct user_regs_struct) == NREGS * sizeof(long), "NREGS");
-_Static_assert(AT_WORD(r9, R_R9) && AT_WORD(r8, R_R8) && AT_WORD(rax, R_RAX) && AT_WORD(rdx, R_RDX)
+_Static_assert(AT_WORD(r10, R_R10) && AT_WORD(r9, R_R9) && AT_WORD(r8, R_R8) && AT_WORD(rax, R_RAX) && AT_WORD(rdx, R_RDX)
                && AT_WORD(rsi, R_RSI) && AT_WORD(rdi, R_RDI) && AT_WORD(orig_rax, R_ORIG_RAX)
                && AT_WORD(rsp, R_RSP), "register indices");
 
@@ -50,7 +53,7 @@ _Static_assert(AT_WORD(r9, R_R9) && AT_WORD(r8, R_R8) && AT_WORD(rax, R_RAX) && 
 #define sigev_notify_thread_id _sigev_un._tid
 #endif
 
-#define CF_ABI 4
+#define CF_ABI 5
 #define PID_LIMIT (1u << 22)            /* the kernel's PID_MAX_LIMIT on 64-bit */
 #define SECCOMP_STOP (SIGTRAP | (7 << 8))   /* PTRACE_EVENT_SECCOMP */
 #define SYSCALL_STOP (SIGTRAP | 0x80)
@@ -62,6 +65,9 @@ _Static_assert(AT_WORD(r9, R_R9) && AT_WORD(r8, R_R8) && AT_WORD(rax, R_RAX) && 
 #define CLONE_VM_ 0x100
 #define SYS_KCMP_ 312
 #define KCMP_VM_ 1
+#define LOADER_CALL 184             /* runtime/execve/loader.py NR */
+#define SYS_OPENAT_ 257
+#define O_RDONLY_CLOEXEC_ 02000000
 
 /* per-pid state: bits Python sets (cf_set) ... */
 #define ST_SETTLED 1    /* its stops may be handled here */
@@ -133,6 +139,80 @@ int cf_probe(int pid, int peer, int fd, unsigned long addr, int after)
         }
     }
     return -1;
+}
+
+/* records for carryon's loader (cf_load): pid -> the bytes its LOADER_CALL gets */
+struct load { int pid; unsigned len; char *rec; };
+#define LOAD_SLOTS 64
+#define LOAD_MAX 16384
+static struct load loads[LOAD_SLOTS];
+static unsigned nloads;
+
+static struct load *find_load(int pid)
+{
+    for (int i = 0; i < LOAD_SLOTS; i++)
+        if (loads[i].pid == pid && loads[i].rec)
+            return &loads[i];
+    return NULL;
+}
+
+static void drop_load(struct load *l)
+{
+    free(l->rec);
+    l->rec = NULL;
+    l->pid = 0;
+    nloads--;
+}
+
+/* pid's next LOADER_CALL gets `rec` (len bytes; len 0: none). Returns -1 when there is no room
+ * (Python answers that call then: it keeps its own copy). */
+int cf_load(int pid, const char *rec, unsigned len)
+{
+    struct load *l = nloads ? find_load(pid) : NULL;
+    if (l)
+        drop_load(l);
+    if (!len)
+        return 0;
+    if (len > LOAD_MAX || len < 40)
+        return -1;
+    for (int i = 0; i < LOAD_SLOTS; i++) {
+        if (!loads[i].rec) {
+            char *copy = malloc(len);
+            if (!copy)
+                return -1;
+            memcpy(copy, rec, len);
+            loads[i] = (struct load){ pid, len, copy };
+            nloads++;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* A LOADER_CALL(buffer, size) stop, registers in `regs`: 1 answered, 0 for Python. */
+static int load_stop(int pid)
+{
+    struct load *l = nloads ? find_load(pid) : NULL;
+    if (!l || regs[R_RSI] < l->len)
+        return 0;
+    unsigned long buf = regs[R_RDI];
+    uint32_t path_off;
+    memcpy(&path_off, l->rec + 32, sizeof path_off);    /* the record's offset of the host path */
+    if (path_off >= l->len || write_mem(pid, buf, l->rec, l->len))
+        return 0;
+    unsigned long saved[NREGS];
+    memcpy(saved, regs, sizeof saved);
+    regs[R_ORIG_RAX] = SYS_OPENAT_;
+    regs[R_RDI] = (unsigned long)-100;                  /* AT_FDCWD */
+    regs[R_RSI] = buf + path_off;
+    regs[R_RDX] = O_RDONLY_CLOEXEC_;
+    regs[R_R10] = 0;
+    if (ptrace(PTRACE_SETREGS, pid, 0, regs) == -1) {
+        memcpy(regs, saved, sizeof saved);
+        return 0;
+    }
+    drop_load(l);
+    return resume(pid, C_LOADS);
 }
 
 static void drop_probe(int pid)
@@ -288,6 +368,11 @@ int cf_wait(int *out)
         if (!WIFSTOPPED(status)) {
             if (st & ST_PROBE)
                 drop_probe(pid);
+            if (nloads) {
+                struct load *l = find_load(pid);
+                if (l)
+                    drop_load(l);
+            }
             put_state(pid, 0);                  /* gone: its pid may come back as another */
             if (pid != main_pid && queued < QUEUE_MAX) {
                 enqueue(Q_EXIT, pid, status, 0);
@@ -320,6 +405,8 @@ int cf_wait(int *out)
             int done = path_stop(pid, nr);
             if (done < 0)
                 done = port_stop(pid, nr);
+            if (done < 0 && nr == LOADER_CALL)
+                done = load_stop(pid);
             if (done > 0)
                 continue;
             break;
@@ -397,6 +484,9 @@ void cf_reset(void)
     queued = 0;
     main_pid = 0;
     memset(probes, 0, sizeof probes);
+    for (int i = 0; i < LOAD_SLOTS; i++)
+        if (loads[i].rec)
+            drop_load(&loads[i]);
     path_reset();
     port_reset();
 }

@@ -24,6 +24,7 @@
 /* x86_64 struct user_regs_struct, as words (checked against <sys/user.h> in fastloop.c; the
  * Python side, runtime/tracee/ffi.py and native.py, by tests/test_engine_abi.py) */
 #define NREGS 27
+#define R_R10 7
 #define R_R9 8
 #define R_R8 9
 #define R_RAX 10
@@ -45,7 +46,8 @@
 #define QUEUE_MAX 1024
 
 /* what cf_stats counts */
-enum { C_CACHED, C_NAMES, C_SIGNALS, C_FORKS, C_EXITS, C_EXECS, C_SOCKETS, C_PYTHON, C_COUNT };
+enum { C_CACHED, C_NAMES, C_SIGNALS, C_FORKS, C_EXITS, C_EXECS, C_SOCKETS, C_PYTHON, C_LOADS,
+       C_COUNT };
 
 extern HIDDEN unsigned long *regs;      /* Python's register buffer (NREGS words) */
 extern HIDDEN unsigned long counts[C_COUNT];

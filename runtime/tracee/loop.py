@@ -17,6 +17,9 @@ parent by kcmp(KCMP_VM) instead. A process that makes threads gets exec events b
 threads (a non-leader thread's execve changes thread ids, which only the event reports), as do
 CLONE_VM children that are not vfork children and a thread whose memory cannot be read that way.
 
+carryon's loader (runtime.execve.loader) under the plain engine: after its one call it runs with
+PTRACE_CONT (none of its system calls needs the tracer) until its int3, whose SIGTRAP is swallowed.
+
 Job control: both engines seize the guest (PTRACE_SEIZE; children are seized with their parent), so
 a stop signal's group-stop reaches the tracer as PTRACE_EVENT_STOP with that signal. The loop keeps
 it with PTRACE_LISTEN: the process stays stopped (/proc shows `t (tracing stop)`, a ptrace stop,
@@ -154,6 +157,10 @@ class Loop:
             if old is not None:
                 t.pending_exe = old.pending_exe or t.pending_exe
                 t.ext = old.ext
+                t.pending_ext = old.pending_ext
+                t.load = old.load
+                if self.native is not None:     # its record was given for the old thread id
+                    self.native.load(pid, t.load)
                 old.close()
         t.exec_done()
         if not self.seccomp:
@@ -203,6 +210,7 @@ class Loop:
             alive = False
         if alive:                               # the execve failed: same program, same memory
             t.pending_exe = ""
+            t.pending_ext = None
             return
         t.exec_done()
 
@@ -467,6 +475,9 @@ class Loop:
                             self._injected(t, pid, regs)
                         elif t.skip_ret is not None or t.exits:
                             self._exit_stop(t, pid, regs)
+                        if t.loading:       # carryon's loader: unstopped until its int3
+                            resume(ffi.PTRACE_CONT, pid, 0)
+                            continue
                     resume(PTRACE_SYSCALL, pid, 0)
                     continue
                 event = s8 >> 8
@@ -513,6 +524,10 @@ class Loop:
                 if sig in STOP_SIGNALS and not seized and not ffi.has_siginfo(pid):
                     # group-stop of a thread attached the classic way: without PTRACE_LISTEN a
                     # stop kept here would hide the SIGCONT that ends it, so it runs on
+                    resume(resume_req, pid, 0)
+                    continue
+                if sig == signal.SIGTRAP and t.loading:
+                    t.loading = False           # carryon's loader's int3: traced again from here
                     resume(resume_req, pid, 0)
                     continue
                 resume(resume_req, pid, sig)    # a signal to deliver (a stop signal: see above)

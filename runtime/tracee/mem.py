@@ -1,10 +1,10 @@
 """Tracee memory: read C strings / bytes and push data below the stack pointer.
 
 One `pread` on /proc/PID/mem per string (up to the end of its page, then page by page), `pwrite` for
-writes; `process_vm_readv/writev` until the program has stopped MEMFD_AFTER times, and when
-/proc/PID/mem cannot be opened. Scratch data goes below the tracee's stack pointer, past the
-128-byte red zone, 16-byte aligned; it is dead once the system call returns, so nothing needs
-restoring.
+writes (kernels before 2.6.39 refuse those: then as below, see `write`); `process_vm_readv/writev`
+until the program has stopped MEMFD_AFTER times, and when /proc/PID/mem cannot be opened. Scratch
+data goes below the tracee's stack pointer, past the 128-byte red zone, 16-byte aligned; it is dead
+once the system call returns, so nothing needs restoring.
 
 Why not open /proc/PID/mem at once: most programs of a shell script stop only a handful of times
 (`/bin/true`: its execve, the loader's four opens). Opening the file costs a path walk and a
@@ -108,12 +108,25 @@ def read_words(t, addr: int, max_words: int = 1 << 20) -> list[int]:
     raise OSError(errno.E2BIG, "argument list too long")
 
 
+# Kernels before 2.6.39 open /proc/PID/mem for writing but refuse the write (EINVAL): from the
+# first such refusal on, writes go through ffi.vm_write (process_vm_writev, else PTRACE_POKEDATA).
+_no_mem_writes = False
+
+
 def write(t, addr: int, data: bytes, _pwrite=os.pwrite) -> None:
+    global _no_mem_writes
     fd = t.memfd
     try:
-        n = _pwrite(fd, data, addr) if fd >= 0 else ffi.vm_write(t.pid, addr, data)
-    except (OSError, OverflowError, ValueError):
+        n = _pwrite(fd, data, addr) if fd >= 0 and not _no_mem_writes \
+            else ffi.vm_write(t.pid, addr, data)
+    except (OSError, OverflowError, ValueError) as e:
         n = -1
+        if fd >= 0 and isinstance(e, OSError) and e.errno == errno.EINVAL and not _no_mem_writes:
+            _no_mem_writes = True
+            try:
+                n = ffi.vm_write(t.pid, addr, data)
+            except (OSError, OverflowError, ValueError):
+                pass
     if n != len(data):
         raise OSError(errno.EFAULT, "cannot write tracee memory")
 

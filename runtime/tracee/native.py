@@ -6,7 +6,8 @@ interpreter's large working set refills the CPU's caches; the same work in C cos
 `floor` rows of scripts/bench_engine.py). So the event loop waits through `cf_wait`, which handles
 by itself, for threads Python marked settled (`set`), the stops whose answer needs no decision:
 absolute paths found in a path cache Python fills (`put`), plain names that are not symlinks,
-NULL/empty paths, signal deliveries (not of stop signals). Everything else comes back to Python
+NULL/empty paths, signal deliveries (not of stop signals), the call of carryon's loader after an
+exec (`load`, runtime.execve.loader). Everything else comes back to Python
 unchanged, group-stops included (Python keeps them: job control, runtime/tracee/loop.py).
 
 What Python must keep true (runtime/tracee/loop.py, runtime/syscall/enter.py, runtime.path.binding):
@@ -41,7 +42,7 @@ import ctypes
 import os
 import sys
 
-ABI = 4
+ABI = 5
 # a thread's state bits Python gives (`set`)
 SETTLED = 1         # its stops may be handled natively
 FORKS = 2           # its fork/vfork events too
@@ -66,7 +67,7 @@ MAXNR = 512         # system call numbers the loop keeps a spec or socket kind f
 KEY_FOLLOWED, KEY_NOT_FOLLOWED, KEY_DIR = 1, 2, 3
 _DIR_MARK = bytes((0, KEY_DIR))
 # what `stats` counts, in the C loop's order (its C_* counters)
-STATS = ("cached", "names", "signals", "forks", "exits", "execs", "sockets", "python")
+STATS = ("cached", "names", "signals", "forks", "exits", "execs", "sockets", "python", "loads")
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the loop, its path stops, its socket stops, and what they share
 SOURCES = tuple(os.path.join(HERE, f) for f in ("fastloop.c", "fastpath.c", "fastport.c"))
@@ -107,6 +108,12 @@ class Native:
         memory's descriptor `fd`, as Loop._exec_check does); if so queue Q_EXEC and give it the
         bits `after`. False when the native loop has no room (Python checks itself)."""
         return self._probe(pid, peer, fd, ctypes.c_ulong(addr), after) == 0
+
+    def load(self, pid: int, record: bytes | None) -> bool:
+        """pid's next call of carryon's loader gets `record` (runtime.execve.loader), answered
+        natively; None: no record. False when the native loop has no room (Python answers)."""
+        rec = record or b""
+        return self.lib.cf_load(pid, rec, len(rec)) == 0
 
     # port translation (runtime/extension/portmap.py's attach_native)
     def port_call(self, nr: int, kind: int) -> None:
@@ -234,8 +241,15 @@ def _newest_source() -> float:
 def _cached_build() -> str | None:
     """The library built from the sources in the user's cache (built there now if needed), or
     None. Named after the sources' sizes and mtimes: a changed source gets a new build."""
+    return cached_build((*SOURCES, HEADER), "fastloop-{}.so", build)
+
+
+def cached_build(sources: tuple[str, ...], name: str, builder) -> str | None:
+    """`builder(dest)` run once into the user's cache for these sources (`name` with a tag of
+    their sizes and mtimes for `{}`), or None (no sources: frozen or broken; no trusted cache dir;
+    the build failed). Also runtime/execve/loader.py's."""
     try:
-        sts = [os.stat(f) for f in (*SOURCES, HEADER)]
+        sts = [os.stat(f) for f in sources]
     except OSError:
         return None                         # frozen without them, or a broken install
     import hashlib
@@ -244,8 +258,8 @@ def _cached_build() -> str | None:
     first = cache.candidates(None)[0]
     if first.explicit or os.path.basename(first.path) != "carryon":
         return None             # no XDG/home cache: a shared temp dir is no place to load code from
-    # the library is code we load: only from dirs that pass runtime.cache's trust rule (real, ours,
-    # not writable by others), and only a regular file of ours that others cannot write
+    # what is built is code we run: only from dirs that pass runtime.cache's trust rule (real,
+    # ours, not writable by others), and only a regular file of ours that others cannot write
     ndir = cache.Candidate(os.path.join(first.path, "native"))
     try:
         os.makedirs(first.path, mode=0o700, exist_ok=True)
@@ -255,12 +269,12 @@ def _cached_build() -> str | None:
         return None
     if cache.check_candidate(first)[0] is None or cache.check_candidate(ndir)[0] is None:
         return None
-    path = os.path.join(ndir.path, f"fastloop-{tag}.so")
+    path = os.path.join(ndir.path, name.format(tag))
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         try:
-            return build(path)
+            return builder(path)
         except OSError:
             return None
     except OSError:

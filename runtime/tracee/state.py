@@ -16,7 +16,8 @@ class Tracee:
 
     __slots__ = ("pid", "memfd", "scratch", "ret", "exits", "exe", "pending_exe", "mapper",
                  "in_syscall", "skip_ret", "ext", "started", "guest_root", "area", "inject", "peek",
-                 "exec_probe", "exec_events", "vm_peer", "mem_stops", "settle", "fast")
+                 "exec_probe", "exec_events", "vm_peer", "mem_stops", "settle", "fast", "load",
+                 "pending_ext", "loading")
 
     def __init__(self, pid: int, mapper, exe: str = "", ext: dict | None = None) -> None:
         self.pid = pid
@@ -49,6 +50,13 @@ class Tracee:
         # over: settled at its next stop or when it is gone (see runtime.path.binding)
         self.settle: tuple | None = None
         self.fast = 0               # what the native loop may do with it (runtime.tracee.native bits)
+        # the record carryon's loader gets after an exec through it (runtime.execve.loader)
+        self.load: bytes | None = None
+        # the plain ptrace engine: carryon's loader runs unstopped until its int3
+        self.loading = False
+        # what `ext` gets if the current execve succeeds (an extension's state that an exec
+        # changes: runtime.extension.fake_id's ids after a set-user-ID program)
+        self.pending_ext: dict | None = None
 
     def open_mem(self) -> None:
         if self.memfd >= 0:
@@ -78,6 +86,9 @@ class Tracee:
         if self.pending_exe:
             self.exe = self.pending_exe
             self.pending_exe = ""
+        if self.pending_ext:
+            self.ext.update(self.pending_ext)
+            self.pending_ext = None
         self.area = 0
         self.inject = None
         self.vm_peer = 0
