@@ -19,13 +19,14 @@ commands:
   extract ARCHIVE DIR                                             rootless extraction of the rootfs
   exec [-r ROOTFS | -R ROOTFS] [-b HOST[:GUEST]]... COMMAND       run a command in a rootfs (PRoot-like)
   sweep ARCHIVE --params TABLE [...] -- ARG...                    run an archive over a table of variables
+  doctor [--json] [--cache DIR]                                   what this node allows; the engine auto picks
 
 `carryon COMMAND --help` describes each command.
 
 exit status (every command): 0 success; 125 carryon itself failed (bad usage or option, bad input,
 I/O error, anything carryon refuses); exec: otherwise the command's status (126 not executable,
 127 not found, 128+N killed by signal N); sweep: 1 when some row failed; 128+N when carryon is
-stopped by signal N (Ctrl-C: 130).
+stopped by signal N (Ctrl-C: 130); doctor: 125 when no engine can run on this node.
 """
 
 # the rule as each packer subcommand's --help states it
@@ -54,7 +55,12 @@ def _commands():
         from packer.sweep import main as m
         return m(argv)
 
-    return {"pack": pack, "inspect": inspect, "extract": extract, "exec": exec_, "sweep": sweep}
+    def doctor(argv):
+        from runtime.doctor import main as m
+        return m(argv)
+
+    return {"pack": pack, "inspect": inspect, "extract": extract, "exec": exec_, "sweep": sweep,
+            "doctor": doctor}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@ PRoot's defaults: ROOTFS is `/` (the last of -r, -R and `-b HOST:/` is the root)
 directory is the caller's when the guest has it (the same path, through the binds), else `/`
 (silently); a relative -w, a bind's relative GUEST and a bind without GUEST are made absolute from
 the caller's directory. The engine is `CARRYON_ENGINE` (auto, seccomp, ptrace; default auto), read
-here and put into the RunSpec: the engine itself never reads the environment. `-R` adds the default binds (/dev, /proc,
+here and put into the RunSpec with `--confine`/`CARRYON_CONFINE=1` and where auto's verdict is cached
+(runtime.choice): the engine itself never reads the environment. `-R` adds the default binds (/dev, /proc,
 /sys, and the host's /etc/resolv.conf, /etc/hosts, /etc/hostname; each skipped when the host lacks
 it). The environment is the caller's. Exit status: the command's; 125 for carryon's own errors,
 126 command not executable, 127 command not found.
@@ -29,7 +30,8 @@ Run COMMAND (default /bin/sh) with ROOTFS (default /) as its root directory, wit
 (ptrace), in the current directory when ROOTFS has it (else /).
 
 """
-USAGE_TAIL = """COMMAND without '/' is looked up in the guest's PATH. Engine: CARRYON_ENGINE=auto|seccomp|ptrace;
+USAGE_TAIL = """COMMAND without '/' is looked up in the guest's PATH. Engine: CARRYON_ENGINE=auto|seccomp|ptrace
+(`carryon doctor` says which auto picks here and why); CARRYON_CONFINE=1 as --confine;
 CARRYON_NATIVE=0: no native stop loop (Python sees every stop); CARRYON_PIN=auto|on|off.
 Exit status: the command's; 125 for carryon's own errors, 126 command not executable, 127 not found.
 """
@@ -144,9 +146,15 @@ def parse(argv: list[str]) -> RunSpec | str:
             os.makedirs(overlay, mode=0o700, exist_ok=True)
         except OSError as e:
             raise CarryonError(f"--overlay {v['overlay']}: {e.strerror or e}") from None
+    engine = os.environ.get("CARRYON_ENGINE") or "auto"
+    confine = bool(v["confine"]) or os.environ.get("CARRYON_CONFINE", "").strip().lower() in ("1", "yes", "true", "on")
+    verdicts: str | None = None
+    if engine == "auto":                        # where auto's verdict is cached (runtime.choice)
+        from runtime.choice import verdict_dir
+        verdicts = verdict_dir(os.environ.get("CARRYON_CACHE") or None)
     return RunSpec(rootfs=rootfs, argv=command, env=dict(os.environ), cwd=cwd, binds=all_binds,
-                   overlay=overlay,
-                   uid=uid, gid=gid, engine=os.environ.get("CARRYON_ENGINE") or "auto",
+                   overlay=overlay, confine=confine, verdict_dir=verdicts,
+                   uid=uid, gid=gid, engine=engine,
                    wait_all=wait_all,
                    meta_path=meta if meta and os.path.isfile(meta) else None, verbose=verbose,
                    port_map=port_map, netcoop=netcoop, ports_file=ports_file,

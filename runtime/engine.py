@@ -176,25 +176,32 @@ def find_command(mapper, argv0: str, path_env: str | None, cwd: str) -> str:
 
 def run(spec: RunSpec) -> int:
     """Run `spec.argv` in `spec.rootfs` with the engine `spec.engine` selects; returns the exit
-    status (128+N for signal N)."""
+    status (128+N for signal N). "auto" tries the rungs in the order of runtime.choice.Plan."""
     name = spec.engine or "auto"
-    refused: Refused | None = None
+    plan = None
+    if name == "auto":
+        from runtime.choice import Plan
+        plan = Plan(spec, LADDER, spec.verdict_dir)
+        engines = iter(plan)
+    else:
+        engines = select(name)
+        if spec.confine:
+            from runtime.choice import CONFINING
+            if name not in CONFINING:
+                raise CarryonError(f"confinement asked for, but the {name} engine does not confine a "
+                                   f"hostile guest (only {', '.join(CONFINING)} does)")
     try:
-        for engine in select(name):
-            if refused is not None and spec.verbose >= 1:
-                sys.stderr.write(f"carryon: {refused}; using the {engine.name} engine\n")
+        for engine in engines:
             try:
                 return engine.run(spec)
             except Refused as e:
-                if name != "auto":
+                if plan is None:
                     raise
-                refused = e
+                plan.refused(engine, e)
     finally:
         _prepared.clear()
-    if refused is not None:
-        raise refused
-    raise CarryonError("no engine can run here: " + "; ".join(
-        f"{e.name}: {e.eligible()}" for e in LADDER))
+    assert plan is not None
+    raise plan.failure()
 
 
 # the ptrace engines' preparation of the spec being run: [spec, (mapper, ...)] (see _prepare)
@@ -591,6 +598,7 @@ def _attach(pid: int, mode_w: int, use_seccomp: bool) -> tuple[int, bool]:
     opts = (ffi.PTRACE_O_TRACESYSGOOD | ffi.PTRACE_O_TRACEFORK | ffi.PTRACE_O_TRACEVFORK
             | ffi.PTRACE_O_TRACECLONE | ffi.PTRACE_O_TRACEEXEC | ffi.PTRACE_O_EXITKILL)
     seized = False
+    seize_err = 0
     if not os.environ.get("CARRYON_TEST_NO_SEIZE"):     # tests: old kernels
         try:
             if use_seccomp:
@@ -598,8 +606,8 @@ def _attach(pid: int, mode_w: int, use_seccomp: bool) -> tuple[int, bool]:
                 return opts, True
             ffi.seize(pid, opts)
             seized = True
-        except OSError:
-            pass
+        except OSError as e:
+            seize_err = e.errno or 0
     try:
         os.write(mode_w, b"S" if seized else b"T")
     except OSError:
@@ -607,6 +615,9 @@ def _attach(pid: int, mode_w: int, use_seccomp: bool) -> tuple[int, bool]:
     _, status = os.waitpid(pid, ffi.WALL)
     if not (os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGSTOP):
         os.close(mode_w)
+        if seize_err == errno.EPERM:    # ptrace refused (Yama, a seccomp profile): the next rung
+            from runtime.probe import ptrace_cause
+            raise Refused(f"ptrace refused: {ptrace_cause(seize_err)}")
         raise CarryonError("engine failure: the guest did not start under ptrace")
     if seized:
         return opts, True

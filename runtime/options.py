@@ -53,6 +53,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("entrypoint", VALUE, "run CMD instead of the image's Entrypoint (the image's Cmd is dropped)",
            "CMD", archive=True),
     Option("engine", VALUE, "syscall interception (default auto)", "seccomp|ptrace|auto", archive=True),
+    Option("confine", FLAG, "refuse to run (125) unless the engine confines a hostile guest (user "
+           "namespaces; the ptrace rungs do not)", archive=True, exec=("--confine",)),
+    Option("doctor", FLAG, "what this node allows (kernel, ptrace, user namespaces, cache) and the engine "
+           "auto picks, with advice; exit 0 when some engine works", archive=True),
     Option("publish", LIST, "guest port GUEST is really HOST on the node (repeatable)",
            "[IP:]HOST:GUEST[/udp]", archive=True),
     Option("netcoop", FLAG, "every fixed port the guest binds gets a free port of the node", archive=True,

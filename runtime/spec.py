@@ -56,7 +56,8 @@ class PortMapping(_Record):
 class RunSpec(_Record):
     __slots__ = ("rootfs", "argv", "env", "cwd", "binds", "uid", "gid", "engine", "wait_all",
                  "meta_path", "stop_signal", "forward_all_signals", "port_map", "netcoop", "ports_file",
-                 "verbose", "overlay", "overlay_ident", "cwd_optional", "kernel_release", "trace")
+                 "verbose", "overlay", "overlay_ident", "cwd_optional", "kernel_release", "trace",
+                 "confine", "verdict_dir")
 
     def __init__(self, rootfs: str, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/",
                  binds: list[Bind] | None = None, uid: int | None = None, gid: int | None = None,
@@ -66,7 +67,8 @@ class RunSpec(_Record):
                  netcoop: bool = False, ports_file: str | None = None, verbose: int = 0,
                  overlay: str | None = None, overlay_ident: str | None = None,
                  cwd_optional: bool = False, kernel_release: str | None = None,
-                 trace: Recorder | None = None) -> None:
+                 trace: Recorder | None = None,
+                 confine: bool = False, verdict_dir: str | None = None) -> None:
         self.rootfs = rootfs            # host path of the guest root
         self.argv = argv                # argv[0] is looked up in the guest PATH when it has no '/'
         self.env: dict[str, str] = {} if env is None else env
@@ -99,6 +101,10 @@ class RunSpec(_Record):
         # CARE mode (`carryon pack --trace`, a trimmed archive's verbose hint): a runtime.trace.Recorder
         # that notes every guest path the run looks up; None (the default) costs nothing
         self.trace = trace
+        # True: only an engine that confines a hostile guest may run it (runtime.choice.CONFINING)
+        self.confine = confine
+        # the cache dir where `auto` keeps its verdict (runtime.choice); None: asked on every run
+        self.verdict_dir = verdict_dir
 
 
 # The default binds for running an image (`carryon exec -R`, the archives): each is skipped when

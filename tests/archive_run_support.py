@@ -83,6 +83,8 @@ def entries(cache: Path) -> dict[str, list[str]]:
             out["runtime"].append(n)
         elif len(n) == 32 and all(c in "0123456789abcdef" for c in n):
             out["image"].append(n)
+        elif n.startswith("engine-") and n.endswith(".json"):
+            out.setdefault("verdict", []).append(n)     # auto's cached verdict (runtime.choice)
         else:
             out["other"].append(n)
     return out

@@ -25,6 +25,24 @@ def engine_support(choice: str = "auto") -> str:
         return f"unknown ({e})"
 
 
+def kernel_lines(choice: str = "auto") -> list[str]:
+    """The kernel, the interface found (issue 19) and the engine used here, with auto's reasons."""
+    try:
+        from runtime import choice as ch, probe
+        from runtime.engine import LADDER
+        iface = probe.interface()
+        rungs = {"userns": probe.userns_refusal(), "seccomp": iface.seccomp, "ptrace": iface.ptrace}
+        rungs = {n: rungs.get(n) for n in dict.fromkeys(("userns",) + tuple(e.name for e in LADDER))}
+        used = choice if choice != "auto" else next(
+            (e.name for e in LADDER if not (e.eligible() or rungs.get(e.name))), "none")
+        why = ch.refusal_line(rungs)
+    except Exception as e:   # a probe failure is information, not a crash
+        return [f"kernel interface: unknown ({e})"]
+    return [f"kernel:         {os.uname().release}",
+            f"kernel interface: {iface.line()}",
+            f"engine used:    {used}" + (f" ({choice}; refused: {why})" if why else f" ({choice})")]
+
+
 def show_info(arch: Archive, opts: Options, rt: str | None, rep: Reporter) -> int:
     import json
     m = arch.manifest
@@ -53,6 +71,7 @@ def show_info(arch: Archive, opts: Options, rt: str | None, rep: Reporter) -> in
         f"{rfs.get('uncompressed_bytes', '?')} bytes in {rfs.get('total_entries', '?')} entries "
         f"({rfs.get('files', '?')} files, {rfs.get('dirs', '?')} dirs, {rfs.get('symlinks', '?')} symlinks)",
         f"engine:         {engine_support(opts.engine)}",
+        *kernel_lines(opts.engine),
         "writes:         " + (f"copy-on-write, kept in {opts.state} (--carryon-state)" if opts.state else
                               "copy-on-write: every run starts from the image, its changes go at exit"),
         f"cache key:      {arch.key}",

@@ -40,6 +40,8 @@ class Options:
     workdir: str | None
     entrypoint: str | None
     engine: str
+    confine: bool
+    doctor: bool
     publish: list[str]
     netcoop: bool
     ports_file: str | None

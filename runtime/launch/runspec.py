@@ -242,6 +242,7 @@ def build_spec(arch: Archive, entry: str, opts: Options, run_dir: str, state: st
                    stop_signal=parse_signal(config.get("StopSignal") or ""), forward_all_signals=True,
                    port_map=[parse_publish(p) for p in opts.publish], netcoop=opts.netcoop,
                    ports_file=os.path.abspath(opts.ports_file) if opts.ports_file else None,
-                   verbose=opts.verbose, overlay=state, overlay_ident=arch.key)
+                   verbose=opts.verbose, overlay=state, overlay_ident=arch.key,
+                   confine=opts.confine, verdict_dir=os.path.dirname(entry))
     return spec
 

@@ -85,6 +85,9 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
     if opts.help:
         sys.stdout.write(help_text(prog))
         return 0
+    if opts.doctor:
+        from runtime import doctor
+        return doctor.run(opts.cache)
     rep = Reporter(opts.verbose)
     verified = internal.get("_CARRYON_VERIFIED")
     rep.mark("options parsed")

@@ -460,6 +460,7 @@ class Mapper:
         from runtime.path.overlay import Overlay
         self.cow = Overlay(self, state_dir, ident)
         self._finish()
+        self.forget()       # what was looked up before (Overlay's own set-up) saw no binds yet
 
     def overlay_changed(self) -> None:
         """The overlay bound or unbound directories: the caches and the names the fast paths must
