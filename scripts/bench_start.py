@@ -111,7 +111,7 @@ def main() -> int:
             for name, (cmd, env) in cmds.items():
                 rows.setdefault(name, []).append(timed(cmd, env, name))
         for i in range(args.cold):
-            for tag, arch in archives.items():
+            for tag, arch in sorted(archives.items(), reverse=i % 2 == 1):   # alternate who goes first
                 cold_cache = os.path.join(work, f"cold{i}" + tag.strip(" ()"))
                 rows.setdefault("archive cold" + tag, []).append(
                     timed([arch, "-c", "pass"], dict(base_env, CARRYON_CACHE=cold_cache), "archive cold" + tag))
