@@ -32,7 +32,7 @@ from packer.sources import sha256_path
 from runtime import cache
 from runtime.errors import CarryonError
 
-RECIPE = 7                         # bump when the build recipe below changes
+RECIPE = 9                         # bump when the build recipe below changes
 RUNTIME_MAIN = "carryon-runtime"   # the PyInstaller bootloader executable
 LIBDIR = "_internal"               # PyInstaller's contents dir; the bundled loader and libs go there too
 LOADER = "ld-linux-x86-64.so.2"
@@ -41,11 +41,29 @@ FILES_MARKER = ".carryon-runtime-files"  # last member of the tar.gz: its presen
 HOST_LOADER = "/lib64/ld-linux-x86-64.so.2"
 # Loaded by glibc at run time rather than linked: unwinding for pthread_cancel/pthread_exit.
 EXTRA_LIBS = ("libgcc_s.so.1",)
-HIDDEN_IMPORTS = ("ptrace.binding", "ptrace.binding.func", "ptrace.binding.linux_struct", "ptrace.cpu_info",
-                  "ptrace.ctypes_tools", "ptrace.os_tools", "zstandard.backend_c")
+HIDDEN_IMPORTS = ("zstandard.backend_c",)
 EXCLUDES = ("packer", "tkinter", "_tkinter", "pytest", "_pytest", "PyInstaller", "setuptools", "pip",
             "distutils", "lib2to3", "pydoc", "doctest", "unittest", "zstandard._cffi", "cffi", "pydistorm",
             "ptrace.debugger", "ptrace.disasm", "readline", "curses", "sqlite3", "xmlrpc", "email.mime")
+# Left out although PyInstaller's graph reaches them (it follows every import, even one inside a stdlib
+# function the runtime never calls): python-ptrace (runtime/tracee/ffi.py binds libc itself) and what
+# only it needs; tarfile's and shutil's compressors and archivers (the rootfs is zstd, read as "r|");
+# importlib.metadata and what only it needs; decimal & co.; the pure-Python fallbacks of C modules the
+# runtime has (_abc, _thread._local, zstandard's backend_c); the CJK codecs (see KEPT_ENCODINGS).
+# tests/test_runtime_imports.py runs every import statement of runtime/ inside the frozen runtime.
+RUNTIME_EXCLUDES = (
+    "ptrace", "logging", "datetime", "_strptime", "calendar",
+    "bz2", "_bz2", "lzma", "_lzma", "gzip", "zipfile", "py_compile",
+    "importlib.metadata", "importlib.resources", "email", "csv", "quopri", "urllib", "pathlib",
+    "decimal", "_decimal", "_pydecimal", "fractions", "statistics", "numbers", "contextvars", "_contextvars",
+    "argparse", "gettext", "getopt", "pprint", "pickle", "_compat_pickle", "tracemalloc",
+    "_py_abc", "_threading_local", "zstandard.backend_cffi",
+    "_multibytecodec", "_codecs_cn", "_codecs_hk", "_codecs_iso2022", "_codecs_jp", "_codecs_kr", "_codecs_tw")
+# The frozen interpreter runs in UTF-8 mode (`-X utf8`) and ignores PYTHON* variables, so the locale
+# never picks a codec: keep the ones Python or the runtime may name (socket's idna), not the other ~100.
+KEPT_ENCODINGS = ("aliases", "ascii", "charmap", "latin_1", "iso8859_1", "iso8859_15", "cp1252", "utf_8",
+                  "utf_8_sig", "utf_7", "utf_16", "utf_16_le", "utf_16_be", "utf_32", "utf_32_le",
+                  "utf_32_be", "idna", "punycode", "raw_unicode_escape", "unicode_escape")
 DROPPED_RUNTIME_HOOKS = ("pyi_rth_inspect",)
 # apt packages that provide the tools PyInstaller needs on Linux
 TOOLS = {"objdump": "binutils", "objcopy": "binutils", "strip": "binutils", "ldd": "libc-bin"}
@@ -322,6 +340,14 @@ def build_oldkernel(libdir: str) -> str | None:
     return dest
 
 
+def runtime_excludes() -> tuple[str, ...]:
+    """RUNTIME_EXCLUDES and every `encodings.*` codec but KEPT_ENCODINGS (listed from this Python)."""
+    import encodings
+    import pkgutil
+    codecs = sorted(m.name for m in pkgutil.iter_modules(encodings.__path__) if m.name not in KEPT_ENCODINGS)
+    return RUNTIME_EXCLUDES + tuple(f"encodings.{m}" for m in codecs)
+
+
 def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) -> BuiltRuntime:
     """Freeze the runtime into `workdir`, bundle loader+libs, write `outdir/runtime.tar.gz`."""
     check_tools()
@@ -341,7 +367,7 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
     opts += ["--add-binary", f"{build_native(workdir)}:runtime/tracee"]
     # carryon's program loader (runtime/execve/loader.c), beside runtime/execve/loader.py
     opts += ["--add-binary", f"{build_loader(workdir)}:runtime/execve"]
-    for m in EXCLUDES:
+    for m in EXCLUDES + runtime_excludes():
         opts += ["--exclude-module", m]
     env = dict(os.environ)
     env["PYINSTALLER_CONFIG_DIR"] = os.path.join(workdir, "pyinstaller-config")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Start-up cost of a self-extracting archive, in one run (medians; compare ratios, not absolute times).
 
-    python scripts/bench_start.py [--archive py.run] [--rounds 15] [--cold 3] [--onefile]
+    python scripts/bench_start.py [--archive py.run] [--baseline OLD.run] [--rounds 15] [--cold 3] [--onefile]
 
 Rows (all run `python3 -c pass` in the debian-python image):
   native chroot        `chroot ROOTFS /usr/bin/python3 -c pass` (root only)
@@ -10,6 +10,8 @@ Rows (all run `python3 -c pass` in the debian-python image):
   archive cold         `./py.run -c pass` with an empty cache (runtime unpack, full check, extraction)
   runtime only         the frozen runtime printing --carryon-help (interpreter start-up, onedir via ld.so)
   runtime onefile      the same runtime as a PyInstaller onefile (with --onefile; builds it, ~1 min)
+With --baseline (the same image packed by another carryon, e.g. main's), its archive warm, archive
+cold and runtime-only rows are timed too, interleaved with ours.
 Goals: warm start - carryon exec <= 30 ms; cold start of debian-python <= 2 s.
 """
 
@@ -51,6 +53,7 @@ def main() -> int:
     ap.add_argument("--archive", help="debian-python archive (default: pack ../shared/images/debian-python)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--cold", type=int, default=3)
+    ap.add_argument("--baseline", help="the same image packed by another carryon: timed interleaved")
     ap.add_argument("--onefile", action="store_true", help="also build and time a onefile runtime")
     args = ap.parse_args()
     from runtime.extract import remove_tree
@@ -71,6 +74,9 @@ def main() -> int:
                      if not d.startswith((".", "rt-", "engine-")))   # engine-*: auto's verdict
         rt = next(os.path.join(warm_cache, d) for d in os.listdir(warm_cache) if d.startswith("rt-"))
         rootfs = os.path.join(entry, "rootfs")
+        archives = {"": archive}
+        if args.baseline:
+            archives[" (baseline)"] = os.path.abspath(args.baseline)
 
         rows: dict[str, list[float]] = {}
         cmds: dict[str, tuple[list[str], dict[str, str] | None]] = {}
@@ -79,12 +85,18 @@ def main() -> int:
         carryon = [sys.executable, "-m", "packer.cli"]
         cmds["carryon exec"] = (carryon + ["exec", "-R", rootfs, "-0", "-w", "/app", "/usr/bin/python3", "-c",
                                            "pass"], dict(os.environ, PYTHONPATH=REPO))
-        cmds["archive warm"] = ([archive, "-c", "pass"], env_warm)
-        ld = os.path.join(rt, "_internal", "ld-linux-x86-64.so.2")
-        rt_env = dict(base_env, _CARRYON_ARCHIVE=archive, _PYI_ARCHIVE_FILE=os.path.join(rt, "carryon-runtime"),
-                      _PYI_PARENT_PROCESS_LEVEL="-1")
-        cmds["runtime only (onedir)"] = ([ld, "--inhibit-cache", "--library-path", os.path.join(rt, "_internal"),
-                                          os.path.join(rt, "carryon-runtime"), "--carryon-help"], rt_env)
+        for tag, arch in archives.items():
+            warm = os.path.join(work, "warm" + tag.strip(" ()"))
+            env = dict(base_env, CARRYON_CACHE=warm)
+            timed([arch, "-c", "pass"], env)                   # populate (ours: done above)
+            rt = next(os.path.join(warm, d) for d in os.listdir(warm) if d.startswith("rt-"))
+            cmds["archive warm" + tag] = ([arch, "-c", "pass"], env)
+            ld = os.path.join(rt, "_internal", "ld-linux-x86-64.so.2")
+            rt_env = dict(base_env, _CARRYON_ARCHIVE=arch, _PYI_ARCHIVE_FILE=os.path.join(rt, "carryon-runtime"),
+                          _PYI_PARENT_PROCESS_LEVEL="-1")
+            cmds["runtime only" + (tag or " (onedir)")] = (
+                [ld, "--inhibit-cache", "--library-path", os.path.join(rt, "_internal"),
+                 os.path.join(rt, "carryon-runtime"), "--carryon-help"], rt_env)
         if args.onefile:
             from packer import embed
             one_dir = os.path.join(work, "onefile")
@@ -99,9 +111,10 @@ def main() -> int:
             for name, (cmd, env) in cmds.items():
                 rows.setdefault(name, []).append(timed(cmd, env, name))
         for i in range(args.cold):
-            cold_cache = os.path.join(work, f"cold{i}")
-            rows.setdefault("archive cold", []).append(
-                timed([archive, "-c", "pass"], dict(base_env, CARRYON_CACHE=cold_cache), "archive cold"))
+            for tag, arch in sorted(archives.items(), reverse=i % 2 == 1):   # alternate who goes first
+                cold_cache = os.path.join(work, f"cold{i}" + tag.strip(" ()"))
+                rows.setdefault("archive cold" + tag, []).append(
+                    timed([arch, "-c", "pass"], dict(base_env, CARRYON_CACHE=cold_cache), "archive cold" + tag))
             # Cold caches are removed only at the end (with `work`): mass deletes just before an
             # extraction make ext4 without a journal check recently freed inodes on every create,
             # a cost of this benchmark's own making that a real node does not pay.
