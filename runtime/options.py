@@ -52,7 +52,7 @@ OPTIONS: tuple[Option, ...] = (
            archive=True),
     Option("entrypoint", VALUE, "run CMD instead of the image's Entrypoint (the image's Cmd is dropped)",
            "CMD", archive=True),
-    Option("engine", VALUE, "syscall interception (default auto)", "seccomp|ptrace|auto", archive=True),
+    Option("engine", VALUE, "syscall interception (default auto)", "userns|seccomp|ptrace|auto", archive=True),
     Option("publish", LIST, "guest port GUEST is really HOST on the node (repeatable)",
            "[IP:]HOST:GUEST[/udp]", archive=True),
     Option("netcoop", FLAG, "every fixed port the guest binds gets a free port of the node", archive=True,

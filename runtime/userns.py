@@ -133,8 +133,6 @@ def eligible_for(spec: RunSpec, owners: bool = True) -> str | None:
         return why
     if spec.kernel_release is not None:
         return "a faked kernel release (-k) needs a tracer"
-    if spec.port_map or spec.netcoop:
-        return "port translation needs a tracer"
     if spec.overlay:
         if _release() < (5, 11):
             return f"overlayfs in a user namespace needs Linux 5.11 or later (this is {os.uname().release})"
@@ -308,6 +306,7 @@ def run(spec: RunSpec, check: bool = True) -> int:
                          f"(cwd {spec.cwd or '/'}, {len(spec.binds)} binds"
                          f"{', overlayfs' if overlay else ''})\n")
     env_b = {os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()}
+    tracer = _tracer_parts(spec) if spec.port_map or spec.netcoop else None
     up_r, up_w = os.pipe2(os.O_CLOEXEC)          # child -> parent: "unshared"
     go_r, go_w = os.pipe2(os.O_CLOEXEC)          # parent -> child: "maps written"
     err_r, err_w = os.pipe2(os.O_CLOEXEC)        # child -> parent: what failed (EOF: exec'd)
@@ -317,12 +316,23 @@ def run(spec: RunSpec, check: bool = True) -> int:
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     pid = os.fork()
     if pid == 0:
-        _child(spec, parent, overlay, env_b, up_w, go_r, err_w)
+        _child(spec, parent, overlay, env_b, up_w, go_r, err_w, tracer[3] if tracer else None)
     os.close(up_w)
     os.close(go_r)
     os.close(err_w)
     forward = _Forwarder(pid, spec.stop_signal, spec.forward_all_signals)
+    opts = 0
     try:
+        if tracer is not None:          # seized before it execs (nothing to stop until then)
+            from runtime.tracee import ffi
+            opts = (ffi.PTRACE_O_TRACESYSGOOD | ffi.PTRACE_O_TRACEFORK | ffi.PTRACE_O_TRACEVFORK
+                    | ffi.PTRACE_O_TRACECLONE | ffi.PTRACE_O_EXITKILL | ffi.PTRACE_O_TRACESECCOMP)
+            try:
+                ffi.seize(pid, opts)
+                os.write(go_w, b"s")
+            except OSError as e:
+                _reap(pid)
+                raise Refused(f"ptrace refused for the port translation: {e.strerror}") from None
         if os.read(up_r, 1) == b"u":
             try:
                 _write_maps(pid, spec)
@@ -352,7 +362,14 @@ def run(spec: RunSpec, check: bool = True) -> int:
                 text = f"{spec.argv[0]}: {os.strerror(err)}"
                 raise CommandNotFound(text) if err == errno.ENOENT else CommandNotExecutable(text)
             raise CarryonError(f"engine failure: {msg}")
-        status = _wait(pid, spec.wait_all)
+        if tracer is not None:
+            forward.restore()           # _trace forwards them itself
+            from runtime.engine import _trace
+            exts, placement, dispatch, _prog, native_setup, mapper = tracer
+            status = _trace(spec, pid, mapper, exts, placement, dispatch, native_setup, True, opts,
+                            [], seized=True, exitkill=True)
+        else:
+            status = _wait(pid, spec.wait_all)
     finally:
         forward.restore()
         for fd in (up_r, go_w, err_r):
@@ -364,6 +381,55 @@ def run(spec: RunSpec, check: bool = True) -> int:
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
+
+
+class _NoMapper:
+    """The tracer's path mapper where nothing is translated (the guest's paths are real)."""
+
+    native_clear = native_dir = None
+
+
+def _tracer_parts(spec: RunSpec) -> tuple:
+    """(extensions, CPU placement, dispatch, seccomp program) of a run whose socket calls need
+    the port translation (runtime.extension.portmap): the filter stops only on those calls, the
+    tracer (outside the namespaces) answers them; no path is translated."""
+    from runtime.extension.portmap import PortMap
+    from runtime.syscall import seccomp
+    from runtime.syscall.sysnums import MAX_KNOWN
+    from runtime.tracee import ffi, loop, state  # noqa: F401 (loaded before the fork)
+    from runtime.tracee.actions import EXIT
+    from runtime.tracee.placement import Placement
+
+    exts = [PortMap(spec)]
+    dispatch: list = [None] * (MAX_KNOWN + 1)
+    traced: set[int] = set()
+    if_arg: dict[int, int] = {}
+    for ext in exts:
+        cond = getattr(ext, "enter_calls_if_arg", {})
+        for nr in ext.enter_calls:
+            if nr in cond:
+                if_arg[nr] = cond[nr]
+            else:
+                traced.add(nr)
+
+            def hook(t, regs, _ext=ext):
+                t.exits = None
+                t.peek = None
+                act = _ext.enter(t, regs)
+                if act & EXIT:
+                    t.exits = [_ext.exit]
+                return act
+            dispatch[nr] = hook
+    program = ffi.seccomp_program(seccomp.build(traced, None, if_arg, None))
+    mapper = _NoMapper()
+
+    def native_setup(nat):              # the native stop loop answers what the table decides
+        for ext in exts:
+            attach = getattr(ext, "attach_native", None)
+            if attach is not None:
+                attach(nat, sorted(ext.enter_calls))
+        return mapper
+    return exts, Placement("0"), dispatch, program, native_setup, mapper
 
 
 def _reap(pid: int) -> None:
@@ -440,7 +506,8 @@ class _Here:
         return os.path.join(cwd, guest)
 
 
-def _child(spec: RunSpec, parent: int, overlay, env_b: dict, up_w: int, go_r: int, err_w: int) -> None:
+def _child(spec: RunSpec, parent: int, overlay, env_b: dict, up_w: int, go_r: int, err_w: int,
+           program) -> None:
     """The forked child: never returns. What failed goes to the parent on `err_w`: "refused WHY"
     (the kernel refused the namespace or a mount: nothing of the guest ran), "notfound MSG",
     "notexec MSG", "exec ERRNO", "error MSG"."""
@@ -453,6 +520,8 @@ def _child(spec: RunSpec, parent: int, overlay, env_b: dict, up_w: int, go_r: in
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:
+            os._exit(125)
+        if program is not None and os.read(go_r, 1) != b"s":    # the tracer seizes us first
             os._exit(125)
         _check(_unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare")
         os.write(up_w, b"u")
@@ -524,6 +593,9 @@ def _child(spec: RunSpec, parent: int, overlay, env_b: dict, up_w: int, go_r: in
         except CommandNotExecutable as e:
             os.write(err_w, f"notexec {e}".encode())
             os._exit(126)
+        if program is not None:         # the socket calls stop (port translation)
+            from runtime.tracee import ffi
+            ffi.install_seccomp(program)
         stage = "exec"
         os.execve(prog, list(spec.argv), env_b)
     except OSError as e:
