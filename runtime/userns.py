@@ -131,8 +131,6 @@ def eligible_for(spec: RunSpec, owners: bool = True) -> str | None:
     why = eligible()
     if why:
         return why
-    if spec.kernel_release is not None:
-        return "a faked kernel release (-k) needs a tracer"
     if spec.overlay:
         if _release() < (5, 11):
             return f"overlayfs in a user namespace needs Linux 5.11 or later (this is {os.uname().release})"
@@ -146,15 +144,19 @@ def eligible_for(spec: RunSpec, owners: bool = True) -> str | None:
     return _owner_difference(spec) if owners else None
 
 
-def _owner_difference(spec: RunSpec) -> str | None:
+def _owner_difference(spec: RunSpec, root_too: bool = False) -> str | None:
     """Why one mapped id would show owners differently from the ptrace rungs' fake ids, or None.
     A root caller maps every id (nothing differs); an unprivileged caller with no fake identity
-    sees what it sees natively. With a fake identity, the files of the image show the guest's ids,
-    so the run is not eligible when the extraction recorded other owners."""
+    sees what it sees natively. With a fake identity other than root, the files of the image (root's
+    in the image) would show the guest's ids: not eligible when the extraction recorded owners
+    other than the guest's. A fake root (`root_too`: said under -v only) sees the image's files of
+    other owners as root's."""
     if os.geteuid() == 0 or (spec.uid is None and spec.gid is None) or not spec.meta_path:
         return None
     want = (spec.uid if spec.uid is not None else os.getuid(),
             spec.gid if spec.gid is not None else os.getgid())
+    if want == (0, 0) and not root_too:
+        return None
     try:
         with open(spec.meta_path, "rb") as f:
             data = f.read()
@@ -172,7 +174,7 @@ def _owner_difference(spec: RunSpec) -> str | None:
             continue
         if owner != want:
             return (f"the image records owner {owner[0]}:{owner[1]} for {path}, and one mapped id "
-                    f"would show it as {want[0]}:{want[1]}")
+                    f"shows it as {want[0]}:{want[1]}")
     return None
 
 
@@ -301,12 +303,18 @@ def run(spec: RunSpec, check: bool = True) -> int:
     if not os.path.isdir(spec.rootfs):
         raise CarryonError(f"rootfs not found or not a directory: {spec.rootfs}")
     overlay = _state(spec)
+    if spec.verbose >= 1 and spec.uid == 0:
+        why = _owner_difference(spec, root_too=True)
+        if why:
+            sys.stderr.write(f"carryon: userns: the guest is root with one id: {why} (and chown "
+                             "to other ids fails)\n")
     if spec.verbose >= 1:
         sys.stderr.write(f"carryon: engine userns, rootfs {spec.rootfs}, command {spec.argv[0] if spec.argv else ''} "
                          f"(cwd {spec.cwd or '/'}, {len(spec.binds)} binds"
                          f"{', overlayfs' if overlay else ''})\n")
     env_b = {os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()}
-    tracer = _tracer_parts(spec) if spec.port_map or spec.netcoop else None
+    traced = spec.port_map or spec.netcoop or spec.kernel_release is not None
+    tracer = _tracer_parts(spec) if traced else None
     up_r, up_w = os.pipe2(os.O_CLOEXEC)          # child -> parent: "unshared"
     go_r, go_w = os.pipe2(os.O_CLOEXEC)          # parent -> child: "maps written"
     err_r, err_w = os.pipe2(os.O_CLOEXEC)        # child -> parent: what failed (EOF: exec'd)
@@ -390,21 +398,27 @@ class _NoMapper:
 
 
 def _tracer_parts(spec: RunSpec) -> tuple:
-    """(extensions, CPU placement, dispatch, seccomp program) of a run whose socket calls need
-    the port translation (runtime.extension.portmap): the filter stops only on those calls, the
-    tracer (outside the namespaces) answers them; no path is translated."""
-    from runtime.extension.portmap import PortMap
+    """(extensions, CPU placement, dispatch, seccomp program, native loop setup, mapper) of a run
+    whose socket calls need the port translation (runtime.extension.portmap), or whose uname the
+    kernel release (`-k`, runtime.extension.kernel_release): the filter stops only on those calls,
+    the tracer (outside the namespaces) answers them; no path is translated."""
     from runtime.syscall import seccomp
     from runtime.syscall.sysnums import MAX_KNOWN
     from runtime.tracee import ffi, loop, state  # noqa: F401 (loaded before the fork)
     from runtime.tracee.actions import EXIT
     from runtime.tracee.placement import Placement
 
-    exts = [PortMap(spec)]
+    exts: list = []
+    if spec.kernel_release is not None:
+        from runtime.extension.kernel_release import KernelRelease
+        exts.append(KernelRelease(spec.kernel_release))
+    if spec.port_map or spec.netcoop:
+        from runtime.extension.portmap import PortMap
+        exts.append(PortMap(spec))
     dispatch: list = [None] * (MAX_KNOWN + 1)
     traced: set[int] = set()
     if_arg: dict[int, int] = {}
-    for ext in exts:
+    for ext in exts:                    # (their calls are disjoint: one hook per call)
         cond = getattr(ext, "enter_calls_if_arg", {})
         for nr in ext.enter_calls:
             if nr in cond:
@@ -470,15 +484,20 @@ def _wait(main: int, wait_all: bool) -> int:
     """The main process's wait status; with `wait_all` after every guest process ended, else the
     others killed once the main one ended."""
     status = None
+    flags = 0
     while True:
         try:
-            pid, st = os.waitpid(-1, 0)
+            pid, st = os.waitpid(-1, flags)
         except ChildProcessError:
             break
-        if pid == main:
+        if pid == main and status is None and not os.WIFSTOPPED(st):
             status = st
             if not wait_all:
                 break
+            flags = os.WUNTRACED        # a guest stopping now may be left for ever: see below
+            _hang_up_orphans()
+        elif status is not None and os.WIFSTOPPED(st):
+            _hang_up_orphans()
     if not wait_all:
         while True:
             kids = _children()
@@ -496,6 +515,43 @@ def _wait(main: int, wait_all: bool) -> int:
                     break
     assert status is not None
     return status
+
+
+def _hang_up_orphans() -> None:
+    """The main process ended while guests are stopped: natively their process group (carryon's)
+    is orphaned once no member has its parent in another group of the session, and the kernel
+    sends its members SIGHUP and SIGCONT. carryon is a member whose parent (a shell, with carryon
+    as its job) keeps the group from being orphaned: it does the kernel's part, as if it were not
+    in the group (runtime.tracee.loop's `_orphaned` for the ptrace rungs)."""
+    from runtime.tracee.loop import _ids
+    me, pgrp, sid = os.getpid(), os.getpgrp(), os.getsid(0)
+    members = []
+    stopped = False
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        pid = int(name)
+        ppid, group, _ = _ids(pid)
+        if group != pgrp:
+            continue
+        members.append(pid)
+        if ppid != me:
+            _, pgroup, psid = _ids(ppid)
+            if pgroup not in (pgrp, 0) and psid == sid:
+                return          # a parent in another group of the session: not orphaned
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stopped = stopped or f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+        except (OSError, IndexError):
+            pass
+    if not stopped:
+        return
+    for sig in (signal.SIGHUP, signal.SIGCONT):
+        for pid in members:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
 
 
 class _Here:
