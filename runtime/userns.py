@@ -138,6 +138,13 @@ def eligible_for(spec: RunSpec, owners: bool = True) -> str | None:
             return "the rootfs or state path holds ',', ':' or '\\' (overlayfs options)"
         if os.path.exists(os.path.join(spec.overlay, PTRACE_LOG)):
             return f"the state directory {spec.overlay} was made by the ptrace engines"
+        try:
+            owner = os.stat(spec.rootfs).st_uid
+        except OSError:
+            owner = os.geteuid()
+        if os.geteuid() != 0 and owner != os.geteuid():
+            return (f"the rootfs belongs to uid {owner}: the namespace could not write over its "
+                    "files in the overlay")
     missing = _missing_mount_point(spec)
     if missing:
         return f"the mount point {missing} is missing in the directory of another bind"
@@ -242,6 +249,22 @@ def describe() -> str:
 
 
 # ---- the run ------------------------------------------------------------------------------------
+def _unmake_state(spec: RunSpec) -> None:
+    """Undo a fresh `_state` (the kernel refused this rung: the next one gets the directory as it
+    was, not one it would refuse as this rung's)."""
+    for d in (NS_UPPER, NS_WORK + "/work", NS_WORK, NS_ROOT):
+        try:
+            os.rmdir(os.path.join(spec.overlay or "", d))
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
+    try:
+        os.unlink(os.path.join(spec.overlay or "", NS_IDENT))
+    except OSError:
+        pass
+
+
 def _state(spec: RunSpec) -> tuple[str, str, str] | None:
     """(lowerdir, upperdir, workdir + the mount point) of the overlay, the state dir made ready."""
     if not spec.overlay:
@@ -360,6 +383,8 @@ def run(spec: RunSpec, check: bool = True) -> int:
             _reap(pid)
             kind, _, msg = report.decode("utf-8", "replace").partition(" ")
             if kind == "refused":
+                if overlay is not None:
+                    _unmake_state(spec)
                 raise Refused(f"user namespace refused: {msg}")
             if kind == "notfound":
                 raise CommandNotFound(msg)
