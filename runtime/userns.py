@@ -152,17 +152,18 @@ def eligible_for(spec: RunSpec, owners: bool = True) -> str | None:
 
 
 def _owner_difference(spec: RunSpec, root_too: bool = False) -> str | None:
-    """Why one mapped id would show owners differently from the ptrace rungs' fake ids, or None.
-    A root caller maps every id (nothing differs); an unprivileged caller with no fake identity
-    sees what it sees natively. With a fake identity other than root, the files of the image (root's
-    in the image) would show the guest's ids: not eligible when the extraction recorded owners
-    other than the guest's. A fake root (`root_too`: said under -v only) sees the image's files of
-    other owners as root's."""
-    if os.geteuid() == 0 or (spec.uid is None and spec.gid is None) or not spec.meta_path:
+    """Why the mapping would show owners differently from the ptrace rungs' fake ids, or None.
+    The rootfs's files are the caller's (it extracted them): in the namespace they show as the
+    guest's ids (an unprivileged caller's one mapped id) or as root's (a root caller maps every
+    id to itself). With no fake identity nothing differs from a native run. Else, when the
+    extraction recorded other owners, the run is not eligible; for a fake root (`root_too`: said
+    under -v only) the image's files of other owners show as root's."""
+    if (spec.uid is None and spec.gid is None) or not spec.meta_path:
         return None
-    want = (spec.uid if spec.uid is not None else os.getuid(),
-            spec.gid if spec.gid is not None else os.getgid())
-    if want == (0, 0) and not root_too:
+    guest = (spec.uid if spec.uid is not None else os.getuid(),
+             spec.gid if spec.gid is not None else os.getgid())
+    want = (0, 0) if os.geteuid() == 0 else guest
+    if guest == (0, 0) and not root_too:
         return None
     try:
         with open(spec.meta_path, "rb") as f:
@@ -180,8 +181,8 @@ def _owner_difference(spec: RunSpec, root_too: bool = False) -> str | None:
         except (AttributeError, ValueError, TypeError):
             continue
         if owner != want:
-            return (f"the image records owner {owner[0]}:{owner[1]} for {path}, and one mapped id "
-                    f"shows it as {want[0]}:{want[1]}")
+            return (f"the image records owner {owner[0]}:{owner[1]} for {path}, which the user "
+                    f"namespace shows as {want[0]}:{want[1]}")
     return None
 
 
