@@ -9,7 +9,19 @@ import time
 
 import pytest
 
+import archive_run_support
 from archive_run_support import ROOT, archive, clean_env, entries, expected_run, guest_pids, run, workdir
+from conftest import ENGINE_VARIANTS
+
+
+@pytest.fixture(autouse=True, params=["seccomp"] + ["auto"] * ("userns" in ENGINE_VARIANTS))
+def archive_engine(request):
+    """Every test on the seccomp engine and on `auto`, which takes the userns rung where user
+    namespaces work and the run is eligible (debian-python; busybox-multilayer's user 1000 over
+    files recorded as root's is not: seccomp)."""
+    archive_run_support.ENGINE[:] = [request.param]
+    yield request.param
+    archive_run_support.ENGINE[:] = []
 
 
 @pytest.fixture(scope="module")
