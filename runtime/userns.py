@@ -339,6 +339,11 @@ def run(spec: RunSpec, check: bool = True) -> int:
     env_b = {os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()}
     traced = spec.port_map or spec.netcoop or spec.kernel_release is not None
     tracer = _tracer_parts(spec) if traced else None
+    # where ptrace is refused, ports alone (no -k) can do with seccomp user notification
+    notify = None
+    if tracer is not None and spec.kernel_release is None and _release() >= (5, 9):
+        from runtime import userns_notify
+        notify = userns_notify.program()
     up_r, up_w = os.pipe2(os.O_CLOEXEC)          # child -> parent: "unshared"
     go_r, go_w = os.pipe2(os.O_CLOEXEC)          # parent -> child: "maps written"
     err_r, err_w = os.pipe2(os.O_CLOEXEC)        # child -> parent: what failed (EOF: exec'd)
@@ -348,12 +353,13 @@ def run(spec: RunSpec, check: bool = True) -> int:
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     pid = os.fork()
     if pid == 0:
-        _child(spec, parent, overlay, env_b, up_w, go_r, err_w, tracer[3] if tracer else None)
+        _child(spec, parent, overlay, env_b, up_w, go_r, err_w, tracer[3] if tracer else None, notify)
     os.close(up_w)
     os.close(go_r)
     os.close(err_w)
     forward = _Forwarder(pid, spec.stop_signal, spec.forward_all_signals)
     opts = 0
+    notified = False
     try:
         if tracer is not None:          # seized before it execs (nothing to stop until then)
             from runtime.tracee import ffi
@@ -363,14 +369,33 @@ def run(spec: RunSpec, check: bool = True) -> int:
                 ffi.seize(pid, opts)
                 os.write(go_w, b"s")
             except OSError as e:
-                _reap(pid)
-                raise Refused(f"ptrace refused for the port translation: {e.strerror}") from None
+                if notify is None:
+                    _reap(pid)
+                    raise Refused(f"ptrace refused for the port translation: {e.strerror}") from None
+                os.write(go_w, b"n")     # user notification instead (runtime.userns_notify)
+                notified = True
+                if spec.verbose >= 1:
+                    sys.stderr.write(f"carryon: ptrace refused ({e.strerror}): ports by seccomp "
+                                     "user notification\n")
         if os.read(up_r, 1) == b"u":
             try:
                 _write_maps(pid, spec)
                 os.write(go_w, b"m")
             except OSError as e:
                 os.write(go_w, b"x" + str(e.errno or 0).encode())
+        listener = -1
+        if notified:                    # the child says its listener's number (or dies)
+            line = os.read(up_r, 32)
+            if line.startswith(b"L"):
+                from runtime.net.sockinfo import _pidfd_getfd
+                try:
+                    listener = _pidfd_getfd(pid, int(line[1:]))
+                except OSError:
+                    listener = -1
+            try:
+                os.write(go_w, b"g" if listener >= 0 else b"x")
+            except OSError:             # it died: its report says why
+                pass
         os.close(go_w)
         go_w = -1
         forward.install()
@@ -396,7 +421,17 @@ def run(spec: RunSpec, check: bool = True) -> int:
                 text = f"{spec.argv[0]}: {os.strerror(err)}"
                 raise CommandNotFound(text) if err == errno.ENOENT else CommandNotExecutable(text)
             raise CarryonError(f"engine failure: {msg}")
-        if tracer is not None:
+        if notified:
+            assert tracer is not None
+            from runtime import userns_notify
+            pm = tracer[0][-1]          # the PortMap (the only extension: no -k here)
+            supervisor = userns_notify.Supervisor(listener, pm)
+            try:
+                status = _wait(pid, spec.wait_all)
+            finally:
+                supervisor.stop()
+                pm.close()
+        elif tracer is not None:
             forward.restore()           # _trace forwards them itself
             from runtime.engine import _trace
             exts, placement, dispatch, _prog, native_setup, mapper = tracer
@@ -589,7 +624,7 @@ class _Here:
 
 
 def _child(spec: RunSpec, parent: int, overlay, env_b: dict, up_w: int, go_r: int, err_w: int,
-           program) -> None:
+           program, notify) -> None:
     """The forked child: never returns. What failed goes to the parent on `err_w`: "refused WHY"
     (the kernel refused the namespace or a mount: nothing of the guest ran), "notfound MSG",
     "notexec MSG", "exec ERRNO", "error MSG"."""
@@ -603,8 +638,11 @@ def _child(spec: RunSpec, parent: int, overlay, env_b: dict, up_w: int, go_r: in
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:
             os._exit(125)
-        if program is not None and os.read(go_r, 1) != b"s":    # the tracer seizes us first
-            os._exit(125)
+        mode = b""
+        if program is not None:         # the tracer seizes us first, or has us notify it
+            mode = os.read(go_r, 1)
+            if mode not in (b"s", b"n"):
+                os._exit(125)
         _check(_unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare")
         os.write(up_w, b"u")
         answer = os.read(go_r, 16)
@@ -675,9 +713,15 @@ def _child(spec: RunSpec, parent: int, overlay, env_b: dict, up_w: int, go_r: in
         except CommandNotExecutable as e:
             os.write(err_w, f"notexec {e}".encode())
             os._exit(126)
-        if program is not None:         # the socket calls stop (port translation)
+        if mode == b"s":                # the socket calls stop (port translation)
             from runtime.tracee import ffi
             ffi.install_seccomp(program)
+        elif mode == b"n":              # ... or go to carryon's listener (runtime.userns_notify),
+            from runtime import userns_notify  # which takes it with pidfd_getfd (close-on-exec)
+            listener = userns_notify.install(notify)
+            os.write(up_w, b"L%d" % listener)
+            if os.read(go_r, 1) != b"g":
+                raise OSError(errno.EPERM, "carryon could not take the notification listener")
         stage = "exec"
         os.execve(prog, list(spec.argv), env_b)
     except OSError as e:
