@@ -578,13 +578,22 @@ def _wait(main: int, wait_all: bool) -> int:
     return status
 
 
+def _ids(pid: int) -> tuple[int, int, int]:
+    """(parent pid, process group, session) of a process, (0, 0, 0) when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[1]), int(fields[2]), int(fields[3])
+    except (OSError, IndexError, ValueError):
+        return 0, 0, 0
+
+
 def _hang_up_orphans() -> None:
     """The main process ended while guests are stopped: natively their process group (carryon's)
     is orphaned once no member has its parent in another group of the session, and the kernel
     sends its members SIGHUP and SIGCONT. carryon is a member whose parent (a shell, with carryon
     as its job) keeps the group from being orphaned: it does the kernel's part, as if it were not
     in the group (runtime.tracee.loop's `_orphaned` for the ptrace rungs)."""
-    from runtime.tracee.loop import _ids
     me, pgrp, sid = os.getpid(), os.getpgrp(), os.getsid(0)
     members = []
     stopped = False

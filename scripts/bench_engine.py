@@ -4,7 +4,7 @@ and under `carryon exec` (seccomp engine and plain ptrace engine), in ONE run, i
 medians and ratios to native.
 
     scripts/bench_engine.py [--quick] [--rounds N] [--image OCI_TAR | --rootfs DIR] [--cache DIR]
-                            [--engines native,proot,seccomp,ptrace,floor,isolated]
+                            [--engines native,proot,seccomp,ptrace,floor,isolated,userns]
                             [--workloads a,b,d,e,start,w,c]
                             [--carryon CMD] [--proot PATH] [--json FILE] [--no-path-micro]
 
@@ -12,6 +12,7 @@ medians and ratios to native.
 minimal C tracer that stops on exactly the system calls carryon's seccomp filter stops on and does
 nothing there (PTRACE_GETREGS, PTRACE_CONT): what the ptrace stops cost by themselves, so the rest
 of the seccomp column is the tracer's own work (reading paths, lstat, writing the new ones).
+`userns`: `carryon exec` on the user namespace engine (no tracer: runtime/userns.py).
 `isolated`: the seccomp engine with the archives' copy-on-write (`carryon exec --overlay`, a state
 emptied before each run): rows a-e must cost what `seccomp` costs; `w` appends to a 100 MB file of
 the image (the copy-up), `c` copies that file (the reference for what the copy costs).
@@ -52,7 +53,7 @@ WORKLOADS: dict[str, tuple[str, list[str]]] = {
     "w": ("append to a 100 MB image file", ["sh", "-c", "echo x >> /var/tmp/big100"]),
     "c": ("cp of that file (reference)", ["sh", "-c", "cp /var/tmp/big100 /tmp/c && rm /tmp/c"]),
 }
-ENGINES = ["native", "proot", "seccomp", "ptrace", "floor", "isolated"]
+ENGINES = ["native", "proot", "seccomp", "ptrace", "floor", "isolated", "userns"]
 BIG = "var/tmp/big100"
 GUEST_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

@@ -80,6 +80,8 @@ def main() -> int:
         cmds["carryon exec"] = (carryon + ["exec", "-R", rootfs, "-0", "-w", "/app", "/usr/bin/python3", "-c",
                                            "pass"], dict(os.environ, PYTHONPATH=REPO))
         cmds["archive warm"] = ([archive, "-c", "pass"], env_warm)
+        for engine in ("userns", "seccomp"):        # `auto` above: the userns rung where it may
+            cmds[f"archive warm {engine}"] = ([archive, "-c", "pass"], dict(env_warm, CARRYON_ENGINE=engine))
         ld = os.path.join(rt, "_internal", "ld-linux-x86-64.so.2")
         rt_env = dict(base_env, _CARRYON_ARCHIVE=archive, _PYI_ARCHIVE_FILE=os.path.join(rt, "carryon-runtime"),
                       _PYI_PARENT_PROCESS_LEVEL="-1")
