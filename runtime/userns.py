@@ -351,6 +351,8 @@ def run(spec: RunSpec, check: bool = True) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    if tracer is not None:
+        tracer[1].pin_self()            # the guest inherits it (runtime.tracee.placement)
     pid = os.fork()
     if pid == 0:
         _child(spec, parent, overlay, env_b, up_w, go_r, err_w, tracer[3] if tracer else None, notify)
@@ -448,6 +450,8 @@ def run(spec: RunSpec, check: bool = True) -> int:
                 except OSError:
                     pass
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        if tracer is not None:
+            tracer[1].stop()
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
 
@@ -464,7 +468,7 @@ def _tracer_parts(spec: RunSpec) -> tuple:
     kernel release (`-k`, runtime.extension.kernel_release): the filter stops only on those calls,
     the tracer (outside the namespaces) answers them; no path is translated."""
     from runtime.syscall import seccomp
-    from runtime.syscall.sysnums import MAX_KNOWN
+    from runtime.syscall.sysnums import MAX_KNOWN, NUMBERS
     from runtime.tracee import ffi, loop, state  # noqa: F401 (loaded before the fork)
     from runtime.tracee.actions import EXIT
     from runtime.tracee.placement import Placement
@@ -495,6 +499,17 @@ def _tracer_parts(spec: RunSpec) -> tuple:
                     t.exits = [_ext.exit]
                 return act
             dispatch[nr] = hook
+    # CPU placement as on the ptrace rungs (cheaper stops on one shared CPU, released when the
+    # guest may want more); the affinity calls stop too (the guest's own view of its CPUs). A
+    # guest reading Cpus_allowed in /proc/PID/status is not seen (no path stops here).
+    placement = Placement()
+    if placement.mode == "auto" and placement.cpu is not None:
+        for name, setting in (("sched_getaffinity", False), ("sched_setaffinity", True)):
+            def affinity(t, regs, _s=setting):
+                placement.guest_affinity_call(_s)
+                return 0
+            traced.add(NUMBERS[name])
+            dispatch[NUMBERS[name]] = affinity
     program = ffi.seccomp_program(seccomp.build(traced, None, if_arg, None))
     mapper = _NoMapper()
 
@@ -504,7 +519,7 @@ def _tracer_parts(spec: RunSpec) -> tuple:
             if attach is not None:
                 attach(nat, sorted(ext.enter_calls))
         return mapper
-    return exts, Placement("0"), dispatch, program, native_setup, mapper
+    return exts, placement, dispatch, program, native_setup, mapper
 
 
 def _reap(pid: int) -> None:
