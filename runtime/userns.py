@@ -113,6 +113,8 @@ def _sysctl(path: str) -> int | None:
 
 def eligible() -> str | None:
     """None when user namespaces may work on this node, else why not (sysctls only: no fork)."""
+    if os.environ.get("CARRYON_TEST_NO_USERNS"):        # tests: a node that refuses them
+        return "user namespaces refused (CARRYON_TEST_NO_USERNS)"
     if _release() < (3, 8):
         return f"user namespaces need Linux 3.8 or later (this is {os.uname().release})"
     if _sysctl("/proc/sys/user/max_user_namespaces") == 0:
