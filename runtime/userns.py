@@ -1,8 +1,8 @@
 """The `userns` engine: the guest runs in a new user + mount namespace, with no tracer.
 
 `run(spec) -> exit status`, `eligible() -> None | why not` (cheap: sysctls, no fork),
-`eligible_for(spec) -> None | why not` (this run: the state directory's format, options that need a
-tracer), `describe()`. The record is `USERNS` (runtime.engine puts it first in the ladder).
+`eligible_for(spec) -> None | why not` (this run: the state directory's format, owners, bind
+points), `describe()`. The record is `USERNS` (runtime.engine puts it first in the ladder).
 
 Set-up, in the forked child (the parent waits on pipes, so a refusal is known before the guest ran
 anything: `Refused`, and `auto` takes the next rung):
@@ -37,12 +37,20 @@ state directory is used by the format that made it: this rung is not eligible fo
 (so `auto` runs it on seccomp), and the ptrace rungs refuse an overlayfs-made one with one line
 (runtime.path.overlay).
 
-Not given here (the rung is not eligible; `auto` takes a ptrace rung): a faked kernel release
-(`-k`), published/cooperative ports. Differences from the ptrace rungs' fake ids for an
-unprivileged caller: the guest really has only its one id, so chown to another id fails (EINVAL),
-mknod of a device fails (EPERM), and files owned by the caller show as the guest's uid (those of
-the image included; the ptrace rungs show the owners recorded at extraction): such runs are not
-eligible when the extraction recorded owners other than the guest's (see `_owner_difference`).
+Ports and `-k` (a tracer only for them): the child is seized (PTRACE_SEIZE, before it execs; the
+tracer stays outside the namespaces) and installs a filter that stops only the socket calls of
+runtime.extension.portmap (and `uname` for runtime.extension.kernel_release); the ptrace engines'
+loop, native stop loop and CPU placement answer them, with no path translation (`_tracer_parts`).
+Where ptrace is refused, ports go by seccomp user notification instead (runtime.userns_notify).
+
+Identities are real, not emulated: one mapped id cannot chown to others (EINVAL), a namespace's
+root cannot mknod a device (EPERM): loud failures where the ptrace rungs fake success. The rootfs's
+files are the caller's and show as the guest's ids (unprivileged caller) or root's (a root caller):
+a fake identity other than root over files the extraction recorded as someone else's would differ
+silently, so such runs are not eligible (`_owner_difference`; a fake root's differences are said
+under -v); nor is an overlay over another user's rootfs (its files could not be written over).
+`last_resort`: where every ptrace rung refused, `auto` runs an owner-difference run here anyway,
+with a warning.
 """
 
 from __future__ import annotations
@@ -375,7 +383,7 @@ def run(spec: RunSpec, check: bool = True) -> int:
             except OSError as e:
                 if notify is None:
                     _reap(pid)
-                    raise Refused(f"ptrace refused for the port translation: {e.strerror}") from None
+                    raise Refused(f"ptrace refused (the tracer of -p/-n/-k): {e.strerror}") from None
                 os.write(go_w, b"n")     # user notification instead (runtime.userns_notify)
                 notified = True
                 if spec.verbose >= 1:
