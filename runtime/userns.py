@@ -472,12 +472,18 @@ class _NoMapper:
     native_clear = native_dir = None
 
 
+def filter_program(traced: set[int], if_arg: dict[int, int]) -> list[tuple[int, int, int, int]]:
+    """The traced run's filter: `traced` stop, `if_arg` stop when that argument is non-zero,
+    nothing else (no path call, nothing refused)."""
+    from runtime.syscall import seccomp
+    return seccomp.build(traced, None, if_arg, None)
+
+
 def _tracer_parts(spec: RunSpec) -> tuple:
     """(extensions, CPU placement, dispatch, seccomp program, native loop setup, mapper) of a run
     whose socket calls need the port translation (runtime.extension.portmap), or whose uname the
     kernel release (`-k`, runtime.extension.kernel_release): the filter stops only on those calls,
     the tracer (outside the namespaces) answers them; no path is translated."""
-    from runtime.syscall import seccomp
     from runtime.syscall.sysnums import MAX_KNOWN, NUMBERS
     from runtime.tracee import ffi, loop, state  # noqa: F401 (loaded before the fork)
     from runtime.tracee.actions import EXIT
@@ -520,7 +526,7 @@ def _tracer_parts(spec: RunSpec) -> tuple:
                 return 0
             traced.add(NUMBERS[name])
             dispatch[NUMBERS[name]] = affinity
-    program = ffi.seccomp_program(seccomp.build(traced, None, if_arg, None))
+    program = ffi.seccomp_program(filter_program(traced, if_arg))
     mapper = _NoMapper()
 
     def native_setup(nat):              # the native stop loop answers what the table decides

@@ -47,13 +47,17 @@ _syscall = _libc["syscall"]
 _syscall.restype = ctypes.c_long
 
 
-def program():
-    """The filter (a `struct sock_fprog`): the calls above go to the listener."""
+def rules() -> list[tuple[int, int, int, int]]:
+    """The filter: the calls above go to the listener, nothing else is touched."""
     from runtime.syscall import seccomp
-    from runtime.tracee import ffi
     prog = seccomp.build(set(CALLS), None, IF_ARG, None)
-    return ffi.seccomp_program([(c, jt, jf, RET_USER_NOTIF if k == RET_TRACE and c == 0x06 else k)
-                                for c, jt, jf, k in prog])
+    return [(c, jt, jf, RET_USER_NOTIF if k == RET_TRACE and c == 0x06 else k) for c, jt, jf, k in prog]
+
+
+def program():
+    """`rules()` as a ready `struct sock_fprog`."""
+    from runtime.tracee import ffi
+    return ffi.seccomp_program(rules())
 
 
 def install(prog) -> int:

@@ -441,3 +441,27 @@ def test_userns_mount_targets_stay_in_the_root(tmp_path):
     assert userns._resolve(str(root), "/out/f", "file") == str(root / tmp_path.relative_to("/") / "outside" / "f")
     assert not (tmp_path / "outside").exists()
     assert userns._resolve(str(root), "/abs/d/e", "dir") == str(root / "etc" / "d" / "e")
+
+
+def test_userns_filters_stop_only_the_socket_calls():
+    """With ports, the userns rung's filter (ptrace, or user notification where ptrace is refused)
+    stops the port logic's socket calls and nothing else: no path call, no refusal."""
+    from runtime import userns, userns_notify
+    from runtime.extension.portmap import PortMap
+    from runtime.spec import PortMapping
+    from runtime.syscall import seccomp
+    from runtime.syscall.sysnums import NUMBERS as N
+    pm = PortMap(RunSpec(rootfs="/", argv=["x"], port_map=[PortMapping(80, 8080)]))
+    if_arg = dict(pm.enter_calls_if_arg)
+    prog = userns.filter_program({nr for nr in pm.enter_calls if nr not in if_arg}, if_arg)
+    notif = userns_notify.rules()
+    for name in ("open", "openat", "stat", "newfstatat", "execve", "read", "write", "unlink", "chown",
+                 "mount", "uname", "getuid"):
+        assert seccomp.evaluate(prog, N[name]) == seccomp.RET_ALLOW, name
+        assert seccomp.evaluate(notif, N[name]) == seccomp.RET_ALLOW, name
+    for name in ("bind", "connect", "getsockname", "getpeername", "sendmsg"):
+        assert seccomp.evaluate(prog, N[name]) == seccomp.RET_TRACE, name
+        assert seccomp.evaluate(notif, N[name]) == userns_notify.RET_USER_NOTIF, name
+    assert seccomp.evaluate(prog, N["sendto"]) == seccomp.RET_ALLOW           # send(): no address
+    assert seccomp.evaluate(prog, N["sendto"], args=(3, 1, 1, 0, 0x1000, 16)) == seccomp.RET_TRACE
+    assert seccomp.evaluate(notif, N["sendto"], args=(3, 1, 1, 0, 0x1000, 16)) == userns_notify.RET_USER_NOTIF
