@@ -276,6 +276,21 @@ def _unmake_state(spec: RunSpec) -> None:
         pass
 
 
+def _tidy_work(spec: RunSpec) -> None:
+    """Remove overlayfs's own empty dirs in the work dir (`work/`, mode 000: a plain `rm -rf` of a
+    kept state directory could not enter it). The mount is gone with the run's namespace."""
+    work = os.path.join(spec.overlay or "", NS_WORK)
+    try:
+        names = os.listdir(work)
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.rmdir(os.path.join(work, name))
+        except OSError:
+            pass
+
+
 def _state(spec: RunSpec) -> tuple[str, str, str] | None:
     """(lowerdir, upperdir, workdir + the mount point) of the overlay, the state dir made ready."""
     if not spec.overlay:
@@ -462,6 +477,8 @@ def run(spec: RunSpec, check: bool = True) -> int:
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
         if tracer is not None:
             tracer[1].stop()
+        if overlay is not None:
+            _tidy_work(spec)
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
 
