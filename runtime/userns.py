@@ -387,6 +387,7 @@ def run(spec: RunSpec, check: bool = True) -> int:
     forward = _Forwarder(pid, spec.stop_signal, spec.forward_all_signals)
     opts = 0
     notified = False
+    handed = False                      # the extensions are the loop's / supervisor's to close
     try:
         if tracer is not None:          # seized before it execs (nothing to stop until then)
             from runtime.tracee import ffi
@@ -448,6 +449,7 @@ def run(spec: RunSpec, check: bool = True) -> int:
                 text = f"{spec.argv[0]}: {os.strerror(err)}"
                 raise CommandNotFound(text) if err == errno.ENOENT else CommandNotExecutable(text)
             raise CarryonError(f"engine failure: {msg}")
+        handed = True
         if notified:
             assert tracer is not None
             from runtime import userns_notify
@@ -477,6 +479,9 @@ def run(spec: RunSpec, check: bool = True) -> int:
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
         if tracer is not None:
             tracer[1].stop()
+            if not handed:              # refused or failed before the guest ran: no ports file left
+                for ext in tracer[0]:
+                    ext.close()
         if overlay is not None:
             _tidy_work(spec)
     code = os.waitstatus_to_exitcode(status)
