@@ -161,11 +161,26 @@ class Plan:
             save(self.dir, self.key, self.rungs)
         self.tried: list[str] = []
         self.errors: dict[str, str] = {}
+        self.not_for_run: dict[str, str] = {}   # usable here, but not for this run (Engine.eligible_for)
 
     def _why_not(self, engine) -> str | None:
         if self.spec.confine and engine.name not in CONFINING:
             return "does not confine"
-        return engine.eligible() or self.rungs.get(engine.name)
+        why = engine.eligible() or self.rungs.get(engine.name)
+        if why is None and engine.eligible_for is not None:
+            why = engine.eligible_for(self.spec)        # this run's needs (cheap: no fork)
+            if why:
+                self.not_for_run[engine.name] = why
+        return why
+
+    def usable(self, name: str) -> bool:
+        """Does the verdict call rung `name` usable on this node (whatever this run needs)?"""
+        return name in self.names and self.rungs.get(name) is None and name not in self.errors
+
+    def summary(self) -> str:
+        """The rungs tried and why each could not run, in one phrase."""
+        return "; ".join(f"{label(n)}: {self.errors[n]}" for n in self.tried if n in self.errors) \
+            or "no other engine could run"
 
     def __iter__(self):
         while True:
@@ -203,6 +218,8 @@ class Plan:
         out = {}
         for name in self.probed:
             why = self.errors.get(name) or self.rungs.get(name)
+            if why is None and name in self.not_for_run:
+                why = f"not for this run: {self.not_for_run[name]}"
             if why is None and name not in self.names:
                 why = "usable, not in this runtime"
             out[name] = why
@@ -215,7 +232,8 @@ class Plan:
             if name == chosen:
                 break
             if why:
-                before.append(f"{name}: {'refused: ' if 'not in this runtime' not in why else ''}{why}")
+                plain = "not in this runtime" in why or why.startswith("not for this run")
+                before.append(f"{name}: {'' if plain else 'refused: '}{why}")
         how = "canary" if self.fresh else "cached verdict"
         where = verdict_path(self.dir) if self.dir else "not cached"
         sys.stderr.write(f"carryon: engine: {chosen} ({'; '.join(before + [f'{how}: {where}'])})\n")

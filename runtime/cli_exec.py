@@ -30,7 +30,7 @@ Run COMMAND (default /bin/sh) with ROOTFS (default /) as its root directory, wit
 (ptrace), in the current directory when ROOTFS has it (else /).
 
 """
-USAGE_TAIL = """COMMAND without '/' is looked up in the guest's PATH. Engine: CARRYON_ENGINE=auto|seccomp|ptrace
+USAGE_TAIL = """COMMAND without '/' is looked up in the guest's PATH. Engine: CARRYON_ENGINE=auto|userns|seccomp|ptrace
 (`carryon doctor` says which auto picks here and why); CARRYON_CONFINE=1 as --confine;
 CARRYON_NATIVE=0: no native stop loop (Python sees every stop); CARRYON_PIN=auto|on|off.
 Exit status: the command's; 125 for carryon's own errors, 126 command not executable, 127 not found.

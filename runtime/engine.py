@@ -60,9 +60,9 @@ class Engine:
     """One way to run a RunSpec. A plain record (`__slots__`, no dataclasses: this module is on
     every run's start-up path)."""
 
-    __slots__ = ("name", "eligible", "run", "describe")
+    __slots__ = ("name", "eligible", "run", "describe", "eligible_for")
 
-    def __init__(self, name: str, eligible, run, describe) -> None:
+    def __init__(self, name: str, eligible, run, describe, eligible_for=None) -> None:
         self.name = name
         # () -> None when it can run here, else why not; cheap (no fork: it runs before every run)
         self.eligible = eligible
@@ -70,6 +70,8 @@ class Engine:
         self.run = run
         # () -> "NAME: usable" or "NAME: not usable (why)", for --carryon-info (may fork: ms)
         self.describe = describe
+        # (spec) -> None when it can run this spec here, else why not (cheap); None: `eligible`
+        self.eligible_for = eligible_for
 
     def __repr__(self) -> str:
         return f"Engine({self.name!r})"
@@ -112,19 +114,40 @@ SECCOMP = Engine("seccomp", _seccomp_eligible, lambda spec: _traced(spec, True),
                  lambda: _describe("seccomp", _seccomp_eligible))
 PTRACE = Engine("ptrace", _ptrace_eligible, lambda spec: _traced(spec, False),
                 lambda: _describe("ptrace", _ptrace_eligible))
-LADDER: tuple[Engine, ...] = (SECCOMP, PTRACE)      # best first: what "auto" tries, in order
+
+
+def _userns(attr: str):
+    def call(*args):
+        from runtime import userns  # (ctypes: loaded when the rung is looked at)
+        return getattr(userns, attr)(*args)
+    return call
+
+
+# the user + mount namespace engine, no tracer (runtime.userns)
+USERNS = Engine("userns", _userns("eligible"), _userns("run"), _userns("describe"),
+                _userns("eligible_for"))
+LADDER: tuple[Engine, ...] = (USERNS, SECCOMP, PTRACE)      # best first: what "auto" tries, in order
 NAMES = ("auto",) + tuple(e.name for e in LADDER)   # what RunSpec.engine may say
 
 
-def select(name: str):
+def _why_not(e: Engine, spec: RunSpec | None) -> str | None:
+    if spec is not None and e.eligible_for is not None:
+        why = e.eligible_for(spec)
+        if why and spec.verbose >= 1:
+            sys.stderr.write(f"carryon: {e.name} engine: not for this run ({why})\n")
+        return why
+    return e.eligible()
+
+
+def select(name: str, spec: RunSpec | None = None):
     """The engines to try for RunSpec.engine `name`, in order: the named one (CarryonError when it
-    is unknown or not eligible here), or for "auto" the eligible ones of the ladder (an iterator:
-    a later one is looked at only when the earlier ones were refused)."""
+    is unknown or not eligible here, or for `spec`), or for "auto" the eligible ones of the ladder
+    (an iterator: a later one is looked at only when the earlier ones were refused)."""
     if name == "auto":
-        return (e for e in LADDER if e.eligible() is None)
+        return (e for e in LADDER if _why_not(e, spec) is None)
     for e in LADDER:
         if e.name == name:
-            why = e.eligible()
+            why = _why_not(e, spec)
             if why:
                 raise CarryonError(f"the {name} engine cannot run here: {why}")
             return iter((e,))
@@ -184,7 +207,13 @@ def run(spec: RunSpec) -> int:
         plan = Plan(spec, LADDER, spec.verdict_dir)
         engines = iter(plan)
     else:
-        engines = select(name)
+        if name == "userns":            # asked for by name: an owner difference is said, not refused
+            from runtime import userns
+            why = userns.eligible_for(spec)
+            if why and userns.last_resort(spec):
+                sys.stderr.write(f"carryon: warning: using the userns engine although {why}\n")
+                return userns.run(spec, check=False)
+        engines = select(name, spec)
         if spec.confine:
             from runtime.choice import CONFINING
             if name not in CONFINING:
@@ -198,6 +227,16 @@ def run(spec: RunSpec) -> int:
                 if plan is None:
                     raise
                 plan.refused(engine, e)
+        if plan is not None and plan.usable("userns"):
+            # every other rung refused: userns although it is not for this run, saying how it differs
+            from runtime import userns
+            why = userns.last_resort(spec)
+            if why:
+                sys.stderr.write(f"carryon: warning: {plan.summary()}; using the userns engine although {why}\n")
+                try:
+                    return userns.run(spec, check=False)
+                except Refused as e:
+                    plan.refused(USERNS, e)
     finally:
         _prepared.clear()
     assert plan is not None

@@ -52,7 +52,7 @@ OPTIONS: tuple[Option, ...] = (
            archive=True),
     Option("entrypoint", VALUE, "run CMD instead of the image's Entrypoint (the image's Cmd is dropped)",
            "CMD", archive=True),
-    Option("engine", VALUE, "syscall interception (default auto)", "seccomp|ptrace|auto", archive=True),
+    Option("engine", VALUE, "syscall interception (default auto)", "userns|seccomp|ptrace|auto", archive=True),
     Option("confine", FLAG, "refuse to run (125) unless the engine confines a hostile guest (user "
            "namespaces; the ptrace rungs do not)", archive=True, exec=("--confine",)),
     Option("doctor", FLAG, "what this node allows (kernel, ptrace, user namespaces, cache) and the engine "

@@ -4,7 +4,7 @@ and under `carryon exec` (seccomp engine and plain ptrace engine), in ONE run, i
 medians and ratios to native.
 
     scripts/bench_engine.py [--quick] [--rounds N] [--image OCI_TAR | --rootfs DIR] [--cache DIR]
-                            [--engines native,proot,seccomp,ptrace,ptrace-2.6.32,floor,isolated]
+                            [--engines native,proot,seccomp,ptrace,ptrace-2.6.32,floor,isolated,userns]
                             [--workloads a,b,d,e,start,w,c]
                             [--carryon CMD] [--proot PATH] [--json FILE] [--no-path-micro]
 
@@ -16,7 +16,8 @@ of the seccomp column is the tracer's own work (reading paths, lstat, writing th
 `scripts/kernel-jail --linux-2.6.32`, where the kernel answers like Linux 2.6.32 (no seccomp filters,
 no process_vm_readv: tracee memory through /proc/PID/mem and PTRACE_POKEDATA; the calls newer than
 2.6.32 that the guest makes are emulated or ENOSYS, runtime.syscall.newer): what a node at the
-floor costs. `isolated`: the seccomp engine with the archives' copy-on-write (`carryon exec --overlay`, a state
+floor costs. `userns`: `carryon exec` on the user namespace engine (no tracer: runtime/userns.py).
+`isolated`: the seccomp engine with the archives' copy-on-write (`carryon exec --overlay`, a state
 emptied before each run): rows a-e must cost what `seccomp` costs; `w` appends to a 100 MB file of
 the image (the copy-up), `c` copies that file (the reference for what the copy costs).
 
@@ -56,7 +57,7 @@ WORKLOADS: dict[str, tuple[str, list[str]]] = {
     "w": ("append to a 100 MB image file", ["sh", "-c", "echo x >> /var/tmp/big100"]),
     "c": ("cp of that file (reference)", ["sh", "-c", "cp /var/tmp/big100 /tmp/c && rm /tmp/c"]),
 }
-ENGINES = ["native", "proot", "seccomp", "ptrace", "ptrace-2.6.32", "floor", "isolated"]
+ENGINES = ["native", "proot", "seccomp", "ptrace", "ptrace-2.6.32", "floor", "isolated", "userns"]
 JAIL = [sys.executable, os.path.join(REPO, "scripts", "kernel-jail"), "--linux-2.6.32"]
 BIG = "var/tmp/big100"
 GUEST_ENV = {

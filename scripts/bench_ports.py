@@ -2,7 +2,8 @@
 """Port translation speed: the seed's socket loop (`/app/sock.py PORT N`, debian-python image).
 
 One server bind+listen, one client connect, send b"OK!", accept+recv, close both, N times (N=2000).
-Runs, interleaved round by round: natively (`chroot` as root), under `carryon exec -p` and `-n`, and
+Runs, interleaved round by round: natively (`chroot` as root), under `carryon exec -p` and `-n` (the
+seccomp engine, and the userns engine: only the socket calls stop), and
 under Debian's `proot -p` / `-n` when installed. Each round's time is the loop's own timing (what
 sock.py prints), so start-up is not counted. Prints medians and ratios to native, measured in one run.
 As root every run gets a fresh network namespace (see `fresh_netns_prefix`), so no run pays for the
@@ -125,7 +126,8 @@ def main(argv: list[str]) -> int:
     def loop(port: int) -> list[str]:
         return ["/usr/bin/python3", "/app/sock.py", str(port), str(a.n)]
 
-    exe = [*CARRYON, "exec", "-R", str(rootfs)]
+    exe = ["env", "CARRYON_ENGINE=seccomp", *CARRYON, "exec", "-R", str(rootfs)]
+    userns = ["env", "CARRYON_ENGINE=userns", *CARRYON, "exec", "-R", str(rootfs)]
     variants: list[tuple[str, Callable[[int], list[str]]]] = []
     if os.geteuid() == 0:
         variants.append(("native (chroot)", lambda g: ["chroot", str(rootfs), *loop(g)]))
@@ -135,6 +137,8 @@ def main(argv: list[str]) -> int:
         ("carryon exec (no ports)", lambda g: [*exe, *loop(g)]),
         ("carryon exec -p G:H", lambda g: [*exe, "-p", f"{g}:{g + 1}", *loop(g)]),
         ("carryon exec -n", lambda g: [*exe, "-n", *loop(g)]),
+        ("userns -p G:H", lambda g: [*userns, "-p", f"{g}:{g + 1}", *loop(g)]),
+        ("userns -n", lambda g: [*userns, "-n", *loop(g)]),
     ]
     floor_dir = tempfile.mkdtemp(prefix="carryon-floor-")
     floor = _floor(floor_dir) if not a.no_floor else None

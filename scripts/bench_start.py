@@ -91,6 +91,9 @@ def main() -> int:
             timed([arch, "-c", "pass"], env)                   # populate (ours: done above)
             rt = next(os.path.join(warm, d) for d in os.listdir(warm) if d.startswith("rt-"))
             cmds["archive warm" + tag] = ([arch, "-c", "pass"], env)
+            if not tag:
+                for engine in ("userns", "seccomp"):    # `auto` above: the userns rung where it may
+                    cmds[f"archive warm {engine}"] = ([arch, "-c", "pass"], dict(env, CARRYON_ENGINE=engine))
             ld = os.path.join(rt, "_internal", "ld-linux-x86-64.so.2")
             rt_env = dict(base_env, _CARRYON_ARCHIVE=arch, _PYI_ARCHIVE_FILE=os.path.join(rt, "carryon-runtime"),
                           _PYI_PARENT_PROCESS_LEVEL="-1")

@@ -59,8 +59,15 @@ def expected_run(name: str = "busybox-multilayer") -> str:
     return (SHARED_IMAGES / name / "EXPECTED-run.txt").read_text()
 
 
+# the engine archive runs get (CARRYON_ENGINE) unless a test names one: set per test by the
+# `archive_engine` fixture of test_archive_run.py; None: the launcher's default (auto)
+ENGINE: list[str] = []
+
+
 def clean_env(home: Path | None = None, cache: Path | None = None, **extra: str) -> dict[str, str]:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    if ENGINE:
+        env["CARRYON_ENGINE"] = ENGINE[0]
     if home is not None:
         env["HOME"] = str(home)
     if cache is not None:

@@ -202,9 +202,17 @@ ENGINE_USERS = (["root", ENGINE_TEST_USER] if os.geteuid() == 0 and _user_exists
                 else ["self"])
 
 
+def _userns_usable() -> bool:
+    """User namespaces work here (the `userns` engine, runtime.userns), as this user."""
+    r = subprocess.run(["unshare", "-Urm", "true"], capture_output=True)
+    return r.returncode == 0
+
+
 # the engine variants of the engine tests: the seccomp engine with and without its native stop
-# loop (CARRYON_NATIVE=0: Python sees every stop), and the plain ptrace engine
-ENGINE_VARIANTS = ["seccomp", "seccomp-python", "ptrace"]
+# loop (CARRYON_NATIVE=0: Python sees every stop), the plain ptrace engine, and the user namespace
+# engine where this node allows it
+PTRACE_VARIANTS = ["seccomp", "seccomp-python", "ptrace"]
+ENGINE_VARIANTS = PTRACE_VARIANTS + (["userns"] if _userns_usable() else [])
 
 
 @pytest.fixture(params=ENGINE_USERS)

@@ -63,7 +63,15 @@ except PermissionError:
 """
 
 
+# the userns rung gives one real id, not an emulation: a namespace's root has no CAP_MKNOD and no
+# privileged xattrs, and an unprivileged caller's guest cannot chown to ids it does not map (all
+# three fail loudly there: EPERM/EINVAL; README "Engines")
+NO_FAKE_ROOT = "the userns rung does not emulate what -0 fakes (one mapped id, real kernel answers)"
+
+
 def test_fake_root_mknod(debian_rootfs, engine, user):
+    if engine == "userns":
+        pytest.skip(NO_FAKE_ROOT)
     p = carryon_exec(debian_rootfs, "python3", "-c", MKNOD, engine=engine, user=user, opts=("-0",))
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
@@ -108,6 +116,8 @@ os.unlink(p + ".new")
 
 
 def test_fake_root_xattrs(debian_rootfs, engine, user):
+    if engine == "userns":
+        pytest.skip(NO_FAKE_ROOT)
     p = carryon_exec(debian_rootfs, "python3", "-c", XATTR, engine=engine, user=user, opts=("-0",))
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == [
@@ -146,6 +156,8 @@ os.unlink(d + "/g"); os.rmdir(d)
 
 
 def test_fake_root_chown(debian_rootfs, engine, user):
+    if engine == "userns" and user != "root":
+        pytest.skip(NO_FAKE_ROOT + "; a root caller maps every id: its chown is real")
     p = carryon_exec(debian_rootfs, "python3", "-c", CHOWN, engine=engine, user=user, opts=("-0",))
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["chown 10 20", "lchown 30 40 10", "fchown 50 20",

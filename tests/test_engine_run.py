@@ -300,6 +300,9 @@ th.join(); print(os.path.exists(path))
 
 
 def test_busybox_entrypoint(busybox_rootfs, shared_images, engine, user):
+    if engine == "userns":
+        pytest.skip("-i 1000:1000 over an image whose files the extraction recorded as root's: the "
+                    "userns rung is not eligible (auto takes a ptrace rung)")
     env = {"VAR": "hello world", "EQ": "a=b=c", "EMPTY": "",
            "PATH": "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"}
     p = carryon_exec(busybox_rootfs, "/app/entrypoint.sh", "hello", "from cmd", engine=engine, user=user,

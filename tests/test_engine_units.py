@@ -264,26 +264,34 @@ def test_cli_parse_errors(argv):
 def test_describe_finds_the_seccomp_engine(monkeypatch):
     from runtime import engine
     monkeypatch.setenv("CARRYON_ENGINE", "ptrace")      # the engine never reads it
-    assert engine.describe() == "seccomp (auto; seccomp: usable; ptrace: usable)"  # Linux >= 3.5
+    monkeypatch.setenv("CARRYON_TEST_NO_USERNS", "1")
+    why = "userns: not usable (user namespaces refused (CARRYON_TEST_NO_USERNS))"
+    assert engine.describe() == f"seccomp (auto; {why}; seccomp: usable; ptrace: usable)"  # Linux >= 3.5
     assert engine.describe("ptrace").startswith("ptrace (ptrace; ")
     assert engine.describe("bogus").startswith("none (unknown engine")
-    assert [e.describe() for e in engine.LADDER] == ["seccomp: usable", "ptrace: usable"]
+    assert [e.describe() for e in engine.LADDER] == [why, "seccomp: usable", "ptrace: usable"]
+    monkeypatch.delenv("CARRYON_TEST_NO_USERNS")
+    if engine.USERNS.eligible() is None:
+        assert engine.describe().startswith("userns (auto; userns: usable; ")
 
 
 def test_engine_choice(monkeypatch):
     """One place decides: a named engine, or for auto the eligible ones in ladder order."""
     from runtime import engine
     monkeypatch.setenv("CARRYON_ENGINE", "seccomp")     # the engine never reads it
-    assert engine.NAMES == ("auto", "seccomp", "ptrace")
+    assert engine.NAMES == ("auto", "userns", "seccomp", "ptrace")
     assert list(engine.select("ptrace")) == [engine.PTRACE]
     assert list(engine.select("seccomp")) == [engine.SECCOMP]
-    assert list(engine.select("auto")) == [engine.SECCOMP, engine.PTRACE]
+    userns = [engine.USERNS] if engine.USERNS.eligible() is None else []
+    assert list(engine.select("auto")) == userns + [engine.SECCOMP, engine.PTRACE]
     with pytest.raises(CarryonError, match="unknown engine"):
         engine.select("bogus")
     with pytest.raises(CarryonError, match="unknown engine"):
         engine.run(RunSpec(rootfs="/", argv=["x"], engine="bogus"))
     # an engine that is not eligible here is skipped by auto and refused by name
+    from runtime import userns as userns_module
     monkeypatch.setattr(engine, "_release", lambda: (3, 2))
+    monkeypatch.setattr(userns_module, "_release", lambda: (3, 2))
     assert list(engine.select("auto")) == [engine.PTRACE]
     with pytest.raises(CarryonError, match="seccomp engine cannot run here: seccomp filters need"):
         engine.select("seccomp")
@@ -380,3 +388,81 @@ def test_settling_counts_a_forget_call_until_its_thread_stops_again(tmp_path):
     top.settling += 1
     t.close()
     assert top.settling == 0 and not top.dircache
+
+
+def test_userns_eligibility_for_a_run(tmp_path, monkeypatch):
+    """The userns rung says why it is not for a run (cheap checks only), and `select` skips it
+    for auto / refuses it by name."""
+    import json
+
+    from runtime import engine, userns
+    from runtime.spec import Bind
+    monkeypatch.setattr(userns, "eligible", lambda: None)
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    assert userns.eligible_for(RunSpec(rootfs=str(rootfs), argv=["x"])) is None
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "overlay.log").write_text("I key\n")          # the ptrace rungs' format
+    spec = RunSpec(rootfs=str(rootfs), argv=["x"], overlay=str(state), overlay_ident="key")
+    assert "made by the ptrace engines" in userns.eligible_for(spec)
+    assert engine.SECCOMP in list(engine.select("auto", spec))
+    assert engine.USERNS not in list(engine.select("auto", spec))
+    with pytest.raises(CarryonError, match="userns engine cannot run here: the state directory"):
+        engine.select("userns", spec)
+    # a point that would be made inside another bind's host directory
+    host = tmp_path / "host"
+    host.mkdir()
+    spec = RunSpec(rootfs=str(rootfs), argv=["x"], binds=[Bind(str(host), "/h"), Bind(str(host), "/h/new")])
+    assert "/h/new" in userns.eligible_for(spec)
+    (host / "new").mkdir()
+    assert userns.eligible_for(spec) is None
+    # a fake identity over files recorded as another owner's: not eligible; a fake root: said only
+    meta = tmp_path / "rootfs.carryon-meta.json"
+    meta.write_text(json.dumps({"entries": {"/etc": {"uid": 0, "gid": 0}, "/etc/shadow": {"uid": 0, "gid": 42}}}))
+    spec = RunSpec(rootfs=str(rootfs), argv=["x"], uid=1000, gid=1000, meta_path=str(meta))
+    assert "the image records owner 0:" in userns.eligible_for(spec)      # root: 0:42; else 0:0
+    spec = RunSpec(rootfs=str(rootfs), argv=["x"], uid=0, gid=0, meta_path=str(meta))
+    assert userns.eligible_for(spec) is None
+    assert "0:42 for /etc/shadow" in userns._owner_difference(spec, root_too=True)
+
+
+def test_userns_mount_targets_stay_in_the_root(tmp_path):
+    """Bind targets are resolved inside the new root: an absolute symlink restarts there, `..`
+    stops there; missing parts are made only when asked."""
+    from runtime import userns
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    os.symlink("/etc", root / "abs")
+    os.symlink("../../../../etc", root / "up")
+    os.symlink(str(tmp_path / "outside"), root / "out")
+    assert userns._resolve(str(root), "/abs/x") is None
+    assert userns._resolve(str(root), "/up") == str(root / "etc")
+    assert userns._resolve(str(root), "/out/f") is None                 # never the host's
+    assert userns._resolve(str(root), "/out/f", "file") == str(root / tmp_path.relative_to("/") / "outside" / "f")
+    assert not (tmp_path / "outside").exists()
+    assert userns._resolve(str(root), "/abs/d/e", "dir") == str(root / "etc" / "d" / "e")
+
+
+def test_userns_filters_stop_only_the_socket_calls():
+    """With ports, the userns rung's filter (ptrace, or user notification where ptrace is refused)
+    stops the port logic's socket calls and nothing else: no path call, no refusal."""
+    from runtime import userns, userns_notify
+    from runtime.extension.portmap import PortMap
+    from runtime.spec import PortMapping
+    from runtime.syscall import seccomp
+    from runtime.syscall.sysnums import NUMBERS as N
+    pm = PortMap(RunSpec(rootfs="/", argv=["x"], port_map=[PortMapping(80, 8080)]))
+    if_arg = dict(pm.enter_calls_if_arg)
+    prog = userns.filter_program({nr for nr in pm.enter_calls if nr not in if_arg}, if_arg)
+    notif = userns_notify.rules()
+    for name in ("open", "openat", "stat", "newfstatat", "execve", "read", "write", "unlink", "chown",
+                 "mount", "uname", "getuid"):
+        assert seccomp.evaluate(prog, N[name]) == seccomp.RET_ALLOW, name
+        assert seccomp.evaluate(notif, N[name]) == seccomp.RET_ALLOW, name
+    for name in ("bind", "connect", "getsockname", "getpeername", "sendmsg"):
+        assert seccomp.evaluate(prog, N[name]) == seccomp.RET_TRACE, name
+        assert seccomp.evaluate(notif, N[name]) == userns_notify.RET_USER_NOTIF, name
+    assert seccomp.evaluate(prog, N["sendto"]) == seccomp.RET_ALLOW           # send(): no address
+    assert seccomp.evaluate(prog, N["sendto"], args=(3, 1, 1, 0, 0x1000, 16)) == seccomp.RET_TRACE
+    assert seccomp.evaluate(notif, N["sendto"], args=(3, 1, 1, 0, 0x1000, 16)) == userns_notify.RET_USER_NOTIF

@@ -43,10 +43,13 @@ from pathlib import Path
 import pytest
 
 from archive_run_support import archive, clean_env, guest_pids, workdir
-from conftest import ENGINE_USERS, run_carryon, tar_member, user_popen_kwargs, write_oci
+from conftest import ENGINE_USERS, ENGINE_VARIANTS, run_carryon, tar_member, user_popen_kwargs, write_oci
 from engine_util import carryon_exec
 
-ENGINES = ["seccomp", "ptrace"]
+ENGINES = ["seccomp", "ptrace"] + [e for e in ENGINE_VARIANTS if e == "userns"]
+# debian_rootfs is root's: an unprivileged caller's user namespace maps none of its owners, so it
+# could not write over them in an overlay (the userns rung is not eligible: auto takes seccomp)
+OTHERS_ROOTFS = "userns: an overlay over another user's rootfs is not eligible"
 HOST_USER = ENGINE_USERS[0]            # "root" when pytest runs as root, else "self"
 
 
@@ -366,6 +369,29 @@ def test_state_dir_keeps_changes_for_the_next_run_with_it(caches, user, udir):
     caches.assert_untouched(user, "bb")
 
 
+@pytest.mark.skipif("userns" not in ENGINES, reason="user namespaces are refused here")
+def test_state_dir_is_used_by_the_format_that_made_it(caches, user, udir):
+    """The userns rung keeps overlayfs state (ns-upper, whiteouts), the ptrace rungs their own
+    (upper + overlay.log): a DIR made by one is refused by the other with one line, and `auto`
+    runs a ptrace-made DIR on a ptrace rung (the userns rung is not eligible for it)."""
+    cache = caches.get(user, "py")
+    for maker, other, says in (("userns", "seccomp", "made by the userns engine"),
+                               ("ptrace", "userns", "made by the ptrace engines")):
+        state = udir(user) / f"state-{maker}"
+        out = ok(run_archive("py", user, cache, f"--carryon-state={state}", *py_sh(
+            "set -e; echo one > /etc/kept; rm /etc/motd; cat /etc/kept"), engine=maker))
+        assert out == "one\n"
+        p = run_archive("py", user, cache, f"--carryon-state={state}", *py_sh("echo should not run"),
+                        engine=other)
+        assert (p.returncode, p.stdout) == (125, ""), (p.returncode, p.stdout, p.stderr)
+        lines = p.stderr.splitlines()
+        assert len(lines) == 1 and says in lines[0] and str(state) in lines[0], p.stderr
+        out = ok(run_archive("py", user, cache, f"--carryon-state={state}", *py_sh(
+            "cat /etc/kept; test -e /etc/motd && echo motd=yes || echo motd=gone"), engine="auto"))
+        assert out == "one\nmotd=gone\n", f"auto on a {maker}-made state: {out}"
+    caches.assert_untouched(user, "py")
+
+
 # ---------------------------------------------------------------- 7. SIGKILL
 
 def test_sigkilled_run_is_reaped_by_the_next_start(user, udir):
@@ -451,6 +477,8 @@ def test_missing_carryon_workdir_is_created(caches, user):
 # ---------------------------------------------------------------- 9. carryon exec --overlay
 
 def test_exec_overlay_writes_go_to_upper(debian_rootfs, user, engine, udir):
+    if engine == "userns" and user not in ("root", "self"):
+        pytest.skip(OTHERS_ROOTFS)
     upper = udir(user) / "upper"                 # an empty dir of the user, like a fresh -r ROOTFS would be
     upper.mkdir()
     if user not in ("root", "self"):
@@ -481,6 +509,8 @@ print(oct(os.stat("/etc/debian_version").st_mode & 0o777), int(os.stat("/etc/deb
 
 
 def test_changes_through_a_read_only_descriptor_are_copied_up(debian_rootfs, user, engine, udir):
+    if engine == "userns" and user not in ("root", "self"):
+        pytest.skip(OTHERS_ROOTFS)
     upper = owned_dir(udir(user), "upper", user)
     before = tree_digest(debian_rootfs)
     opts = ["-0", "--overlay", str(upper)]
@@ -554,6 +584,8 @@ print(os.path.exists("/etc/carryon-test.sock"))
 
 
 def test_a_unix_socket_bound_in_an_image_directory_is_the_runs(debian_rootfs, user, engine, udir):
+    if engine == "userns" and user not in ("root", "self"):
+        pytest.skip(OTHERS_ROOTFS)
     upper = owned_dir(udir(user), "upper", user)
     before = tree_digest(debian_rootfs)
     p = carryon_exec(debian_rootfs, "/usr/bin/python3", "-c", UNIX_BIND, engine=engine, user=user,

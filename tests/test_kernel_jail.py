@@ -78,12 +78,70 @@ def test_no_ptrace_and_no_userns():
     assert got["unshare_user"] == errno.EPERM and got["seize"] != errno.EPERM
 
 
-def test_a_node_that_refuses_ptrace_gets_one_line_and_125(busybox_rootfs):
-    p = subprocess.run([JAIL, "--no-ptrace", sys.executable, "-m", "packer.cli", "exec", "-r",
-                        str(busybox_rootfs), "/bin/true"], capture_output=True, text=True, timeout=120,
-                       cwd="/", env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+def _exec_in_jail(flags: list[str], rootfs, *args: str, env: dict | None = None):
+    return subprocess.run([JAIL, *flags, sys.executable, "-m", "packer.cli", "exec", "-r", str(rootfs),
+                           *args], capture_output=True, text=True, timeout=120, cwd="/",
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", **(env or {})})
+
+
+def test_a_node_that_refuses_ptrace_and_userns_gets_one_line_and_125(busybox_rootfs):
+    p = _exec_in_jail(["--no-ptrace", "--no-userns"], busybox_rootfs, "/bin/true")
     assert p.returncode == 125 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "ptrace" in p.stderr
+
+
+def test_userns_refused_is_a_refusal_and_the_ptrace_rungs_run(busybox_rootfs):
+    """With user namespaces refused, the userns rung raises Refused before the guest ran (named:
+    one line, 125; auto: the seccomp rung runs it, and says so under -v)."""
+    p = _exec_in_jail(["--no-userns"], busybox_rootfs, "/bin/echo", "hi", env={"CARRYON_ENGINE": "userns"})
+    assert p.returncode == 125 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "user namespace refused" in p.stderr
+    p = _exec_in_jail(["--no-userns"], busybox_rootfs, "-v", "1", "/bin/echo", "hi")
+    assert (p.returncode, p.stdout) == (0, "hi\n"), p.stderr
+    assert "using the seccomp engine" in p.stderr and "engine seccomp" in p.stderr, p.stderr
+
+
+def test_ptrace_refused_the_userns_rung_runs_the_archive(shared_images, engine_tmp):
+    """The acceptance of issue 18: with ptrace refused, debian-python's archive runs fib.py 20
+    and serves --carryon-publish on the userns rung."""
+    import os
+    import socket
+    import time
+    import urllib.request
+
+    from conftest import ENGINE_VARIANTS, run_carryon as pack
+    if "userns" not in ENGINE_VARIANTS:
+        pytest.skip("user namespaces are refused here")
+    app = engine_tmp / "jail-debian-python.run"
+    if not app.exists():
+        pack("pack", str(shared_images / "debian-python" / "debian-python.oci.tar"), "-o", str(app),
+             check=True)
+        os.chmod(app, 0o755)
+    env = {"HOME": str(engine_tmp / "jail-home"), "PATH": "/usr/bin:/bin"}
+    p = subprocess.run([JAIL, "--no-ptrace", str(app), "--carryon-verbose", "fib.py", "20"],
+                       capture_output=True, text=True, timeout=300, env=env, cwd="/")
+    assert (p.returncode, p.stdout) == (0, "fib(20) = 6765\n"), p.stderr
+    assert "engine userns" in p.stderr, p.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = subprocess.Popen([JAIL, "--no-ptrace", str(app), "--carryon-publish", f"127.0.0.1:{port}:8000",
+                            "/app/serve.py", "8000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=env, cwd="/")
+    try:
+        body = ""
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                assert srv.poll() is None, srv.communicate()
+                time.sleep(0.1)
+        assert "hello from debian-python fixture" in body
+    finally:
+        srv.terminate()
+        srv.wait(timeout=60)
 
 
 @pytest.mark.parametrize("bad", [[], ["--frob", "true"], ["--no-ptrace"]])

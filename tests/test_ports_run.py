@@ -20,10 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CARRYON, ENGINE_TEST_USER, ENGINE_USERS, REPO, as_user
+from conftest import CARRYON, ENGINE_TEST_USER, ENGINE_USERS, ENGINE_VARIANTS, REPO, as_user
 
 PROBE = Path(__file__).resolve().parent / "ports_probe.py"
 TIMEOUT = 120
+
+
+@pytest.fixture(autouse=True, params=["seccomp"] + [e for e in ENGINE_VARIANTS if e == "userns"])
+def ports_engine(request, monkeypatch):
+    """Every test on the seccomp engine and on the userns engine (its filter stops only the
+    socket calls) where user namespaces work; test_plain_ptrace_engine names the plain one."""
+    monkeypatch.setenv("CARRYON_ENGINE", request.param)
+    return request.param
 
 
 @pytest.fixture(scope="module")

@@ -145,7 +145,10 @@ def test_rows_start_from_the_image_and_state_per_row_keeps_their_changes(py_run,
         assert outs == ["[]\n"] * 3, outs                  # no row saw another row's /opt/row-N
     for r in range(3):
         assert not (tmp_path / "plain" / "rows" / str(r) / "state").exists()
-        kept = tmp_path / "kept" / "rows" / str(r) / "state" / "upper" / "opt" / f"row-{r + 1}"
+        state = tmp_path / "kept" / "rows" / str(r) / "state"
+        # the ptrace rungs' upper dir, or the userns rung's overlayfs one (runtime/userns.py)
+        upper = state / ("ns-upper" if (state / "ns-upper").is_dir() else "upper")
+        kept = upper / "opt" / f"row-{r + 1}"
         assert kept.read_text() == str(r + 1)
     p = subprocess.run(["sh", str(tmp_path / "kept" / "rows" / "1" / "run.sh")], env=dict(os.environ, **env),
                        capture_output=True, text=True, timeout=300)

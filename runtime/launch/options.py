@@ -8,7 +8,7 @@ import os
 from runtime import options as table
 from runtime.errors import CarryonError
 
-ENGINES = ("auto", "seccomp", "ptrace")     # runtime.engine.NAMES (a test keeps them equal)
+ENGINES = ("auto", "userns", "seccomp", "ptrace")   # runtime.engine.NAMES (a test keeps them equal)
 
 HELP_HEAD = """usage: {prog} [--carryon-OPTION[=VALUE]]... [ARGS...]
 
@@ -80,5 +80,5 @@ def parse_options(argv: list[str], environ: dict[str, str] | os._Environ | None 
         o.engine = "auto"
     o.args = args
     if o.engine not in ENGINES:
-        raise CarryonError(f"--carryon-engine {o.engine}: expected seccomp, ptrace or auto")
+        raise CarryonError(f"--carryon-engine {o.engine}: expected userns, seccomp, ptrace or auto")
     return o

@@ -34,7 +34,7 @@ open(O_RDONLY)) changes the run's copy, while that descriptor still shows the im
 State of a run (`--carryon-state DIR` keeps it for the next run): `DIR/upper/` and `DIR/overlay.log`,
 an append-only record of the stubs bound (`+ PATH`), materialized (`- PATH`) and the image inodes
 linked (`L DEV INO`), replayed at start; its first line names the image (`I IDENT`), and a state made
-for another image is refused.
+for another image is refused, as is one made by the userns engine (overlayfs: runtime.userns).
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ class Overlay:
     # ---- state ----------------------------------------------------------------------------
     def _load(self, ident: str) -> None:
         path = os.path.join(self.state_dir, LOG)
+        if os.path.exists(os.path.join(self.state_dir, "ns-overlay")):     # runtime.userns.NS_IDENT
+            raise CarryonError(f"the state directory {self.state_dir} was made by the userns engine "
+                               "(overlayfs); use it with --carryon-engine userns, or another directory")
         stubs: set[str] = set()
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as f:
