@@ -417,14 +417,21 @@ def test_userns_eligibility_for_a_run(tmp_path, monkeypatch):
     assert "/h/new" in userns.eligible_for(spec)
     (host / "new").mkdir()
     assert userns.eligible_for(spec) is None
-    # a fake identity over files recorded as another owner's: not eligible; a fake root: said only
+    # a fake identity (a fake root too) over files recorded as another owner's: not eligible for an
+    # unprivileged caller (one mapped id shows them all as the guest's); a root caller extracted the
+    # files with their owners and maps every id to itself: eligible
     meta = tmp_path / "rootfs.carryon-meta.json"
     meta.write_text(json.dumps({"entries": {"/etc": {"uid": 0, "gid": 0}, "/etc/shadow": {"uid": 0, "gid": 42}}}))
     spec = RunSpec(rootfs=str(rootfs), argv=["x"], uid=1000, gid=1000, meta_path=str(meta))
-    assert "the image records owner 0:" in userns.eligible_for(spec)      # root: 0:42; else 0:0
-    spec = RunSpec(rootfs=str(rootfs), argv=["x"], uid=0, gid=0, meta_path=str(meta))
-    assert userns.eligible_for(spec) is None
-    assert "0:42 for /etc/shadow" in userns._owner_difference(spec, root_too=True)
+    root_spec = RunSpec(rootfs=str(rootfs), argv=["x"], uid=0, gid=0, meta_path=str(meta))
+    if os.geteuid() == 0:
+        assert userns.eligible_for(spec) is None and userns.eligible_for(root_spec) is None
+    else:
+        assert "the image records owner 0:0 for /etc" in userns.eligible_for(spec)
+        assert "the image records gid 42 for /etc/shadow" in userns.eligible_for(root_spec)
+        assert "gid 42 for /etc/shadow" in userns.last_resort(root_spec)
+        meta.write_text(json.dumps({"entries": {"/etc": {"uid": 0, "gid": 0}, "/etc/x": {"uid": 0, "gid": 0}}}))
+        assert userns.eligible_for(root_spec) is None
 
 
 def test_userns_mount_targets_stay_in_the_root(tmp_path):

@@ -98,7 +98,7 @@ def test_userns_refused_is_a_refusal_and_the_ptrace_rungs_run(busybox_rootfs):
     assert "user namespace refused" in p.stderr
     p = _exec_in_jail(["--no-userns"], busybox_rootfs, "-v", "1", "/bin/echo", "hi")
     assert (p.returncode, p.stdout) == (0, "hi\n"), p.stderr
-    assert "using the seccomp engine" in p.stderr and "engine seccomp" in p.stderr, p.stderr
+    assert "engine: seccomp (userns: refused: " in p.stderr and "engine seccomp" in p.stderr, p.stderr
 
 
 def test_ptrace_refused_the_userns_rung_runs_the_archive(shared_images, engine_tmp):
