@@ -16,7 +16,7 @@ class Tracee:
 
     __slots__ = ("pid", "memfd", "scratch", "ret", "exits", "exe", "pending_exe", "mapper",
                  "in_syscall", "skip_ret", "ext", "started", "guest_root", "area", "inject", "peek",
-                 "exec_probe", "exec_events", "vm_peer", "mem_stops", "settle", "fast")
+                 "exec_probe", "exec_events", "vm_peer", "mem_stops", "settle", "fast", "emu")
 
     def __init__(self, pid: int, mapper, exe: str = "", ext: dict | None = None) -> None:
         self.pid = pid
@@ -49,6 +49,7 @@ class Tracee:
         # over: settled at its next stop or when it is gone (see runtime.path.binding)
         self.settle: tuple | None = None
         self.fast = 0               # what the native loop may do with it (runtime.tracee.native bits)
+        self.emu = None             # it takes part in emulated ptrace (runtime.extension.ptrace_emu)
 
     def open_mem(self) -> None:
         if self.memfd >= 0:
