@@ -642,7 +642,7 @@ class PtraceEmu:
             h = _enosys
         if h is not None:
             e.saved = [regs[i] for i in _ARG_REGS]
-            t.scratch = regs[ffi.R_RSP] - 128
+            t.scratch = _scratch_top(regs)
             try:
                 act = h(t, regs)
             except OSError as ex:
@@ -845,6 +845,19 @@ class PtraceEmu:
         self.waiters.discard(t)
         e.waiting = False
         self.exited(t.pid)
+
+
+def _scratch_top(regs) -> int:
+    """Where our data for the call may go: below the red zone, and below what an emulated tracer
+    (a nested carryon, PRoot) put under the stack pointer for it (the lowest argument pointing
+    there, less a margin: its data lies above the pointers it passes)."""
+    sp = regs[ffi.R_RSP]
+    low = sp - 128
+    for i in ffi.ARG:
+        v = regs[i]
+        if sp - (1 << 20) <= v < low:
+            low = v - 1024
+    return low
 
 
 def _enosys(t, regs) -> int:
