@@ -13,9 +13,9 @@ import sys
 import tarfile
 
 import pytest
+
 from conftest import FIXTURES_BUILD
 from engine_util import carryon_exec
-
 from runtime.extension import ptrace_emu as pe
 
 
