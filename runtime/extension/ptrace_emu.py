@@ -180,7 +180,7 @@ class Link:
 
     __slots__ = ("tgid", "uid", "tracer", "seized", "options", "mode", "held", "status", "siginfo",
                  "real_child", "tracees", "queue", "waiting", "wait", "saved", "changed",
-                 "exec_seen", "silent", "listening", "step_trap", "real_opts")
+                 "exec_seen", "silent", "listening", "step_trap", "real_opts", "auto")
 
     def __init__(self, pid: int) -> None:
         self.tgid, _, self.uid = _proc_ids(pid)
@@ -194,6 +194,7 @@ class Link:
         self.status: int | None = None   # the stop's wait status, until its tracer waits for it
         self.siginfo: bytes | None = None  # GETSIGINFO's answer when not the real one
         self.real_child = False     # its exit reaches the tracer through the real wait
+        self.auto = False           # attached by its parent's fork event: its first stop is reported
         self.listening = False
         self.step_trap = False      # a single-step over a syscall: a SIGTRAP at its exit
         self.real_opts = -1         # the real ptrace options it has (-1: not set by us yet)
@@ -232,8 +233,9 @@ class PtraceEmu:
             from runtime.tracee.native import PROBING
             if t.fast == PROBING:       # its execve in flight: checked natively, then Python's
                 nat.probe(t.pid, t.vm_peer, t.memfd, t.exec_probe, 0)
-            else:
-                nat.set(t.pid, 0)
+            else:                       # (a child held until its parent's fork event stays so)
+                from runtime.tracee.native import HELD
+                nat.set(t.pid, HELD if t.pid in loop.held else 0)
             t.fast = 0
         return e
 
@@ -393,7 +395,7 @@ class PtraceEmu:
             raise OSError(errno.EIO if addr else errno.EINVAL, "bad PTRACE_SEIZE")
         loop = self.loop
         b = loop.tracees.get(pid)
-        if b is None or pid in loop.held:
+        if b is None:
             raise OSError(errno.EPERM if os.path.exists(f"/proc/{pid}") else errno.ESRCH,
                           "not a guest thread")
         te = self._special(t)
@@ -425,6 +427,7 @@ class PtraceEmu:
         e.siginfo = None
         e.listening = False
         e.real_child = real_child
+        e.auto = False
         tracer.emu.tracees.append(b)
 
     def _unlink(self, tracer, b, e: Link) -> None:
@@ -526,7 +529,7 @@ class PtraceEmu:
             return True
         if not t.started and (sig == SIGSTOP or event):
             t.started = True
-            if e.tracer is not None:
+            if e.tracer is not None and e.auto:
                 self._report_initial(t, e)
             elif event and sig != SIGTRAP:
                 ffi.listen(pid)
@@ -592,6 +595,7 @@ class PtraceEmu:
                 ctgid, _, _ = _proc_ids(child)
                 self._link(e.tracer, c, ce, seized=e.seized, options=e.options,
                            real_child=ctgid == child and e.tracer.emu.tgid == e.tgid)
+                ce.auto = True
                 if held:
                     c.started = True
                     self._real_options(c, ce)
