@@ -374,7 +374,7 @@ class Loop:
             if t is not None:
                 if t.settle is not None:
                     t.settled()                     # its unlink/rename/... is over by now
-                if t.emu is not None and self.emu.stop(t, status):  # type: ignore[union-attr]
+                if t.emu is not None and self.emu.stop(t, status):
                     last = None                     # emulated ptrace: every stop is Python's
                     continue
             if status & 0xFF == 0x7F:               # stopped
