@@ -67,6 +67,15 @@ def test_gdb_backtrace_of_a_crash(tools_rootfs, engine, user):
     assert "deref" in bt and "crash_here (n=1)" in bt and "main ()" in bt and "crasher.c:" in bt, out
 
 
+def test_gdb_attaches_to_a_running_guest_and_detaches(tools_rootfs, engine, user):
+    script = ('sleep 100 & p=$!; gdb -nx -batch -p $p -ex "print 1+1" -ex detach 2>&1; '
+              'kill $p; wait $p; echo "sleep: $?"')
+    p = carryon_exec(tools_rootfs, "sh", "-c", script, engine=engine, user=user)
+    out = p.stdout
+    assert "$1 = 2" in out and ") detached]" in out, out + p.stderr[-2000:]
+    assert out.endswith("sleep: 143\n"), out    # it ran on after the detach, until killed
+
+
 def test_nested_carryon_exec_runs_true(engine, user):
     inner = ["env", "-u", "CARRYON_ENGINE", "-u", "CARRYON_NATIVE",
              sys.executable, "-m", "packer.cli", "exec", "-v", "1", "-r", "/"]
