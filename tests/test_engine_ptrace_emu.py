@@ -57,6 +57,16 @@ def test_strace_follows_forks_and_gives_the_exit_status(tools_rootfs, engine, us
     assert '[pid ' in err and 'execve("/bin/true", ["/bin/true"]' in err, err
 
 
+def test_strace_where_the_tracer_cannot_seize(tools_rootfs, engine, user):
+    """Kernels without PTRACE_SEIZE: the guests are attached the classic way, and so are strace's
+    (its PTRACE_SEIZE is refused as such a kernel refuses it)."""
+    p = carryon_exec(tools_rootfs, "strace", "-f", "-e", "trace=execve", "sh", "-c",
+                     "ls / >/dev/null; exit 4", engine=engine, user=user,
+                     env={"CARRYON_TEST_NO_SEIZE": "1"})
+    assert p.returncode == 4, p.stderr[-3000:]
+    assert '"ls", "/"], ' in p.stderr and "+++ exited with 4 +++" in p.stderr, p.stderr
+
+
 def test_gdb_backtrace_of_a_crash(tools_rootfs, engine, user):
     p = carryon_exec(tools_rootfs, "gdb", "-nx", "-batch", "-ex", "run", "-ex", "bt", "/app/crasher",
                      engine=engine, user=user)

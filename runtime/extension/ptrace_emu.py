@@ -391,6 +391,9 @@ class PtraceEmu:
         return 0
 
     def _attach(self, t, pid: int, seize: bool, addr: int, data: int) -> int:
+        if seize and not self.loop.seized:
+            # our own attach is the classic one (a kernel without PTRACE_SEIZE): so is theirs
+            raise OSError(errno.EIO, "PTRACE_SEIZE not supported")
         if seize and (addr or data & ~O_ALLOWED):
             raise OSError(errno.EIO if addr else errno.EINVAL, "bad PTRACE_SEIZE")
         loop = self.loop
