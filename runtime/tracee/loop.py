@@ -33,6 +33,11 @@ The native stop loop (runtime.tracee.native, seccomp engine): the loop waits thr
 waitpid. After each stop it handled, the loop tells it whether that thread's next stops need Python
 (its `fast` bits); the stops that do not are answered in C, and what happened meanwhile (forks,
 exits, successful execs, binds) is read back, in order, before the next stop is handled here.
+
+Emulated ptrace (runtime.extension.ptrace_emu): a thread that traces or is traced by a guest has
+`Tracee.emu` set; every stop of it (and its end) goes to `self.emu.stop` first, and every guest's
+end to `self.emu.exited` (a tracer's held wait may be over). Nothing of it runs before a guest
+calls ptrace.
 """
 
 from __future__ import annotations
