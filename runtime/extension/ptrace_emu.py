@@ -219,6 +219,7 @@ class PtraceEmu:
         self.loop = loop
         self.dispatch = dispatch
         self.waiters: set = set()       # tracers held in a blocking wait
+        self.ends = 0                   # guest processes ended so far (a held wait's retry)
 
     # ---- becoming special ------------------------------------------------------------------
     def _special(self, t) -> Link:
@@ -467,6 +468,7 @@ class PtraceEmu:
 
     def exited(self, pid: int) -> None:
         """A guest process ended: a held wait may now get it from the kernel."""
+        self.ends += 1
         for a in list(self.waiters):
             self._wake(a)
 
@@ -782,7 +784,8 @@ class PtraceEmu:
             except (OSError, NeedScratch):
                 return False
             regs[ffi.R_RDX] = scratch
-        e.wait = (nr, opt_reg, options, not options & WNOHANG, scratch or info, bool(scratch))
+        e.wait = (nr, opt_reg, options, not options & WNOHANG, scratch or info, bool(scratch),
+                  self.ends)
         regs[opt_reg] = options | WNOHANG
         ffi.setregs(a.pid, regs)
         ffi.resume(ffi.PTRACE_SYSCALL, a.pid, sig)
@@ -790,7 +793,7 @@ class PtraceEmu:
 
     def _wait_exit(self, a, e: Link) -> None:
         from runtime.tracee import mem
-        nr, opt_reg, options, blocking, info, scratch = e.wait
+        nr, opt_reg, options, blocking, info, scratch, ends = e.wait
         e.wait = None
         e.changed = False
         regs = ffi.Regs()
@@ -824,8 +827,9 @@ class PtraceEmu:
         regs[ffi.R_RAX] = regs[ffi.R_ORIG_RAX]
         ffi.setregs(pid, regs)
         a.in_syscall = False
-        q, _ = self._matches(a, e, nr, regs, nr == NR_WAIT4 or bool(options & WEXITED))
-        if q is not None:                   # came meanwhile
+        q, any_match = self._matches(a, e, nr, regs, nr == NR_WAIT4 or bool(options & WEXITED))
+        if q is not None or not any_match or ends != self.ends:
+            # a report, or an end (a real child's, its tracee's) came meanwhile: again at once
             ffi.resume(ffi.PTRACE_SYSCALL, pid, 0)
             return
         e.waiting = True
