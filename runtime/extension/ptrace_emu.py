@@ -48,7 +48,7 @@ import ctypes
 import errno
 import os
 
-from runtime.tracee import ffi
+from runtime.tracee import ffi, mem
 from runtime.tracee.actions import CHANGED, EXIT, SKIP
 from runtime.tracee.mem import NeedScratch
 
@@ -312,7 +312,6 @@ class PtraceEmu:
 
     def _data_request(self, t, b, e: Link, req: int, pid: int, addr: int, data: int) -> int:
         """The requests that read or change the stopped tracee, data copied to/from the tracer."""
-        from runtime.tracee import mem
         if req in (PEEKTEXT, PEEKDATA, PEEKUSR):
             word = _real(req, pid, addr) & M64
             mem.write(t, data, word.to_bytes(8, "little"))
@@ -736,7 +735,6 @@ class PtraceEmu:
 
     def _wait_enter(self, a, e: Link, regs, sig: int) -> bool:
         """The entry of a tracer's wait4/waitid: True when handled (answered or on its way)."""
-        from runtime.tracee import mem
         nr = regs[ffi.R_ORIG_RAX]
         opt_reg = ffi.R_RDX if nr == NR_WAIT4 else ffi.R_R10
         options = regs[opt_reg] & 0xFFFFFFFF
@@ -792,7 +790,6 @@ class PtraceEmu:
         return True
 
     def _wait_exit(self, a, e: Link) -> None:
-        from runtime.tracee import mem
         nr, opt_reg, options, blocking, info, scratch, ends = e.wait
         e.wait = None
         e.changed = False
