@@ -15,7 +15,7 @@ import tarfile
 import pytest
 
 from conftest import FIXTURES_BUILD
-from engine_util import carryon_exec
+from engine_util import carryon_exec, native_as
 from runtime.extension import ptrace_emu as pe
 
 
@@ -96,6 +96,22 @@ def test_nested_carryon_exec_runs_true(engine, user):
     p = carryon_exec("/", *inner, "sh", "-c", "echo inner; exit 7", engine=engine, user=user,
                      defaults=False)
     assert (p.returncode, p.stdout) == (7, "inner\n"), p.stderr[-3000:]
+
+
+def test_a_guests_ptrace_answers_are_the_kernels(tools_rootfs, engine, user):
+    """TRACEME, waitid of a ptrace stop, SETOPTIONS, a syscall-entry stop and its registers, an
+    exit event and its message, the exit: as the same program sees them natively."""
+    import ast
+    probe = os.path.join(os.path.dirname(__file__), "data", "ptrace_probe.py")
+    native = native_as(user, ["/usr/bin/python3", probe])
+    assert native.returncode == 0, native.stderr
+    p = carryon_exec(tools_rootfs, "python3", "/probe/ptrace_probe.py", engine=engine, user=user,
+                     opts=("-b", f"{os.path.dirname(probe)}:/probe"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    got, want = ast.literal_eval(p.stdout), ast.literal_eval(native.stdout)
+    assert got[1] == ("seccomp-option", -1, 22)          # PTRACE_O_TRACESECCOMP: EINVAL
+    assert got[:1] + got[2:] == want[:1] + want[2:]
+    assert got[3][:3] == ("entry", "0x857f", 231)         # exit_group(7), TRACESYSGOOD
 
 
 # ---- the kernel's encodings, checked against the kernel ------------------------------------------
