@@ -47,7 +47,8 @@ SHARED: dict[str, int] = {
     "NR_CLONE": loop.NR_CLONE, "NR_FORK": loop.NR_FORK, "CLONE_VM_": loop.CLONE_VM,
     "SYS_KCMP_": ffi._SYS_KCMP, "KCMP_VM_": ffi.KCMP_VM,
     "ST_SETTLED": native.SETTLED, "ST_FORKS": native.FORKS, "ST_HELD": native.HELD,
-    "ST_PYTHON": native.SETTLED | native.FORKS | native.HELD,
+    "ST_OWN_END": native.OWN_END,
+    "ST_PYTHON": native.SETTLED | native.FORKS | native.HELD | native.OWN_END,
     # fastpath.c: follow rules and the flag bits they read, cache keys
     "AT_FDCWD_": table.AT_FDCWD,
     "FOLLOW": table.FOLLOW, "NOFOLLOW": table.NOFOLLOW, "OPEN_FLAGS": table.OPEN_FLAGS,

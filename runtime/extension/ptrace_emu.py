@@ -231,12 +231,12 @@ class PtraceEmu:
         loop.emu = self
         nat = loop.native
         if nat is not None:
-            from runtime.tracee.native import PROBING
+            # its stops and its end are Python's (the end at once: a tracer's wait may hang on it)
+            from runtime.tracee.native import HELD, OWN_END, PROBING
             if t.fast == PROBING:       # its execve in flight: checked natively, then Python's
-                nat.probe(t.pid, t.vm_peer, t.memfd, t.exec_probe, 0)
+                nat.probe(t.pid, t.vm_peer, t.memfd, t.exec_probe, OWN_END)
             else:                       # (a child held until its parent's fork event stays so)
-                from runtime.tracee.native import HELD
-                nat.set(t.pid, HELD if t.pid in loop.held else 0)
+                nat.set(t.pid, OWN_END | (HELD if t.pid in loop.held else 0))
             t.fast = 0
         return e
 
