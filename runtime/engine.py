@@ -447,7 +447,7 @@ def filter_program(exts: list, affinity: bool = False,
     the `lacking` calls the tracer emulates: runtime.syscall.newer)."""
     from runtime.syscall import seccomp, table
     from runtime.syscall.sysnums import NUMBERS
-    traced = set(table.TRACED) | lacking
+    traced = set(table.TRACED) | lacking | {NUMBERS["ptrace"]}    # the guests' own: emulated (_trace)
     from runtime.execve import loader
     if loader.path() is not None:
         traced.add(loader.NR)           # the call of carryon's loader after an exec through it
@@ -502,7 +502,8 @@ def _run_once(spec: RunSpec, mapper, prog: str, host_cwd: str, env: dict[str, st
         os.close(mode_w)
         status = _trace(spec, pid, mapper, exts, placement, dispatch, native_setup, use_seccomp,
                         (opts | ffi.PTRACE_O_TRACESECCOMP) if seized and use_seccomp else 0,
-                        loop_ref, seized, exitkill=bool(opts & ffi.PTRACE_O_EXITKILL))
+                        loop_ref, seized, exitkill=bool(opts & ffi.PTRACE_O_EXITKILL),
+                        options=opts | (ffi.PTRACE_O_TRACESECCOMP if use_seccomp else 0))
         report = os.read(err_r, 256)
     finally:
         placement.stop()
@@ -751,7 +752,7 @@ def _watch(fd: int) -> None:
 
 def _trace(spec: RunSpec, pid: int, mapper, exts: list, placement, dispatch: list, native_setup,
            use_seccomp: bool, exec_options: int, loop_ref: list, seized: bool = False,
-           exitkill: bool = True) -> int:
+           exitkill: bool = True, options: int = 0) -> int:
     """Run the event loop over the attached guest until the end, signals forwarded; the main
     process's wait status. Everything of the run is undone after it (even on an error)."""
     from runtime.tracee import ffi
@@ -761,6 +762,8 @@ def _trace(spec: RunSpec, pid: int, mapper, exts: list, placement, dispatch: lis
                 placement=placement, exec_options=exec_options, native_setup=native_setup,
                 seized=seized)
     loop_ref[:] = [loop]
+    loop.options = options
+    dispatch[_NR_PTRACE] = _ptrace_emulation(loop, dispatch)
     if not exitkill:
         loop.watchdog = _Watchdog(pid)
     main = Tracee(pid, mapper, "")
@@ -790,6 +793,18 @@ def _trace(spec: RunSpec, pid: int, mapper, exts: list, placement, dispatch: lis
                     f"{k} {v}" for k, v in loop.native_stats.items()) + "\n")
         for ext in exts:
             ext.close()
+
+
+_NR_PTRACE = 101                        # x86_64
+
+
+def _ptrace_emulation(loop, dispatch: list):
+    """The guests' ptrace(2) handler: runtime.extension.ptrace_emu, loaded at its first call."""
+    def first(t, regs) -> int:
+        from runtime.extension.ptrace_emu import PtraceEmu
+        handler = dispatch[_NR_PTRACE] = PtraceEmu(loop, dispatch).request
+        return handler(t, regs)
+    return first
 
 
 def _abort(pid: int, fd: int) -> None:

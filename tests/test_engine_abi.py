@@ -50,7 +50,8 @@ SHARED: dict[str, int] = {
     "LOADER_CALL": loader.NR, "SYS_OPENAT_": loader.NR_OPENAT,
     "O_RDONLY_CLOEXEC_": loader.O_RDONLY_CLOEXEC,
     "ST_SETTLED": native.SETTLED, "ST_FORKS": native.FORKS, "ST_HELD": native.HELD,
-    "ST_PYTHON": native.SETTLED | native.FORKS | native.HELD,
+    "ST_OWN_END": native.OWN_END,
+    "ST_PYTHON": native.SETTLED | native.FORKS | native.HELD | native.OWN_END,
     # fastpath.c: follow rules and the flag bits they read, cache keys
     "AT_FDCWD_": table.AT_FDCWD,
     "FOLLOW": table.FOLLOW, "NOFOLLOW": table.NOFOLLOW, "OPEN_FLAGS": table.OPEN_FLAGS,

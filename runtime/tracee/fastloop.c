@@ -14,7 +14,7 @@
  *   - for threads Python marked "forks" too: a fork or vfork event (not a thread, not CLONE_VM
  *     except vfork's): the parent goes on, the child's first stop (the attach stop) is resumed
  *     here, and the event is queued for Python (cf_events) with what it needs to know then;
- *   - the end of a process other than the main one: queued for Python too;
+ *   - the end of a process other than the main one (and the ST_OWN_END ones): queued for Python;
  *   - the first stop of a thread after an execve Python let go on without an exec event (cf_probe):
  *     when the old memory is gone (the exec succeeded), that is queued and the stop is handled
  *     like any other of a settled thread;
@@ -53,7 +53,7 @@ _Static_assert(AT_WORD(r10, R_R10) && AT_WORD(r9, R_R9) && AT_WORD(r8, R_R8) && 
 #define sigev_notify_thread_id _sigev_un._tid
 #endif
 
-#define CF_ABI 5
+#define CF_ABI 6
 #define PID_LIMIT (1u << 22)            /* the kernel's PID_MAX_LIMIT on 64-bit */
 #define SECCOMP_STOP (SIGTRAP | (7 << 8))   /* PTRACE_EVENT_SECCOMP */
 #define SYSCALL_STOP (SIGTRAP | 0x80)
@@ -73,10 +73,11 @@ _Static_assert(AT_WORD(r10, R_R10) && AT_WORD(r9, R_R9) && AT_WORD(r8, R_R8) && 
 #define ST_SETTLED 1    /* its stops may be handled here */
 #define ST_FORKS 2      /* its fork/vfork events too */
 #define ST_HELD 4       /* Python holds it (stopped before its parent's fork event) */
+#define ST_OWN_END 32   /* its end goes to Python at once (emulated ptrace: a wait may hang on it) */
 /* ... and the bit this loop owns */
 #define ST_INITIAL 8    /* its attach stop is still to come: resume it */
 #define ST_PROBE 16     /* its next stop tells whether its execve succeeded (see probes) */
-#define ST_PYTHON (ST_SETTLED | ST_FORKS | ST_HELD)
+#define ST_PYTHON (ST_SETTLED | ST_FORKS | ST_HELD | ST_OWN_END)
 
 HIDDEN unsigned long *regs;
 HIDDEN unsigned long counts[C_COUNT];
@@ -118,7 +119,7 @@ int cf_init(unsigned long *regs_buf)
     return state && !path_init() ? 0 : -ENOMEM;
 }
 
-/* Python's bits for a thread (ST_SETTLED, ST_FORKS, ST_HELD); this loop's own are kept. */
+/* Python's bits for a thread (ST_SETTLED, ST_FORKS, ST_HELD, ST_OWN_END); this loop's own are kept. */
 void cf_set(int pid, int bits)
 {
     put_state(pid, (get_state(pid) & ~ST_PYTHON) | ((unsigned)bits & ST_PYTHON));
@@ -374,7 +375,7 @@ int cf_wait(int *out)
                     drop_load(l);
             }
             put_state(pid, 0);                  /* gone: its pid may come back as another */
-            if (pid != main_pid && queued < QUEUE_MAX) {
+            if (pid != main_pid && queued < QUEUE_MAX && !(st & ST_OWN_END)) {
                 enqueue(Q_EXIT, pid, status, 0);
                 counts[C_EXITS]++;
                 continue;

@@ -36,6 +36,11 @@ The native stop loop (runtime.tracee.native, seccomp engine): the loop waits thr
 waitpid. After each stop it handled, the loop tells it whether that thread's next stops need Python
 (its `fast` bits); the stops that do not are answered in C, and what happened meanwhile (forks,
 exits, successful execs, binds) is read back, in order, before the next stop is handled here.
+
+Emulated ptrace (runtime.extension.ptrace_emu): a thread that traces or is traced by a guest has
+`Tracee.emu` set; every stop of it (and its end) goes to `self.emu.stop` first, and every guest's
+end to `self.emu.exited` (a tracer's held wait may be over). Nothing of it runs before a guest
+calls ptrace.
 """
 
 from __future__ import annotations
@@ -97,6 +102,10 @@ class Loop:
         # attached with PTRACE_SEIZE (so are the children): group-stops are kept (job control)
         self.seized = seized
         self.stopped: set[int] = set()  # threads kept in a group-stop (PTRACE_LISTEN)
+        # the guests' own ptrace (runtime.extension.ptrace_emu), once one used it; the ptrace
+        # options the guests are traced with (what an emulated tracee's options add to)
+        self.emu: Any = None
+        self.options = 0
 
     # ---- process tree ---------------------------------------------------------------------
     def _new_child(self, parent: Tracee, pid: int, thread: bool = False,
@@ -222,11 +231,15 @@ class Loop:
             if kind == Q_EXIT:
                 t = tracees.pop(a, None)
                 if t is not None:
+                    if t.emu is not None:
+                        self.emu.stop(t, b)     # an emulated tracee's end: for its tracer
                     t.close()
                     if self.watchdog is not None:
                         self.watchdog.remove(a)
                 self.held.discard(a)
                 self.stopped.discard(a)
+                if self.emu is not None:
+                    self.emu.exited(a)
                 continue
             if kind == Q_EXEC:
                 t = tracees.get(a)
@@ -371,8 +384,12 @@ class Loop:
                 pre = out[2]
             t = tracees.get(pid)
             last = t
-            if t is not None and t.settle is not None:
-                t.settled()                         # its unlink/rename/... is over by now
+            if t is not None:
+                if t.settle is not None:
+                    t.settled()                     # its unlink/rename/... is over by now
+                if t.emu is not None and self.emu.stop(t, status):
+                    last = None                     # emulated ptrace: every stop is Python's
+                    continue
             if status & 0xFF == 0x7F:               # stopped
                 s8 = status >> 8
                 if s8 == SIG_SECCOMP_STOP and t is not None:
@@ -541,6 +558,8 @@ class Loop:
                     self.watchdog.remove(pid)
             self.held.discard(pid)
             stopped.discard(pid)
+            if self.emu is not None:
+                self.emu.exited(pid)
             if pid == main_pid:
                 self.main_status = status
                 if not self.wait_all:

@@ -42,11 +42,12 @@ import ctypes
 import os
 import sys
 
-ABI = 5
+ABI = 6
 # a thread's state bits Python gives (`set`)
 SETTLED = 1         # its stops may be handled natively
 FORKS = 2           # its fork/vfork events too
 HELD = 4            # Python holds it (stopped before its parent's fork event)
+OWN_END = 32        # its end goes to Python at once, not queued (runtime.extension.ptrace_emu)
 # queued events (`events`): (kind, a, b, c)
 Q_EXIT = 1          # (Q_EXIT, pid, wait status, 0): a process other than the main one ended
 Q_FORK = 2          # (Q_FORK, parent, child, child's bits): attach stop handled natively

@@ -17,7 +17,7 @@ class Tracee:
     __slots__ = ("pid", "memfd", "scratch", "ret", "exits", "exe", "pending_exe", "mapper",
                  "in_syscall", "skip_ret", "ext", "started", "guest_root", "area", "inject", "peek",
                  "exec_probe", "exec_events", "vm_peer", "mem_stops", "settle", "fast", "load",
-                 "pending_ext", "loading")
+                 "pending_ext", "loading", "emu")
 
     def __init__(self, pid: int, mapper, exe: str = "", ext: dict | None = None) -> None:
         self.pid = pid
@@ -57,6 +57,7 @@ class Tracee:
         # what `ext` gets if the current execve succeeds (an extension's state that an exec
         # changes: runtime.extension.fake_id's ids after a set-user-ID program)
         self.pending_ext: dict | None = None
+        self.emu = None             # it takes part in emulated ptrace (runtime.extension.ptrace_emu)
 
     def open_mem(self) -> None:
         if self.memfd >= 0:
