@@ -158,6 +158,10 @@ def eligible_for(spec: RunSpec, owners: bool = True) -> str | None:
     missing = _missing_mount_point(spec)
     if missing:
         return f"the mount point {missing} is missing in the directory of another bind"
+    if getattr(spec, "trace", None) is not None:
+        return "recording the paths the run looks up (CARE mode) needs a ptrace rung"
+    if spec.overlay and os.path.exists(os.path.join(spec.overlay, NS_IDENT)):
+        return None                     # a state this rung made is used by this rung
     return _owner_difference(spec, root_too=True) if owners else None
 
 
@@ -172,9 +176,7 @@ def _owner_difference(spec: RunSpec, root_too: bool = False) -> str | None:
         return None
     guest = (spec.uid if spec.uid is not None else os.getuid(),
              spec.gid if spec.gid is not None else os.getgid())
-    if os.geteuid() == 0:
-        return None             # root extracted the files with their owners and maps every id to itself
-    want = guest
+    want = (0, 0) if os.geteuid() == 0 else guest
     if guest == (0, 0) and not root_too:
         return None
     try:
@@ -404,6 +406,7 @@ def run(spec: RunSpec, check: bool = True) -> int:
     opts = 0
     notified = False
     handed = False                      # the extensions are the loop's / supervisor's to close
+    dog: _NsWatchdog | None = None
     try:
         if tracer is not None:          # seized before it execs (nothing to stop until then)
             from runtime.tracee import ffi
@@ -466,6 +469,8 @@ def run(spec: RunSpec, check: bool = True) -> int:
                 raise CommandNotFound(text) if err == errno.ENOENT else CommandNotExecutable(text)
             raise CarryonError(f"engine failure: {msg}")
         handed = True
+        if tracer is None:              # (traced guests die by PTRACE_O_EXITKILL)
+            dog = _NsWatchdog(pid)
         if notified:
             assert tracer is not None
             from runtime import userns_notify
@@ -484,6 +489,8 @@ def run(spec: RunSpec, check: bool = True) -> int:
                             [], seized=True, exitkill=True)
         else:
             status = _wait(pid, spec.wait_all)
+        if dog is not None:
+            dog.done()
     finally:
         forward.restore()
         for fd in (up_r, go_w, err_r):
@@ -502,6 +509,77 @@ def run(spec: RunSpec, check: bool = True) -> int:
             _tidy_work(spec)
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
+
+
+class _NsWatchdog:
+    """No guest outlives a SIGKILLed carryon: orphans go to init (we were their subreaper), so a
+    small process forked twice (init adopts it) waits on a pipe, and when it closes without our
+    "done", kills every process of the run's user namespace until none is left. Costs one fork per
+    run without a tracer (a traced run's guests die by PTRACE_O_EXITKILL)."""
+
+    def __init__(self, pid: int) -> None:
+        self.fd = -1
+        try:
+            ns = os.readlink(f"/proc/{pid}/ns/user")
+        except OSError:
+            return
+        r, w = os.pipe2(os.O_CLOEXEC)
+        child = os.fork()
+        if child == 0:
+            try:
+                os.close(w)
+                if os.fork() == 0:
+                    _ns_watch(r, ns)
+            finally:
+                os._exit(0)
+        os.close(r)
+        os.waitpid(child, 0)
+        self.fd = w
+
+    def done(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.write(self.fd, b"E")
+            finally:
+                os.close(self.fd)
+                self.fd = -1
+
+
+def _ns_watch(fd: int, ns: str) -> None:
+    """The watchdog process (never returns): see _NsWatchdog."""
+    import signal
+    import time
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP):
+        signal.signal(s, signal.SIG_IGN)         # Ctrl-C is carryon's to forward
+    done = False
+    while True:
+        try:
+            data = os.read(fd, 64)
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+        if not data:
+            break
+        done = done or b"E" in data
+    deadline = time.monotonic() + 5
+    while not done and time.monotonic() < deadline:
+        found = False
+        me = os.getpid()
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == me:
+                continue
+            try:
+                if os.readlink(f"/proc/{name}/ns/user") != ns:
+                    continue
+                os.kill(int(name), signal.SIGKILL)
+                found = True
+            except OSError:
+                pass
+        if not found:
+            break
+        time.sleep(0.02)
+    os._exit(0)
 
 
 class _NoMapper:

@@ -26,9 +26,10 @@ FIXTURES_BUILD = REPO / "fixtures" / "build"
 CARRYON = [sys.executable, "-m", "packer.cli"]
 
 
-def run_carryon(*args: str, check: bool = False, **kw) -> subprocess.CompletedProcess:
+def run_carryon(*args: str, check: bool = False, env_extra: dict | None = None,
+                **kw) -> subprocess.CompletedProcess:
     """Run `carryon ARGS` in a subprocess (captured, text; `input` may be bytes)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(env_extra or {}))
     binary = isinstance(kw.get("input"), bytes)
     p = subprocess.run(CARRYON + list(args), capture_output=True, text=not binary, env=env,
                        cwd=kw.pop("cwd", REPO), **kw)

@@ -258,12 +258,17 @@ static void map_elf(int fd, struct elf *e, unsigned long hint, const char *name)
 
 static unsigned long randoms[2];               /* the PIE base's and the brk's */
 
-/* The trampoline, copied to a page of its own: munmap(rdi, rsi) (this program), then the stack
- * pointer r12, all registers zero, and a jump to r13 (through the stack, below the new top). */
+/* The trampoline, copied to a page of its own: munmap(rdi, rsi) (this program), an int3 when r14
+ * is not zero (INFO_PLAIN: the tracer's cue, after our last system call), then the stack pointer
+ * r12, all registers zero, and a jump to r13 (through the stack, below the new top). */
 __asm__(".section .rodata\n"
         "tramp_start:\n"
         "    mov $11, %eax\n"
         "    syscall\n"
+        "    test %r14, %r14\n"
+        "    jz 1f\n"
+        "    int3\n"
+        "1:\n"
         "    mov %r12, %rsp\n"
         "    push %r13\n"
         "    xor %eax, %eax\n    xor %ebx, %ebx\n    xor %ecx, %ecx\n    xor %edx, %edx\n"
@@ -448,14 +453,13 @@ __attribute__((noreturn, used)) void loader_main(unsigned long *sp)
         sc(SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, (long)&map, sizeof map, 0, 0);
     }
 
-    /* 6. away, and into the interpreter (the plain ptrace engine: traced again from here) */
-    if (info.h.flags & INFO_PLAIN)
-        __asm__ volatile ("int3" : : : "memory");
+    /* 6. away, and into the interpreter (INFO_PLAIN: traced again from the trampoline's int3) */
     unsigned long self = down((unsigned long)__executable_start);
     register unsigned long r12 __asm__("r12") = (unsigned long)sp;
     register unsigned long r13 __asm__("r13") = entry;
+    register unsigned long r14 __asm__("r14") = info.h.flags & INFO_PLAIN;
     __asm__ volatile ("jmp *%%rax" : : "a"(tramp), "D"(self), "S"(up((unsigned long)_end) - self),
-                      "r"(r12), "r"(r13) : "memory");
+                      "r"(r12), "r"(r13), "r"(r14) : "memory");
     __builtin_unreachable();
 }
 

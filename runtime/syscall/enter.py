@@ -671,7 +671,7 @@ class Translator:
             comm = exec_loader.comm_of(raw if empty else execfn)
             t.load = rec = exec_loader.encode(execfn, comm, _fsencode(p.program), _fsencode(p.interp),
                                               ids)
-            if self.native_load is not None:
+            if self.native_load is not None and t.emu is None:   # (a guest tracer's tracee: Python's)
                 self.native_load(t.pid, rec)
             host_b = _fsencode(exec_loader.exec_path(p.host_path, len(execfn))) + b"\0"
         else:
@@ -714,7 +714,8 @@ class Translator:
         buf = regs[R_RDI]
         if regs[R_RSI] < len(rec):
             raise OSError(errno.EINVAL, "loader buffer too small")
-        if self.plain:
+        if self.plain or t.emu is not None:
+            # unstopped until its int3 (a guest tracer's tracee too: it is not shown the loader)
             rec = exec_loader.plain(rec)
             t.loading = True
         mem.write(t, buf, rec)

@@ -168,7 +168,7 @@ class Loop:
                 t.ext = old.ext
                 t.pending_ext = old.pending_ext
                 t.load = old.load
-                if self.native is not None:     # its record was given for the old thread id
+                if self.native is not None and t.emu is None:   # its record was given for the old id
                     self.native.load(pid, t.load)
                 old.close()
         t.exec_done()
@@ -194,6 +194,18 @@ class Loop:
                 return True
             return len(flags) != 8 or bool(int.from_bytes(flags, "little") & CLONE_VM)
         return True
+
+    def _loader_entry(self, t: Tracee, pid: int, status: int) -> bool:
+        """Is this stop of a guest tracer's tracee the entry of carryon's loader's call? (answered
+        as for any thread; the loader then runs unstopped: runtime.execve.loader)"""
+        if t.load is None:
+            return False
+        stop = status >> 8
+        if not (stop == SIG_SECCOMP_STOP or (stop == SIG_SYSCALL and not t.in_syscall)):
+            return False
+        from runtime.execve import loader
+        regs = ffi.Regs()
+        return ffi.getregs(pid, regs) != -1 and regs[ffi.R_ORIG_RAX] == loader.NR
 
     def _exec_events_on(self, t: Tracee) -> None:
         """Turn PTRACE_O_TRACEEXEC on for this (stopped) thread and the ones it will create."""
@@ -387,9 +399,11 @@ class Loop:
             if t is not None:
                 if t.settle is not None:
                     t.settled()                     # its unlink/rename/... is over by now
-                if t.emu is not None and self.emu.stop(t, status):
+                # (not carryon's loader: a guest tracer sees the exec, then the program)
+                if t.emu is not None:
                     last = None                     # emulated ptrace: every stop is Python's
-                    continue
+                    if not t.loading and not self._loader_entry(t, pid, status) and self.emu.stop(t, status):
+                        continue
             if status & 0xFF == 0x7F:               # stopped
                 s8 = status >> 8
                 if s8 == SIG_SECCOMP_STOP and t is not None:
@@ -401,7 +415,11 @@ class Loop:
                         continue
                     nr = regs[R_ORIG_RAX]
                     h = dispatch[nr] if nr < ndisp else None
-                    if h is None:
+                    if h is None or t.loading:
+                        if t.loading:
+                            # carryon's loader under a guest tracer (stepped): its call was answered
+                            # at the syscall-entry stop; it runs unstopped (opening by host path)
+                            t.in_syscall = False
                         resume(resume_req, pid, 0)
                         continue
                     t.scratch = regs[R_RSP] - 128
@@ -545,7 +563,8 @@ class Loop:
                     continue
                 if sig == signal.SIGTRAP and t.loading:
                     t.loading = False           # carryon's loader's int3: traced again from here
-                    resume(resume_req, pid, 0)
+                    t.in_syscall = False
+                    resume(PTRACE_SYSCALL if t.emu is not None else resume_req, pid, 0)
                     continue
                 resume(resume_req, pid, sig)    # a signal to deliver (a stop signal: see above)
                 continue
