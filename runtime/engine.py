@@ -207,11 +207,12 @@ def run(spec: RunSpec) -> int:
         plan = Plan(spec, LADDER, spec.verdict_dir)
         engines = iter(plan)
     else:
-        if name == "userns":            # asked for by name: an owner difference is said, not refused
+        if name == "userns":            # asked for by name: an owner difference is no refusal
             from runtime import userns
             why = userns.eligible_for(spec)
             if why and userns.last_resort(spec):
-                sys.stderr.write(f"carryon: warning: using the userns engine although {why}\n")
+                if spec.verbose >= 1:
+                    sys.stderr.write(f"carryon: userns engine (asked for) although {why}\n")
                 return userns.run(spec, check=False)
         engines = select(name, spec)
         if spec.confine:

@@ -393,6 +393,8 @@ def run(spec: RunSpec, check: bool = True) -> int:
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
+    # (before we become a subreaper: else the watchdog, orphaned, would come back to us)
+    dog = _NsWatchdog() if tracer is None else None     # traced guests die by PTRACE_O_EXITKILL
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     if tracer is not None:
         tracer[1].pin_self()            # the guest inherits it (runtime.tracee.placement)
@@ -406,7 +408,6 @@ def run(spec: RunSpec, check: bool = True) -> int:
     opts = 0
     notified = False
     handed = False                      # the extensions are the loop's / supervisor's to close
-    dog: _NsWatchdog | None = None
     try:
         if tracer is not None:          # seized before it execs (nothing to stop until then)
             from runtime.tracee import ffi
@@ -469,8 +470,8 @@ def run(spec: RunSpec, check: bool = True) -> int:
                 raise CommandNotFound(text) if err == errno.ENOENT else CommandNotExecutable(text)
             raise CarryonError(f"engine failure: {msg}")
         handed = True
-        if tracer is None:              # (traced guests die by PTRACE_O_EXITKILL)
-            dog = _NsWatchdog(pid)
+        if dog is not None:
+            dog.watch(pid)
         if notified:
             assert tracer is not None
             from runtime import userns_notify
@@ -492,6 +493,8 @@ def run(spec: RunSpec, check: bool = True) -> int:
         if dog is not None:
             dog.done()
     finally:
+        if dog is not None:
+            dog.close()
         forward.restore()
         for fd in (up_r, go_w, err_r):
             if fd >= 0:
@@ -517,51 +520,68 @@ class _NsWatchdog:
     "done", kills every process of the run's user namespace until none is left. Costs one fork per
     run without a tracer (a traced run's guests die by PTRACE_O_EXITKILL)."""
 
-    def __init__(self, pid: int) -> None:
-        self.fd = -1
-        try:
-            ns = os.readlink(f"/proc/{pid}/ns/user")
-        except OSError:
-            return
+    def __init__(self) -> None:
         r, w = os.pipe2(os.O_CLOEXEC)
         child = os.fork()
         if child == 0:
             try:
                 os.close(w)
                 if os.fork() == 0:
-                    _ns_watch(r, ns)
+                    _ns_watch(r)
             finally:
                 os._exit(0)
         os.close(r)
         os.waitpid(child, 0)
         self.fd = w
 
+    def watch(self, pid: int) -> None:
+        """The guests are the processes of `pid`'s user namespace."""
+        try:
+            os.write(self.fd, b"N" + os.fsencode(os.readlink(f"/proc/{pid}/ns/user")) + b"\n")
+        except OSError:
+            pass
+
     def done(self) -> None:
+        """The run is over: nothing to kill."""
+        try:
+            os.write(self.fd, b"E")
+        except OSError:
+            pass
+        self.close()
+
+    def close(self) -> None:
         if self.fd >= 0:
-            try:
-                os.write(self.fd, b"E")
-            finally:
-                os.close(self.fd)
-                self.fd = -1
+            os.close(self.fd)
+            self.fd = -1
 
 
-def _ns_watch(fd: int, ns: str) -> None:
-    """The watchdog process (never returns): see _NsWatchdog."""
+def _ns_watch(fd: int) -> None:
+    """The watchdog process (never returns): see _NsWatchdog. It keeps no descriptor of the run's
+    (a pipe's end held here would keep carryon, or whoever reads the run's output, waiting)."""
     import signal
     import time
+    null = os.open("/dev/null", os.O_RDWR)
+    for std in (0, 1, 2):
+        if std != fd:
+            os.dup2(null, std)
+    keep = sorted({0, 1, 2, fd})
+    for lo, hi in zip(keep, keep[1:] + [65536]):
+        os.closerange(lo + 1, hi)
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP):
         signal.signal(s, signal.SIG_IGN)         # Ctrl-C is carryon's to forward
-    done = False
+    got = b""
     while True:
         try:
-            data = os.read(fd, 64)
+            data = os.read(fd, 4096)
         except InterruptedError:
             continue
         except OSError:
             break
         if not data:
             break
-        done = done or b"E" in data
+        got += data
+    done = b"E" in got or not got.startswith(b"N")      # over, or no guest ever ran
+    ns = got[1:].split(b"\n", 1)[0].decode("utf-8", "replace")
     deadline = time.monotonic() + 5
     while not done and time.monotonic() < deadline:
         found = False
