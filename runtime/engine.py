@@ -717,31 +717,38 @@ class _Watchdog:
         os.close(self.fd)
 
 
-def _watch(fd: int) -> None:
-    """The watchdog process: never returns."""
+def watchdog_read(fd: int) -> bytes:
+    """A watchdog's start (terminal signals ignored: Ctrl-C is carryon's to forward) and its
+    wait: all that comes down `fd` until carryon closes it (or dies)."""
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP):
-        signal.signal(s, signal.SIG_IGN)         # Ctrl-C is the tracer's to forward
-    live: set[int] = set()
-    buf = b""
-    done = False
+        signal.signal(s, signal.SIG_IGN)
+    got = b""
     while True:
         try:
-            data = os.read(fd, 4096)
+            data = os.read(fd, 65536)
         except InterruptedError:
             continue
         except OSError:
             break
         if not data:
             break
-        buf += data
-        while len(buf) >= 9:
-            op, pid, buf = buf[:1], int.from_bytes(buf[1:9], "little"), buf[9:]
-            if op == b"+":
-                live.add(pid)
-            elif op == b"-":
-                live.discard(pid)
-            else:
-                done = True
+        got += data
+    return got
+
+
+def _watch(fd: int) -> None:
+    """The watchdog process: never returns."""
+    live: set[int] = set()
+    buf = watchdog_read(fd)
+    done = False
+    while len(buf) >= 9:
+        op, pid, buf = buf[:1], int.from_bytes(buf[1:9], "little"), buf[9:]
+        if op == b"+":
+            live.add(pid)
+        elif op == b"-":
+            live.discard(pid)
+        else:
+            done = True
     if not done:
         for pid in live:
             try:

@@ -567,19 +567,8 @@ def _ns_watch(fd: int) -> None:
     keep = sorted({0, 1, 2, fd})
     for lo, hi in zip(keep, keep[1:] + [65536]):
         os.closerange(lo + 1, hi)
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP):
-        signal.signal(s, signal.SIG_IGN)         # Ctrl-C is carryon's to forward
-    got = b""
-    while True:
-        try:
-            data = os.read(fd, 4096)
-        except InterruptedError:
-            continue
-        except OSError:
-            break
-        if not data:
-            break
-        got += data
+    from runtime.engine import watchdog_read
+    got = watchdog_read(fd)
     done = b"E" in got or not got.startswith(b"N")      # over, or no guest ever ran
     ns = got[1:].split(b"\n", 1)[0].decode("utf-8", "replace")
     deadline = time.monotonic() + 5
@@ -745,50 +734,24 @@ def _wait(main: int, wait_all: bool) -> int:
     return status
 
 
-def _ids(pid: int) -> tuple[int, int, int]:
-    """(parent pid, process group, session) of a process, (0, 0, 0) when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return int(fields[1]), int(fields[2]), int(fields[3])
-    except (OSError, IndexError, ValueError):
-        return 0, 0, 0
-
-
 def _hang_up_orphans() -> None:
     """The main process ended while guests are stopped: natively their process group (carryon's)
     is orphaned once no member has its parent in another group of the session, and the kernel
     sends its members SIGHUP and SIGCONT. carryon is a member whose parent (a shell, with carryon
     as its job) keeps the group from being orphaned: it does the kernel's part, as if it were not
-    in the group (runtime.tracee.loop's `_orphaned` for the ptrace rungs)."""
-    me, pgrp, sid = os.getpid(), os.getpgrp(), os.getsid(0)
-    members = []
-    stopped = False
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        pid = int(name)
-        ppid, group, _ = _ids(pid)
-        if group != pgrp:
-            continue
-        members.append(pid)
-        if ppid != me:
-            _, pgroup, psid = _ids(ppid)
-            if pgroup not in (pgrp, 0) and psid == sid:
-                return          # a parent in another group of the session: not orphaned
+    in the group (as runtime.tracee.loop's `_orphaned` does for the ptrace rungs)."""
+    from runtime.tracee.loop import hang_up, orphaned_group
+    members = orphaned_group()
+    if not members:
+        return
+    for pid in members:
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
-                stopped = stopped or f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+                if f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t"):
+                    hang_up(members)
+                    return
         except (OSError, IndexError):
             pass
-    if not stopped:
-        return
-    for sig in (signal.SIGHUP, signal.SIGCONT):
-        for pid in members:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
 
 
 class _Here:

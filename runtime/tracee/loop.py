@@ -279,28 +279,9 @@ class Loop:
         SIGCONT when one is stopped. The tracer is a member whose parent (a shell, with carryon
         as its job) keeps the group from being orphaned, so a stopped guest would wait for ever,
         and the run for it: the tracer does the kernel's part, as if it were not in the group."""
-        me, pgrp, sid = os.getpid(), os.getpgrp(), os.getsid(0)
-        members = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit() or int(name) == me:
-                continue
-            pid = int(name)
-            ppid, group, _ = _ids(pid)
-            if group != pgrp:
-                continue
-            members.append(pid)
-            if ppid != me:
-                _, pgroup, psid = _ids(ppid)
-                if pgroup not in (pgrp, 0) and psid == sid:
-                    return          # a parent in another group of the session: not orphaned
-        if self.stopped.isdisjoint(members):
-            return
-        for sig in (signal.SIGHUP, signal.SIGCONT):
-            for pid in members:
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
+        members = orphaned_group()
+        if members is not None and not self.stopped.isdisjoint(members):
+            hang_up(members)
 
     def kill_all(self) -> None:
         for pid in list(self.tracees):
@@ -712,6 +693,36 @@ class Loop:
                     act |= CHANGED
         if act & CHANGED:
             ffi.setregs(pid, regs)
+
+
+def orphaned_group() -> list[int] | None:
+    """The other members of our process group when it would be orphaned without us (no member
+    has its parent in another group of the same session, we not counted), else None."""
+    me, pgrp, sid = os.getpid(), os.getpgrp(), os.getsid(0)
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        pid = int(name)
+        ppid, group, _ = _ids(pid)
+        if group != pgrp:
+            continue
+        members.append(pid)
+        if ppid != me:
+            _, pgroup, psid = _ids(ppid)
+            if pgroup not in (pgrp, 0) and psid == sid:
+                return None         # a parent in another group of the session: not orphaned
+    return members
+
+
+def hang_up(members: list[int]) -> None:
+    """The kernel's part for an orphaned process group with a stopped member: SIGHUP, SIGCONT."""
+    for sig in (signal.SIGHUP, signal.SIGCONT):
+        for pid in members:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
 
 
 def _ids(pid: int) -> tuple[int, int, int]:
