@@ -127,26 +127,11 @@ def _find() -> str | None:
 def build(dest: str = BINARY, cc: list[str] | None = None) -> str:
     """Compile loader.c into `dest` (atomically); returns dest. OSError with the compiler's
     message on failure."""
-    import subprocess  # not at the top: start-up time
-    cc = cc or [os.environ.get("CC") or "cc"]
-    tmp = f"{dest}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    cmd = [*cc, "-Os", "-static", "-nostdlib", "-fpie", "-no-pie", "-ffreestanding", "-fno-builtin",
-           "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-Wall", "-Wextra", "-Werror",
-           f"-Wl,-Ttext-segment={ADDRESS:#x}", "-Wl,--build-id=none", "-Wl,-z,noexecstack",
-           "-o", tmp, SOURCE]
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise OSError(f"no C compiler ({cc[0]}) to build the loader") from None
-    if p.returncode != 0:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise OSError(f"{' '.join(cmd)} failed: {p.stderr.strip()}")
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, dest)
-    return dest
+    from runtime.tracee.native import compile_c
+    return compile_c(dest, ["-Os", "-static", "-nostdlib", "-fpie", "-no-pie", "-ffreestanding",
+                            "-fno-builtin", "-fno-stack-protector", "-fno-asynchronous-unwind-tables",
+                            "-Wall", "-Wextra", "-Werror", f"-Wl,-Ttext-segment={ADDRESS:#x}",
+                            "-Wl,--build-id=none", "-Wl,-z,noexecstack"], [SOURCE], "the loader", cc)
 
 
 if __name__ == "__main__":          # python -m runtime.execve.loader [DEST]: build the loader

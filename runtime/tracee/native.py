@@ -299,21 +299,29 @@ def load(regs) -> Native | None:
 def build(dest: str = LIBRARY, cc: list[str] | None = None) -> str:
     """Compile the sources into `dest` (atomically); returns dest. Raises OSError with the
     compiler's message on failure."""
+    return compile_c(dest, ["-O2", "-shared", "-fPIC", "-Wall", "-Werror"], [*SOURCES, "-lrt"],
+                     "the native stop loop", cc)    # -lrt: timer_create, librt before glibc 2.34
+
+
+def compile_c(dest: str, flags: list[str], sources: list[str], what: str,
+              cc: list[str] | None = None) -> str:
+    """`cc FLAGS -o DEST SOURCES`, atomically (the compiler writes a fresh temporary name);
+    returns dest. OSError naming `what`, with the compiler's message, on failure."""
     import subprocess  # not at the top: start-up time (the runtime only loads)
     cc = cc or [os.environ.get("CC") or "cc"]
-    tmp = f"{dest}.{os.getpid()}.{os.urandom(4).hex()}.tmp"     # the compiler writes it: a fresh name
-    cmd = [*cc, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", tmp,
-           *SOURCES, "-lrt"]                # timer_create: librt before glibc 2.34
+    tmp = f"{dest}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    cmd = [*cc, *flags, "-o", tmp, *sources]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError:
-        raise OSError(f"no C compiler ({cc[0]}) to build the native stop loop") from None
+        raise OSError(f"no C compiler ({cc[0]}) to build {what}") from None
     if p.returncode != 0:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise OSError(f"{' '.join(cmd)} failed: {p.stderr.strip()}")
+    os.chmod(tmp, 0o755)
     os.replace(tmp, dest)
     return dest
 
