@@ -35,13 +35,13 @@ TEST_HOOKS = ("CARRYON_TEST_NO_SECCOMP", "CARRYON_TEST_NO_SEIZE")   # tests: ker
 
 def node_key(names: tuple[str, ...]) -> str:
     """What a verdict holds for: this node, this boot and kernel, this user and runtime, the knobs
-    that decide and this process's seccomp state."""
+    that decide and this process's seccomp state (and whether it is traced)."""
     from runtime import __version__, probe
     u = os.uname()
     parts = [u.nodename, probe.read_text("/proc/sys/kernel/random/boot_id") or "", u.release, u.version,
              str(os.getuid()), str(os.geteuid()), __version__, ",".join(names)]
     parts += [probe.read_text(p) or "-" for p in probe.SYSCTLS.values()]
-    parts += list(probe.seccomp_status())
+    parts += list(probe.seccomp_status(traced=True))  # (a nested run's verdict is not the node's)
     parts += [k for k in TEST_HOOKS if os.environ.get(k)]
     return "|".join(parts)
 

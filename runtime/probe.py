@@ -51,17 +51,22 @@ def sysctl(name: str) -> str | None:
     return read_text(SYSCTLS[name])
 
 
-def seccomp_status() -> tuple[str, str]:
+def seccomp_status(traced: bool = False) -> tuple[str, ...]:
     """(Seccomp, Seccomp_filters) of /proc/self/status: ("2", "1") under a filter (a container's
-    profile, a jail), ("0", "0") without; "" when the kernel does not say."""
+    profile, a jail), ("0", "0") without; "" when the kernel does not say. With `traced`, a third
+    field: "traced" when this process is being traced (a run inside a run: what the kernel lets it
+    do is the outer tracer's emulation), else "-"."""
     mode = filters = ""
+    tracer = "-"
     text = read_text("/proc/self/status") or ""
     for line in text.splitlines():
         if line.startswith("Seccomp:"):
             mode = line.split()[1]
         elif line.startswith("Seccomp_filters:"):
             filters = line.split()[1]
-    return mode, filters
+        elif line.startswith("TracerPid:") and line.split()[1:] != ["0"]:
+            tracer = "traced"
+    return (mode, filters, tracer) if traced else (mode, filters)
 
 
 def _filtered() -> bool:

@@ -418,21 +418,25 @@ def test_userns_eligibility_for_a_run(tmp_path, monkeypatch):
     assert "/h/new" in userns.eligible_for(spec)
     (host / "new").mkdir()
     assert userns.eligible_for(spec) is None
-    # a fake identity (a fake root too) over files recorded as another owner's: not eligible for an
-    # unprivileged caller (one mapped id shows them all as the guest's); a root caller extracted the
-    # files with their owners and maps every id to itself: eligible
+    # a fake identity (a fake root too) over files recorded as another owner's: not eligible (the
+    # extraction never applies owners: one mapped id shows them all as the guest's), unless every
+    # ptrace rung refused (last_resort); the metadata is compact JSON, as the extraction writes it
+    def write_meta(entries):
+        meta.write_text(json.dumps({"entries": entries}, separators=(",", ":")))
     meta = tmp_path / "rootfs.carryon-meta.json"
-    meta.write_text(json.dumps({"entries": {"/etc": {"uid": 0, "gid": 0}, "/etc/shadow": {"uid": 0, "gid": 42}}}))
+    write_meta({"/etc": {"uid": 0, "gid": 0}, "/etc/shadow": {"uid": 0, "gid": 42}})
     spec = RunSpec(rootfs=str(rootfs), argv=["x"], uid=1000, gid=1000, meta_path=str(meta))
     root_spec = RunSpec(rootfs=str(rootfs), argv=["x"], uid=0, gid=0, meta_path=str(meta))
-    if os.geteuid() == 0:
-        assert userns.eligible_for(spec) is None and userns.eligible_for(root_spec) is None
+    if os.geteuid() == 0:       # root maps every id to itself: the files show as root's (0:0)
+        assert "the image records gid 42 for /etc/shadow" in userns.eligible_for(spec)
     else:
         assert "the image records owner 0:0 for /etc" in userns.eligible_for(spec)
-        assert "the image records gid 42 for /etc/shadow" in userns.eligible_for(root_spec)
-        assert "gid 42 for /etc/shadow" in userns.last_resort(root_spec)
-        meta.write_text(json.dumps({"entries": {"/etc": {"uid": 0, "gid": 0}, "/etc/x": {"uid": 0, "gid": 0}}}))
-        assert userns.eligible_for(root_spec) is None
+    assert "the image records gid 42 for /etc/shadow" in userns.eligible_for(root_spec)
+    assert "gid 42 for /etc/shadow" in userns.last_resort(root_spec)
+    write_meta({"/etc": {"uid": 0, "gid": 0}, "/etc/x": {"uid": 0, "gid": 0}})
+    assert userns.eligible_for(root_spec) is None
+    meta.write_text(json.dumps({"entries": {"/etc/shadow": {"uid": 0, "gid": 42}}}))    # not compact
+    assert "owner 0:42 for /etc/shadow" in userns.eligible_for(root_spec)
 
 
 def test_userns_mount_targets_stay_in_the_root(tmp_path):
