@@ -922,13 +922,7 @@ def _probe_kernel() -> str:
         except OSError:
             kind = "ptrace"
             ffi.setoptions(pid, 0)
-        ffi.resume(ffi.PTRACE_CONT, pid, 0)
-        while True:
-            _, status = os.waitpid(pid, ffi.WALL)
-            if os.WIFSTOPPED(status):
-                ffi.resume(ffi.PTRACE_CONT, pid, 0)
-                continue
-            break
+        status = ffi.cont_to_end(pid)
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3:
             kind = "ptrace"
         return kind

@@ -333,13 +333,7 @@ def interface() -> Interface:
         out.process_vm_readv = ffi._pvr(pid, ctypes.addressof(local), 1, ctypes.addressof(remote), 1, 0) == 8
         ffi.setoptions(pid, ffi.PTRACE_O_TRACESECCOMP if out.tracesecomp else 0)
         os.write(cmd_w, b"F")
-        ffi.resume(ffi.PTRACE_CONT, pid, 0)
-        while True:
-            _, status = os.waitpid(pid, ffi.WALL)
-            if os.WIFSTOPPED(status):
-                ffi.resume(ffi.PTRACE_CONT, pid, 0)
-                continue
-            break
+        status = ffi.cont_to_end(pid)
         out.seccomp_filter = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         if not out.tracesecomp:
             out.seccomp = "the kernel refuses PTRACE_O_TRACESECCOMP (EINVAL: Linux before 3.5?)"

@@ -106,6 +106,16 @@ def resume(request: int, pid: int, sig: int = 0, _p=_ptrace) -> int:
     return _p(request, pid, None, sig)
 
 
+def cont_to_end(pid: int) -> int:
+    """Let a (probe) tracee run on through every stop until it ends; its wait status."""
+    resume(PTRACE_CONT, pid, 0)
+    while True:
+        _, status = os.waitpid(pid, WALL)
+        if not os.WIFSTOPPED(status):
+            return status
+        resume(PTRACE_CONT, pid, 0)
+
+
 def geteventmsg(pid: int) -> int:
     v = ctypes.c_ulong()
     ptrace(PTRACE_GETEVENTMSG, pid, 0, ctypes.addressof(v))
