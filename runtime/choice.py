@@ -173,6 +173,10 @@ class Plan:
                 self.not_for_run[engine.name] = why
         return why
 
+    def pick(self) -> str | None:
+        """The rung this run would take first (nothing is run), None when none would."""
+        return next((e.name for e in self.ladder if not self._why_not(e)), None)
+
     def usable(self, name: str) -> bool:
         """Does the verdict call rung `name` usable on this node (whatever this run needs)?"""
         return name in self.names and self.rungs.get(name) is None and name not in self.errors

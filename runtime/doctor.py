@@ -12,7 +12,9 @@ not); the engine `auto` picks and whether it confines a hostile guest. The canar
 
 Exit status: 0 when some engine can run here, 125 when none can (or on a bad option). `--json`:
 one object with the keys `ok`, `kernel`, `seccomp`, `ptrace`, `userns`, `overlay_userns`, `cache`,
-`interface`, `engine`, `advice` (stable: new keys may come, these keep their meaning).
+`interface`, `engine`, `advice` (stable: new keys may come, these keep their meaning); from an
+archive also `archive`: `engine` (what its default run takes), `confines`, `not_taken` ({rung: why})
+and `error` (why that could not be told, e.g. no usable cache to extract it into).
 """
 
 from __future__ import annotations
@@ -64,8 +66,9 @@ def _cache(explicit: str | None) -> dict:
             "fs_type": None, "fs_name": None, "network": False, "problems": problems}
 
 
-def collect(explicit_cache: str | None = None) -> dict:
-    """Everything doctor reports, as the stable `--json` object."""
+def collect(explicit_cache: str | None = None, spec=None) -> dict:
+    """Everything doctor reports, as the stable `--json` object; with an archive's `spec` (its default
+    run, `--carryon-doctor`), also the engine that run takes and why (key `archive`)."""
     from runtime import choice, probe
     from runtime.engine import LADDER
     u = os.uname()
@@ -103,9 +106,28 @@ def collect(explicit_cache: str | None = None) -> dict:
                    "rungs": why_not,
                    "confinement": _confinement(picked)},
     }
+    if spec is not None:
+        out["archive"] = _archive(spec, explicit_cache)
     out["advice"] = advice(out)
     out["ok"] = picked is not None
     return out
+
+
+def _archive(spec, explicit_cache: str | None) -> dict:
+    """The engine this archive's default run takes (auto's Plan, run nothing) and why the rungs
+    before it are not taken: a rung usable on the node may not be for this image (userns and an
+    image whose recorded owners one mapped id cannot show)."""
+    from runtime import choice
+    from runtime.engine import LADDER
+    plan = choice.Plan(spec, LADDER, choice.verdict_dir(explicit_cache))
+    picked = plan.pick()
+    reasons = plan.reasons()
+    before = {}
+    for name, why in reasons.items():
+        if name == picked:
+            break
+        before[name] = why
+    return {"engine": picked, "confines": picked in choice.CONFINING, "not_taken": before, "error": None}
 
 
 def _confinement(picked: str | None) -> str:
@@ -169,6 +191,12 @@ def advice(d: dict) -> list[str]:
             out.append(f"cache: only {c['free_bytes'] >> 20} MB free in {c['path']}")
     if d["engine"]["auto"] is None:
         out.append("no engine can run here: carryon archives cannot run on this node as it is")
+    a = d.get("archive")
+    if a and a["engine"] and d["engine"]["auto"] and a["engine"] != d["engine"]["auto"]:
+        why = a["not_taken"].get(d["engine"]["auto"]) or ""
+        if why.startswith("not for this run"):
+                out.append(f"this archive runs on {a['engine']}, not on {d['engine']['auto']} ({why}); "
+                       f"--carryon-engine {d['engine']['auto']} runs it there anyway")
     return out
 
 
@@ -202,12 +230,23 @@ def render(d: dict) -> str:
         f"engine (auto):      {e['auto'] or 'none'} ({rungs})",
         f"confinement:        {e['confinement']}",
     ]
+    if "archive" in d:
+        a = d["archive"]
+        why = "; ".join(f"{n}: {w}" for n, w in a["not_taken"].items() if w)
+        if a["error"]:
+            lines.append(f"this archive:       cannot tell: {a['error']}")
+        else:
+            lines.append(f"this archive:       {a['engine'] or 'none'}" + (f" ({why})" if why else "")
+                         + ("" if a["engine"] is None or a["confines"] else ", no confinement"))
     lines += ["advice:"] + [f"  - {a}" for a in d["advice"]] if d["advice"] else ["advice:             none"]
     return "\n".join(lines) + "\n"
 
 
-def run(explicit_cache: str | None = None, as_json: bool = False) -> int:
-    d = collect(explicit_cache)
+def run(explicit_cache: str | None = None, as_json: bool = False, spec=None,
+        archive_error: str | None = None) -> int:
+    d = collect(explicit_cache, spec)
+    if archive_error is not None:
+        d["archive"] = {"engine": None, "confines": False, "not_taken": {}, "error": archive_error}
     if as_json:
         import json
         sys.stdout.write(json.dumps(d, indent=2, sort_keys=True) + "\n")

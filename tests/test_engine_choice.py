@@ -319,6 +319,27 @@ def test_archive_doctor_and_info(user, cache):
     assert "engine used:    ptrace (auto; refused: user namespaces: unshare EPERM" in p.stdout
 
 
+@pytest.mark.parametrize("name", ["bb", "py"])
+def test_archive_doctor_names_the_engine_its_run_takes(user, cache, name):
+    """The node's pick may not be the archive's (userns and an image whose recorded owners one
+    mapped id cannot show): `--carryon-doctor` says which engine this archive's run takes and why,
+    and that is the engine the run then says it took."""
+    arc = archive(name)
+    kw = dict(capture_output=True, text=True, env=clean_env(cache=cache), timeout=300, **user_popen_kwargs(user))
+    p = subprocess.run([str(arc), "--carryon-doctor"], **kw)
+    assert p.returncode == 0, p.stderr
+    line = next(x for x in p.stdout.splitlines() if x.startswith("this archive:"))
+    said = line.split()[2].rstrip(",")
+    r = subprocess.run([str(arc), "--carryon-verbose"] + (["-c", "pass"] if name == "py" else ["true"]), **kw)
+    assert r.returncode == 0, r.stderr
+    took = next(x for x in r.stderr.splitlines() if x.startswith("carryon: engine: ")).split()[2]
+    assert said == took, (line, r.stderr)
+    auto = next(x for x in p.stdout.splitlines() if x.startswith("engine (auto):")).split()[2]
+    if said != auto:        # a rung usable on the node, not for this image: the reason and the advice
+        assert f"{auto}: not for this run: " in line, line
+        assert f"--carryon-engine {auto} runs it there anyway" in p.stdout
+
+
 def test_doctor_usage():
     p = subprocess.run([sys.executable, "-m", "packer.cli", "doctor", "--frob"], capture_output=True, text=True,
                        env={"PATH": GUEST_PATH, "PYTHONPATH": str(REPO)})

@@ -63,6 +63,26 @@ def _scrub_environment() -> dict[str, str]:
     return internal
 
 
+def _doctor(archive_path: str, opts) -> int:
+    """`--carryon-doctor`: the node's report, and the engine this archive's default run (with the
+    options given) takes and why. The archive is extracted first if it is not (as its run would);
+    when that fails, the report says why instead (a node with no usable cache is what doctor is for)."""
+    from runtime import doctor
+    rep = Reporter(opts.verbose)
+    run_dir = None
+    try:
+        arch = open_archive(archive_path, verify_all=False)
+        entry = install.ensure_entry(arch, opts, rep, verified=False)
+        run_dir, state = install.make_run_dir(entry, arch.key, opts.state)
+        spec = runspec.build_spec(arch, entry, opts, run_dir, state)
+    except CarryonError as e:
+        return doctor.run(opts.cache, spec=None, archive_error=str(e))
+    try:
+        return doctor.run(opts.cache, spec=spec)
+    finally:
+        cache.remove(run_dir)
+
+
 def run(argv: list[str], internal: dict[str, str]) -> int:
     archive_path = internal.get("_CARRYON_ARCHIVE")
     if not archive_path:
@@ -86,8 +106,7 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
         sys.stdout.write(help_text(prog))
         return 0
     if opts.doctor:
-        from runtime import doctor
-        return doctor.run(opts.cache)
+        return _doctor(archive_path, opts)
     rep = Reporter(opts.verbose)
     verified = internal.get("_CARRYON_VERIFIED")
     rep.mark("options parsed")
