@@ -32,7 +32,7 @@ from packer.sources import sha256_path
 from runtime import cache
 from runtime.errors import CarryonError
 
-RECIPE = 9                         # bump when the build recipe below changes
+RECIPE = 10                        # bump when the build recipe below changes
 RUNTIME_MAIN = "carryon-runtime"   # the PyInstaller bootloader executable
 LIBDIR = "_internal"               # PyInstaller's contents dir; the bundled loader and libs go there too
 LOADER = "ld-linux-x86-64.so.2"
@@ -48,7 +48,10 @@ EXCLUDES = ("packer", "tkinter", "_tkinter", "pytest", "_pytest", "PyInstaller",
 # Left out although PyInstaller's graph reaches them (it follows every import, even one inside a stdlib
 # function the runtime never calls): python-ptrace (runtime/tracee/ffi.py binds libc itself) and what
 # only it needs; tarfile's and shutil's compressors and archivers (the rootfs is zstd, read as "r|");
-# importlib.metadata and what only it needs; decimal & co.; the pure-Python fallbacks of C modules the
+# importlib.metadata and what only it needs; decimal & co.; OpenSSL (_hashlib: libcrypto is 4.7 MB;
+# runtime/digest.c hashes as fast, hashlib falls back to the builtin _sha256 & co.); dataclasses
+# with inspect, ast, dis (runtime/ has none; traceback's lazy `import ast` is guarded and finds no
+# source lines in a frozen runtime anyway; typing stays: zstandard imports it on Python < 3.12); the pure-Python fallbacks of C modules the
 # runtime has (_abc, _thread._local, zstandard's backend_c); the CJK codecs (see KEPT_ENCODINGS).
 # tests/test_runtime_imports.py runs every import statement of runtime/ inside the frozen runtime.
 RUNTIME_EXCLUDES = (
@@ -57,7 +60,8 @@ RUNTIME_EXCLUDES = (
     "importlib.metadata", "importlib.resources", "email", "csv", "quopri", "urllib", "pathlib",
     "decimal", "_decimal", "_pydecimal", "fractions", "statistics", "numbers", "contextvars", "_contextvars",
     "argparse", "gettext", "getopt", "pprint", "pickle", "_compat_pickle", "tracemalloc",
-    "_py_abc", "_threading_local", "zstandard.backend_cffi",
+    "_py_abc", "_threading_local", "zstandard.backend_cffi", "_hashlib", "ssl", "_ssl",
+    "dataclasses", "inspect", "ast", "dis",
     "_multibytecodec", "_codecs_cn", "_codecs_hk", "_codecs_iso2022", "_codecs_jp", "_codecs_kr", "_codecs_tw")
 # The frozen interpreter runs in UTF-8 mode (`-X utf8`) and ignores PYTHON* variables, so the locale
 # never picks a codec: keep the ones Python or the runtime may name (socket's idna), not the other ~100.
@@ -308,6 +312,12 @@ def build_loader(workdir: str) -> str:
                     "program loader")
 
 
+def build_digest(workdir: str) -> str:
+    """runtime/digest.c (the cold start's SHA-256) compiled into workdir, like the loop."""
+    from runtime import digest
+    return _compile(digest.build, os.path.join(workdir, os.path.basename(digest.LIBRARY)), "SHA-256 library")
+
+
 def _compile(build, dest: str, what: str) -> str:
     compilers: list[list[str]] = []
     if os.environ.get("CC") or shutil.which("cc"):
@@ -324,20 +334,23 @@ def _compile(build, dest: str, what: str) -> str:
         raise CarryonError(f"building the {what} failed: {e}") from None
 
 
+OLDKERNEL_FLAGS = ["-Os", "-static", "-nostdlib", "-fno-pie", "-no-pie", "-ffreestanding", "-fno-builtin",
+                   "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-Wall", "-Wextra", "-Werror",
+                   "-Wl,--build-id=none", "-Wl,-z,noexecstack", "-s"]
+
+
 def build_oldkernel(libdir: str) -> str | None:
-    """runtime/launch/oldkernel.c compiled statically into libdir (the launcher starts the runtime
-    through it on Linux before 2.6.39, whose fstatat refuses the bundled glibc's AT_EMPTY_PATH).
-    None when no static build is possible here (no libc.a): such nodes then get a one-line error."""
+    """runtime/launch/oldkernel.c compiled into libdir: freestanding and static (no libc, a few KB;
+    the launcher starts the runtime through it on Linux before 2.6.39, whose fstatat refuses the
+    bundled glibc's AT_EMPTY_PATH). None when it cannot be built here: such nodes then get a
+    one-line error."""
     src = os.path.join(_REPO, "runtime", "launch", "oldkernel.c")
     dest = os.path.join(libdir, OLDKERNEL)
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         return None
-    p = subprocess.run([cc, "-O2", "-static", "-Wall", "-Werror", "-o", dest, src], capture_output=True)
-    if p.returncode != 0:
-        return None
-    subprocess.run(["strip", dest], capture_output=True)
-    return dest
+    p = subprocess.run([cc, *OLDKERNEL_FLAGS, "-o", dest, src], capture_output=True)
+    return dest if p.returncode == 0 else None
 
 
 def runtime_excludes() -> tuple[str, ...]:
@@ -357,7 +370,9 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
         f.write("import sys\nfrom runtime.launch.start import main\nsys.exit(main())\n")
     opts = ["--onefile" if onefile else "--onedir", "--name", RUNTIME_MAIN, "--strip",
             "--specpath", workdir, "--paths", _REPO, "--collect-submodules", "runtime",
-            "--python-option", "X utf8", "--python-option", "W ignore"]
+            "--python-option", "X utf8", "--python-option", "W ignore",
+            # docstrings and asserts left out (-OO): nothing in the runtime reads __doc__
+            "--optimize", "2"]
     if not onefile:
         # modules as plain .pyc files in _internal instead of one zlib'd PYZ: ~30 ms faster warm start
         opts += ["--debug", "noarchive"]
@@ -367,6 +382,8 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
     opts += ["--add-binary", f"{build_native(workdir)}:runtime/tracee"]
     # carryon's program loader (runtime/execve/loader.c), beside runtime/execve/loader.py
     opts += ["--add-binary", f"{build_loader(workdir)}:runtime/execve"]
+    # the SHA-256 of the cold start's check (runtime/digest.c), beside runtime/digest.py
+    opts += ["--add-binary", f"{build_digest(workdir)}:runtime"]
     for m in EXCLUDES + runtime_excludes():
         opts += ["--exclude-module", m]
     env = dict(os.environ)

@@ -195,12 +195,15 @@ def test_the_frozen_runtime_leaves_out_what_it_never_imports():
     names = {p.split(".")[0].replace("/", ".") for p in present}
     dynload = {p.rsplit("/", 1)[-1].split(".")[0] for p in present if p.startswith("python3")}
     for mod in ("ptrace", "email", "logging", "_pydecimal", "zipfile", "encodings.cp932", "bz2",
-                "zstandard.backend_cffi"):
+                "zstandard.backend_cffi", "dataclasses", "inspect", "ast", "dis", "hashlib._hashlib"):
         assert mod not in names and not any(n.startswith(mod + ".") for n in names), mod
     for ext in ("_codecs_jp", "_multibytecodec", "_decimal", "_lzma", "_bz2"):
         assert ext not in dynload, ext
     assert not any(p.startswith(("liblzma", "libbz2")) for p in present)
-    assert "_hashlib" in dynload            # kept: OpenSSL hashes a cold start's sections ~5x faster
+    assert "_hashlib" not in dynload and not any(p.startswith(("libcrypto", "libssl")) for p in present)
+    assert "runtime/_digest.so" in present and embed.OLDKERNEL in present   # runtime/digest.c does the hashing
+    oldkernel = lib / embed.OLDKERNEL
+    assert oldkernel.stat().st_size < 64 * 1024             # freestanding: no static glibc in it
 
 
 def test_archive_errors_print_cleanly_in_every_locale(tmp_path, locale_env):
