@@ -13,8 +13,10 @@ packs may start at once: each build happens in a private temp dir published with
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
 import json
 import os
 import platform
@@ -32,11 +34,14 @@ from packer.sources import sha256_path
 from runtime import cache
 from runtime.errors import CarryonError
 
-RECIPE = 10                        # bump when the build recipe below changes
+RECIPE = 11                        # bump when the build recipe below changes
 RUNTIME_MAIN = "carryon-runtime"   # the PyInstaller bootloader executable
 LIBDIR = "_internal"               # PyInstaller's contents dir; the bundled loader and libs go there too
 LOADER = "ld-linux-x86-64.so.2"
 OLDKERNEL = "carryon-oldkernel"    # static helper that starts the runtime on Linux < 2.6.39
+UNZSTD = "carryon-unzstd"          # static decompressor of the runtime section's second stage
+ZSTD_LEVEL = 19                    # of that stage (built once per runtime; unpacking speed is the same)
+LIBZSTD_A = "/usr/lib/x86_64-linux-gnu/libzstd.a"   # its decoder, linked into UNZSTD (apt: libzstd-dev)
 FILES_MARKER = ".carryon-runtime-files"  # last member of the tar.gz: its presence = complete unpack
 HOST_LOADER = "/lib64/ld-linux-x86-64.so.2"
 # Loaded by glibc at run time rather than linked: unwinding for pthread_cancel/pthread_exit.
@@ -49,10 +54,11 @@ EXCLUDES = ("packer", "tkinter", "_tkinter", "pytest", "_pytest", "PyInstaller",
 # function the runtime never calls): python-ptrace (runtime/tracee/ffi.py binds libc itself) and what
 # only it needs; tarfile's and shutil's compressors and archivers (the rootfs is zstd, read as "r|");
 # importlib.metadata and what only it needs; decimal & co.; OpenSSL (_hashlib: libcrypto is 4.7 MB;
-# runtime/digest.c hashes as fast, hashlib falls back to the builtin _sha256 & co.); dataclasses
-# with inspect, ast, dis (runtime/ has none; traceback's lazy `import ast` is guarded and finds no
-# source lines in a frozen runtime anyway; typing stays: zstandard imports it on Python < 3.12); the pure-Python fallbacks of C modules the
-# runtime has (_abc, _thread._local, zstandard's backend_c); the CJK codecs (see KEPT_ENCODINGS).
+# runtime/digest.c hashes as fast, hashlib falls back to the builtin _sha256 & co.); dataclasses with
+# inspect, ast, dis (runtime/ has none; traceback's lazy `import ast` is guarded and finds no source
+# lines in a frozen runtime anyway; typing stays: zstandard imports it on Python < 3.12); the
+# pure-Python fallbacks of C modules the runtime has (_abc, _thread._local, zstandard's backend_c);
+# the CJK codecs (see KEPT_ENCODINGS).
 # tests/test_runtime_imports.py runs every import statement of runtime/ inside the frozen runtime.
 RUNTIME_EXCLUDES = (
     "ptrace", "logging", "datetime", "_strptime", "calendar",
@@ -79,10 +85,11 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @dataclass
 class BuiltRuntime:
-    tgz: str          # path of the runtime section (tar.gz of the runtime dir)
+    tgz: str          # path of the runtime section (see write_section)
     unpacked: int     # bytes of the unpacked runtime (the launcher checks free space against it)
     key: str
-    sha256: str = ""  # of the tar.gz: the launcher finds a warm runtime dir by it without reading the trailer
+    sha256: str = ""  # of the section: the launcher finds a warm runtime dir by it without reading the trailer
+    gz: int = 0       # bytes of its gzip'd first stage; 0: the whole section is one tar.gz
 
 
 # ---------------------------------------------------------------- keys and places
@@ -160,12 +167,13 @@ def launcher_template() -> str:
         return f.read()
 
 
-def make_launcher(unpacked_bytes: int, runtime_sha256: str) -> bytes:
+def make_launcher(unpacked_bytes: int, runtime_sha256: str, gz_bytes: int = 0) -> bytes:
     if len(runtime_sha256) != 64 or runtime_sha256.strip("0123456789abcdef"):
         raise CarryonError("make_launcher: bad runtime sha256")
     from runtime.options import sh_flag_pattern
     text = (launcher_template().replace("@CARRYON_RUNTIME_KB@", str(unpacked_bytes // 1024 + 1))
             .replace("@CARRYON_RUNTIME_SHA256@", runtime_sha256)
+            .replace("@CARRYON_RUNTIME_GZ@", str(int(gz_bytes)))
             .replace("@CARRYON_FLAG_OPTIONS@", sh_flag_pattern()))
     if "@CARRYON_" in text:
         raise CarryonError("runtime/launcher.sh: unknown placeholder left in the launcher template")
@@ -177,7 +185,7 @@ def make_launcher(unpacked_bytes: int, runtime_sha256: str) -> bytes:
 def runtime_parts(progress: Progress | None = None) -> tuple[bytes, str]:
     """(launcher bytes, path of the runtime section), building the runtime first when it is missing."""
     built = ensure_runtime(progress)
-    return make_launcher(built.unpacked, built.sha256), built.tgz
+    return make_launcher(built.unpacked, built.sha256, built.gz), built.tgz
 
 
 def ensure_runtime(progress: Progress | None = None, force: bool = False) -> BuiltRuntime:
@@ -210,7 +218,7 @@ def ensure_runtime(progress: Progress | None = None, force: bool = False) -> Bui
         try:
             built = build_runtime(os.path.join(tmp, "work"), tmp, log=os.path.join(tmp, "build.log"))
             info = {"key": key, "unpacked": built.unpacked, "built": int(time.time()),
-                    "sha256": sha256_path(built.tgz)}
+                    "sha256": sha256_path(built.tgz), "gz": built.gz}
             with open(os.path.join(tmp, "info.json"), "w") as f:
                 json.dump(info, f)
             shutil.rmtree(os.path.join(tmp, "work"), ignore_errors=True)
@@ -261,7 +269,8 @@ def _load_entry(entry: str, key: str) -> BuiltRuntime | None:
         tgz = os.path.join(entry, "runtime.tar.gz")
         if not os.path.isfile(tgz):
             return None
-        return BuiltRuntime(tgz=tgz, unpacked=int(info["unpacked"]), key=key, sha256=str(info["sha256"]))
+        return BuiltRuntime(tgz=tgz, unpacked=int(info["unpacked"]), key=key, sha256=str(info["sha256"]),
+                            gz=int(info.get("gz", 0)))
     except (OSError, ValueError, KeyError):
         return None
 
@@ -353,6 +362,21 @@ def build_oldkernel(libdir: str) -> str | None:
     return dest if p.returncode == 0 else None
 
 
+def build_unzstd(workdir: str) -> str | None:
+    """runtime/launch/unzstd.c with libzstd.a's decoder, freestanding and static like the old-kernel
+    helper, into workdir. None without a C compiler or libzstd.a (apt-get install libzstd-dev): the
+    runtime section is then one tar.gz, ~1 MB bigger."""
+    src = os.path.join(_REPO, "runtime", "launch", "unzstd.c")
+    dest = os.path.join(workdir, UNZSTD)
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc or not os.path.exists(LIBZSTD_A):
+        return None
+    # -fno-tree-loop-distribute-patterns: unzstd.c's own memcpy/memset must not become calls to themselves
+    flags = [f for f in OLDKERNEL_FLAGS if f != "-Os"] + ["-O2", "-fno-tree-loop-distribute-patterns"]
+    p = subprocess.run([cc, *flags, "-o", dest, src, LIBZSTD_A], capture_output=True)
+    return dest if p.returncode == 0 else None
+
+
 def runtime_excludes() -> tuple[str, ...]:
     """RUNTIME_EXCLUDES and every `encodings.*` codec but KEPT_ENCODINGS (listed from this Python)."""
     import encodings
@@ -425,8 +449,11 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
     with open(os.path.join(rtdir, FILES_MARKER), "w") as f:
         f.write("carryon runtime\n")
     tgz = os.path.join(outdir, "runtime.tar.gz")
-    unpacked = write_tgz(rtdir, tgz)
-    return BuiltRuntime(tgz=tgz, unpacked=unpacked, key="")
+    unzstd = build_unzstd(workdir)
+    if unzstd is None:
+        return BuiltRuntime(tgz=tgz, unpacked=write_tgz(rtdir, tgz), key="")
+    unpacked, gz = write_section(rtdir, unzstd, tgz)
+    return BuiltRuntime(tgz=tgz, unpacked=unpacked, key="", gz=gz)
 
 
 # ---------------------------------------------------------------- loader + library closure
@@ -509,10 +536,54 @@ def bundle_libraries(rtdir: str) -> list[str]:
     return added
 
 
-# ---------------------------------------------------------------- deterministic tar.gz
+# ---------------------------------------------------------------- deterministic section
 
-def write_tgz(rtdir: str, out: str) -> int:
-    """tar.gz of `rtdir`'s contents: sorted, owner 0, mtime 0, FILES_MARKER last. Returns unpacked bytes."""
+def write_section(rtdir: str, unzstd: str, out: str) -> tuple[int, int]:
+    """The runtime section in two stages: a tar.gz of `_internal/carryon-unzstd` alone, then one zstd
+    frame (level ZSTD_LEVEL, content checksum) of the tar write_tgz would write. The launcher unpacks
+    the first with gzip, checks the section's sha256, then pipes the second through that program.
+    Deterministic. Returns (unpacked bytes, bytes of the first stage)."""
+    import zstandard
+    stage = tempfile.mkdtemp(prefix="unzstd-", dir=os.path.dirname(out))
+    try:
+        os.makedirs(os.path.join(stage, LIBDIR))
+        shutil.copyfile(unzstd, os.path.join(stage, LIBDIR, UNZSTD))
+        os.chmod(os.path.join(stage, LIBDIR, UNZSTD), 0o755)
+        first = out + ".gz-part"
+        small = write_tgz(stage, first, marker=False)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    tar = out + ".tar-part"
+    total = write_tgz(rtdir, tar, compress=False)
+    gz = os.path.getsize(first)
+    tmp = out + ".part"
+    with open(tmp, "wb") as dst:
+        with open(first, "rb") as src:
+            shutil.copyfileobj(src, dst)
+        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True)
+        with open(tar, "rb") as src:
+            cctx.copy_stream(src, dst, size=os.path.getsize(tar))
+    os.unlink(first)
+    os.unlink(tar)
+    os.replace(tmp, out)
+    return total + small, gz
+
+
+def unpack_section(section: str, dest: str, gz: int) -> None:
+    """Unpack a runtime section into `dest` as the launcher does (for tests and measurements)."""
+    import zstandard
+    with open(section, "rb") as f:
+        head = f.read(gz) if gz else f.read()
+        with tarfile.open(fileobj=gzip.GzipFile(fileobj=io.BytesIO(head)), mode="r|") as tf:
+            tf.extractall(dest)
+        if gz:
+            with zstandard.ZstdDecompressor().stream_reader(f) as z, tarfile.open(fileobj=z, mode="r|") as tf:
+                tf.extractall(dest)
+
+
+def write_tgz(rtdir: str, out: str, compress: bool = True, marker: bool = True) -> int:
+    """tar.gz (a plain tar without `compress`) of `rtdir`'s contents: sorted, owner 0, mtime 0,
+    FILES_MARKER last (`marker`). Returns unpacked bytes."""
     members: list[str] = []
     for d, dirs, files in os.walk(rtdir):
         dirs.sort()
@@ -520,11 +591,12 @@ def write_tgz(rtdir: str, out: str) -> int:
         if rel != ".":
             members.append(rel)
         members += [os.path.normpath(os.path.join(rel, f)) for f in sorted(files)]
-    members = sorted(m for m in members if m != FILES_MARKER) + [FILES_MARKER]
+    members = sorted(m for m in members if m != FILES_MARKER) + ([FILES_MARKER] if marker else [])
     total = 0
     tmp = out + ".part"
     with open(tmp, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
+        with (gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) if compress
+              else contextlib.nullcontext(raw)) as gz:
             with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf:
                 for rel in members:
                     path = os.path.join(rtdir, rel)

@@ -144,7 +144,7 @@ def _frozen_runtime() -> Path:
         tmp = workdir() / "runtime-import-check.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        subprocess.run(["tar", "-xzf", built.tgz, "-C", str(tmp)], check=True)
+        embed.unpack_section(built.tgz, str(tmp), built.gz)
         launch = tmp / embed.LIBDIR / "runtime" / "launch"
         os.rename(launch / "start.pyc", launch / "_real_start.pyc")    # imported by the check below
         src = workdir() / "runtime-import-check.py"
@@ -204,6 +204,12 @@ def test_the_frozen_runtime_leaves_out_what_it_never_imports():
     assert "runtime/_digest.so" in present and embed.OLDKERNEL in present   # runtime/digest.c does the hashing
     oldkernel = lib / embed.OLDKERNEL
     assert oldkernel.stat().st_size < 64 * 1024             # freestanding: no static glibc in it
+    if os.path.exists(embed.LIBZSTD_A):                     # two stages: gzip'd carryon-unzstd, zstd'd runtime
+        built = embed.ensure_runtime()
+        assert 0 < built.gz < 200 * 1024 and embed.UNZSTD in {p.rsplit("/", 1)[-1] for p in present}
+        with open(built.tgz, "rb") as f:
+            f.seek(built.gz)
+            assert f.read(4) == b"\x28\xb5\x2f\xfd"      # a zstd frame
 
 
 def test_archive_errors_print_cleanly_in_every_locale(tmp_path, locale_env):
