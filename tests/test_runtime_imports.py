@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from archive_run_support import archive, clean_env, run, workdir
-from conftest import REPO
+from conftest import ENGINE_VARIANTS, REPO
 
 RUNTIME = REPO / "runtime"
 
@@ -228,9 +228,17 @@ def test_archive_errors_print_cleanly_in_every_locale(tmp_path, locale_env):
     assert (q.returncode, q.stdout) == (0, "ok\n"), q.stderr
 
 
-def test_verbose_run_imports_nothing_missing(tmp_path):
+@pytest.mark.parametrize("engine", ENGINE_VARIANTS)
+def test_verbose_run_imports_nothing_missing(tmp_path, engine):
+    """A cold and a warm run of a real archive on every engine (the stop loops, Python's and the
+    native one, import lazily), then --carryon-doctor: nothing the frozen runtime lacks."""
     bb = archive("bb")
     env = clean_env(tmp_path, tmp_path / "cache")
-    p = run(bb, "--carryon-verbose=2", "sh", "-c", "echo ok", env=env)
-    assert (p.returncode, p.stdout) == (0, "ok\n"), p.stderr
-    assert "ModuleNotFoundError" not in p.stderr and "No module named" not in p.stderr
+    env.update({"CARRYON_ENGINE": "seccomp", "CARRYON_NATIVE": "0"} if engine == "seccomp-python"
+               else {"CARRYON_ENGINE": engine})
+    for _ in ("cold", "warm"):
+        p = run(bb, "--carryon-verbose=2", "sh", "-c", "echo ok", env=env)
+        assert (p.returncode, p.stdout) == (0, "ok\n"), p.stderr
+        assert "ModuleNotFoundError" not in p.stderr and "No module named" not in p.stderr
+    p = subprocess.run([str(bb), "--carryon-doctor"], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout and "Error" not in p.stderr, p.stderr
