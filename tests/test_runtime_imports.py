@@ -202,6 +202,8 @@ def test_the_frozen_runtime_leaves_out_what_it_never_imports():
     assert not any(p.startswith(("liblzma", "libbz2")) for p in present)
     assert "_hashlib" not in dynload and not any(p.startswith(("libcrypto", "libssl")) for p in present)
     assert "runtime/_digest.so" in present and embed.OLDKERNEL in present   # runtime/digest.c does the hashing
+    pyc = (lib / "runtime" / "archive.pyc").read_bytes()    # compiled -OO: no docstrings
+    assert b"FORMAT_VERSION" in pyc and b"sections laid end to end" not in pyc
     oldkernel = lib / embed.OLDKERNEL
     assert oldkernel.stat().st_size < 64 * 1024             # freestanding: no static glibc in it
     if os.path.exists(embed.LIBZSTD_A):                     # two stages: gzip'd carryon-unzstd, zstd'd runtime
