@@ -34,7 +34,7 @@ from packer.sources import sha256_path
 from runtime import cache
 from runtime.errors import CarryonError
 
-RECIPE = 11                        # bump when the build recipe below changes
+RECIPE = 12                        # bump when the build recipe below changes
 RUNTIME_MAIN = "carryon-runtime"   # the PyInstaller bootloader executable
 LIBDIR = "_internal"               # PyInstaller's contents dir; the bundled loader and libs go there too
 LOADER = "ld-linux-x86-64.so.2"
@@ -46,7 +46,10 @@ FILES_MARKER = ".carryon-runtime-files"  # last member of the tar.gz: its presen
 HOST_LOADER = "/lib64/ld-linux-x86-64.so.2"
 # Loaded by glibc at run time rather than linked: unwinding for pthread_cancel/pthread_exit.
 EXTRA_LIBS = ("libgcc_s.so.1",)
-HIDDEN_IMPORTS = ("zstandard.backend_c",)
+HIDDEN_IMPORTS = ("zstandard.backend_c",)    # when zstandard is bundled (no libzstd.a: see build_runtime)
+# left out when runtime/zstd.py's `_zstd.so` (libzstd.a's decoder, 0.24 MB) is built: zstandard with its
+# compressors (1 MB) and what only it imports
+WITHOUT_ZSTANDARD = ("zstandard", "typing", "_typing", "platform")
 EXCLUDES = ("packer", "tkinter", "_tkinter", "pytest", "_pytest", "PyInstaller", "setuptools", "pip",
             "distutils", "lib2to3", "pydoc", "doctest", "unittest", "zstandard._cffi", "cffi", "pydistorm",
             "ptrace.debugger", "ptrace.disasm", "readline", "curses", "sqlite3", "xmlrpc", "email.mime")
@@ -327,6 +330,19 @@ def build_digest(workdir: str) -> str:
     return _compile(digest.build, os.path.join(workdir, os.path.basename(digest.LIBRARY)), "SHA-256 library")
 
 
+def build_zstd(workdir: str) -> str | None:
+    """runtime/zstd.py's `_zstd.so` (libzstd.a's decoder) into workdir; None without libzstd.a or a
+    compiler (the runtime then bundles the zstandard package)."""
+    from runtime import zstd
+    if not os.path.exists(LIBZSTD_A):
+        return None
+    try:
+        return _compile(lambda dest, cc: zstd.build(dest, LIBZSTD_A, cc),
+                        os.path.join(workdir, os.path.basename(zstd.LIBRARY)), "zstd decoder")
+    except CarryonError:
+        return None
+
+
 def _compile(build, dest: str, what: str) -> str:
     compilers: list[list[str]] = []
     if os.environ.get("CC") or shutil.which("cc"):
@@ -400,7 +416,10 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
     if not onefile:
         # modules as plain .pyc files in _internal instead of one zlib'd PYZ: ~30 ms faster warm start
         opts += ["--debug", "noarchive"]
-    for m in HIDDEN_IMPORTS:
+    zstd_lib = build_zstd(workdir)
+    if zstd_lib is not None:
+        opts += ["--add-binary", f"{zstd_lib}:runtime"]     # beside runtime/zstd.py
+    for m in (() if zstd_lib else HIDDEN_IMPORTS):
         opts += ["--hidden-import", m]
     # the native stop loop (runtime/tracee/fastloop.c), beside runtime/tracee/native.py
     opts += ["--add-binary", f"{build_native(workdir)}:runtime/tracee"]
@@ -408,7 +427,7 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
     opts += ["--add-binary", f"{build_loader(workdir)}:runtime/execve"]
     # the SHA-256 of the cold start's check (runtime/digest.c), beside runtime/digest.py
     opts += ["--add-binary", f"{build_digest(workdir)}:runtime"]
-    for m in EXCLUDES + runtime_excludes():
+    for m in EXCLUDES + runtime_excludes() + (WITHOUT_ZSTANDARD if zstd_lib else ()):
         opts += ["--exclude-module", m]
     env = dict(os.environ)
     env["PYINSTALLER_CONFIG_DIR"] = os.path.join(workdir, "pyinstaller-config")

@@ -175,13 +175,14 @@ class _RootfsTar(tarfile.TarFile):
 
 def iter_rootfs(layout: Layout) -> tarfile.TarFile:
     """A stream-mode TarFile over the decompressed rootfs section (iterate it; use as a context)."""
-    import zstandard
+    from runtime import zstd
 
     section = open_section(layout, "rootfs")
-    reader = zstandard.ZstdDecompressor().stream_reader(section, read_size=_CHUNK, read_across_frames=True)
+    reader = zstd.stream_reader(section, read_size=_CHUNK)
+    bad: tuple[type[BaseException], ...] = (tarfile.TarError, *zstd.errors())
     try:
         tf = _RootfsTar.open(fileobj=reader, mode="r|", bufsize=_CHUNK)
-    except (tarfile.TarError, zstandard.ZstdError) as e:
+    except bad as e:
         reader.close()
         section.close()
         raise InputError(f"{layout.path}: corrupted carryon archive (rootfs: {e})") from None

@@ -684,18 +684,17 @@ def extract_rootfs(layout, dest_dir: str, progress: Progress | None = None,
     total = int(read_manifest(layout).get("rootfs", {}).get("uncompressed_bytes", 0) or 0)
     root = os.path.abspath(dest_dir)
     try:
-        import zstandard
+        from runtime import zstd
 
         st = _State(root=root, total=total, progress=progress)
-        with open_section(layout, "rootfs") as section, \
-                zstandard.ZstdDecompressor().stream_reader(section, read_size=1 << 20,
-                                                           read_across_frames=True) as reader:
+        with open_section(layout, "rootfs") as section, zstd.stream_reader(section, read_size=1 << 20) as reader:
+            bad: tuple[type[BaseException], ...] = (_Corrupt, EOFError, *zstd.errors())
             prefetch = _Prefetch(reader)
             st.blocks = _Blocks(prefetch)
             try:
                 for m in iter_entries(st.blocks):
                     apply_entry(st, m)
-            except (_Corrupt, zstandard.ZstdError, EOFError) as e:
+            except bad as e:
                 raise InputError(f"{layout.path}: corrupted rootfs ({e})") from None
             except SymlinkLoop as e:
                 raise InputError(f"{layout.path}: too many levels of symlinks at {e}") from None
