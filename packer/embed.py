@@ -7,7 +7,7 @@ the bootloader, libpython and the extension modules need, all in `_internal/`. T
 glibc is older than ours, or that has none at all.
 
 It is built on first use into a per-user cache keyed by a hash of the runtime sources and of the
-versions of everything that goes in (Python, PyInstaller, python-ptrace, zstandard, glibc). Several
+versions of everything that goes in (Python, PyInstaller, python-ptrace, zstandard, glibc, libzstd.a). Several
 packs may start at once: each build happens in a private temp dir published with an atomic rename.
 """
 
@@ -122,6 +122,11 @@ def build_key() -> str:
         h.update(f"{name} {_dist_version(name)}\n".encode())
     libc = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in os.confstr_names else "?"
     h.update(f"python {sys.version} {platform.machine()} {libc}\n".encode())
+    try:                                    # the decoder linked into carryon-unzstd and _zstd.so
+        st = os.stat(LIBZSTD_A)
+        h.update(f"libzstd.a {st.st_size} {st.st_mtime_ns}\n".encode())
+    except OSError:
+        h.update(b"libzstd.a missing\n")
     for path in _runtime_sources() + [os.path.abspath(__file__)]:
         with open(path, "rb") as f:
             data = f.read()
