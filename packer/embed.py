@@ -7,14 +7,16 @@ the bootloader, libpython and the extension modules need, all in `_internal/`. T
 glibc is older than ours, or that has none at all.
 
 It is built on first use into a per-user cache keyed by a hash of the runtime sources and of the
-versions of everything that goes in (Python, PyInstaller, python-ptrace, zstandard, glibc). Several
+versions of everything that goes in (Python, PyInstaller, python-ptrace, zstandard, glibc, libzstd.a). Several
 packs may start at once: each build happens in a private temp dir published with an atomic rename.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
 import json
 import os
 import platform
@@ -32,24 +34,34 @@ from packer.sources import sha256_path
 from runtime import cache
 from runtime.errors import CarryonError
 
-RECIPE = 9                         # bump when the build recipe below changes
+RECIPE = 12                        # bump when the build recipe below changes
 RUNTIME_MAIN = "carryon-runtime"   # the PyInstaller bootloader executable
 LIBDIR = "_internal"               # PyInstaller's contents dir; the bundled loader and libs go there too
 LOADER = "ld-linux-x86-64.so.2"
 OLDKERNEL = "carryon-oldkernel"    # static helper that starts the runtime on Linux < 2.6.39
+UNZSTD = "carryon-unzstd"          # static decompressor of the runtime section's second stage
+ZSTD_LEVEL = 19                    # of that stage (built once per runtime; unpacking speed is the same)
+LIBZSTD_A = "/usr/lib/x86_64-linux-gnu/libzstd.a"   # its decoder, linked into UNZSTD (apt: libzstd-dev)
 FILES_MARKER = ".carryon-runtime-files"  # last member of the tar.gz: its presence = complete unpack
 HOST_LOADER = "/lib64/ld-linux-x86-64.so.2"
 # Loaded by glibc at run time rather than linked: unwinding for pthread_cancel/pthread_exit.
 EXTRA_LIBS = ("libgcc_s.so.1",)
-HIDDEN_IMPORTS = ("zstandard.backend_c",)
+HIDDEN_IMPORTS = ("zstandard.backend_c",)    # when zstandard is bundled (no libzstd.a: see build_runtime)
+# left out when runtime/zstd.py's `_zstd.so` (libzstd.a's decoder, 0.24 MB) is built: zstandard with its
+# compressors (1 MB) and what only it imports
+WITHOUT_ZSTANDARD = ("zstandard", "typing", "_typing", "platform")
 EXCLUDES = ("packer", "tkinter", "_tkinter", "pytest", "_pytest", "PyInstaller", "setuptools", "pip",
             "distutils", "lib2to3", "pydoc", "doctest", "unittest", "zstandard._cffi", "cffi", "pydistorm",
             "ptrace.debugger", "ptrace.disasm", "readline", "curses", "sqlite3", "xmlrpc", "email.mime")
 # Left out although PyInstaller's graph reaches them (it follows every import, even one inside a stdlib
 # function the runtime never calls): python-ptrace (runtime/tracee/ffi.py binds libc itself) and what
 # only it needs; tarfile's and shutil's compressors and archivers (the rootfs is zstd, read as "r|");
-# importlib.metadata and what only it needs; decimal & co.; the pure-Python fallbacks of C modules the
-# runtime has (_abc, _thread._local, zstandard's backend_c); the CJK codecs (see KEPT_ENCODINGS).
+# importlib.metadata and what only it needs; decimal & co.; OpenSSL (_hashlib: libcrypto is 4.7 MB;
+# runtime/digest.c hashes as fast, hashlib falls back to the builtin _sha256 & co.); dataclasses with
+# inspect, ast, dis (runtime/ has none; traceback's lazy `import ast` is guarded and finds no source
+# lines in a frozen runtime anyway; typing stays: zstandard imports it on Python < 3.12); the
+# pure-Python fallbacks of C modules the runtime has (_abc, _thread._local, zstandard's backend_c);
+# the CJK codecs (see KEPT_ENCODINGS).
 # tests/test_runtime_imports.py runs every import statement of runtime/ inside the frozen runtime.
 RUNTIME_EXCLUDES = (
     "ptrace", "logging", "datetime", "_strptime", "calendar",
@@ -57,7 +69,8 @@ RUNTIME_EXCLUDES = (
     "importlib.metadata", "importlib.resources", "email", "csv", "quopri", "urllib", "pathlib",
     "decimal", "_decimal", "_pydecimal", "fractions", "statistics", "numbers", "contextvars", "_contextvars",
     "argparse", "gettext", "getopt", "pprint", "pickle", "_compat_pickle", "tracemalloc",
-    "_py_abc", "_threading_local", "zstandard.backend_cffi",
+    "_py_abc", "_threading_local", "zstandard.backend_cffi", "_hashlib", "ssl", "_ssl",
+    "dataclasses", "inspect", "ast", "dis",
     "_multibytecodec", "_codecs_cn", "_codecs_hk", "_codecs_iso2022", "_codecs_jp", "_codecs_kr", "_codecs_tw")
 # The frozen interpreter runs in UTF-8 mode (`-X utf8`) and ignores PYTHON* variables, so the locale
 # never picks a codec: keep the ones Python or the runtime may name (socket's idna), not the other ~100.
@@ -75,10 +88,11 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @dataclass
 class BuiltRuntime:
-    tgz: str          # path of the runtime section (tar.gz of the runtime dir)
+    tgz: str          # path of the runtime section (see write_section)
     unpacked: int     # bytes of the unpacked runtime (the launcher checks free space against it)
     key: str
-    sha256: str = ""  # of the tar.gz: the launcher finds a warm runtime dir by it without reading the trailer
+    sha256: str = ""  # of the section: the launcher finds a warm runtime dir by it without reading the trailer
+    gz: int = 0       # bytes of its gzip'd first stage; 0: the whole section is one tar.gz
 
 
 # ---------------------------------------------------------------- keys and places
@@ -108,6 +122,11 @@ def build_key() -> str:
         h.update(f"{name} {_dist_version(name)}\n".encode())
     libc = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in os.confstr_names else "?"
     h.update(f"python {sys.version} {platform.machine()} {libc}\n".encode())
+    try:                                    # the decoder linked into carryon-unzstd and _zstd.so
+        st = os.stat(LIBZSTD_A)
+        h.update(f"libzstd.a {st.st_size} {st.st_mtime_ns}\n".encode())
+    except OSError:
+        h.update(b"libzstd.a missing\n")
     for path in _runtime_sources() + [os.path.abspath(__file__)]:
         with open(path, "rb") as f:
             data = f.read()
@@ -156,12 +175,13 @@ def launcher_template() -> str:
         return f.read()
 
 
-def make_launcher(unpacked_bytes: int, runtime_sha256: str) -> bytes:
+def make_launcher(unpacked_bytes: int, runtime_sha256: str, gz_bytes: int = 0) -> bytes:
     if len(runtime_sha256) != 64 or runtime_sha256.strip("0123456789abcdef"):
         raise CarryonError("make_launcher: bad runtime sha256")
     from runtime.options import sh_flag_pattern
     text = (launcher_template().replace("@CARRYON_RUNTIME_KB@", str(unpacked_bytes // 1024 + 1))
             .replace("@CARRYON_RUNTIME_SHA256@", runtime_sha256)
+            .replace("@CARRYON_RUNTIME_GZ@", str(int(gz_bytes)))
             .replace("@CARRYON_FLAG_OPTIONS@", sh_flag_pattern()))
     if "@CARRYON_" in text:
         raise CarryonError("runtime/launcher.sh: unknown placeholder left in the launcher template")
@@ -173,7 +193,7 @@ def make_launcher(unpacked_bytes: int, runtime_sha256: str) -> bytes:
 def runtime_parts(progress: Progress | None = None) -> tuple[bytes, str]:
     """(launcher bytes, path of the runtime section), building the runtime first when it is missing."""
     built = ensure_runtime(progress)
-    return make_launcher(built.unpacked, built.sha256), built.tgz
+    return make_launcher(built.unpacked, built.sha256, built.gz), built.tgz
 
 
 def ensure_runtime(progress: Progress | None = None, force: bool = False) -> BuiltRuntime:
@@ -206,7 +226,7 @@ def ensure_runtime(progress: Progress | None = None, force: bool = False) -> Bui
         try:
             built = build_runtime(os.path.join(tmp, "work"), tmp, log=os.path.join(tmp, "build.log"))
             info = {"key": key, "unpacked": built.unpacked, "built": int(time.time()),
-                    "sha256": sha256_path(built.tgz)}
+                    "sha256": sha256_path(built.tgz), "gz": built.gz}
             with open(os.path.join(tmp, "info.json"), "w") as f:
                 json.dump(info, f)
             shutil.rmtree(os.path.join(tmp, "work"), ignore_errors=True)
@@ -257,7 +277,8 @@ def _load_entry(entry: str, key: str) -> BuiltRuntime | None:
         tgz = os.path.join(entry, "runtime.tar.gz")
         if not os.path.isfile(tgz):
             return None
-        return BuiltRuntime(tgz=tgz, unpacked=int(info["unpacked"]), key=key, sha256=str(info["sha256"]))
+        return BuiltRuntime(tgz=tgz, unpacked=int(info["unpacked"]), key=key, sha256=str(info["sha256"]),
+                            gz=int(info.get("gz", 0)))
     except (OSError, ValueError, KeyError):
         return None
 
@@ -308,6 +329,25 @@ def build_loader(workdir: str) -> str:
                     "program loader")
 
 
+def build_digest(workdir: str) -> str:
+    """runtime/digest.c (the cold start's SHA-256) compiled into workdir, like the loop."""
+    from runtime import digest
+    return _compile(digest.build, os.path.join(workdir, os.path.basename(digest.LIBRARY)), "SHA-256 library")
+
+
+def build_zstd(workdir: str) -> str | None:
+    """runtime/zstd.py's `_zstd.so` (libzstd.a's decoder) into workdir; None without libzstd.a or a
+    compiler (the runtime then bundles the zstandard package)."""
+    from runtime import zstd
+    if not os.path.exists(LIBZSTD_A):
+        return None
+    try:
+        return _compile(lambda dest, cc: zstd.build(dest, LIBZSTD_A, cc),
+                        os.path.join(workdir, os.path.basename(zstd.LIBRARY)), "zstd decoder")
+    except CarryonError:
+        return None
+
+
 def _compile(build, dest: str, what: str) -> str:
     compilers: list[list[str]] = []
     if os.environ.get("CC") or shutil.which("cc"):
@@ -324,20 +364,38 @@ def _compile(build, dest: str, what: str) -> str:
         raise CarryonError(f"building the {what} failed: {e}") from None
 
 
+OLDKERNEL_FLAGS = ["-Os", "-static", "-nostdlib", "-fno-pie", "-no-pie", "-ffreestanding", "-fno-builtin",
+                   "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-Wall", "-Wextra", "-Werror",
+                   "-Wl,--build-id=none", "-Wl,-z,noexecstack", "-s"]
+
+
 def build_oldkernel(libdir: str) -> str | None:
-    """runtime/launch/oldkernel.c compiled statically into libdir (the launcher starts the runtime
-    through it on Linux before 2.6.39, whose fstatat refuses the bundled glibc's AT_EMPTY_PATH).
-    None when no static build is possible here (no libc.a): such nodes then get a one-line error."""
+    """runtime/launch/oldkernel.c compiled into libdir: freestanding and static (no libc, a few KB;
+    the launcher starts the runtime through it on Linux before 2.6.39, whose fstatat refuses the
+    bundled glibc's AT_EMPTY_PATH). None when it cannot be built here: such nodes then get a
+    one-line error."""
     src = os.path.join(_REPO, "runtime", "launch", "oldkernel.c")
     dest = os.path.join(libdir, OLDKERNEL)
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         return None
-    p = subprocess.run([cc, "-O2", "-static", "-Wall", "-Werror", "-o", dest, src], capture_output=True)
-    if p.returncode != 0:
+    p = subprocess.run([cc, *OLDKERNEL_FLAGS, "-o", dest, src], capture_output=True)
+    return dest if p.returncode == 0 else None
+
+
+def build_unzstd(workdir: str) -> str | None:
+    """runtime/launch/unzstd.c with libzstd.a's decoder, freestanding and static like the old-kernel
+    helper, into workdir. None without a C compiler or libzstd.a (apt-get install libzstd-dev): the
+    runtime section is then one tar.gz, ~1 MB bigger."""
+    src = os.path.join(_REPO, "runtime", "launch", "unzstd.c")
+    dest = os.path.join(workdir, UNZSTD)
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc or not os.path.exists(LIBZSTD_A):
         return None
-    subprocess.run(["strip", dest], capture_output=True)
-    return dest
+    # -fno-tree-loop-distribute-patterns: unzstd.c's own memcpy/memset must not become calls to themselves
+    flags = [f for f in OLDKERNEL_FLAGS if f != "-Os"] + ["-O2", "-fno-tree-loop-distribute-patterns"]
+    p = subprocess.run([cc, *flags, "-o", dest, src, LIBZSTD_A], capture_output=True)
+    return dest if p.returncode == 0 else None
 
 
 def runtime_excludes() -> tuple[str, ...]:
@@ -357,17 +415,24 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
         f.write("import sys\nfrom runtime.launch.start import main\nsys.exit(main())\n")
     opts = ["--onefile" if onefile else "--onedir", "--name", RUNTIME_MAIN, "--strip",
             "--specpath", workdir, "--paths", _REPO, "--collect-submodules", "runtime",
-            "--python-option", "X utf8", "--python-option", "W ignore"]
+            "--python-option", "X utf8", "--python-option", "W ignore",
+            # docstrings and asserts left out (-OO): nothing in the runtime reads __doc__
+            "--optimize", "2"]
     if not onefile:
         # modules as plain .pyc files in _internal instead of one zlib'd PYZ: ~30 ms faster warm start
         opts += ["--debug", "noarchive"]
-    for m in HIDDEN_IMPORTS:
+    zstd_lib = build_zstd(workdir)
+    if zstd_lib is not None:
+        opts += ["--add-binary", f"{zstd_lib}:runtime"]     # beside runtime/zstd.py
+    for m in (() if zstd_lib else HIDDEN_IMPORTS):
         opts += ["--hidden-import", m]
     # the native stop loop (runtime/tracee/fastloop.c), beside runtime/tracee/native.py
     opts += ["--add-binary", f"{build_native(workdir)}:runtime/tracee"]
     # carryon's program loader (runtime/execve/loader.c), beside runtime/execve/loader.py
     opts += ["--add-binary", f"{build_loader(workdir)}:runtime/execve"]
-    for m in EXCLUDES + runtime_excludes():
+    # the SHA-256 of the cold start's check (runtime/digest.c), beside runtime/digest.py
+    opts += ["--add-binary", f"{build_digest(workdir)}:runtime"]
+    for m in EXCLUDES + runtime_excludes() + (WITHOUT_ZSTANDARD if zstd_lib else ()):
         opts += ["--exclude-module", m]
     env = dict(os.environ)
     env["PYINSTALLER_CONFIG_DIR"] = os.path.join(workdir, "pyinstaller-config")
@@ -408,8 +473,11 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
     with open(os.path.join(rtdir, FILES_MARKER), "w") as f:
         f.write("carryon runtime\n")
     tgz = os.path.join(outdir, "runtime.tar.gz")
-    unpacked = write_tgz(rtdir, tgz)
-    return BuiltRuntime(tgz=tgz, unpacked=unpacked, key="")
+    unzstd = build_unzstd(workdir)
+    if unzstd is None:
+        return BuiltRuntime(tgz=tgz, unpacked=write_tgz(rtdir, tgz), key="")
+    unpacked, gz = write_section(rtdir, unzstd, tgz)
+    return BuiltRuntime(tgz=tgz, unpacked=unpacked, key="", gz=gz)
 
 
 # ---------------------------------------------------------------- loader + library closure
@@ -492,10 +560,54 @@ def bundle_libraries(rtdir: str) -> list[str]:
     return added
 
 
-# ---------------------------------------------------------------- deterministic tar.gz
+# ---------------------------------------------------------------- deterministic section
 
-def write_tgz(rtdir: str, out: str) -> int:
-    """tar.gz of `rtdir`'s contents: sorted, owner 0, mtime 0, FILES_MARKER last. Returns unpacked bytes."""
+def write_section(rtdir: str, unzstd: str, out: str) -> tuple[int, int]:
+    """The runtime section in two stages: a tar.gz of `_internal/carryon-unzstd` alone, then one zstd
+    frame (level ZSTD_LEVEL, content checksum) of the tar write_tgz would write. The launcher unpacks
+    the first with gzip, checks the section's sha256, then pipes the second through that program.
+    Deterministic. Returns (unpacked bytes, bytes of the first stage)."""
+    import zstandard
+    stage = tempfile.mkdtemp(prefix="unzstd-", dir=os.path.dirname(out))
+    try:
+        os.makedirs(os.path.join(stage, LIBDIR))
+        shutil.copyfile(unzstd, os.path.join(stage, LIBDIR, UNZSTD))
+        os.chmod(os.path.join(stage, LIBDIR, UNZSTD), 0o755)
+        first = out + ".gz-part"
+        small = write_tgz(stage, first, marker=False)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    tar = out + ".tar-part"
+    total = write_tgz(rtdir, tar, compress=False)
+    gz = os.path.getsize(first)
+    tmp = out + ".part"
+    with open(tmp, "wb") as dst:
+        with open(first, "rb") as src:
+            shutil.copyfileobj(src, dst)
+        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True)
+        with open(tar, "rb") as src:
+            cctx.copy_stream(src, dst, size=os.path.getsize(tar))
+    os.unlink(first)
+    os.unlink(tar)
+    os.replace(tmp, out)
+    return total + small, gz
+
+
+def unpack_section(section: str, dest: str, gz: int) -> None:
+    """Unpack a runtime section into `dest` as the launcher does (for tests and measurements)."""
+    import zstandard
+    with open(section, "rb") as f:
+        head = f.read(gz) if gz else f.read()
+        with tarfile.open(fileobj=gzip.GzipFile(fileobj=io.BytesIO(head)), mode="r|") as tf:
+            tf.extractall(dest)
+        if gz:
+            with zstandard.ZstdDecompressor().stream_reader(f) as z, tarfile.open(fileobj=z, mode="r|") as tf:
+                tf.extractall(dest)
+
+
+def write_tgz(rtdir: str, out: str, compress: bool = True, marker: bool = True) -> int:
+    """tar.gz (a plain tar without `compress`) of `rtdir`'s contents: sorted, owner 0, mtime 0,
+    FILES_MARKER last (`marker`). Returns unpacked bytes."""
     members: list[str] = []
     for d, dirs, files in os.walk(rtdir):
         dirs.sort()
@@ -503,11 +615,12 @@ def write_tgz(rtdir: str, out: str) -> int:
         if rel != ".":
             members.append(rel)
         members += [os.path.normpath(os.path.join(rel, f)) for f in sorted(files)]
-    members = sorted(m for m in members if m != FILES_MARKER) + [FILES_MARKER]
+    members = sorted(m for m in members if m != FILES_MARKER) + ([FILES_MARKER] if marker else [])
     total = 0
     tmp = out + ".part"
     with open(tmp, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
+        with (gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) if compress
+              else contextlib.nullcontext(raw)) as gz:
             with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf:
                 for rel in members:
                     path = os.path.join(rtdir, rel)

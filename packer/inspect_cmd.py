@@ -45,8 +45,8 @@ def _guest(name: str) -> str:
 
 def iter_files(layout):
     """One dict per rootfs entry, in archive order."""
-    import zstandard
-
+    from runtime import zstd
+    bad: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, *zstd.errors())
     try:
         with iter_rootfs(layout) as tf:
             for m in tf:
@@ -63,7 +63,7 @@ def iter_files(layout):
                 if m.ischr() or m.isblk():
                     e["rdev"] = [m.devmajor, m.devminor]
                 yield e
-    except (tarfile.TarError, zstandard.ZstdError, EOFError) as ex:
+    except bad as ex:
         raise InputError(f"{layout.path}: corrupted rootfs ({ex})") from None
 
 

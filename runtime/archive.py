@@ -17,31 +17,33 @@ import os
 import shutil
 import tarfile
 import tempfile
-from dataclasses import dataclass
-from typing import BinaryIO
 
 from runtime import trailer
 from runtime.errors import InputError
+from runtime.spec import _Record  # plain records: no `dataclasses`/`typing` in the frozen runtime
 from runtime.trailer import END, MAGIC, SECTIONS, TRAILER_SIZE  # noqa: F401 -- the format's names, here too
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 FORMAT_VERSION = 1
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _CHUNK = 1 << 20
 
 
-@dataclass
-class Section:
-    name: str
-    offset: int
-    length: int
-    sha256: str
+class Section(_Record):
+    __slots__ = ("name", "offset", "length", "sha256")
+
+    def __init__(self, name: str, offset: int, length: int, sha256: str) -> None:
+        self.name, self.offset, self.length, self.sha256 = name, offset, length, sha256
 
 
-@dataclass
-class Layout:
-    path: str
-    size: int
-    sections: dict[str, Section]
+class Layout(_Record):
+    __slots__ = ("path", "size", "sections")
+
+    def __init__(self, path: str, size: int, sections: dict[str, Section]) -> None:
+        self.path, self.size, self.sections = path, size, sections
 
 
 # ---------------------------------------------------------------- trailer (runtime/trailer.py)
@@ -145,14 +147,16 @@ def read_manifest(path_or_layout: str | os.PathLike | Layout) -> dict:
 
 def verify(layout: Layout, names: tuple[str, ...] | list[str] = SECTIONS) -> None:
     """Re-hash sections; InputError naming the first one whose sha256 differs from the trailer's."""
-    for name in names:
-        s = layout.sections[name]
-        h = hashlib.sha256()
-        with open_section(layout, name) as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-        if h.hexdigest() != s.sha256:
-            raise InputError(f"{layout.path}: corrupted carryon archive (section {name} fails its sha256 check)")
+    from runtime.digest import file_sha256
+    with open(layout.path, "rb") as f:
+        for name in names:
+            s = layout.sections[name]
+            try:
+                got = file_sha256(f, s.offset, s.length)
+            except EOFError:
+                got = ""                # the file shrank under us
+            if got != s.sha256:
+                raise InputError(f"{layout.path}: corrupted carryon archive (section {name} fails its sha256 check)")
 
 
 class _RootfsTar(tarfile.TarFile):
@@ -171,13 +175,14 @@ class _RootfsTar(tarfile.TarFile):
 
 def iter_rootfs(layout: Layout) -> tarfile.TarFile:
     """A stream-mode TarFile over the decompressed rootfs section (iterate it; use as a context)."""
-    import zstandard
+    from runtime import zstd
 
     section = open_section(layout, "rootfs")
-    reader = zstandard.ZstdDecompressor().stream_reader(section, read_size=_CHUNK, read_across_frames=True)
+    reader = zstd.stream_reader(section, read_size=_CHUNK)
+    bad: tuple[type[BaseException], ...] = (tarfile.TarError, *zstd.errors())
     try:
         tf = _RootfsTar.open(fileobj=reader, mode="r|", bufsize=_CHUNK)
-    except (tarfile.TarError, zstandard.ZstdError) as e:
+    except bad as e:
         reader.close()
         section.close()
         raise InputError(f"{layout.path}: corrupted carryon archive (rootfs: {e})") from None

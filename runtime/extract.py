@@ -26,10 +26,10 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from runtime.errors import InputError
 from runtime.path.confine import MAX_SYMLINKS, SymlinkLoop, escapes_root, join, split_path
+from runtime.spec import _Record
 
 META_SUFFIX = ".carryon-meta.json"
 _CHUNK = 1 << 20
@@ -126,20 +126,25 @@ _LETTER = {b"0": "f", b"\0": "f", b"7": "f", b"1": "h", b"2": "l", b"3": "c", b"
 _XATTR = "SCHILY.xattr."
 
 
-@dataclass(slots=True)
-class Entry:
+class Entry(_Record):
     """One member of the rootfs tar (the fields extraction uses, PAX/GNU long names applied)."""
-    name: str
-    type: bytes            # tar typeflag, e.g. b"0", b"5"
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    mtime: float
-    linkname: str = ""
-    devmajor: int = 0
-    devminor: int = 0
-    xattrs: dict[str, bytes] | None = None
+    __slots__ = ("name", "type", "mode", "uid", "gid", "size", "mtime", "linkname", "devmajor", "devminor",
+                 "xattrs")
+
+    def __init__(self, name: str, type: bytes, mode: int, uid: int, gid: int, size: int, mtime: float,
+                 linkname: str = "", devmajor: int = 0, devminor: int = 0,
+                 xattrs: dict[str, bytes] | None = None) -> None:
+        self.name = name
+        self.type = type            # tar typeflag, e.g. b"0", b"5"
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+        self.mtime = mtime
+        self.linkname = linkname
+        self.devmajor = devmajor
+        self.devminor = devminor
+        self.xattrs = xattrs
 
 
 def _nts(b: bytes) -> bytes:
@@ -392,21 +397,24 @@ def iter_entries(blocks: _Blocks):
 
 # ---------------------------------------------------------------- extraction
 
-@dataclass
 class _State:
-    root: str
-    meta: dict[str, dict] = field(default_factory=dict)
-    root_meta: dict = field(default_factory=lambda: {"mode": 0o755, "uid": 0, "gid": 0})
-    root_mtime: float | None = None
-    dirs: dict[str, tuple[int, float]] = field(default_factory=dict)  # host path -> (mode, mtime)
-    # root-relative paths ("usr/lib") this extraction made or saw as real directories, reached with no
-    # symlink on the way; dropped when something replaces them. An entry whose parent is listed here
-    # needs no component-by-component walk.
-    real_dirs: set[str] = field(default_factory=set)
-    blocks: _Blocks | None = None
-    done: int = 0
-    total: int = 0
-    progress: Progress | None = None
+    """One extraction's bookkeeping (a plain class: no `dataclasses`, whose `inspect` & co. the
+    frozen runtime leaves out)."""
+
+    def __init__(self, root: str, total: int = 0, progress: Progress | None = None) -> None:
+        self.root = root
+        self.meta: dict[str, dict] = {}
+        self.root_meta: dict = {"mode": 0o755, "uid": 0, "gid": 0}
+        self.root_mtime: float | None = None
+        self.dirs: dict[str, tuple[int, float]] = {}    # host path -> (mode, mtime)
+        # root-relative paths ("usr/lib") this extraction made or saw as real directories, reached with
+        # no symlink on the way; dropped when something replaces them. An entry whose parent is listed
+        # here needs no component-by-component walk.
+        self.real_dirs: set[str] = set()
+        self.blocks: _Blocks | None = None
+        self.done = 0
+        self.total = total
+        self.progress = progress
 
 
 def _host(st: _State, parts: tuple[str, ...]) -> str:
@@ -676,18 +684,17 @@ def extract_rootfs(layout, dest_dir: str, progress: Progress | None = None,
     total = int(read_manifest(layout).get("rootfs", {}).get("uncompressed_bytes", 0) or 0)
     root = os.path.abspath(dest_dir)
     try:
-        import zstandard
+        from runtime import zstd
 
         st = _State(root=root, total=total, progress=progress)
-        with open_section(layout, "rootfs") as section, \
-                zstandard.ZstdDecompressor().stream_reader(section, read_size=1 << 20,
-                                                           read_across_frames=True) as reader:
+        with open_section(layout, "rootfs") as section, zstd.stream_reader(section, read_size=1 << 20) as reader:
+            bad: tuple[type[BaseException], ...] = (_Corrupt, EOFError, *zstd.errors())
             prefetch = _Prefetch(reader)
             st.blocks = _Blocks(prefetch)
             try:
                 for m in iter_entries(st.blocks):
                     apply_entry(st, m)
-            except (_Corrupt, zstandard.ZstdError, EOFError) as e:
+            except bad as e:
                 raise InputError(f"{layout.path}: corrupted rootfs ({e})") from None
             except SymlinkLoop as e:
                 raise InputError(f"{layout.path}: too many levels of symlinks at {e}") from None

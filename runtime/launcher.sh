@@ -1,12 +1,15 @@
 #!/bin/sh
 # carryon self-extracting archive: POSIX sh launcher (runs under dash, bash, busybox sh).
 # The payload is found from the fixed 512-byte trailer at the end of this file:
-#   [launcher][runtime tar.gz][manifest][rootfs][trailer]
+#   [launcher][runtime][manifest][rootfs][trailer]
+# The runtime section: a tar.gz of `_internal/carryon-unzstd` ($rt_gz bytes), then one zstd frame of
+# the runtime's tar, which that static program decompresses (0: the whole section is one tar.gz).
 # This script only finds or unpacks the frozen runtime (PyInstaller onedir + its own loader and
 # libraries) into the node cache and starts it; the runtime checks the archive, extracts the rootfs and
 # runs the image's command. Tools used: sh builtins, ls, tail, head, gzip, tar, mkdir, mv, rm, chmod (df, id
 # when present). Options: run with --carryon-help.
 rt_kb=@CARRYON_RUNTIME_KB@
+rt_gz=@CARRYON_RUNTIME_GZ@
 rt_main=carryon-runtime
 rt_ld=_internal/ld-linux-x86-64.so.2
 
@@ -215,16 +218,22 @@ esac
 case $l_len$r_len in *[!0-9]*) die "$self: corrupted carryon archive (bad trailer)" ;; esac
 [ "$r_len" -gt 0 ] || die "$self: bare carryon payload (no runtime): use 'carryon extract' or 'carryon exec'"
 [ "$r_sha" = "$rt_sha" ] || die "$self: corrupted carryon archive (the trailer does not match the launcher)"
-section() {  # the runtime section's bytes on stdout
+[ "$rt_gz" -lt "$r_len" ] || rt_gz=0
+part() {  # bytes [$1, $1 + $2) of the runtime section on stdout (without `head`: to the end of the
+  # file; gzip and carryon-unzstd stop at the end of their stream)
   if command -v head >/dev/null 2>&1; then
-    tail -c +$((l_len + 1)) "$self" 2>/dev/null | head -c "$r_len" 2>/dev/null
+    tail -c +$((l_len + $1 + 1)) "$self" 2>/dev/null | head -c "$2" 2>/dev/null
   else
-    tail -c +$((l_len + 1)) "$self" 2>/dev/null
+    tail -c +$((l_len + $1 + 1)) "$self" 2>/dev/null
   fi
 }
-# nothing from the runtime section runs unchecked: sha256 (computed while the runtime is unpacked, on
-# another CPU, and checked before it starts) when the node has sha256sum, else gzip's own CRC (its
-# status is checked below); the runtime then checks every section against the trailer
+section() { part 0 "$r_len"; }  # the runtime section's bytes on stdout
+first=$r_len
+[ "$rt_gz" -gt 0 ] && first=$rt_gz
+# nothing from the runtime section runs unchecked: sha256 (computed while the first stage is unpacked,
+# on another CPU, and checked before carryon-unzstd or the runtime starts) when the node has
+# sha256sum, else gzip's own CRC and zstd's checksum (their statuses are checked below); the runtime
+# then checks every section against the trailer
 check_sha=
 if command -v sha256sum >/dev/null 2>&1 && command -v head >/dev/null 2>&1; then
   check_sha=1
@@ -281,7 +290,7 @@ for c in $cands; do
   fi
   ok=1
   # umask 022: what tar writes is never writable by others, whatever the caller's umask
-  section | { gzip -dc 2>/dev/null; echo $? >"$tmp/.gzip-status"; } | (umask 022 && cd "$tmp" && tar -xf - 2>/dev/null) || ok=
+  part 0 "$first" | { gzip -dc 2>/dev/null; echo $? >"$tmp/.gzip-status"; } | (umask 022 && cd "$tmp" && tar -xf - 2>/dev/null) || ok=
   if [ -n "$sha_pid" ]; then
     wait "$sha_pid"
     got=
@@ -296,6 +305,14 @@ for c in $cands; do
   [ -f "$tmp/.gzip-status" ] && read -r gz <"$tmp/.gzip-status"
   rm -f "$tmp/.gzip-status"
   [ "$gz" = 0 ] || [ "$gz" = 2 ] || ok=      # 2: GNU gzip's "trailing garbage ignored" (no head)
+  if [ -n "$ok" ] && [ "$rt_gz" -gt 0 ]; then
+    uz=1
+    part "$rt_gz" $((r_len - rt_gz)) | { "$tmp/_internal/carryon-unzstd" 2>/dev/null; echo $? >"$tmp/.gzip-status"; } |
+      (umask 022 && cd "$tmp" && tar -xf - 2>/dev/null) || ok=
+    [ -f "$tmp/.gzip-status" ] && read -r uz <"$tmp/.gzip-status"
+    rm -f "$tmp/.gzip-status"
+    [ "$uz" = 0 ] || ok=
+  fi
   if [ -z "$ok" ] || [ ! -f "$tmp/$rt_main" ] || [ ! -f "$tmp/$rt_ld" ] || [ ! -f "$tmp/.carryon-runtime-files" ]; then
     rm -rf "$tmp"
     why="$why; $c: unpacking the runtime failed (disk full or corrupted archive)"

@@ -128,7 +128,7 @@ def encode_removed(paths: list[str]) -> dict:
     """The manifest's `trace.removed`: sorted absolute image paths, `\\n`-joined, zstd, base64."""
     import base64
 
-    import zstandard
+    import zstandard  # carryon: not frozen (the packer's side)
     data = "\n".join(sorted(paths)).encode("utf-8", "surrogateescape")
     packed = zstandard.ZstdCompressor(level=12, threads=0).compress(data)
     return {"count": len(paths), "encoding": "zstd+base64", "data": base64.b64encode(packed).decode("ascii")}
@@ -137,10 +137,10 @@ def encode_removed(paths: list[str]) -> dict:
 def decode_removed(removed: dict) -> list[str]:
     import base64
 
-    import zstandard
+    from runtime import zstd
     if not removed or not removed.get("count"):
         return []
-    data = zstandard.ZstdDecompressor().decompressobj().decompress(base64.b64decode(removed["data"]))
+    data = zstd.decompress(base64.b64decode(removed["data"]))
     return data.decode("utf-8", "surrogateescape").split("\n")
 
 

@@ -96,8 +96,10 @@ def care_rows(image: Path, work: Path, rounds: int) -> None:
             remove_tree(str(cache))
     size = {k: (work / f"{k.replace(' ', '')}.run").stat().st_size for k in kinds}
     rootfs = {k: read_layout(str(work / f"{k.replace(' ', '')}.run")).sections["rootfs"].length for k in kinds}
+    runtime = read_layout(str(work / "full.run")).sections["runtime"].length
     med = {k: (statistics.median(packs[k]), statistics.median(colds[k]), statistics.median(warms[k])) for k in kinds}
-    print(f"\n## CARE mode: full vs `--trace` (the image's command), {image.name}, median of {rounds}\n")
+    print(f"\n## CARE mode: full vs `--trace` (the image's command), {image.name}, median of {rounds}; "
+          f"the frozen runtime is {runtime / 1e6:.2f} MB of each file\n")
     print("| archive | file (MB) | rootfs section (MB) | pack (s) | cold start, fresh cache (s) | warm start (s) |")
     print("|---|---:|---:|---:|---:|---:|")
     for k in kinds:

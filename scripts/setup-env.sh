@@ -1,7 +1,7 @@
 # Sourced by scripts/demo and scripts/test: Debian packages (as root, when missing), .venv from
 # Debian's /usr/bin/python3 with the project installed (editable), and the fixture images.
 PY=/usr/bin/python3
-APT_PKGS="python3-venv python3-dev proot busybox-static umoci skopeo zstd util-linux iproute2 procps binutils gcc docker-registry apache2-utils musl musl-dev musl-tools"
+APT_PKGS="python3-venv python3-dev proot busybox-static umoci skopeo zstd util-linux iproute2 procps binutils gcc libzstd-dev docker-registry apache2-utils musl musl-dev musl-tools"
 
 carryon_setup() {
     if [ "$(id -u)" = 0 ]; then

@@ -206,19 +206,30 @@ def test_disk_full_during_extraction_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_a_flipped_runtime_byte_is_refused_without_sha256sum(tmp_path):
-    """Nodes without sha256sum: gzip's CRC (its exit status) guards the unpack instead."""
+    """Nodes without sha256sum: gzip's CRC and zstd's checksum (their exit statuses) guard the unpack
+    instead: of carryon-unzstd (the gzip'd first stage) and of the runtime (the zstd frame)."""
     bb = archive("bb")
     s = _sections(bb)
     tools = tmp_path / "bin"
     tools.mkdir()
-    for t in ("tail", "head", "gzip", "tar", "mkdir", "chmod", "rm", "mv", "df", "id", "sh"):
+    for t in ("tail", "head", "gzip", "tar", "mkdir", "chmod", "rm", "mv", "df", "id", "sh", "ls"):
         src = shutil.which(t)
         assert src, t
         os.symlink(src, tools / t)
     for k, offset in enumerate((s["runtime"].offset + s["runtime"].length // 3,
-                                s["runtime"].offset + s["runtime"].length - 12)):     # data; CRC field
+                                s["runtime"].offset + s["runtime"].length - 12,
+                                s["runtime"].offset + 200,                          # the first stage
+                                s["runtime"].offset + s["runtime"].length - 2)):    # zstd's checksum
         bad = tmp_path / f"bad{k}.run"
         _flip(bb, bad, offset)
         p = run(bad, env=dict(clean_env(tmp_path, tmp_path / f"cache{k}"), PATH=str(tools)))
         _one_line_error(p)
         assert entries(tmp_path / f"cache{k}")["runtime"] == []
+    # the good archive unpacks there, and without `head` too: gzip stops at the end of the first
+    # stage, carryon-unzstd at the end of its frame (the rest of the file is never theirs)
+    for k, gone in enumerate(((), ("head",))):
+        for t in gone:
+            (tools / t).unlink()
+        p = run(bb, env=dict(clean_env(tmp_path, tmp_path / f"good{k}"), PATH=str(tools)))
+        assert (p.returncode, p.stdout) == (0, expected_run()), p.stderr
+        assert len(entries(tmp_path / f"good{k}")["runtime"]) == 1

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from archive_run_support import archive, clean_env, run, workdir
-from conftest import REPO
+from conftest import ENGINE_VARIANTS, REPO
 
 RUNTIME = REPO / "runtime"
 
@@ -67,11 +67,16 @@ def _runtime_files() -> list[Path]:
     return sorted(p for p in RUNTIME.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def _type_checking_only(tree: ast.Module) -> set[int]:
+def _type_checking_only(tree: ast.Module, lines: list[str]) -> set[int]:
+    """Imports under `if TYPE_CHECKING:`, and the ones marked `# carryon: not frozen` (code that
+    runs on the workstation or in a source checkout only: runtime/zstd.py's fallback, the packer's
+    side of runtime/trace.py)."""
     skip: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)) and "# carryon: not frozen" in lines[node.lineno - 1]:
+            skip.add(id(node))
     return skip
 
 
@@ -81,8 +86,9 @@ def import_statements() -> list[str]:
     for path in _runtime_files():
         mod = _module_name(path)
         out.add(f"import {mod}")
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        skip = _type_checking_only(tree)
+        text = path.read_text(encoding="utf-8")
+        tree = ast.parse(text)
+        skip = _type_checking_only(tree, text.splitlines())
         for node in ast.walk(tree):
             if id(node) in skip:
                 continue
@@ -115,7 +121,8 @@ def codec_names() -> list[str]:
 
 def test_the_scan_sees_lazy_and_relative_imports():
     stmts = import_statements()
-    assert "import zstandard" in stmts                  # lazy, inside runtime/extract.py's functions
+    assert "from runtime import zstd" in stmts          # lazy, inside runtime/extract.py's functions
+    assert "import zstandard" not in stmts              # marked `# carryon: not frozen`
     assert "import runtime.launch.start" in stmts and "import runtime.tracee.ffi" in stmts
     assert not any(s.startswith("from .") for s in stmts)
     assert "idna" in codec_names() and "surrogateescape" not in codec_names()
@@ -144,7 +151,7 @@ def _frozen_runtime() -> Path:
         tmp = workdir() / "runtime-import-check.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        subprocess.run(["tar", "-xzf", built.tgz, "-C", str(tmp)], check=True)
+        embed.unpack_section(built.tgz, str(tmp), built.gz)
         launch = tmp / embed.LIBDIR / "runtime" / "launch"
         os.rename(launch / "start.pyc", launch / "_real_start.pyc")    # imported by the check below
         src = workdir() / "runtime-import-check.py"
@@ -195,12 +202,23 @@ def test_the_frozen_runtime_leaves_out_what_it_never_imports():
     names = {p.split(".")[0].replace("/", ".") for p in present}
     dynload = {p.rsplit("/", 1)[-1].split(".")[0] for p in present if p.startswith("python3")}
     for mod in ("ptrace", "email", "logging", "_pydecimal", "zipfile", "encodings.cp932", "bz2",
-                "zstandard.backend_cffi"):
+                "zstandard.backend_cffi", "dataclasses", "inspect", "ast", "dis", "hashlib._hashlib"):
         assert mod not in names and not any(n.startswith(mod + ".") for n in names), mod
     for ext in ("_codecs_jp", "_multibytecodec", "_decimal", "_lzma", "_bz2"):
         assert ext not in dynload, ext
     assert not any(p.startswith(("liblzma", "libbz2")) for p in present)
-    assert "_hashlib" in dynload            # kept: OpenSSL hashes a cold start's sections ~5x faster
+    assert "_hashlib" not in dynload and not any(p.startswith(("libcrypto", "libssl")) for p in present)
+    assert "runtime/_digest.so" in present and embed.OLDKERNEL in present   # runtime/digest.c does the hashing
+    pyc = (lib / "runtime" / "archive.pyc").read_bytes()    # compiled -OO: no docstrings
+    assert b"FORMAT_VERSION" in pyc and b"sections laid end to end" not in pyc
+    oldkernel = lib / embed.OLDKERNEL
+    assert oldkernel.stat().st_size < 64 * 1024             # freestanding: no static glibc in it
+    if os.path.exists(embed.LIBZSTD_A):                     # two stages: gzip'd carryon-unzstd, zstd'd runtime
+        built = embed.ensure_runtime()
+        assert 0 < built.gz < 200 * 1024 and embed.UNZSTD in {p.rsplit("/", 1)[-1] for p in present}
+        with open(built.tgz, "rb") as f:
+            f.seek(built.gz)
+            assert f.read(4) == b"\x28\xb5\x2f\xfd"      # a zstd frame
 
 
 def test_archive_errors_print_cleanly_in_every_locale(tmp_path, locale_env):
@@ -219,9 +237,17 @@ def test_archive_errors_print_cleanly_in_every_locale(tmp_path, locale_env):
     assert (q.returncode, q.stdout) == (0, "ok\n"), q.stderr
 
 
-def test_verbose_run_imports_nothing_missing(tmp_path):
+@pytest.mark.parametrize("engine", ENGINE_VARIANTS)
+def test_verbose_run_imports_nothing_missing(tmp_path, engine):
+    """A cold and a warm run of a real archive on every engine (the stop loops, Python's and the
+    native one, import lazily), then --carryon-doctor: nothing the frozen runtime lacks."""
     bb = archive("bb")
     env = clean_env(tmp_path, tmp_path / "cache")
-    p = run(bb, "--carryon-verbose=2", "sh", "-c", "echo ok", env=env)
-    assert (p.returncode, p.stdout) == (0, "ok\n"), p.stderr
-    assert "ModuleNotFoundError" not in p.stderr and "No module named" not in p.stderr
+    env.update({"CARRYON_ENGINE": "seccomp", "CARRYON_NATIVE": "0"} if engine == "seccomp-python"
+               else {"CARRYON_ENGINE": engine})
+    for _ in ("cold", "warm"):
+        p = run(bb, "--carryon-verbose=2", "sh", "-c", "echo ok", env=env)
+        assert (p.returncode, p.stdout) == (0, "ok\n"), p.stderr
+        assert "ModuleNotFoundError" not in p.stderr and "No module named" not in p.stderr
+    p = subprocess.run([str(bb), "--carryon-doctor"], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout and "Error" not in p.stderr, p.stderr
