@@ -308,6 +308,12 @@ def build_loader(workdir: str) -> str:
                     "program loader")
 
 
+def build_nsrun(workdir: str) -> str:
+    """runtime/launch/nsrun.c (the userns engine's executor, static) compiled into workdir."""
+    from runtime.launch import nsrun
+    return _compile(nsrun.build, os.path.join(workdir, os.path.basename(nsrun.BINARY)), "userns executor")
+
+
 def _compile(build, dest: str, what: str) -> str:
     compilers: list[list[str]] = []
     if os.environ.get("CC") or shutil.which("cc"):
@@ -367,6 +373,8 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
     opts += ["--add-binary", f"{build_native(workdir)}:runtime/tracee"]
     # carryon's program loader (runtime/execve/loader.c), beside runtime/execve/loader.py
     opts += ["--add-binary", f"{build_loader(workdir)}:runtime/execve"]
+    # the userns engine's executor (runtime/launch/nsrun.c), beside runtime/launch/nsrun.py
+    opts += ["--add-binary", f"{build_nsrun(workdir)}:runtime/launch"]
     for m in EXCLUDES + runtime_excludes():
         opts += ["--exclude-module", m]
     env = dict(os.environ)

@@ -367,6 +367,10 @@ def run(spec: RunSpec, check: bool = True) -> int:
     why = eligible_for(spec) if check else None
     if why:
         raise Refused(f"the userns engine cannot run this: {why}")
+    from runtime.launch import nsrun
+    refused = nsrun.take_refusal()      # carryon-nsrun found the namespace refused: next rung
+    if refused:
+        raise Refused(f"user namespace refused: {refused}")
     if not os.path.isdir(spec.rootfs):
         raise CarryonError(f"rootfs not found or not a directory: {spec.rootfs}")
     overlay = _state(spec)
@@ -379,8 +383,10 @@ def run(spec: RunSpec, check: bool = True) -> int:
         sys.stderr.write(f"carryon: engine userns, rootfs {spec.rootfs}, command {spec.argv[0] if spec.argv else ''} "
                          f"(cwd {spec.cwd or '/'}, {len(spec.binds)} binds"
                          f"{', overlayfs' if overlay else ''})\n")
-    env_b = {os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()}
     traced = spec.port_map or spec.netcoop or spec.kernel_release is not None
+    if not traced:                      # executed by carryon-nsrun where it can (never returns)
+        nsrun.exec_plan(spec, overlay, _ordered_binds(spec), check)
+    env_b = {os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()}
     tracer = _tracer_parts(spec) if traced else None
     # where ptrace is refused, ports alone (no -k) can do with seccomp user notification
     notify = None
