@@ -38,12 +38,9 @@ PROBE = ('echo "cwd=$(pwd)"; id; env | sort; cut -d" " -f5 /proc/self/mountinfo 
 
 
 @pytest.fixture
-def cache(request) -> Path:
-    d = workdir() / f"nsrun-cache-{request.node.name[:40]}-{os.getpid()}"
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(mode=0o700)
-    return d
+def cache() -> Path:
+    import tempfile
+    return Path(tempfile.mkdtemp(prefix="nsrun-cache-", dir=workdir()))
 
 
 def _env(cache: Path, **extra: str) -> dict[str, str]:
@@ -97,7 +94,11 @@ def test_warm_start_runs_the_plan_and_answers_like_the_python_path(cache):
     slow = run(bb, env=_python_path(cache))
     assert (fast.returncode, fast.stdout) == (slow.returncode, slow.stdout) and fast.returncode == 0
     assert fast.stdout.startswith("entrypoint: ok\nargc=2\narg1=[hello]\narg2=[from cmd]\n"), fast.stdout
-    # nothing is left behind: no run directory, the plan unchanged
+    # nothing is left behind: no run directory (removed once the status is out), the plan unchanged
+    for _ in range(100):
+        if not [n for n in os.listdir(cache) if n.startswith(".run-")]:
+            break
+        time.sleep(0.05)
     assert not [n for n in os.listdir(cache) if n.startswith(".run-")]
     assert b"MARK=fast" in plan.read_bytes()
 

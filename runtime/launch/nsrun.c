@@ -17,7 +17,8 @@
    (the Python command line) with _CARRYON_USERNS_REFUSED=WHY, so that `auto` takes the next rung;
    127/126 and their messages; the parent is the guests' subreaper, forwards signals like
    runtime.engine._Forwarder, waits like runtime.userns._wait, keeps the no-orphans watchdog, and
-   removes the run's directory at the end. Exit status: the main process's, 128+N for signal N. */
+   removes the run's directory at the end (on a warm start, by a process of its own once the status is
+   known: the caller does not wait for it). Exit status: the main process's, 128+N for signal N. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -805,6 +806,7 @@ struct run_ctx {
     const char *state;              /* the overlay's state dir (unmade on a refusal) */
     const char **remove;            /* removed at the end */
     int nremove;
+    int detach;                     /* ... by a process of its own, once the status is known */
 };
 
 static void unmake_state(const char *state) {
@@ -968,7 +970,19 @@ static int run(struct run_ctx *c) {
         close(dog);
     }
     prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0);
-    finish(c);
+    /* the warm start: the caller gets the status now; the removal goes on in a process of its own
+       that holds none of the caller's descriptors (nobody waits for it) */
+    pid_t cleaner = c->detach ? fork() : -1;
+    if (cleaner == 0) {
+        setsid();
+        int null = open("/dev/null", O_RDWR);
+        for (int fd = 0; fd < 3; fd++)
+            if (null >= 0) dup2(null, fd);
+        for (int fd = 3; fd < 1024; fd++) close(fd);
+        finish(c);
+        _exit(0);
+    }
+    if (cleaner < 0) finish(c);
     if (WIFEXITED(st)) return WEXITSTATUS(st);
     if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
     return 125;
@@ -1267,6 +1281,7 @@ static int warm(int argc, char **argv) {
     const char *rm[1] = {run_dir};
     c.remove = rm;
     c.nremove = 1;
+    c.detach = 1;
     return run(&c);
 }
 
