@@ -1096,7 +1096,9 @@ static void reap_dead_runs(const char *cache_dir, const char *key, const char *h
         if (e != last || pid <= 0 || pid == getpid()) continue;
         if (kill((pid_t)pid, 0) == 0 || errno == EPERM) continue;
         struct stat st;
-        if (fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_uid == getuid()) {
+        /* (one left in the last seconds may still be being removed by its run's own cleaner) */
+        if (fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_uid == getuid() &&
+            st.st_ctime < time(NULL) - 5) {
             char *p = cat(cache_dir, "/", n);
             remove_tree(p);
             free(p);
