@@ -188,6 +188,20 @@ def test_a_stale_or_untrusted_plan_is_not_used(cache, spoil):
         assert run(bb, "/bin/sh", "-c", "echo $MARK", env=_env(cache)).stdout == "fast\n"
 
 
+def test_a_refusal_on_the_warm_start_goes_to_the_python_runtime(cache):
+    """A set-up step the kernel refuses (here a bind whose source is gone) before the guest ran:
+    the run's directory is removed and the Python runtime decides, told of the refusal (asked for
+    by name, userns then fails with the Python rung's line)."""
+    bb, plan = _warm(cache)
+    data = plan.read_bytes()
+    plan.write_bytes(data[:-4] + b"bind\0/nonexistent-nsrun-test\0/mnt/x\0-\0end\0")
+    p = run(bb, "/bin/sh", "-c", "echo ran", env=_env(cache))
+    assert p.returncode == 125 and p.stdout == "", p.stderr
+    assert p.stderr.startswith("carryon: user namespace refused: mount "), p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not [n for n in os.listdir(cache) if n.startswith(".run-")]
+
+
 @pytest.mark.skipif(not ROOT or not os.path.exists(RUNUSER), reason="needs root to run two users")
 def test_a_plan_planted_by_another_user_is_never_run(cache):
     """In a cache both can write (sticky, like /tmp), carryon-other plants a plan named for
