@@ -109,6 +109,25 @@ static char *read_fd(int fd, size_t *len, size_t max) {
     return buf;
 }
 
+/* ---------------------------------------------------------------- signal dispositions
+   Set with the raw system call: a libc keeps some real-time signals for itself (glibc 32-33,
+   musl 32-34) and refuses them; nsrun uses no threads nor timers. x86_64: the kernel returns from
+   a handler through the restorer (rt_sigreturn). */
+struct ksigaction { void (*handler)(int); unsigned long flags; void (*restorer)(void); uint64_t mask; };
+void nsrun_restore(void);
+__asm__(".pushsection .text\n.type nsrun_restore,@function\nnsrun_restore:\n\tmov $15, %rax\n\tsyscall\n"
+        ".popsection\n");
+#define KSA_RESTORER 0x04000000UL
+
+static int ksig(int sig, void (*handler)(int)) {
+    struct ksigaction k;
+    memset(&k, 0, sizeof k);
+    k.handler = handler;
+    k.flags = KSA_RESTORER | SA_RESTART;
+    k.restorer = nsrun_restore;
+    return (int)syscall(SYS_rt_sigaction, sig, &k, NULL, 8);
+}
+
 /* ---------------------------------------------------------------- SHA-256 (FIPS 180-4) */
 static const uint32_t K256[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -407,14 +426,10 @@ static void fail(struct child_args *a, const char *stage, const char *what, int 
 
 static void child(struct child_args *a) {
     struct plan *p = a->p;
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
     for (int s = 1; s < 65; s++)
-        if (s != SIGKILL && s != SIGSTOP) (void)sigaction(s, &dfl, NULL);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+        if (s != SIGKILL && s != SIGSTOP) (void)ksig(s, SIG_DFL);
+    uint64_t none = 0;
+    (void)syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     if (getppid() != a->parent) _exit(125);
     if (unshare(CLONE_NEWUSER | CLONE_NEWNS) < 0) fail(a, "refused", "unshare", errno);
@@ -661,17 +676,12 @@ static void install_forwarder(pid_t pid, struct plan *p) {
     fwd_stop = p->stop_sig;
     for (int fd = 0; fd < 3; fd++)
         if (isatty(fd) && tcgetpgrp(fd) == getpgrp()) { fwd_tty = 1; break; }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = forward;
-    sa.sa_flags = SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    if (p->fwd_all) {
+    if (p->fwd_all) {                   /* (32 and 33: glibc's own, never Python's to forward) */
         for (int s = 1; s < 65; s++)
-            if (!not_forwarded(s)) (void)sigaction(s, &sa, NULL);
+            if (!not_forwarded(s) && s != 32 && s != 33) (void)ksig(s, forward);
     } else {
         int some[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
-        for (int i = 0; i < 4; i++) (void)sigaction(some[i], &sa, NULL);
+        for (int i = 0; i < 4; i++) (void)ksig(some[i], forward);
     }
 }
 
