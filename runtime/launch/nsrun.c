@@ -389,7 +389,7 @@ struct child_args {
     char **argv, **envp;
     const char *ov[4];              /* lower upper work root (NULL: bind the rootfs) */
     char **bind_hosts;              /* per bind: the host source to use (NULL: skipped) */
-    int up_w, go_r, err_w;
+    int go_r, err_w;
     pid_t parent;
 };
 
@@ -432,12 +432,13 @@ static void child(struct child_args *a) {
     (void)syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     if (getppid() != a->parent) _exit(125);
-    if (unshare(CLONE_NEWUSER | CLONE_NEWNS) < 0) fail(a, "refused", "unshare", errno);
-    (void)write_all(a->up_w, "u", 1);
+    /* born in the new namespaces: the parent writes the maps ("m", or "xERRNO") */
     char answer[17];
-    ssize_t n = read(a->go_r, answer, 16);
+    ssize_t n;
+    while ((n = read(a->go_r, answer, 1)) < 0 && errno == EINTR) {}
     if (n <= 0 || answer[0] != 'm') {
-        answer[n > 0 ? n : 0] = 0;
+        ssize_t more = n > 0 && answer[0] == 'x' ? read(a->go_r, answer + 1, 15) : 0;
+        answer[1 + (more > 0 ? more : 0)] = 0;
         fail(a, "refused", "writing the id maps", answer[0] == 'x' ? atoi(answer + 1) : 0);
     }
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) fail(a, "refused", "mount /", errno);
@@ -577,6 +578,9 @@ static void child(struct child_args *a) {
             _exit(127);
         }
     }
+    /* the parent is the guests' subreaper now, with its watchdog ("g") */
+    while ((n = read(a->go_r, answer, 1)) < 0 && errno == EINTR) {}
+    if (n != 1 || answer[0] != 'g') _exit(125);
     execve(prog, a->argv, a->envp);
     char num[32];
     snprintf(num, sizeof num, "%d", errno);
@@ -911,12 +915,9 @@ static void refused(struct run_ctx *c, const char *why) {
 
 static int run(struct run_ctx *c) {
     struct plan *p = c->p;
-    int up[2], go[2], er[2];
+    int go[2], er[2];
     signal(SIGPIPE, SIG_IGN);
-    if (pipe2(up, O_CLOEXEC) < 0 || pipe2(go, O_CLOEXEC) < 0 || pipe2(er, O_CLOEXEC) < 0)
-        refused(c, "pipe");
-    int dog = watchdog_start();
-    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    if (pipe2(go, O_CLOEXEC) < 0 || pipe2(er, O_CLOEXEC) < 0) refused(c, "pipe");
     struct child_args a;
     memset(&a, 0, sizeof a);
     a.p = p;
@@ -924,24 +925,29 @@ static int run(struct run_ctx *c) {
     a.envp = c->envp;
     for (int i = 0; i < 4; i++) a.ov[i] = c->ov[i];
     a.bind_hosts = c->bind_hosts;
-    a.up_w = up[1], a.go_r = go[0], a.err_w = er[1];
+    a.go_r = go[0], a.err_w = er[1];
     a.parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) refused(c, "fork");
+    /* a fork whose child starts in a new user + mount namespace (runtime.userns: unshare in the
+       child; the same refusals); the parent writes its maps at once, then, while the child mounts,
+       makes the watchdog (before we are a subreaper: it must not come back to us) */
+    pid_t pid = (pid_t)syscall(SYS_clone, (unsigned long)(SIGCHLD | CLONE_NEWUSER | CLONE_NEWNS), NULL, NULL, NULL, 0);
+    if (pid < 0) {
+        char why[256];
+        snprintf(why, sizeof why, "unshare: %s", strerror(errno));
+        refused(c, why);
+    }
     if (pid == 0) child(&a);
-    close(up[1]);
     close(go[0]);
     close(er[1]);
-    char u;
-    ssize_t n;
-    while ((n = read(up[0], &u, 1)) < 0 && errno == EINTR) {}
-    if (n == 1 && u == 'u') write_maps(pid, p, go[1]);
+    write_maps(pid, p, go[1]);
+    int dog = watchdog_start();
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    (void)write_all(go[1], "g", 1);
     close(go[1]);
     install_forwarder(pid, p);
     size_t len = 0;
     char *rep = read_fd(er[0], &len, 1 << 16);
     close(er[0]);
-    close(up[0]);
     if (rep && len) {
         kill(pid, SIGKILL);
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
