@@ -37,6 +37,10 @@ state directory is used by the format that made it: this rung is not eligible fo
 (so `auto` runs it on seccomp), and the ptrace rungs refuse an overlayfs-made one with one line
 (runtime.path.overlay).
 
+Runs with no tracer part are executed by carryon-nsrun (runtime/launch/nsrun.c) in this process's
+place where the command's entry point allows it (runtime/launch/nsrun.py): the same steps from a
+plan this module's decisions make; the code below is their reference and the fallback.
+
 Ports and `-k` (a tracer only for them): the child is seized (PTRACE_SEIZE, before it execs; the
 tracer stays outside the namespaces) and installs a filter that stops only the socket calls of
 runtime.extension.portmap (and `uname` for runtime.extension.kernel_release); the ptrace engines'
