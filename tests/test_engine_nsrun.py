@@ -123,7 +123,7 @@ def test_warm_start_errors_stdin_and_a_fresh_container_each_run(cache):
 
 def test_warm_start_forwards_signals_and_leaves_no_guest(cache):
     bb, _ = _warm(cache)
-    script = ('trap "echo got TERM; exit 7" TERM; echo $MARK; (sleep 300 &); echo ready; '
+    script = ('trap "echo got TERM; exit 7" TERM; echo $MARK; (sleep 3171 &); echo ready; '
               'while :; do sleep 0.05; done')
     p = subprocess.Popen([str(bb), "/bin/sh", "-c", script], env=_env(cache), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
@@ -134,7 +134,7 @@ def test_warm_start_forwards_signals_and_leaves_no_guest(cache):
     out, err = p.communicate(timeout=30)
     assert (p.returncode, out) == (7, "got TERM\n"), err
     time.sleep(0.2)
-    left = subprocess.run(["pgrep", "-u", str(os.geteuid()), "-f", "sleep 300"], capture_output=True, text=True)
+    left = subprocess.run(["pgrep", "-u", str(os.geteuid()), "-f", "sleep 3171"], capture_output=True, text=True)
     assert left.stdout == "", "a guest outlived the run"
 
 
