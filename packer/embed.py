@@ -346,6 +346,10 @@ def build_zstd(workdir: str) -> str | None:
                         os.path.join(workdir, os.path.basename(zstd.LIBRARY)), "zstd decoder")
     except CarryonError:
         return None
+def build_nsrun(workdir: str) -> str:
+    """runtime/launch/nsrun.c (the userns engine's executor, static) compiled into workdir."""
+    from runtime.launch import nsrun
+    return _compile(nsrun.build, os.path.join(workdir, os.path.basename(nsrun.BINARY)), "userns executor")
 
 
 def _compile(build, dest: str, what: str) -> str:
@@ -432,6 +436,8 @@ def build_runtime(workdir: str, outdir: str, log: str, onefile: bool = False) ->
     opts += ["--add-binary", f"{build_loader(workdir)}:runtime/execve"]
     # the SHA-256 of the cold start's check (runtime/digest.c), beside runtime/digest.py
     opts += ["--add-binary", f"{build_digest(workdir)}:runtime"]
+    # the userns engine's executor (runtime/launch/nsrun.c), beside runtime/launch/nsrun.py
+    opts += ["--add-binary", f"{build_nsrun(workdir)}:runtime/launch"]
     for m in EXCLUDES + runtime_excludes() + (WITHOUT_ZSTANDARD if zstd_lib else ()):
         opts += ["--exclude-module", m]
     env = dict(os.environ)

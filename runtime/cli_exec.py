@@ -162,6 +162,8 @@ def parse(argv: list[str]) -> RunSpec | str:
 
 
 def main(argv: list[str]) -> int:
+    from runtime.launch import nsrun
+    nsrun.enter()                       # (runs may exec carryon-nsrun: runtime/launch/nsrun.py)
     try:
         spec = parse(argv)
         if spec == "help":

@@ -12,6 +12,7 @@ rt_kb=@CARRYON_RUNTIME_KB@
 rt_gz=@CARRYON_RUNTIME_GZ@
 rt_main=carryon-runtime
 rt_ld=_internal/ld-linux-x86-64.so.2
+rt_nsrun=_internal/runtime/launch/carryon-nsrun
 
 set -f
 die() { echo "carryon: $*" >&2; exit 125; }
@@ -174,6 +175,12 @@ archive's runtime needs 2.6.39 or later (fstatat with AT_EMPTY_PATH) and has no 
     export _CARRYON_OLD_KERNEL
     exec "$_CARRYON_RT/_internal/carryon-oldkernel" "$_CARRYON_RT/$rt_ld" --inhibit-cache \
       --library-path "$_CARRYON_RT/_internal" "$_CARRYON_RT/$rt_main" "$@"
+  fi
+  # a published runtime's warm start goes through carryon-nsrun (runtime/launch/nsrun.c): it runs a
+  # plain run of this archive on userns by the plan the Python runtime stored, else execs the latter
+  if [ "$_CARRYON_RT_PUBLISHED" = 1 ] && [ -x "$_CARRYON_RT/$rt_nsrun" ]; then
+    exec "$_CARRYON_RT/$rt_nsrun" --warm 5 "$_CARRYON_RT/$rt_ld" --inhibit-cache --library-path \
+      "$_CARRYON_RT/_internal" "$_CARRYON_RT/$rt_main" "$@"
   fi
   exec "$_CARRYON_RT/$rt_ld" --inhibit-cache --library-path "$_CARRYON_RT/_internal" "$_CARRYON_RT/$rt_main" "$@"
 }

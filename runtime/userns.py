@@ -37,6 +37,10 @@ state directory is used by the format that made it: this rung is not eligible fo
 (so `auto` runs it on seccomp), and the ptrace rungs refuse an overlayfs-made one with one line
 (runtime.path.overlay).
 
+Runs with no tracer part are executed by carryon-nsrun (runtime/launch/nsrun.c) in this process's
+place where the command's entry point allows it (runtime/launch/nsrun.py): the same steps from a
+plan this module's decisions make; the code below is their reference and the fallback.
+
 Ports and `-k` (a tracer only for them): the child is seized (PTRACE_SEIZE, before it execs; the
 tracer stays outside the namespaces) and installs a filter that stops only the socket calls of
 runtime.extension.portmap (and `uname` for runtime.extension.kernel_release); the ptrace engines'
@@ -367,6 +371,10 @@ def run(spec: RunSpec, check: bool = True) -> int:
     why = eligible_for(spec) if check else None
     if why:
         raise Refused(f"the userns engine cannot run this: {why}")
+    from runtime.launch import nsrun
+    refused = nsrun.take_refusal()      # carryon-nsrun found the namespace refused: next rung
+    if refused:
+        raise Refused(f"user namespace refused: {refused}")
     if not os.path.isdir(spec.rootfs):
         raise CarryonError(f"rootfs not found or not a directory: {spec.rootfs}")
     overlay = _state(spec)
@@ -379,8 +387,10 @@ def run(spec: RunSpec, check: bool = True) -> int:
         sys.stderr.write(f"carryon: engine userns, rootfs {spec.rootfs}, command {spec.argv[0] if spec.argv else ''} "
                          f"(cwd {spec.cwd or '/'}, {len(spec.binds)} binds"
                          f"{', overlayfs' if overlay else ''})\n")
-    env_b = {os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()}
     traced = spec.port_map or spec.netcoop or spec.kernel_release is not None
+    if not traced:                      # executed by carryon-nsrun where it can (never returns)
+        nsrun.exec_plan(spec, overlay, _ordered_binds(spec), check)
+    env_b = {os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()}
     tracer = _tracer_parts(spec) if traced else None
     # where ptrace is refused, ports alone (no -k) can do with seccomp user notification
     notify = None

@@ -32,6 +32,7 @@ carryon_setup() {
     if command -v "${CC:-cc}" >/dev/null 2>&1; then
         .venv/bin/python -m runtime.tracee.native >/dev/null
         .venv/bin/python -m runtime.execve.loader >/dev/null     # carryon's program loader
+        .venv/bin/python -m runtime.launch.nsrun >/dev/null      # the userns engine's executor
     else
         echo "warning: no C compiler: the engine runs without its native stop loop and its loader" >&2
     fi

@@ -128,8 +128,13 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
     entry = install.ensure_entry(arch, opts, rep, verified=already)
     rep.mark("cache entry found")
     run_dir, state = install.make_run_dir(entry, arch.key, opts.state)
+    from runtime.launch import nsrun
+    nsrun.remove_after.append(run_dir)      # (carryon-nsrun removes it when it runs the guest)
     try:
         spec = runspec.build_spec(arch, entry, opts, run_dir, state)
+        if internal.get("_CARRYON_RT") and nsrun.plain(argv, os.environ):
+            nsrun.archive.update(arch=arch, entry=entry, config=arch.manifest.get("config") or {},
+                                 rt=internal["_CARRYON_RT"])
         rep.mark("spec built")
         rep.say(f"running {spec.argv} as {spec.uid}:{spec.gid} in {spec.cwd}", 2)
         from runtime import engine
@@ -151,6 +156,8 @@ def run(argv: list[str], internal: dict[str, str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     internal = _scrub_environment()
+    from runtime.launch import nsrun
+    nsrun.enter("carryon")              # (runs may exec carryon-nsrun: runtime/launch/nsrun.py)
     verbose = os.environ.get("CARRYON_VERBOSE", "") not in ("", "0") or any(
         a.startswith("--carryon-verbose") for a in argv[:20])
     try:
