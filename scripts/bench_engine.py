@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Engine benchmark: the same guest workloads natively (`chroot`, root only), under Debian's `proot`
-and under `carryon exec` (seccomp engine and plain ptrace engine), in ONE run, interleaved rounds,
-medians and ratios to native.
+and under `carryon exec` (seccomp engine and plain ptrace engine), in ONE run, interleaved rounds
+(each round starting with the next engine), medians and ratios to native.
 
     scripts/bench_engine.py [--quick] [--rounds N] [--image OCI_TAR | --rootfs DIR] [--cache DIR]
                             [--engines native,proot,seccomp,ptrace,ptrace-2.6.32,floor,isolated,userns,unshare]
@@ -354,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     tty = sys.stderr.isatty()
     for r in range(rounds):
         for w in workloads:
-            for e in live:
+            # each round starts with another engine: none always runs right after another workload
+            for e in live[r % len(live):] + live[:r % len(live)]:
                 if (w, e) in failed:
                     continue
                 if tty:
