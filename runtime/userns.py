@@ -568,8 +568,7 @@ class _NsWatchdog:
 def _ns_watch(fd: int) -> None:
     """The watchdog process (never returns): see _NsWatchdog. It keeps no descriptor of the run's
     (a pipe's end held here would keep carryon, or whoever reads the run's output, waiting)."""
-    import signal
-    import time
+    import time  # (`signal` is the C module _signal here: no enum import)
     null = os.open("/dev/null", os.O_RDWR)
     for std in (0, 1, 2):
         if std != fd:
@@ -749,7 +748,13 @@ def _hang_up_orphans() -> None:
     is orphaned once no member has its parent in another group of the session, and the kernel
     sends its members SIGHUP and SIGCONT. carryon is a member whose parent (a shell, with carryon
     as its job) keeps the group from being orphaned: it does the kernel's part, as if it were not
-    in the group (as runtime.tracee.loop's `_orphaned` does for the ptrace rungs)."""
+    in the group (as runtime.tracee.loop's `_orphaned` does for the ptrace rungs). With no guest
+    left (none of our children: every surviving guest is one, or a descendant of one, as we are
+    their subreaper) there is nothing to hang up, and no /proc walk is paid."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WSTOPPED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return
     from runtime.tracee.loop import hang_up, orphaned_group
     members = orphaned_group()
     if not members:

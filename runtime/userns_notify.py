@@ -24,8 +24,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import select
-import threading
 
 from runtime.syscall.sysnums import NUMBERS
 
@@ -93,6 +91,7 @@ class Supervisor:
         self.fd = fd
         self.pm = portmap
         self.done = False
+        import threading  # (only where ptrace is refused: not on every ports run)
         self.thread = threading.Thread(target=self._loop, name="carryon-ports", daemon=True)
         self.thread.start()
 
@@ -104,6 +103,7 @@ class Supervisor:
     def _loop(self) -> None:
         notif = ctypes.create_string_buffer(NOTIF_SIZE)
         resp = ctypes.create_string_buffer(RESP_SIZE)
+        import select
         poll = select.poll()
         poll.register(self.fd, select.POLLIN)
         while not self.done:

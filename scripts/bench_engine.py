@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Engine benchmark: the same guest workloads natively (`chroot`, root only), under Debian's `proot`
-and under `carryon exec` (seccomp engine and plain ptrace engine), in ONE run, interleaved rounds,
-medians and ratios to native.
+and under `carryon exec` (seccomp engine and plain ptrace engine), in ONE run, interleaved rounds
+(each round starting with the next engine), medians and ratios to native.
 
     scripts/bench_engine.py [--quick] [--rounds N] [--image OCI_TAR | --rootfs DIR] [--cache DIR]
-                            [--engines native,proot,seccomp,ptrace,ptrace-2.6.32,floor,isolated,userns]
+                            [--engines native,proot,seccomp,ptrace,ptrace-2.6.32,floor,isolated,userns,unshare]
                             [--workloads a,b,d,e,start,w,c]
                             [--carryon CMD] [--proot PATH] [--json FILE] [--no-path-micro]
 
@@ -20,13 +20,25 @@ floor costs. `userns`: `carryon exec` on the user namespace engine (no tracer: r
 `isolated`: the seccomp engine with the archives' copy-on-write (`carryon exec --overlay`, a state
 emptied before each run): rows a-e must cost what `seccomp` costs; `w` appends to a 100 MB file of
 the image (the copy-up), `c` copies that file (the reference for what the copy costs).
+`unshare`: util-linux `unshare --user --map-root-user --mount chroot ROOTFS` (root and non-root): a
+user + mount namespace and a chroot, nothing else: the floor any namespace engine pays, so the
+`userns` column minus this one is what carryon itself adds.
 
 The rootfs is built once with `carryon pack --bare IMAGE` + `carryon extract` into a cache directory
 keyed by the image's sha256 (default image: ../shared/images/debian-python/debian-python.oci.tar).
 Every engine gets the same flags (`-r ROOTFS`, no binds, no `-0`) and the same environment. Each
 workload's output is checked against the native output (or the first engine that ran it): a run
-that exits non-zero, times out or prints something else counts as FAILED, not as a time. A second
-table gives the cost of one guest->host path translation (`Mapper.to_host`) in the tracer.
+that exits non-zero, times out or prints something else counts as FAILED, not as a time.
+
+The tables:
+1. the medians (ms) and each engine's ratio to the first column (native where it runs): what a user
+   sees, start-up included (for `carryon exec` that is its own Python start-up, ~20 ms, paid once
+   per command line however long the guest runs);
+2. "net of start-up" (when the `start` workload ran): each workload's median minus that engine's
+   `start` median plus the first column's `start` median, and its ratio to the first column: the
+   constant start-up cost taken out, what is left is what the engine costs the guest per call
+   while it runs (1.00 = the guest runs at native speed once started);
+3. the cost of one guest->host path translation (`Mapper.to_host`) in the tracer.
 """
 
 from __future__ import annotations
@@ -57,7 +69,9 @@ WORKLOADS: dict[str, tuple[str, list[str]]] = {
     "w": ("append to a 100 MB image file", ["sh", "-c", "echo x >> /var/tmp/big100"]),
     "c": ("cp of that file (reference)", ["sh", "-c", "cp /var/tmp/big100 /tmp/c && rm /tmp/c"]),
 }
-ENGINES = ["native", "proot", "seccomp", "ptrace", "ptrace-2.6.32", "floor", "isolated", "userns"]
+ENGINES = ["native", "proot", "seccomp", "ptrace", "ptrace-2.6.32", "floor", "isolated", "userns",
+           "unshare"]
+UNSHARE = ["unshare", "--user", "--map-root-user", "--mount"]
 JAIL = [sys.executable, os.path.join(REPO, "scripts", "kernel-jail"), "--linux-2.6.32"]
 BIG = "var/tmp/big100"
 GUEST_ENV = {
@@ -165,6 +179,8 @@ def prefix_for(engine: str, rootfs: str, carryon: list[str], proot: str) -> tupl
         return (["chroot", rootfs], env)
     if engine == "floor":
         return (FLOOR + ["chroot", rootfs], env)
+    if engine == "unshare":             # the namespace floor (root or not)
+        return (UNSHARE + ["chroot", rootfs], env)
     if engine == "proot":
         return ([proot, "-r", rootfs], env)
     env["CARRYON_ENGINE"] = {"isolated": "seccomp", "ptrace-2.6.32": "ptrace"}.get(engine, engine)
@@ -231,6 +247,35 @@ def bench_to_host(rootfs: str) -> list[tuple[str, float, float]]:
             row.append(t / n * 1e6)
         out.append((f"{path} (cwd {cwd}{', nofollow' if not follow else ''})", row[0], row[1]))
     return out
+
+
+def net_of_start(meds: dict[str, dict[str, float | None]], w: str, e: str, base: str) -> float | None:
+    """Workload `w`'s median under engine `e` with `e`'s start-up replaced by `base`'s: med(w, e)
+    - med(start, e) + med(start, base). None when one of them failed."""
+    start = meds["start"]
+    got, own, ref = meds[w].get(e), start.get(e), start.get(base)
+    if got is None or own is None or ref is None:
+        return None
+    return got - own + ref
+
+
+def print_net(meds: dict[str, dict[str, float | None]], workloads: list[str], live: list[str],
+              base: str) -> None:
+    """The second table: each workload net of its engine's start-up (see the module docstring)."""
+    print()
+    print(f"# net of start-up: median - that engine's `start` + {base}'s `start`; ratios to {base}")
+    head = ["workload"] + [f"{e} ms" for e in live] + [f"{e} ×" for e in live[1:]]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for w in workloads:
+        net = {e: net_of_start(meds, w, e, base) for e in live}
+        cells = [f"{w} {WORKLOADS[w][0]}".replace("|", "\\|")]
+        cells += [f"{net[e] * 1000:.1f}" if net[e] is not None else "-" for e in live]
+        ref = net[base]
+        for e in live[1:]:
+            v = net[e]
+            cells.append(f"{v / ref:.2f}" if v is not None and ref else "-")
+        print("| " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     tty = sys.stderr.isatty()
     for r in range(rounds):
         for w in workloads:
-            for e in live:
+            # each round starts with another engine: none always runs right after another workload
+            for e in live[r % len(live):] + live[:r % len(live)]:
                 if (w, e) in failed:
                     continue
                 if tty:
@@ -337,8 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     raw: dict[str, dict[str, object]] = {}
+    meds: dict[str, dict[str, float | None]] = {}
     for w in workloads:
-        med: dict[str, float | None] = {}
+        med = meds[w] = {}
         for e in live:
             ts = times[(w, e)]
             med[e] = statistics.median(ts) if ts and (w, e) not in failed else None
@@ -349,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         for e in live[1:]:
             cells.append(f"{med[e] / base:.2f}" if med[e] is not None and base else "-")
         print("| " + " | ".join(cells) + " |")
+    if base_engine and "start" in meds and any(w != "start" for w in workloads):
+        print_net(meds, [w for w in workloads if w != "start"], live, base_engine)
     for (w, e), why in sorted(failed.items()):
         notes.append(f"{w} under {e}: FAILED ({why})")
     for n in notes:

@@ -446,3 +446,28 @@ def test_seccomp_filter_skips_calls_without_an_address():
     for nr in pm.CALLS - set(pm.IF_ARG):
         assert action(nr) == trace, nr
     assert action(pm.NUMBERS["socket"]) == allow and action(pm.NUMBERS["listen"]) == allow
+
+
+def test_pack_ip_matches_ipaddress():
+    """pack_ip (inet_pton, ipaddress only for what it refuses) packs as ipaddress does."""
+    import ipaddress
+    for text in ("127.0.0.1", "0.0.0.0", "10.1.2.3", "::", "::1", "fe80::1", "::ffff:127.0.0.1",
+                 "2001:db8::8:800:200c:417a", "fe80::1%2"):
+        assert sockaddr.pack_ip(text) == ipaddress.ip_address(text).packed, text
+    for bad in ("", "1.2.3", "256.1.1.1", "localhost", "1::2::3"):
+        with pytest.raises(ValueError):
+            sockaddr.pack_ip(bad)
+
+
+def test_port_translation_imports_are_cheap():
+    """The modules a run with -p/-n/--carryon-publish loads pull in no `socket` (enum, selectors),
+    `ipaddress`, `json` (re), `threading`: milliseconds of every such start. (-S: a bare Python.)"""
+    import subprocess
+    import sys
+    code = ("import sys; before = set(sys.modules); import runtime.extension.portmap, runtime.userns_notify; "
+            "heavy = {'socket', 'enum', 'selectors', 'ipaddress', 'json', 're', 'threading', 'typing'}; "
+            "print(sorted(heavy & (set(sys.modules) - before)))")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=here, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": here}, check=True).stdout
+    assert out.strip() == "[]"

@@ -5,7 +5,7 @@ any user); a missing /proc file just leaves loopback and the wildcard."""
 
 from __future__ import annotations
 
-import socket
+import _socket as socket  # (the C module: `socket` imports enum and selectors)
 
 from runtime.net import sockaddr
 

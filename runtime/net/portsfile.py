@@ -8,7 +8,6 @@ a TCP server may not be listening yet, so a client seeing a fresh entry retries 
 
 from __future__ import annotations
 
-import json
 import os
 
 from runtime.errors import CarryonError
@@ -16,6 +15,7 @@ from runtime.net.portmap import PortEntry
 
 
 def render(entries: list[PortEntry]) -> str:
+    import json  # (only where a ports file is asked for)
     ports = [{"proto": e.proto, "guest": e.guest, "host": e.host, "address": e.address} for e in entries]
     return json.dumps({"ports": ports}, indent=1) + "\n"
 

@@ -4,12 +4,14 @@ The stop handler works on the bytes it read from the tracee: no objects, no pars
 decision needs. Both families keep the port big-endian at offset 2; the address is at offset 4
 (4 bytes) for AF_INET and at offset 8 (16 bytes) for AF_INET6. A v4-mapped IPv6 address
 (`::ffff:a.b.c.d`) is judged by its IPv4 part.
+
+The C modules only (`_socket`; `ipaddress` when inet_pton refuses a text): `socket` imports `enum`,
+`selectors` and more, milliseconds of every start of a run with port translation.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
+import _socket as socket
 
 AF_INET = socket.AF_INET        # 2
 AF_INET6 = socket.AF_INET6      # 10
@@ -108,6 +110,12 @@ def address_text(raw: bytes) -> str:
 
 def pack_ip(text: str) -> bytes:
     """Packed form of an IPv4 or IPv6 address given as text (ValueError if it is neither)."""
+    for fam in (AF_INET, AF_INET6):
+        try:
+            return socket.inet_pton(fam, text)
+        except OSError:
+            pass
+    import ipaddress  # the rare forms (a scope, `%eth0`) and its error
     return ipaddress.ip_address(text).packed
 
 

@@ -9,10 +9,10 @@
 
 from __future__ import annotations
 
+import _socket as socket  # (the C module: `socket` imports enum and selectors)
 import ctypes
 import errno
 import os
-import socket
 
 from runtime.tracee import ffi
 
@@ -184,9 +184,12 @@ def bound_port(tid: int, fd: int) -> int | None:
 
 def can_read_bound_ports() -> bool:
     """True when `bound_port` works on this kernel (pidfd_open and pidfd_getfd, Linux 5.6+)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
         s.bind(("127.0.0.1", 0))
         return bound_port(os.getpid(), s.fileno()) == s.getsockname()[1]
+    finally:
+        s.close()
 
 
 def probe_free_port(fam: int, proto: str, address: str) -> int:
@@ -198,9 +201,12 @@ def probe_free_port(fam: int, proto: str, address: str) -> int:
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     for addr in (address, "::" if fam == socket.AF_INET6 else "0.0.0.0"):
         try:
-            with socket.socket(fam, kind) as s:
+            s = socket.socket(fam, kind)
+            try:
                 s.bind((addr.split("%", 1)[0], 0))
                 return int(s.getsockname()[1])
+            finally:
+                s.close()
         except OSError:
             continue
     return 0
