@@ -60,7 +60,6 @@ with a warning.
 from __future__ import annotations
 
 import _signal as signal
-import ctypes
 import errno
 import os
 import sys
@@ -85,23 +84,30 @@ _LOCKED = ((1 << 1, MS_NOSUID), (1 << 2, MS_NODEV), (1 << 3, MS_NOEXEC), (1 << 1
 NS_UPPER, NS_WORK, NS_ROOT, NS_IDENT = "ns-upper", "ns-work", "ns-root", "ns-overlay"
 PTRACE_LOG = "overlay.log"      # runtime.path.overlay.LOG: the ptrace rungs' state
 
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-_mount = _libc.mount
-_mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
-_umount2 = _libc.umount2
-_unshare = _libc.unshare
-_syscall = _libc["syscall"]
-_syscall.restype = ctypes.c_long
+_libc: list = []
+
+
+def _c():
+    """libc through ctypes, loaded on first use: ctypes costs ~1.8 ms of start-up, which the runs
+    carryon-nsrun executes (and eligibility checks) never need."""
+    if not _libc:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+        libc.syscall.restype = ctypes.c_long
+        _libc.append(libc)
+    return _libc[0]
 
 
 def _check(r: int, what: str) -> None:
     if r < 0:
+        import ctypes
         e = ctypes.get_errno()
         raise OSError(e, f"{what}: {os.strerror(e)}")
 
 
 def mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    _check(_mount(os.fsencode(src) if src is not None else None, os.fsencode(target),
+    _check(_c().mount(os.fsencode(src) if src is not None else None, os.fsencode(target),
                   fstype.encode() if fstype else None, flags, data.encode() if data else None),
            f"mount {target}")
 
@@ -405,7 +411,7 @@ def run(spec: RunSpec, check: bool = True) -> int:
     sys.stderr.flush()
     # (before we become a subreaper: else the watchdog, orphaned, would come back to us)
     dog = _NsWatchdog() if tracer is None else None     # traced guests die by PTRACE_O_EXITKILL
-    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    _c().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     if tracer is not None:
         tracer[1].pin_self()            # the guest inherits it (runtime.tracee.placement)
     pid = os.fork()
@@ -512,7 +518,7 @@ def run(spec: RunSpec, check: bool = True) -> int:
                     os.close(fd)
                 except OSError:
                     pass
-        _libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        _c().prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
         if tracer is not None:
             tracer[1].stop()
             if not handed:              # refused or failed before the guest ran: no ports file left
@@ -789,7 +795,7 @@ def _child(spec: RunSpec, parent: int, overlay, env_b: dict, up_w: int, go_r: in
                   signal.SIGQUIT):
             signal.signal(s, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _c().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:
             os._exit(125)
         mode = b""
@@ -797,7 +803,7 @@ def _child(spec: RunSpec, parent: int, overlay, env_b: dict, up_w: int, go_r: in
             mode = os.read(go_r, 1)
             if mode not in (b"s", b"n"):
                 os._exit(125)
-        _check(_unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare")
+        _check(_c().unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare")
         os.write(up_w, b"u")
         answer = os.read(go_r, 16)
         if answer != b"m":
@@ -832,8 +838,8 @@ def _child(spec: RunSpec, parent: int, overlay, env_b: dict, up_w: int, go_r: in
                         flags |= ms
                 mount(None, target, None, flags)
         os.chdir(root)
-        if _syscall(SYS_PIVOT_ROOT, b".", b".") == 0:
-            _check(_umount2(b".", MNT_DETACH), "umount the old root")
+        if _c().syscall(SYS_PIVOT_ROOT, b".", b".") == 0:
+            _check(_c().umount2(b".", MNT_DETACH), "umount the old root")
         else:
             os.chroot(".")
         os.chdir("/")
