@@ -103,6 +103,16 @@ def test_warm_start_runs_the_plan_and_answers_like_the_python_path(cache):
     assert b"MARK=fast" in plan.read_bytes()
 
 
+def test_carryon_clean_removes_the_plan(cache):
+    bb, plan = _warm(cache)
+    other = cache / (plan.name + "0")           # another uid's name: not ours to remove
+    other.write_bytes(b"x")
+    p = run(bb, "--carryon-clean", env=_env(cache))
+    assert p.returncode == 0, p.stderr
+    assert not plan.exists() and other.exists()
+    assert not [e for e in cache.iterdir() if e.is_dir() and not e.name.startswith("rt-")], list(cache.iterdir())
+
+
 def test_warm_start_errors_stdin_and_a_fresh_container_each_run(cache):
     bb, _ = _warm(cache)
     for args in (["nosuchcmd"], ["/nope/x"], ["/etc/passwd"], ["/bin/sh", "-c", "kill -TERM $$"]):

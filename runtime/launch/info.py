@@ -98,8 +98,8 @@ def do_extract(arch: Archive, dest: str, rep: Reporter) -> int:
 
 
 def do_clean(arch: Archive, opts: Options, rep: Reporter) -> int:
-    """Our entries of this archive and our stale temp dirs, in the trusted cache dirs only: nothing
-    another user owns, nothing behind a symlink."""
+    """Our entries of this archive, its warm-start plans and our stale temp dirs, in the trusted cache
+    dirs only: nothing another user owns, nothing behind a symlink."""
     for c in cache.candidates(opts.cache):
         st, why = cache.check_candidate(c)
         if st is None:
@@ -111,7 +111,32 @@ def do_clean(arch: Archive, opts: Options, rep: Reporter) -> int:
             rep.say(f"removed {entry}")
         elif os.path.lexists(entry):
             rep.say(f"{entry} left alone: not a directory of ours")
+        for p in _our_plans(c.path, arch.key):
+            os.unlink(p)
+            rep.say(f"removed {p}")
         for p in cache.clean_stale(c.path):
             rep.say(f"removed {p}")
     return 0
+
+
+def _our_plans(cache_dir: str, key: str) -> list[str]:
+    """This archive's warm-start plans of ours in `cache_dir` (runtime.launch.nsrun's
+    `nsplan-KEY-HOST-UID`, any host): regular files we own, never through a symlink."""
+    import stat
+    uid = os.getuid()
+    out: list[str] = []
+    try:
+        names = sorted(os.listdir(cache_dir))
+    except OSError:
+        return out
+    for name in names:
+        if name.startswith(f"nsplan-{key}-") and name.endswith(f"-{uid}"):
+            p = os.path.join(cache_dir, name)
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
+                out.append(p)
+    return out
 
