@@ -83,6 +83,7 @@ _LOCKED = ((1 << 1, MS_NOSUID), (1 << 2, MS_NODEV), (1 << 3, MS_NOEXEC), (1 << 1
 
 NS_UPPER, NS_WORK, NS_ROOT, NS_IDENT = "ns-upper", "ns-work", "ns-root", "ns-overlay"
 PTRACE_LOG = "overlay.log"      # runtime.path.overlay.LOG: the ptrace rungs' state
+OWNER_VIEW_MAX = 4096           # image entries carryon-nsrun's owner view holds at most
 
 _libc: list = []
 
@@ -176,6 +177,55 @@ def eligible_for(spec: RunSpec, owners: bool = True) -> str | None:
 
 
 def _owner_difference(spec: RunSpec, root_too: bool = False) -> str | None:
+    """`_first_difference`, unless carryon-nsrun's owner view shows the recorded owners to this
+    root guest (`owner_view`)."""
+    why = _first_difference(spec, root_too)
+    if why and root_too and _view_possible(spec) and owner_view(spec) is not None:
+        return None
+    return why
+
+
+def _view_possible(spec: RunSpec) -> bool:
+    """The owner view can be had for `spec`: a run carryon-nsrun executes (no tracer part), on
+    Linux 5.6+ (seccomp user notification with CONTINUE: 5.5; openat2: 5.6)."""
+    if spec.port_map or spec.netcoop or spec.kernel_release is not None:
+        return False
+    if _release() < (5, 6) or os.environ.get("CARRYON_TEST_NO_OWNER_VIEW"):
+        return False
+    from runtime.launch import nsrun
+    return nsrun.can_exec()
+
+
+def owner_view(spec: RunSpec) -> list[tuple[str, int, int]] | None:
+    """The image entries whose recorded owner differs from what a root guest's namespace shows
+    (every file shows as 0:0): (guest path, uid, gid), at most OWNER_VIEW_MAX; None when the
+    guest is not root (uid and gid 0), there is no metadata, nothing differs, or too much does."""
+    if not spec.meta_path:
+        return None
+    guest = (spec.uid if spec.uid is not None else os.getuid(),
+             spec.gid if spec.gid is not None else os.getgid())
+    if guest != (0, 0):
+        return None
+    from runtime.cache import json_loads
+    try:
+        with open(spec.meta_path, "rb") as f:
+            entries = json_loads(f.read().decode("utf-8", "replace")).get("entries", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    view = []
+    for path, e in entries.items():
+        try:
+            owner = (int(e.get("uid", 0)), int(e.get("gid", 0)))
+        except (AttributeError, ValueError, TypeError):
+            continue
+        if owner != (0, 0) and path.startswith("/") and "\0" not in path:
+            view.append((path, owner[0], owner[1]))
+            if len(view) > OWNER_VIEW_MAX:
+                return None
+    return view or None
+
+
+def _first_difference(spec: RunSpec, root_too: bool = False) -> str | None:
     """Why the mapping would show owners differently from the ptrace rungs' fake ids, or None.
     The rootfs's files are the caller's (it extracted them): in the namespace they show as the
     guest's ids (an unprivileged caller's one mapped id) or as root's (a root caller maps every
@@ -384,18 +434,24 @@ def run(spec: RunSpec, check: bool = True) -> int:
     if not os.path.isdir(spec.rootfs):
         raise CarryonError(f"rootfs not found or not a directory: {spec.rootfs}")
     overlay = _state(spec)
-    if spec.verbose >= 1 and spec.uid == 0:
-        why = _owner_difference(spec, root_too=True)
-        if why:
+    traced = spec.port_map or spec.netcoop or spec.kernel_release is not None
+    view = None
+    if spec.uid == 0 or spec.verbose >= 1:
+        why = _first_difference(spec, root_too=True) if spec.uid == 0 else None
+        if why and _view_possible(spec):
+            view = owner_view(spec)
+        if view and spec.verbose >= 1:
+            sys.stderr.write(f"carryon: userns: owner view: {len(view)} image files show their "
+                             "recorded owners (stat by seccomp user notification)\n")
+        elif why and spec.verbose >= 1:
             sys.stderr.write(f"carryon: userns: the guest is root with one id: {why} (and chown "
                              "to other ids fails)\n")
     if spec.verbose >= 1:
         sys.stderr.write(f"carryon: engine userns, rootfs {spec.rootfs}, command {spec.argv[0] if spec.argv else ''} "
                          f"(cwd {spec.cwd or '/'}, {len(spec.binds)} binds"
                          f"{', overlayfs' if overlay else ''})\n")
-    traced = spec.port_map or spec.netcoop or spec.kernel_release is not None
     if not traced:                      # executed by carryon-nsrun where it can (never returns)
-        nsrun.exec_plan(spec, overlay, _ordered_binds(spec), check)
+        nsrun.exec_plan(spec, overlay, _ordered_binds(spec), check, view)
     env_b = {os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()}
     tracer = _tracer_parts(spec) if traced else None
     # where ptrace is refused, ports alone (no -k) can do with seccomp user notification

@@ -185,6 +185,7 @@ static void sha256_hex(const unsigned char *data, size_t len, char out[65]) {
 /* ---------------------------------------------------------------- the plan */
 struct bind { const char *host, *guest, *flags; };
 struct envrec { char kind; const char *text; };     /* '=' literal K=V, 'h' host's K, 'n' node name */
+struct owner { const char *path, *uid, *gid; };     /* the owner view's entries */
 
 struct plan {
     const char *engines, *key, *size, *mf_off, *mf_len, *mf_sha, *uid, *euid, *krel, *kver, *host, *entry;
@@ -193,6 +194,7 @@ struct plan {
     const char *ids_uid, *ids_gid, *cwd, *cwd_make, *cwd_warn, *prefix;
     const char **remove; int nremove;
     struct bind *binds; int nbinds;
+    struct owner *owners; int nowners;
     struct envrec *env; int nenv;
     const char **argv; int nargv;
     const char **entrypoint; int nentry;
@@ -214,6 +216,7 @@ static int parse_plan(char *buf, size_t len, struct plan *p) {
     memset(p, 0, sizeof *p);
     p->remove = xmalloc(ntok * sizeof *p->remove);
     p->binds = xmalloc(ntok * sizeof *p->binds);
+    p->owners = xmalloc(ntok * sizeof *p->owners);
     p->env = xmalloc(ntok * sizeof *p->env);
     p->argv = xmalloc((ntok + 1) * sizeof *p->argv);
     p->entrypoint = xmalloc(ntok * sizeof *p->entrypoint);
@@ -245,6 +248,13 @@ static int parse_plan(char *buf, size_t len, struct plan *p) {
             p->binds[p->nbinds].host = tok[i];
             p->binds[p->nbinds].guest = tok[i + 1];
             p->binds[p->nbinds++].flags = tok[i + 2];
+            i += 3;
+        }
+        else if (!strcmp(tag, "owner")) {
+            ARGS(3);
+            p->owners[p->nowners].path = tok[i];
+            p->owners[p->nowners].uid = tok[i + 1];
+            p->owners[p->nowners++].gid = tok[i + 2];
             i += 3;
         }
         else if (!strcmp(tag, "cwd")) { ARGS(3); p->cwd = tok[i]; p->cwd_make = tok[i + 1]; p->cwd_warn = tok[i + 2]; i += 3; }
@@ -383,6 +393,286 @@ static char *resolve(const char *root, const char *guest, char make) {
     return done;
 }
 
+/* ---------------------------------------------------------------- the owner view (runtime.userns.owner_view)
+   A root guest (uid and gid 0 in the namespace) over an image whose recorded owners one mapped id
+   cannot show: the plan lists the entries that differ (`owner PATH UID GID`). The child installs a
+   filter just before exec that sends only the stat family (stat, fstat, lstat, newfstatat, statx;
+   x86_64) to a listener (SECCOMP_RET_USER_NOTIF) it passes to the parent (SCM_RIGHTS). The parent
+   builds a table of the listed files' (st_dev, st_ino) through /proc/CHILD/root once the mounts are
+   made, and a thread of it answers each call: the file it names is found (fd: /proc/PID/fd/N;
+   path: read from the guest's memory and resolved with openat2 RESOLVE_IN_ROOT in /proc/PID/root,
+   a relative one against the guest path of its dirfd or cwd); a listed file is stat'ed here, its
+   uid/gid patched, the result written into the guest's buffer (process_vm_writev) and the call
+   answered 0; anything else (the common case, and every error) continues in the kernel
+   (SECCOMP_USER_NOTIF_FLAG_CONTINUE). Linux 5.6+ (runtime.userns decides before the plan); a
+   refused filter is a refusal (the next rung runs). Other calls (chown to other ids: EINVAL) are
+   untouched. */
+#include <poll.h>
+#include <pthread.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+struct ov_sock_filter { uint16_t code; uint8_t jt, jf; uint32_t k; };
+struct ov_sock_fprog { unsigned short len; struct ov_sock_filter *filter; };
+struct ov_data { int nr; uint32_t arch; uint64_t ip; uint64_t args[6]; };
+struct ov_notif { uint64_t id; uint32_t pid; uint32_t flags; struct ov_data data; };
+struct ov_resp { uint64_t id; int64_t val; int32_t error; uint32_t flags; };
+struct ov_how { uint64_t flags, mode, resolve; };
+struct ov_entry { uint64_t dev, ino; uint32_t uid, gid; };
+
+#define OV_ARCH_X86_64 0xC000003EU
+#define OV_RET_ALLOW 0x7fff0000U
+#define OV_RET_NOTIF 0x7fc00000U
+#define OV_NEW_LISTENER (1UL << 3)
+#define OV_RECV 0xC0502100UL
+#define OV_SEND 0xC0182101UL
+#define OV_ID_VALID 0x80082102UL      /* (the first, _IOR, number: every kernel takes it) */
+#define OV_CONTINUE 1U
+#define OV_SYS_STAT 4
+#define OV_SYS_FSTAT 5
+#define OV_SYS_LSTAT 6
+#define OV_SYS_NEWFSTATAT 262
+#define OV_SYS_STATX 332
+#define OV_SYS_OPENAT2 437
+#define OV_RESOLVE_NO_MAGICLINKS 0x02
+#define OV_RESOLVE_IN_ROOT 0x10
+#define OV_AT_STATX_SYNC_TYPE 0x6000
+
+/* in the child, just before exec: the filter; its listener goes to the parent over `sock` */
+static int ov_install(int sock) {
+    static const int calls[] = {OV_SYS_STAT, OV_SYS_FSTAT, OV_SYS_LSTAT, OV_SYS_NEWFSTATAT, OV_SYS_STATX};
+    struct ov_sock_filter f[16];
+    int n = 0;
+    f[n++] = (struct ov_sock_filter){0x20, 0, 0, 4};                    /* ld arch */
+    f[n++] = (struct ov_sock_filter){0x15, 1, 0, OV_ARCH_X86_64};
+    f[n++] = (struct ov_sock_filter){0x06, 0, 0, OV_RET_ALLOW};
+    f[n++] = (struct ov_sock_filter){0x20, 0, 0, 0};                    /* ld nr */
+    for (int i = 0; i < 5; i++)
+        f[n++] = (struct ov_sock_filter){0x15, (uint8_t)(5 - i), 0, (uint32_t)calls[i]};
+    f[n++] = (struct ov_sock_filter){0x06, 0, 0, OV_RET_ALLOW};
+    f[n++] = (struct ov_sock_filter){0x06, 0, 0, OV_RET_NOTIF};
+    struct ov_sock_fprog prog = {(unsigned short)n, f};
+    int lfd = (int)syscall(SYS_seccomp, 1 /* SET_MODE_FILTER */, OV_NEW_LISTENER, &prog);
+    if (lfd < 0) return -1;
+    char dummy = 'l';
+    struct iovec iov = {&dummy, 1};
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
+    memset(&u, 0, sizeof u);
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = u.buf;
+    m.msg_controllen = sizeof u.buf;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &lfd, sizeof lfd);
+    int r = sendmsg(sock, &m, 0) == 1 ? 0 : -1;
+    int e = errno;
+    close(lfd);
+    errno = e;
+    return r;
+}
+
+static int ov_recv_fd(int sock) {
+    char dummy;
+    struct iovec iov = {&dummy, 1};
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = u.buf;
+    m.msg_controllen = sizeof u.buf;
+    if (recvmsg(sock, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) != 1) return -1;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    if (!c || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int))) return -1;
+    int fd;
+    memcpy(&fd, CMSG_DATA(c), sizeof fd);
+    return fd;
+}
+
+static struct ov_entry *ov_table;
+static size_t ov_n;
+static int ov_lfd = -1;
+
+static int ov_cmp(const void *a, const void *b) {
+    const struct ov_entry *x = a, *y = b;
+    if (x->ino != y->ino) return x->ino < y->ino ? -1 : 1;
+    if (x->dev != y->dev) return x->dev < y->dev ? -1 : 1;
+    return 0;
+}
+
+static int ov_open(int dirfd, const char *path, int nofollow) {
+    struct ov_how how = {(uint64_t)(O_PATH | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0)), 0,
+                         OV_RESOLVE_IN_ROOT | OV_RESOLVE_NO_MAGICLINKS};
+    return (int)syscall(OV_SYS_OPENAT2, dirfd, path, &how, sizeof how);
+}
+
+/* the table, from the child's root (after its mounts) */
+static void ov_build(pid_t pid, struct plan *p) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/root", (int)pid);
+    int root = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    ov_table = xmalloc(p->nowners * sizeof *ov_table);
+    ov_n = 0;
+    for (int i = 0; root >= 0 && i < p->nowners; i++) {
+        int fd = ov_open(root, p->owners[i].path, 1);
+        struct stat st;
+        if (fd < 0) continue;
+        if (fstat(fd, &st) == 0) {
+            ov_table[ov_n].dev = st.st_dev;
+            ov_table[ov_n].ino = st.st_ino;
+            ov_table[ov_n].uid = (uint32_t)strtoul(p->owners[i].uid, NULL, 10);
+            ov_table[ov_n++].gid = (uint32_t)strtoul(p->owners[i].gid, NULL, 10);
+        }
+        close(fd);
+    }
+    if (root >= 0) close(root);
+    qsort(ov_table, ov_n, sizeof *ov_table, ov_cmp);
+}
+
+static struct ov_entry *ov_find(uint64_t dev, uint64_t ino) {
+    struct ov_entry key = {dev, ino, 0, 0};
+    return bsearch(&key, ov_table, ov_n, sizeof *ov_table, ov_cmp);
+}
+
+/* the guest's NUL-terminated string at `addr` (page by page), 0 when read */
+static int ov_read_str(pid_t pid, uint64_t addr, char *out, size_t cap) {
+    size_t got = 0;
+    while (got < cap) {
+        size_t chunk = 4096 - ((addr + got) & 4095);
+        if (chunk > cap - got) chunk = cap - got;
+        struct iovec l = {out + got, chunk}, r = {(void *)(uintptr_t)(addr + got), chunk};
+        ssize_t n = process_vm_readv(pid, &l, 1, &r, 1, 0);
+        if (n <= 0) return -1;
+        if (memchr(out + got, 0, (size_t)n)) return 0;
+        got += (size_t)n;
+    }
+    return -1;
+}
+
+/* one notification: 1 when answered here (the guest's buffer written), 0: continue */
+static int ov_answer(struct ov_notif *req) {
+    struct ov_data *d = &req->data;
+    if (d->arch != OV_ARCH_X86_64) return 0;
+    pid_t pid = (pid_t)req->pid;
+    int nr = d->nr, dirfd = AT_FDCWD, flags = 0, is_statx = nr == OV_SYS_STATX;
+    uint64_t pathp = 0, buf, mask = 0;
+    switch (nr) {
+    case OV_SYS_STAT: case OV_SYS_LSTAT:
+        pathp = d->args[0]; buf = d->args[1]; flags = nr == OV_SYS_LSTAT ? AT_SYMLINK_NOFOLLOW : 0; break;
+    case OV_SYS_FSTAT:
+        dirfd = (int)d->args[0]; buf = d->args[1]; flags = AT_EMPTY_PATH; break;
+    case OV_SYS_NEWFSTATAT:
+        dirfd = (int)d->args[0]; pathp = d->args[1]; buf = d->args[2]; flags = (int)d->args[3]; break;
+    case OV_SYS_STATX:
+        dirfd = (int)d->args[0]; pathp = d->args[1]; flags = (int)d->args[2]; mask = d->args[3];
+        buf = d->args[4]; break;
+    default: return 0;
+    }
+    char path[PATH_MAX + 1], base[PATH_MAX + 64], link[PATH_MAX + 1];
+    path[0] = 0;
+    if (pathp && ov_read_str(pid, pathp, path, sizeof path) < 0) return 0;
+    if (!pathp && nr != OV_SYS_FSTAT) return 0;
+    if (!path[0] && !(flags & AT_EMPTY_PATH)) return 0;
+    int fd = -1;
+    if (!path[0]) {                                 /* the dirfd (or cwd) itself */
+        if (dirfd == AT_FDCWD) snprintf(base, sizeof base, "/proc/%d/cwd", (int)pid);
+        else if (dirfd < 0) return 0;
+        else snprintf(base, sizeof base, "/proc/%d/fd/%d", (int)pid, dirfd);
+        fd = open(base, O_PATH | O_CLOEXEC);
+    } else {
+        snprintf(base, sizeof base, "/proc/%d/root", (int)pid);
+        int root = open(base, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (root < 0) return 0;
+        const char *full = path;
+        char *joined = NULL;
+        if (path[0] != '/') {                       /* the guest path of the dirfd or cwd */
+            if (dirfd == AT_FDCWD) snprintf(base, sizeof base, "/proc/%d/cwd", (int)pid);
+            else if (dirfd < 0) { close(root); return 0; }
+            else snprintf(base, sizeof base, "/proc/%d/fd/%d", (int)pid, dirfd);
+            ssize_t l = readlink(base, link, sizeof link - 1);
+            if (l <= 0 || link[0] != '/') { close(root); return 0; }
+            link[l] = 0;
+            joined = cat(link, "/", path);
+            full = joined;
+        }
+        fd = ov_open(root, full, (flags & AT_SYMLINK_NOFOLLOW) != 0);
+        free(joined);
+        close(root);
+    }
+    if (fd < 0) return 0;
+    struct stat st;
+    struct ov_entry *e = fstat(fd, &st) == 0 ? ov_find(st.st_dev, st.st_ino) : NULL;
+    int done = 0;
+    if (e) {
+        unsigned char out[256];
+        size_t len;
+        if (is_statx) {
+            memset(out, 0, sizeof out);
+            if (syscall(OV_SYS_STATX, fd, "", AT_EMPTY_PATH | (flags & OV_AT_STATX_SYNC_TYPE), (unsigned)mask, out) < 0) goto out;
+            memcpy(out + 20, &e->uid, 4);           /* stx_uid, stx_gid */
+            memcpy(out + 24, &e->gid, 4);
+            len = 256;
+        } else {
+            st.st_uid = e->uid;
+            st.st_gid = e->gid;
+            memcpy(out, &st, sizeof st);
+            len = sizeof st;
+        }
+        if (ioctl(ov_lfd, OV_ID_VALID, &req->id) < 0) goto out;
+        struct iovec l = {out, len}, r = {(void *)(uintptr_t)buf, len};
+        done = process_vm_writev(pid, &l, 1, &r, 1, 0) == (ssize_t)len;
+    }
+out:
+    close(fd);
+    return done;
+}
+
+static void *ov_serve(void *arg) {
+    (void)arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);     /* the forwarder's signals go to the main thread */
+    for (;;) {
+        struct ov_notif req;
+        memset(&req, 0, sizeof req);
+        if (ioctl(ov_lfd, OV_RECV, &req) < 0) {
+            if (errno == EINTR || errno == ENOENT) continue;
+            break;
+        }
+        struct ov_resp resp = {req.id, 0, 0, OV_CONTINUE};
+        if (ov_answer(&req)) resp.flags = 0;
+        (void)ioctl(ov_lfd, OV_SEND, &resp);
+    }
+    return NULL;
+}
+
+/* in the parent, once the child exec'd: the listener, the table, the thread */
+static void ov_start(int sock, pid_t pid, struct plan *p) {
+    ov_lfd = ov_recv_fd(sock);
+    if (ov_lfd < 0) {                   /* (the guest would block on its first stat) */
+        say("carryon: internal error: no owner view listener\n");
+        kill(pid, SIGKILL);
+        return;
+    }
+    ov_build(pid, p);
+    pthread_t t;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&at, 256 << 10);
+    if (pthread_create(&t, &at, ov_serve, NULL) != 0) {
+        /* the guest would block on its first stat: no run without the view */
+        say("carryon: internal error: owner view thread\n");
+        kill(pid, SIGKILL);
+    }
+}
+
 /* ---------------------------------------------------------------- the child */
 struct child_args {
     struct plan *p;
@@ -390,6 +680,7 @@ struct child_args {
     const char *ov[4];              /* lower upper work root (NULL: bind the rootfs) */
     char **bind_hosts;              /* per bind: the host source to use (NULL: skipped) */
     int go_r, err_w;
+    int ov_sock;                    /* the owner view's listener goes there (-1: no view) */
     pid_t parent;
 };
 
@@ -581,6 +872,7 @@ static void child(struct child_args *a) {
     /* the parent is the guests' subreaper now, with its watchdog ("g") */
     while ((n = read(a->go_r, answer, 1)) < 0 && errno == EINTR) {}
     if (n != 1 || answer[0] != 'g') _exit(125);
+    if (a->ov_sock >= 0 && ov_install(a->ov_sock) < 0) fail(a, "refused", "seccomp user notification (owner view)", errno);
     execve(prog, a->argv, a->envp);
     char num[32];
     snprintf(num, sizeof num, "%d", errno);
@@ -918,6 +1210,8 @@ static int run(struct run_ctx *c) {
     int go[2], er[2];
     signal(SIGPIPE, SIG_IGN);
     if (pipe2(go, O_CLOEXEC) < 0 || pipe2(er, O_CLOEXEC) < 0) refused(c, "pipe");
+    int ovs[2] = {-1, -1};
+    if (p->nowners && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ovs) < 0) refused(c, "socketpair");
     struct child_args a;
     memset(&a, 0, sizeof a);
     a.p = p;
@@ -926,6 +1220,7 @@ static int run(struct run_ctx *c) {
     for (int i = 0; i < 4; i++) a.ov[i] = c->ov[i];
     a.bind_hosts = c->bind_hosts;
     a.go_r = go[0], a.err_w = er[1];
+    a.ov_sock = ovs[1];
     a.parent = getpid();
     /* a fork whose child starts in a new user + mount namespace (runtime.userns: unshare in the
        child; the same refusals); the parent writes its maps at once, then, while the child mounts,
@@ -939,6 +1234,7 @@ static int run(struct run_ctx *c) {
     if (pid == 0) child(&a);
     close(go[0]);
     close(er[1]);
+    if (ovs[1] >= 0) close(ovs[1]);
     write_maps(pid, p, go[1]);
     int dog = watchdog_start();
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
@@ -969,6 +1265,10 @@ static int run(struct run_ctx *c) {
         say(cat(p->prefix, ": ", line));
         say("\n");
         return code;
+    }
+    if (ovs[0] >= 0) {
+        ov_start(ovs[0], pid, p);
+        close(ovs[0]);
     }
     if (dog >= 0) {
         char path[64], link[256];

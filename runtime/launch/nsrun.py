@@ -58,6 +58,11 @@ def take_refusal() -> str | None:
     return None
 
 
+def can_exec() -> bool:
+    """Runs of this process may be executed by nsrun (what runtime.userns's owner view needs)."""
+    return bool(_entered) and path() is not None
+
+
 def path() -> str | None:
     """The nsrun binary to exec, or None (CARRYON_NSRUN=0, no binary, a stale one, no compiler)."""
     if not _path:
@@ -134,9 +139,11 @@ def _split(data: bytes) -> list[bytes]:
     return [t for t in data.split(b"\0") if t] if data else []
 
 
-def exec_plan(spec, overlay: tuple[str, str, str] | None, binds: list, check: bool) -> None:
+def exec_plan(spec, overlay: tuple[str, str, str] | None, binds: list, check: bool,
+              owners: list[tuple[str, int, int]] | None = None) -> None:
     """Exec nsrun with the plan of `spec` (runtime.userns.run's, no tracer part); returns only
-    when nsrun is not to be used here (then the Python code path runs the guest)."""
+    when nsrun is not to be used here (then the Python code path runs the guest). `owners`: the
+    root guest's owner view (runtime.userns.owner_view: `owner PATH UID GID` records)."""
     exe = path() if _entered else None
     if exe is None:
         return
@@ -157,6 +164,7 @@ def exec_plan(spec, overlay: tuple[str, str, str] | None, binds: list, check: bo
         recs += [("overlay", lower, upper, work, root), ("unmake", os.path.realpath(spec.overlay)),
                  ("tidy", work)]
     recs += [("bind", b.host, b.guest, "r" if b.readonly else "-") for b in binds]
+    recs += _owners(owners)
     recs += [("env", f"{k}={v}") for k, v in spec.env.items()]
     recs += [("arg", a) for a in spec.argv]
     recs += [("remove", p) for p in remove_after]
@@ -165,7 +173,7 @@ def exec_plan(spec, overlay: tuple[str, str, str] | None, binds: list, check: bo
     recs += [("fenv", os.fsdecode(e)) for e in fenv if not e.startswith(REFUSED_ENV.encode() + b"=")]
     if archive and spec.verbose == 0 and (check or spec.engine == "userns"):
         try:                            # (`auto` runs on userns without `check` only with a warning)
-            save_template(spec, "auto userns" if check else "userns")
+            save_template(spec, "auto userns" if check else "userns", owners)
         except OSError:
             pass
     data = _encode(recs)
@@ -205,7 +213,11 @@ def template_path(rt_dir: str, key: str) -> str:
     return os.path.join(os.path.dirname(rt_dir), f"nsplan-{key}-{hostname()}-{os.getuid()}")
 
 
-def template(spec, engines: str) -> bytes:
+def _owners(owners: list[tuple[str, int, int]] | None) -> list[tuple[str, ...]]:
+    return [("owner", p, str(u), str(g)) for p, u, g in owners or ()]
+
+
+def template(spec, engines: str, owners: list[tuple[str, int, int]] | None = None) -> bytes:
     """The warm start's plan of the plain archive run `spec` (see the module docstring)."""
     from runtime.launch.runspec import DEFAULT_PATH, HOST_FILES
     arch, entry, config = archive["arch"], archive["entry"], archive["config"]
@@ -222,6 +234,7 @@ def template(spec, engines: str) -> bytes:
     binds = [("bind", p, p, "o") for p in ("/dev", "/proc", "/sys")]
     binds += [("bind", p, p, "c") for p in HOST_FILES]
     recs += sorted(binds, key=lambda b: len([x for x in b[2].split("/") if x]))
+    recs += _owners(owners)
     # runspec.build_env without options: PATH, HOSTNAME, the host's TERM, the image's Env, HOME
     recs += [("env", f"PATH={DEFAULT_PATH}"), ("envnode", "HOSTNAME"), ("envhost", "TERM")]
     keys = set()
@@ -237,11 +250,11 @@ def template(spec, engines: str) -> bytes:
     return _encode(recs)
 
 
-def save_template(spec, engines: str) -> None:
+def save_template(spec, engines: str, owners: list[tuple[str, int, int]] | None = None) -> None:
     """Store the warm start's plan for CARRYON_ENGINE values `engines` (an owner difference:
     only when asked for by name) (unchanged ones are not rewritten); OSError when it cannot."""
     dest = template_path(archive["rt"], archive["arch"].key)
-    data = template(spec, engines)
+    data = template(spec, engines, owners)
     try:
         fd = os.open(dest, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
