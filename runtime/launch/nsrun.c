@@ -577,7 +577,7 @@ static int ov_answer(struct ov_notif *req) {
     char path[PATH_MAX + 1], base[PATH_MAX + 64], link[PATH_MAX + 1];
     path[0] = 0;
     if (pathp && ov_read_str(pid, pathp, path, sizeof path) < 0) return 0;
-    if (!pathp && nr != OV_SYS_FSTAT) return 0;
+    if (!pathp && !(flags & AT_EMPTY_PATH)) return 0;      /* (NULL with AT_EMPTY_PATH: 6.11+) */
     if (!path[0] && !(flags & AT_EMPTY_PATH)) return 0;
     int fd = -1;
     if (!path[0]) {                                 /* the dirfd (or cwd) itself */
