@@ -660,6 +660,8 @@ static void ov_start(int sock, pid_t pid, struct plan *p) {
         kill(pid, SIGKILL);
         return;
     }
+    /* SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (6.6+; the flags by value) */
+    (void)ioctl(ov_lfd, 0x40082104UL, 1UL);
     ov_build(pid, p);
     pthread_t t;
     pthread_attr_t at;
