@@ -50,9 +50,12 @@ Where ptrace is refused, ports go by seccomp user notification instead (runtime.
 Identities are real, not emulated: one mapped id cannot chown to others (EINVAL), a namespace's
 root cannot mknod a device (EPERM): loud failures where the ptrace rungs fake success. The rootfs's
 files are the caller's and show as the guest's ids (unprivileged caller) or root's (a root caller):
-a fake identity other than root over files the extraction recorded as someone else's would differ
-silently, so such runs are not eligible (`_owner_difference`; a fake root's differences are said
-under -v); nor is an overlay over another user's rootfs (its files could not be written over).
+a fake identity over files the extraction recorded as someone else's would differ silently, so
+such runs are not eligible (`_owner_difference`), except a root guest's (uid and gid 0) that
+carryon-nsrun executes on Linux 5.6+: its *owner view* (`owner_view`: the differing entries, at
+most OWNER_VIEW_MAX, in the plan) answers the stat family with the recorded owners (seccomp user
+notification, runtime/launch/nsrun.c); nor is an overlay over another user's rootfs (its files could
+not be written over).
 `last_resort`: where every ptrace rung refused, `auto` runs an owner-difference run here anyway,
 with a warning.
 """
