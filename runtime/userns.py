@@ -54,8 +54,8 @@ a fake identity over files the extraction recorded as someone else's would diffe
 such runs are not eligible (`_owner_difference`), except a root guest's (uid and gid 0) that
 carryon-nsrun executes on Linux 5.6+: its *owner view* (`owner_view`: the differing entries, at
 most OWNER_VIEW_MAX, in the plan) answers the stat family with the recorded owners (seccomp user
-notification, runtime/launch/nsrun.c); nor is an overlay over another user's rootfs (its files could
-not be written over).
+notification, runtime/launch/nsrun.c; its chowns are recorded there too); nor is an overlay over
+another user's rootfs (its files could not be written over).
 `last_resort`: where every ptrace rung refused, `auto` runs an owner-difference run here anyway,
 with a warning.
 """

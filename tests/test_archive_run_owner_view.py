@@ -98,6 +98,44 @@ def test_stat_family_shows_what_the_seccomp_engine_shows(cache, tmp_path):
     assert "0:42 /etc/gshadow" in lines and "0:42 /tmp/gs-abs" in lines and "0 42 0 42" in lines
 
 
+CHOWN = r"""
+import os, subprocess
+def ids(p, follow=True):
+    s = os.stat(p) if follow else os.lstat(p)
+    return "%d:%d" % (s.st_uid, s.st_gid)
+open("/tmp/f", "w").close()
+os.symlink("/tmp/f", "/tmp/l")
+os.chown("/tmp/f", 1000, 1001)
+print("chown", ids("/tmp/f"))
+os.chown("/tmp/f", -1, 5)
+print("keep uid", ids("/tmp/f"))
+os.lchown("/tmp/l", 7, 8)
+print("lchown", ids("/tmp/l", False), ids("/tmp/l"))
+os.chown("/etc/gshadow", 0, 0)
+print("image file", ids("/etc/gshadow"))
+os.chown("/tmp/f", 0, 0)
+print("back", ids("/tmp/f"))
+subprocess.run(["chown", "-R", "11:12", "/app"], check=True)
+print("fchownat", subprocess.run(["stat", "-c", "%u:%g", "/app/fib.py", "/app"], capture_output=True,
+                                 text=True).stdout.split())
+"""
+
+
+def test_chown_by_the_root_guest_is_seen_by_stat(cache, tmp_path):
+    """chown, lchown and chown -R (fchownat) to ids one mapped id cannot show: the view records the
+    owner (the seccomp engine's answers), where the userns rung alone said EINVAL."""
+    py = archive("py")
+    got = {}
+    for eng in ("auto", "seccomp"):
+        p = run(py, "-c", CHOWN, env=clean_env(tmp_path, cache, CARRYON_ENGINE=eng))
+        assert p.returncode == 0, p.stderr
+        got[eng] = p.stdout
+    assert got["auto"] == got["seccomp"]
+    assert got["auto"].splitlines() == [
+        "chown 1000:1001", "keep uid 1000:5", "lchown 7:8 1000:5", "image file 0:0", "back 0:0",
+        "fchownat ['11:12', '11:12']"]
+
+
 def test_the_warm_start_keeps_the_owner_view(cache, tmp_path):
     """The second plain run starts from the stored plan (no Python): the view is in it."""
     py = archive("py")

@@ -405,8 +405,8 @@ static char *resolve(const char *root, const char *guest, char make) {
    uid/gid patched, the result written into the guest's buffer (process_vm_writev) and the call
    answered 0; anything else (the common case, and every error) continues in the kernel
    (SECCOMP_USER_NOTIF_FLAG_CONTINUE). Linux 5.6+ (runtime.userns decides before the plan); a
-   refused filter is a refusal (the next rung runs). Other calls (chown to other ids: EINVAL) are
-   untouched. */
+   refused filter is a refusal (the next rung runs). chown, fchown, lchown and fchownat go to the
+   same listener: see `ov_chown` (the new owner recorded in the table, answered 0). */
 #include <poll.h>
 #include <pthread.h>
 #include <sys/ioctl.h>
@@ -434,6 +434,11 @@ struct ov_entry { uint64_t dev, ino; uint32_t uid, gid; };
 #define OV_SYS_LSTAT 6
 #define OV_SYS_NEWFSTATAT 262
 #define OV_SYS_STATX 332
+#define OV_SYS_CHOWN 92
+#define OV_SYS_FCHOWN 93
+#define OV_SYS_LCHOWN 94
+#define OV_SYS_FCHOWNAT 260
+#define OV_MAX 65536                    /* inodes the view holds at most (chowns beyond: the kernel's EINVAL) */
 #define OV_SYS_OPENAT2 437
 #define OV_RESOLVE_NO_MAGICLINKS 0x02
 #define OV_RESOLVE_IN_ROOT 0x10
@@ -441,15 +446,17 @@ struct ov_entry { uint64_t dev, ino; uint32_t uid, gid; };
 
 /* in the child, just before exec: the filter; its listener goes to the parent over `sock` */
 static int ov_install(int sock) {
-    static const int calls[] = {OV_SYS_STAT, OV_SYS_FSTAT, OV_SYS_LSTAT, OV_SYS_NEWFSTATAT, OV_SYS_STATX};
-    struct ov_sock_filter f[16];
+    static const int calls[] = {OV_SYS_STAT, OV_SYS_FSTAT, OV_SYS_LSTAT, OV_SYS_NEWFSTATAT, OV_SYS_STATX,
+                                OV_SYS_CHOWN, OV_SYS_FCHOWN, OV_SYS_LCHOWN, OV_SYS_FCHOWNAT};
+    enum { NCALLS = sizeof calls / sizeof calls[0] };
+    struct ov_sock_filter f[NCALLS + 8];
     int n = 0;
     f[n++] = (struct ov_sock_filter){0x20, 0, 0, 4};                    /* ld arch */
     f[n++] = (struct ov_sock_filter){0x15, 1, 0, OV_ARCH_X86_64};
     f[n++] = (struct ov_sock_filter){0x06, 0, 0, OV_RET_ALLOW};
     f[n++] = (struct ov_sock_filter){0x20, 0, 0, 0};                    /* ld nr */
-    for (int i = 0; i < 5; i++)
-        f[n++] = (struct ov_sock_filter){0x15, (uint8_t)(5 - i), 0, (uint32_t)calls[i]};
+    for (int i = 0; i < NCALLS; i++)
+        f[n++] = (struct ov_sock_filter){0x15, (uint8_t)(NCALLS - i), 0, (uint32_t)calls[i]};
     f[n++] = (struct ov_sock_filter){0x06, 0, 0, OV_RET_ALLOW};
     f[n++] = (struct ov_sock_filter){0x06, 0, 0, OV_RET_NOTIF};
     struct ov_sock_fprog prog = {(unsigned short)n, f};
@@ -496,8 +503,8 @@ static int ov_recv_fd(int sock) {
 }
 
 static struct ov_entry *ov_table;
-static size_t ov_n;
-static int ov_lfd = -1;
+static size_t ov_n, ov_cap;
+static int ov_lfd = -1, ov_unpriv;
 
 static int ov_cmp(const void *a, const void *b) {
     const struct ov_entry *x = a, *y = b;
@@ -519,6 +526,7 @@ static void ov_build(pid_t pid, struct plan *p) {
     int root = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
     ov_table = xmalloc(p->nowners * sizeof *ov_table);
     ov_n = 0;
+    ov_cap = (size_t)p->nowners;
     for (int i = 0; root >= 0 && i < p->nowners; i++) {
         int fd = ov_open(root, p->owners[i].path, 1);
         struct stat st;
@@ -538,6 +546,41 @@ static void ov_build(pid_t pid, struct plan *p) {
 static struct ov_entry *ov_find(uint64_t dev, uint64_t ino) {
     struct ov_entry key = {dev, ino, 0, 0};
     return bsearch(&key, ov_table, ov_n, sizeof *ov_table, ov_cmp);
+}
+
+/* record the view's owner of an inode (a chown the view answered); 0 when full */
+static int ov_set(uint64_t dev, uint64_t ino, uint32_t uid, uint32_t gid) {
+    struct ov_entry *e = ov_find(dev, ino);
+    if (e) {
+        e->uid = uid, e->gid = gid;
+        return 1;
+    }
+    if (ov_n >= OV_MAX) return 0;
+    if (ov_n == ov_cap) {
+        size_t cap = ov_cap ? ov_cap * 2 : 64;
+        struct ov_entry *t = realloc(ov_table, cap * sizeof *t);
+        if (!t) return 0;
+        ov_table = t, ov_cap = cap;
+    }
+    ov_table[ov_n++] = (struct ov_entry){dev, ino, uid, gid};
+    qsort(ov_table, ov_n, sizeof *ov_table, ov_cmp);
+    return 1;
+}
+
+/* a chown of the file `st` (e: its view entry) to uid/gid ((uint32_t)-1: unchanged): 1 when the
+   view answers it (the owner recorded, nothing changed on disk), 0: the kernel's answer. The view
+   takes it when the file is in the view, or when one mapped id could not show the new owner (an
+   unprivileged caller; only over the caller's own files: others are the kernel's EPERM). */
+static int ov_chown(const struct stat *st, struct ov_entry *e, uint32_t uid, uint32_t gid) {
+    uint32_t cu = 0, cg = 0;
+    if (e) {
+        cu = e->uid, cg = e->gid;
+    } else {
+        if (!ov_unpriv) return 0;                           /* every id mapped: a real chown */
+        if (st->st_uid != getuid() || st->st_gid != getgid()) return 0;
+        if ((uid == (uint32_t)-1 || uid == 0) && (gid == (uint32_t)-1 || gid == 0)) return 0;
+    }
+    return ov_set(st->st_dev, st->st_ino, uid == (uint32_t)-1 ? cu : uid, gid == (uint32_t)-1 ? cg : gid);
 }
 
 /* the guest's NUL-terminated string at `addr` (page by page), 0 when read */
@@ -560,8 +603,9 @@ static int ov_answer(struct ov_notif *req) {
     struct ov_data *d = &req->data;
     if (d->arch != OV_ARCH_X86_64) return 0;
     pid_t pid = (pid_t)req->pid;
-    int nr = d->nr, dirfd = AT_FDCWD, flags = 0, is_statx = nr == OV_SYS_STATX;
-    uint64_t pathp = 0, buf, mask = 0;
+    int nr = d->nr, dirfd = AT_FDCWD, flags = 0, is_statx = nr == OV_SYS_STATX, is_chown = 0;
+    uint64_t pathp = 0, buf = 0, mask = 0;
+    uint32_t nuid = 0, ngid = 0;
     switch (nr) {
     case OV_SYS_STAT: case OV_SYS_LSTAT:
         pathp = d->args[0]; buf = d->args[1]; flags = nr == OV_SYS_LSTAT ? AT_SYMLINK_NOFOLLOW : 0; break;
@@ -572,6 +616,15 @@ static int ov_answer(struct ov_notif *req) {
     case OV_SYS_STATX:
         dirfd = (int)d->args[0]; pathp = d->args[1]; flags = (int)d->args[2]; mask = d->args[3];
         buf = d->args[4]; break;
+    case OV_SYS_CHOWN: case OV_SYS_LCHOWN:
+        pathp = d->args[0]; nuid = (uint32_t)d->args[1]; ngid = (uint32_t)d->args[2];
+        flags = nr == OV_SYS_LCHOWN ? AT_SYMLINK_NOFOLLOW : 0; is_chown = 1; break;
+    case OV_SYS_FCHOWN:
+        dirfd = (int)d->args[0]; nuid = (uint32_t)d->args[1]; ngid = (uint32_t)d->args[2];
+        flags = AT_EMPTY_PATH; is_chown = 1; break;
+    case OV_SYS_FCHOWNAT:
+        dirfd = (int)d->args[0]; pathp = d->args[1]; nuid = (uint32_t)d->args[2]; ngid = (uint32_t)d->args[3];
+        flags = (int)d->args[4]; is_chown = 1; break;
     default: return 0;
     }
     char path[PATH_MAX + 1], base[PATH_MAX + 64], link[PATH_MAX + 1];
@@ -607,9 +660,12 @@ static int ov_answer(struct ov_notif *req) {
     }
     if (fd < 0) return 0;
     struct stat st;
-    struct ov_entry *e = fstat(fd, &st) == 0 ? ov_find(st.st_dev, st.st_ino) : NULL;
+    int have = fstat(fd, &st) == 0;
+    struct ov_entry *e = have ? ov_find(st.st_dev, st.st_ino) : NULL;
     int done = 0;
-    if (e) {
+    if (is_chown) {
+        done = have ? ov_chown(&st, e, nuid, ngid) : 0;
+    } else if (e) {
         unsigned char out[256];
         size_t len;
         if (is_statx) {
@@ -662,6 +718,7 @@ static void ov_start(int sock, pid_t pid, struct plan *p) {
     }
     /* SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (6.6+; the flags by value) */
     (void)ioctl(ov_lfd, 0x40082104UL, 1UL);
+    ov_unpriv = getuid() != 0;
     ov_build(pid, p);
     pthread_t t;
     pthread_attr_t at;
