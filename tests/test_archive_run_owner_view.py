@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +157,26 @@ def test_without_the_view_the_rule_stays(cache, tmp_path):
             env=clean_env(tmp_path, cache, CARRYON_TEST_NO_OWNER_VIEW="1"))
     assert p.returncode == 0, p.stderr
     assert "carryon: engine seccomp," in p.stderr, p.stderr
+
+
+NO_SECCOMP = r"""
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+rules = [(0x20, 0, 0, 0), (0x15, 0, 1, 317), (0x06, 0, 0, 0x00050000 | 1), (0x06, 0, 0, 0x7fff0000)]
+code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *r) for r in rules))
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+prog = Prog(len(rules), ctypes.addressof(code))
+assert libc.prctl(38, 1, 0, 0, 0) == 0 and libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_a_refused_filter_is_a_refusal(cache, tmp_path):
+    """Where seccomp() is refused (EPERM for every filter), the owner view's filter cannot be had:
+    the userns rung is refused before the guest ran, and the next usable rung shows the owners."""
+    py = archive("py")
+    p = run(Path(sys.executable), "-c", NO_SECCOMP, str(py), "--carryon-verbose", "-c",
+            "import os; print(os.stat('/etc/gshadow').st_gid)", env=clean_env(tmp_path, cache))
+    assert (p.returncode, p.stdout) == (0, "42\n"), p.stderr
+    assert "seccomp user notification (owner view)" in p.stderr and "carryon: engine ptrace," in p.stderr
