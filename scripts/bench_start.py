@@ -71,7 +71,7 @@ def main() -> int:
         env_warm = dict(base_env, CARRYON_CACHE=warm_cache)
         timed([archive, "-c", "pass"], env_warm)                 # populate
         entry = next(os.path.join(warm_cache, d) for d in os.listdir(warm_cache)
-                     if not d.startswith((".", "rt-", "engine-")))   # engine-*: auto's verdict
+                     if not d.startswith((".", "rt-", "engine-", "nsplan-")))   # auto's verdict, warm plans
         rt = next(os.path.join(warm_cache, d) for d in os.listdir(warm_cache) if d.startswith("rt-"))
         rootfs = os.path.join(entry, "rootfs")
         archives = {"": archive}
