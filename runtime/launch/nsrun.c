@@ -567,12 +567,30 @@ static int ov_set(uint64_t dev, uint64_t ino, uint32_t uid, uint32_t gid) {
     return 1;
 }
 
+/* the calling thread's file-system uid (as seen here) is the namespace's root: 1 */
+static int ov_as_root(pid_t pid) {
+    char path[64], buf[4096];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    const char *u = strstr(buf, "\nUid:");
+    unsigned long r, e, sv, fs;
+    if (!u || sscanf(u + 5, "%lu %lu %lu %lu", &r, &e, &sv, &fs) != 4) return 0;
+    return fs == (ov_unpriv ? (unsigned long)getuid() : 0UL);
+}
+
 /* a chown of the file `st` (e: its view entry) to uid/gid ((uint32_t)-1: unchanged): 1 when the
    view answers it (the owner recorded, nothing changed on disk), 0: the kernel's answer. The view
    takes it when the file is in the view, or when one mapped id could not show the new owner (an
-   unprivileged caller; only over the caller's own files: others are the kernel's EPERM). */
-static int ov_chown(const struct stat *st, struct ov_entry *e, uint32_t uid, uint32_t gid) {
+   unprivileged caller; only over the caller's own files: others are the kernel's EPERM), and the
+   caller is the namespace's root (a guest process that changed its ids gets the kernel's answer). */
+static int ov_chown(pid_t pid, const struct stat *st, struct ov_entry *e, uint32_t uid, uint32_t gid) {
     uint32_t cu = 0, cg = 0;
+    if (!ov_as_root(pid)) return 0;
     if (e) {
         cu = e->uid, cg = e->gid;
     } else {
@@ -664,7 +682,7 @@ static int ov_answer(struct ov_notif *req) {
     struct ov_entry *e = have ? ov_find(st.st_dev, st.st_ino) : NULL;
     int done = 0;
     if (is_chown) {
-        done = have ? ov_chown(&st, e, nuid, ngid) : 0;
+        done = have ? ov_chown(pid, &st, e, nuid, ngid) : 0;
     } else if (e) {
         unsigned char out[256];
         size_t len;
