@@ -68,16 +68,27 @@ def meta_path_for(dest_dir: str) -> str:
     return os.path.normpath(os.path.abspath(dest_dir)) + META_SUFFIX
 
 
+def _vanished_ok(func, path, exc_info) -> None:
+    """rmtree's error handler: an entry removed meanwhile by someone else (e.g. a run's detached
+    cleaner finishing its directory) is what we wanted; anything else is raised."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
+
+
 def remove_tree(path: str) -> None:
-    """rm -rf that also works on trees with unwritable (e.g. 0000, 0500) directories we own."""
+    """rm -rf that also works on trees with unwritable (e.g. 0000, 0500) directories we own, and
+    while another process removes parts of them (like rm -f, a vanished entry is not an error)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(path)
+    try:
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(path)
+            return
+        os.chmod(path, 0o700)
+    except FileNotFoundError:
         return
-    os.chmod(path, 0o700)
     for dirpath, dirnames, _ in os.walk(path):  # top-down: each dir is opened up before it is entered
         for d in dirnames:
             p = os.path.join(dirpath, d)
@@ -86,7 +97,7 @@ def remove_tree(path: str) -> None:
                     os.chmod(p, 0o700)
             except OSError:
                 pass
-    shutil.rmtree(path)
+    shutil.rmtree(path, onerror=_vanished_ok)
 
 
 def type_letter(m: tarfile.TarInfo) -> str:

@@ -191,3 +191,32 @@ def test_progress_callback(make_carryon, tmp_path):
     seen = []
     extract_rootfs(archive.read_layout(str(out)), str(tmp_path / "r"), progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (1024, 1024)
+
+
+def test_remove_tree_takes_entries_another_process_removed_meanwhile(tmp_path, monkeypatch):
+    """A run's detached cleaner may still be removing its directory when the cache is removed
+    (`--carryon-clean`, a script's cleanup): an entry that vanished is what was wanted (rm -f);
+    any other failure is still raised."""
+    tree = tmp_path / "t"
+    (tree / "d").mkdir(parents=True)
+    for name in ("a", "b", "d/c"):
+        (tree / name).write_text(name)
+    real = os.unlink
+    gone: list[str] = []
+
+    def racing(name, *args, **kw):          # someone else removes it first
+        real(name, *args, **kw)
+        gone.append(str(name))
+        return real(name, *args, **kw)      # FileNotFoundError
+    monkeypatch.setattr(os, "unlink", racing)
+    remove_tree(str(tree))
+    assert not tree.exists() and len(gone) == 3
+
+    (tree / "d").mkdir(parents=True)
+    (tree / "a").write_text("a")
+
+    def refused(name, *args, **kw):
+        raise PermissionError(13, "refused", name)
+    monkeypatch.setattr(os, "unlink", refused)
+    with pytest.raises(PermissionError):
+        remove_tree(str(tree))
