@@ -243,20 +243,8 @@ static int parse_plan(char *buf, size_t len, struct plan *p) {
         else if (!strcmp(tag, "rundir")) { ARGS(2); p->rundir_cache = tok[i]; p->rundir_key = tok[i + 1]; i += 2; }
         else if (!strcmp(tag, "remove")) { ARGS(1); p->remove[p->nremove++] = tok[i++]; }
         else if (!strcmp(tag, "ids")) { ARGS(2); p->ids_uid = tok[i]; p->ids_gid = tok[i + 1]; i += 2; }
-        else if (!strcmp(tag, "bind")) {
-            ARGS(3);
-            p->binds[p->nbinds].host = tok[i];
-            p->binds[p->nbinds].guest = tok[i + 1];
-            p->binds[p->nbinds++].flags = tok[i + 2];
-            i += 3;
-        }
-        else if (!strcmp(tag, "owner")) {
-            ARGS(3);
-            p->owners[p->nowners].path = tok[i];
-            p->owners[p->nowners].uid = tok[i + 1];
-            p->owners[p->nowners++].gid = tok[i + 2];
-            i += 3;
-        }
+        else if (!strcmp(tag, "bind")) { ARGS(3); p->binds[p->nbinds++] = (struct bind){tok[i], tok[i + 1], tok[i + 2]}; i += 3; }
+        else if (!strcmp(tag, "owner")) { ARGS(3); p->owners[p->nowners++] = (struct owner){tok[i], tok[i + 1], tok[i + 2]}; i += 3; }
         else if (!strcmp(tag, "cwd")) { ARGS(3); p->cwd = tok[i]; p->cwd_make = tok[i + 1]; p->cwd_warn = tok[i + 2]; i += 3; }
         else if (!strcmp(tag, "env")) { ARGS(1); p->env[p->nenv].kind = '='; p->env[p->nenv++].text = tok[i++]; }
         else if (!strcmp(tag, "envhost")) { ARGS(1); p->env[p->nenv].kind = 'h'; p->env[p->nenv++].text = tok[i++]; }
@@ -444,6 +432,15 @@ struct ov_entry { uint64_t dev, ino; uint32_t uid, gid; };
 #define OV_RESOLVE_IN_ROOT 0x10
 #define OV_AT_STATX_SYNC_TYPE 0x6000
 
+/* a one-byte message with room for one SCM_RIGHTS descriptor (`ctl`: CMSG_SPACE(sizeof(int))) */
+static void fd_msg(struct msghdr *m, struct iovec *iov, char *ctl, size_t ctl_len) {
+    memset(m, 0, sizeof *m);
+    m->msg_iov = iov;
+    m->msg_iovlen = 1;
+    m->msg_control = ctl;
+    m->msg_controllen = ctl_len;
+}
+
 /* in the child, just before exec: the filter; its listener goes to the parent over `sock` */
 static int ov_install(int sock) {
     static const int calls[] = {OV_SYS_STAT, OV_SYS_FSTAT, OV_SYS_LSTAT, OV_SYS_NEWFSTATAT, OV_SYS_STATX,
@@ -467,11 +464,7 @@ static int ov_install(int sock) {
     union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
     memset(&u, 0, sizeof u);
     struct msghdr m;
-    memset(&m, 0, sizeof m);
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = u.buf;
-    m.msg_controllen = sizeof u.buf;
+    fd_msg(&m, &iov, u.buf, sizeof u.buf);
     struct cmsghdr *c = CMSG_FIRSTHDR(&m);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
@@ -489,11 +482,7 @@ static int ov_recv_fd(int sock) {
     struct iovec iov = {&dummy, 1};
     union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
     struct msghdr m;
-    memset(&m, 0, sizeof m);
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = u.buf;
-    m.msg_controllen = sizeof u.buf;
+    fd_msg(&m, &iov, u.buf, sizeof u.buf);
     if (recvmsg(sock, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) != 1) return -1;
     struct cmsghdr *c = CMSG_FIRSTHDR(&m);
     if (!c || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int))) return -1;
