@@ -1068,6 +1068,9 @@ static int proc_ids(pid_t pid, pid_t *ppid, pid_t *pgrp, pid_t *sid, char *state
 
 /* runtime.userns._hang_up_orphans with runtime.tracee.loop's orphaned_group and hang_up */
 static void hang_up_orphans(void) {
+    siginfo_t si;                       /* no child (no guest left): no /proc walk */
+    memset(&si, 0, sizeof si);
+    if (waitid(P_ALL, 0, &si, WEXITED | WSTOPPED | WNOHANG | WNOWAIT) < 0 && errno == ECHILD) return;
     pid_t me = getpid(), pgrp = getpgrp(), sid = getsid(0);
     DIR *d = opendir("/proc");
     if (!d) return;
