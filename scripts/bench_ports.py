@@ -78,6 +78,22 @@ def _floor(work: str) -> list[str] | None:
     return build_floor(work, [Calls])
 
 
+def _floor_userns(seccomp_floor: list[str], work: str) -> list[str]:
+    """The same tracer with the userns rung's filter under `-p` (runtime.userns._tracer_parts: the
+    port calls and the affinity calls, nothing else): what that rung's stops cost by themselves."""
+    from runtime.extension.portmap import PortMap
+    from runtime.syscall.sysnums import NUMBERS
+    from runtime.userns import filter_program
+    cond = dict(PortMap.enter_calls_if_arg)
+    traced = {nr for nr in PortMap.enter_calls if nr not in cond}
+    traced |= {NUMBERS["sched_getaffinity"], NUMBERS["sched_setaffinity"]}
+    path = os.path.join(work, "filter-userns.bpf")
+    with open(path, "wb") as f:
+        f.write(b"".join(code.to_bytes(2, "little") + bytes((jt, jf)) + k.to_bytes(4, "little")
+                         for code, jt, jf, k in filter_program(traced, cond)))
+    return [seccomp_floor[0], path]
+
+
 def fresh_netns_prefix() -> list[str]:
     """Command prefix running its command in a new network namespace with loopback up ([] when that
     cannot be had: not root, no `unshare` or `ip`)."""
@@ -144,6 +160,8 @@ def main(argv: list[str]) -> int:
     floor = _floor(floor_dir) if not a.no_floor else None
     if floor:
         variants.append(("floor (C tracer, -p's stops)", lambda g: [*floor, "chroot", str(rootfs), *loop(g)]))
+        floor_ns = _floor_userns(floor, floor_dir)
+        variants.append(("floor (userns -p's stops)", lambda g: [*floor_ns, "chroot", str(rootfs), *loop(g)]))
     elif not a.no_floor:
         print("(no floor row: it needs root and a C compiler)")
     proot = shutil.which("proot")
@@ -177,8 +195,9 @@ def main(argv: list[str]) -> int:
         ratio = f"{med / base:.2f}x" if base else ""
         print(f"| {name:<30} | {med * 1000:7.1f}ms | {med / a.n * 1e6:7.1f}us | {ratio:>6} |")
     if floor:
-        print("floor: scripts/floor_tracer.c stops on the same calls as `carryon exec -p` and does "
-              "nothing there (guest in a chroot): the cost of the stops alone")
+        print("floor: scripts/floor_tracer.c stops on the same calls as `carryon exec -p` (seccomp "
+              "engine) or as the userns rung's `-p` and does nothing there (guest in a chroot): the cost "
+              "of the stops alone")
     shutil.rmtree(floor_dir, ignore_errors=True)
     return 0
 
