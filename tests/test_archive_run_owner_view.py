@@ -180,3 +180,37 @@ def test_a_refused_filter_is_a_refusal(cache, tmp_path):
             "import os; print(os.stat('/etc/gshadow').st_gid)", env=clean_env(tmp_path, cache))
     assert (p.returncode, p.stdout) == (0, "42\n"), p.stderr
     assert "seccomp user notification (owner view)" in p.stderr and "carryon: engine ptrace," in p.stderr
+
+
+SETID = r"""
+import os
+def m(p):
+    s = os.stat(p)
+    return "%o %d:%d" % (s.st_mode & 0o7777, s.st_uid, s.st_gid)
+open("/tmp/g", "w").close()
+os.chmod("/tmp/g", 0o2644)
+os.mkdir("/tmp/d")
+os.chmod("/tmp/d", 0o2755)
+for p, ids in (("/usr/bin/passwd", (0, 0)), ("/usr/bin/chage", (0, -1)), ("/usr/bin/expiry", (-1, -1)),
+               ("/tmp/g", (5, -1)), ("/tmp/d", (5, 6))):
+    before = m(p)
+    os.chown(p, *ids)
+    print(p, before, "->", m(p))
+"""
+
+
+def test_chown_clears_set_id_bits_as_the_kernel_does(cache, tmp_path):
+    """A root guest's chown of set-id files (the image's passwd 4755 root:root, chage and expiry
+    2755 root:shadow): set-user-ID and set-group-ID with group execute are gone, the ids not given
+    (-1) are kept, as `docker run` shows; a set-group-ID file without group execute and a directory
+    keep theirs. The owner view (chage and expiry are in it) and the seccomp engine agree."""
+    py = archive("py")
+    got = {}
+    for eng in ("auto", "seccomp"):
+        p = run(py, "-c", SETID, env=clean_env(tmp_path, cache, CARRYON_ENGINE=eng))
+        assert p.returncode == 0, p.stderr
+        got[eng] = p.stdout.splitlines()
+    assert got["auto"] == [
+        "/usr/bin/passwd 4755 0:0 -> 755 0:0", "/usr/bin/chage 2755 0:42 -> 755 0:42",
+        "/usr/bin/expiry 2755 0:42 -> 755 0:42", "/tmp/g 2644 0:0 -> 2644 5:0", "/tmp/d 2755 0:0 -> 2755 5:6"]
+    assert got["seccomp"] == got["auto"]

@@ -298,10 +298,12 @@ class FakeId(Base):
                 key = (st.st_dev, st.st_ino)
                 old = self.chowned.get(key)
                 if old is None:
+                    # the image's record as stat shows it; else (a file the guest made, or one
+                    # outside the rootfs that is the caller's) the guest's ids, as stat shows it
                     old = self._image_owner(t, regs, nr)
-                    if old is None:
+                    if old is None and st.st_uid != self.real_uid:
                         old = (st.st_uid, st.st_gid)
-                    if old[0] == -1 or old[0] == self.real_uid:
+                    elif old is None or old[0] == -1:
                         ids = self._state(t)
                         old = (ids[EUID], ids[EGID])
                 self.chowned[key] = (old[0] if uid == NOCHANGE else uid,

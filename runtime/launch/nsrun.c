@@ -573,7 +573,8 @@ static int ov_as_root(pid_t pid) {
 }
 
 /* a chown of the file `st` (e: its view entry) to uid/gid ((uint32_t)-1: unchanged): 1 when the
-   view answers it (the owner recorded, nothing changed on disk), 0: the kernel's answer. The view
+   view answers it (the owner recorded; on disk only what chown(-1, -1) changes), 0: the kernel's
+   answer. The view
    takes it when the file is in the view, or when one mapped id could not show the new owner (an
    unprivileged caller; only over the caller's own files: others are the kernel's EPERM), and the
    caller is the namespace's root (a guest process that changed its ids gets the kernel's answer). */
@@ -672,6 +673,9 @@ static int ov_answer(struct ov_notif *req) {
     int done = 0;
     if (is_chown) {
         done = have ? ov_chown(pid, &st, e, nuid, ngid) : 0;
+        /* the rest of a chown, as the kernel's own would do it: set-user-ID gone, set-group-ID
+           with group execute gone (not on directories); the ptrace rungs' chown(-1, -1) does this */
+        if (done) (void)fchownat(fd, "", (uid_t)-1, (gid_t)-1, AT_EMPTY_PATH);
     } else if (e) {
         unsigned char out[256];
         size_t len;
