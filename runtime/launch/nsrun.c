@@ -1410,6 +1410,18 @@ static int run(struct run_ctx *c) {
     return 125;
 }
 
+/* the node name as runtime.cache.hostname gives it (uname; "localhost" when empty or unusual) */
+static void host_name(char *out, size_t n) {
+    struct utsname u;
+    const char *name = uname(&u) == 0 && u.nodename[0] ? u.nodename : "localhost";
+    for (const char *s = name; *s; s++)
+        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", *s)) {
+            name = "localhost";
+            break;
+        }
+    snprintf(out, n, "%s", name);
+}
+
 /* the guest's environment from the plan's records (a later K replaces an earlier one in place) */
 static char **build_env(struct plan *p) {
     char **env = xmalloc((p->nenv + 1) * sizeof *env);
@@ -1423,13 +1435,8 @@ static char **build_env(struct plan *p) {
             if (!v || !v[0]) continue;          /* runspec._host_env: set and not empty (TERM) */
             item = cat(t, "=", v);
         } else {
-            struct utsname u;
-            const char *name = uname(&u) == 0 && u.nodename[0] ? u.nodename : "localhost";
-            for (const char *s = name; *s; s++)
-                if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", *s)) {
-                    name = "localhost";
-                    break;
-                }
+            char name[256];
+            host_name(name, sizeof name);
             item = cat(t, "=", name);
         }
         const char *eq = strchr(item, '=');
@@ -1486,16 +1493,6 @@ static const char *status_field(const char *buf, const char *name) {
     return s ? s + strlen(name) : NULL;
 }
 
-static void host_name(char *out, size_t n) {
-    struct utsname u;
-    const char *name = uname(&u) == 0 && u.nodename[0] ? u.nodename : "localhost";
-    for (const char *s = name; *s; s++)
-        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", *s)) {
-            name = "localhost";
-            break;
-        }
-    snprintf(out, n, "%s", name);
-}
 
 /* runtime.launch.install.reap_dead_runs: this host's run dirs of this archive whose process died */
 static void reap_dead_runs(const char *cache_dir, const char *key, const char *host) {

@@ -71,19 +71,8 @@ def path() -> str | None:
 
 
 def _find() -> str | None:
-    if os.environ.get("CARRYON_NSRUN", "1") == "0":
-        return None
-    if os.path.exists(BINARY):
-        try:
-            if os.stat(SOURCE).st_mtime > os.stat(BINARY).st_mtime:
-                return None         # stale: rebuilt by scripts/setup-env.sh or `build`
-        except FileNotFoundError:
-            pass                    # frozen: the binary alone
-        except OSError:
-            return None
-        return BINARY if os.access(BINARY, os.X_OK) else None
-    from runtime.tracee.native import cached_build
-    return cached_build((SOURCE,), "carryon-nsrun-{}", build)
+    from runtime.compiled import find
+    return find(BINARY, SOURCE, "CARRYON_NSRUN", "carryon-nsrun-{}", build)
 
 
 def build(dest: str = BINARY, cc: list[str] | None = None) -> str:
