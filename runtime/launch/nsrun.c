@@ -574,10 +574,10 @@ static int ov_as_root(pid_t pid) {
 
 /* a chown of the file `st` (e: its view entry) to uid/gid ((uint32_t)-1: unchanged): 1 when the
    view answers it (the owner recorded; on disk only what chown(-1, -1) changes), 0: the kernel's
-   answer. The view
-   takes it when the file is in the view, or when one mapped id could not show the new owner (an
-   unprivileged caller; only over the caller's own files: others are the kernel's EPERM), and the
-   caller is the namespace's root (a guest process that changed its ids gets the kernel's answer). */
+   answer. The view takes it when the file is in the view, or when one mapped id could not show the
+   new owner (an unprivileged caller; only over the caller's own files: others are the kernel's
+   EPERM), and the caller is the namespace's root (a guest process that changed its ids gets the
+   kernel's answer). */
 static int ov_chown(pid_t pid, const struct stat *st, struct ov_entry *e, uint32_t uid, uint32_t gid) {
     uint32_t cu = 0, cg = 0;
     if (!ov_as_root(pid)) return 0;
