@@ -162,12 +162,15 @@ def build_floor(work: str, exts: list | None = None) -> list[str] | None:
         return None
     sys.path.insert(0, REPO)
     from runtime.engine import filter_program
-    prog = filter_program(exts or [], affinity=True)
-    path = os.path.join(work, "filter.bpf")
+    return [exe, write_filter(os.path.join(work, "filter.bpf"), filter_program(exts or [], affinity=True))]
+
+
+def write_filter(path: str, prog) -> str:
+    """`prog` ((code, jt, jf, k) rows) as the struct sock_filter records floor_tracer reads; `path`."""
     with open(path, "wb") as f:
         f.write(b"".join(code.to_bytes(2, "little") + bytes((jt, jf)) + k.to_bytes(4, "little")
                          for code, jt, jf, k in prog))
-    return [exe, path]
+    return path
 
 
 FLOOR: list[str] = []           # set by main: [floor_tracer, filter file]

@@ -81,17 +81,14 @@ def _floor(work: str) -> list[str] | None:
 def _floor_userns(seccomp_floor: list[str], work: str) -> list[str]:
     """The same tracer with the userns rung's filter under `-p` (runtime.userns._tracer_parts: the
     port calls and the affinity calls, nothing else): what that rung's stops cost by themselves."""
+    from bench_engine import write_filter
     from runtime.extension.portmap import PortMap
     from runtime.syscall.sysnums import NUMBERS
     from runtime.userns import filter_program
     cond = dict(PortMap.enter_calls_if_arg)
     traced = {nr for nr in PortMap.enter_calls if nr not in cond}
     traced |= {NUMBERS["sched_getaffinity"], NUMBERS["sched_setaffinity"]}
-    path = os.path.join(work, "filter-userns.bpf")
-    with open(path, "wb") as f:
-        f.write(b"".join(code.to_bytes(2, "little") + bytes((jt, jf)) + k.to_bytes(4, "little")
-                         for code, jt, jf, k in filter_program(traced, cond)))
-    return [seccomp_floor[0], path]
+    return [seccomp_floor[0], write_filter(os.path.join(work, "filter-userns.bpf"), filter_program(traced, cond))]
 
 
 def fresh_netns_prefix() -> list[str]:

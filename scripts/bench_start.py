@@ -86,8 +86,8 @@ def main() -> int:
         cmds: dict[str, tuple[list[str], dict[str, str] | None]] = {}
         if os.geteuid() == 0:
             cmds["native chroot"] = (["chroot", rootfs, "/usr/bin/python3", "-c", "pass"], None)
-        if shutil.which("unshare") and shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin"):
-            chroot = shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin") or "chroot"
+        chroot = shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin")
+        if shutil.which("unshare") and chroot:
             cmds["unshare chroot"] = (["unshare", "--user", "--map-root-user", "--mount", chroot, rootfs,
                                        "/usr/bin/python3", "-c", "pass"], None)
         carryon = [sys.executable, "-m", "packer.cli"]
